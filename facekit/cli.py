@@ -1,0 +1,285 @@
+"""The `facekit` command line: a thin layer over facekit.recognition, .datastore and .evaluation.
+
+Exit codes: 0 success; 1 nothing could be done (no readable image, no face, a failed check);
+2 usage error (bad arguments, missing path, unusable gallery or model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exits with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--detector", choices=["auto", "yunet", "haar"], default="auto",
+                        help="face detector; auto uses YuNet when a model file is configured (default: auto)")
+    parser.add_argument("--yunet-model", metavar="PATH", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
+    parser.add_argument("--weights", metavar="PATH", help="embedding model (.safetensors + .json card)")
+    parser.add_argument("--min-face", type=int, default=20, metavar="PX", help="smallest face width (default: 20)")
+    parser.add_argument("--no-flip", action="store_true", help="skip mirror test-time augmentation (faster)")
+
+
+def _add_gallery_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gallery", metavar="PATH",
+                        help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facekit", description="Offline face recognition: enroll, identify, verify.")
+    parser.add_argument("--version", action="version", version=f"facekit {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    enroll = commands.add_parser("enroll", help="enroll a folder with one sub-folder of photos per person")
+    enroll.add_argument("people_dir", metavar="PEOPLE_DIR")
+    _add_gallery_option(enroll)
+    _add_pipeline_options(enroll)
+    enroll.add_argument("--workers", type=int, default=1, help="images decoded and detected ahead (default: 1)")
+    enroll.add_argument("--json", action="store_true", help="print the summary as JSON")
+    enroll.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    identify = commands.add_parser("identify", help="name every face in images or folders")
+    identify.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    _add_gallery_option(identify)
+    _add_pipeline_options(identify)
+    identify.add_argument("--threshold", type=float, help="minimum cosine similarity for a match "
+                                                          "(default: the model card's, calibrated on LFW)")
+    identify.add_argument("--top-k", type=int, default=3, help="candidates listed per face (default: 3)")
+    output = identify.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    output.add_argument("--csv", action="store_true", help="CSV, one row per face")
+    identify.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and names drawn")
+
+    verify = commands.add_parser("verify", help="are the main faces in two images the same person?")
+    verify.add_argument("image_a", metavar="A")
+    verify.add_argument("image_b", metavar="B")
+    _add_pipeline_options(verify)
+    verify.add_argument("--threshold", type=float, help="default: the model card's")
+    verify.add_argument("--json", action="store_true")
+
+    gallery = commands.add_parser("gallery", help="inspect and maintain a gallery")
+    _add_gallery_option(gallery)
+    actions = gallery.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="one identity per line")
+    stats = actions.add_parser("stats", help="counts, index type, size on disk")
+    stats.add_argument("--json", action="store_true")
+    remove = actions.add_parser("remove", help="remove an identity and all its faces")
+    remove.add_argument("name")
+    rename = actions.add_parser("rename", help="rename an identity")
+    rename.add_argument("old")
+    rename.add_argument("new")
+    rename.add_argument("--merge", action="store_true", help="merge into NEW if it exists")
+    actions.add_parser("check", help="verify that the index and the database agree (exit 1 if not)")
+    rebuild = actions.add_parser("rebuild", help="remake the search index from the database")
+    rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
+
+    from facekit import evaluation_cli, export, training_cli
+
+    training_cli.add_parser(commands)
+    export.add_parser(commands)
+    evaluation_cli.add_parser(commands, _add_pipeline_options)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("facekit")
+    except Exception:
+        return "unknown"
+
+
+def make_pipeline(args: argparse.Namespace):
+    from facekit.recognition import FacePipeline
+
+    try:
+        return FacePipeline(detector_backend=args.detector, yunet_model=args.yunet_model, weights=args.weights,
+                            min_face=args.min_face, flip=not args.no_flip)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def open_gallery(args: argparse.Namespace, create: bool, dim: int = 512):
+    from facekit.datastore import Gallery, default_gallery_path
+
+    path = default_gallery_path(args.gallery)
+    return Gallery.open(path, create=create, dim=dim)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from facekit.recognition import enroll
+
+    people = Path(args.people_dir)
+    if not people.is_dir():
+        raise CliError(f"not a folder: {people}" if people.exists() else f"folder not found: {people}")
+    pipeline = make_pipeline(args)
+    with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
+        report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json))
+        total = len(gallery)
+    summary = {
+        "people": len(report.people), "images": report.images, "enrolled": report.enrolled,
+        "already_enrolled": report.already_enrolled, "skipped": len(report.skipped),
+        "gallery_faces": total, "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped],
+        "warnings": report.warnings,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for path, reason in report.skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"{summary['people']} people, {report.images} images: {report.enrolled} faces enrolled, "
+              f"{report.already_enrolled} already enrolled, {len(report.skipped)} skipped; "
+              f"gallery now holds {total} faces")
+    nothing_done = report.enrolled == 0 and report.already_enrolled == 0
+    return EXIT_FAILED if nothing_done else EXIT_OK
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    import cv2
+
+    from facekit.drawing import draw_results
+    from facekit.recognition import identify_image, iter_image_paths
+
+    if args.top_k < 1:
+        raise CliError("--top-k must be at least 1")
+    pipeline = make_pipeline(args)
+    threshold = pipeline.threshold if args.threshold is None else args.threshold
+    gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
+    annotate_dir = Path(args.annotate) if args.annotate else None
+    if annotate_dir:
+        annotate_dir.mkdir(parents=True, exist_ok=True)
+    writer = csv.writer(sys.stdout) if args.csv else None
+    if writer:
+        writer.writerow(["image", "face", "x", "y", "w", "h", "identity", "similarity"])
+    processed = 0
+    with gallery:
+        for item in pipeline.load_many(iter_image_paths(args.images)):
+            if item.error:
+                print(f"error: {item.error}", file=sys.stderr)
+                continue
+            processed += 1
+            faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
+            if args.json:
+                print(json.dumps({"image": item.path, "faces": faces}), flush=True)
+            elif writer:
+                for number, face in enumerate(faces):
+                    writer.writerow([item.path, number, *face["box"], face["identity"] or "unknown",
+                                     face["similarity"]])
+            else:
+                print(f"{item.path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+                for face in faces:
+                    x, y, w, h = face["box"]
+                    best = face["candidates"][0] if face["candidates"] else None
+                    name = face["identity"] or (f"unknown (closest: {best['identity']})" if best else "unknown")
+                    print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  similarity {face['similarity']:.3f}")
+            if annotate_dir:
+                out = annotate_dir / (Path(item.path).stem + ".jpg")
+                cv2.imwrite(str(out), draw_results(item.image, faces))
+    if processed == 0:
+        print("error: no image could be read", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    pipeline = make_pipeline(args)
+    threshold = pipeline.threshold if args.threshold is None else args.threshold
+    embeddings = []
+    for path in (args.image_a, args.image_b):
+        item = pipeline.load(path)
+        if item.error:
+            raise CliError(item.error, EXIT_FAILED)
+        if not item.faces:
+            raise CliError(f"no face found in {path}", EXIT_FAILED)
+        embeddings.append(pipeline.embed_faces(item.image, item.faces[:1])[0])
+    similarity = float(embeddings[0] @ embeddings[1])
+    same = similarity >= threshold
+    if args.json:
+        print(json.dumps({"same": same, "similarity": round(similarity, 4), "threshold": threshold}))
+    else:
+        verdict = "same person" if same else "different people"
+        print(f"{verdict}: similarity {similarity:.3f} (threshold {threshold:.3f})")
+    return EXIT_OK
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    with open_gallery(args, create=False) as gallery:
+        if args.action == "list":
+            for name, _count in gallery.identities():
+                print(name)
+        elif args.action == "stats":
+            stats = gallery.stats()
+            if args.json:
+                print(json.dumps(stats))
+            else:
+                for key, value in stats.items():
+                    print(f"{key}: {value}")
+        elif args.action == "remove":
+            removed = gallery.remove(args.name)
+            print(f"removed {args.name} ({removed} faces)")
+        elif args.action == "rename":
+            gallery.rename(args.old, args.new, merge=args.merge)
+            print(f"renamed {args.old} to {args.new}")
+        elif args.action == "check":
+            problems = gallery.check()
+            for problem in problems:
+                print(f"problem: {problem}")
+            if problems:
+                return EXIT_FAILED
+            print(f"ok: {len(gallery)} faces, index and database agree")
+        elif args.action == "rebuild":
+            gallery.rebuild()
+            print(f"rebuilt the index from {len(gallery)} faces")
+    return EXIT_OK
+
+
+COMMANDS = {"enroll": cmd_enroll, "identify": cmd_identify, "verify": cmd_verify, "gallery": cmd_gallery}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from facekit.datastore import GalleryError, GalleryWarning
+    from facekit.imageio import ImageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("always", category=GalleryWarning)
+    warnings.showwarning = lambda message, *_args, **_kwargs: print(f"warning: {message}", file=sys.stderr)
+    handler = COMMANDS.get(args.command) or args.handler
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (GalleryError, ImageError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; everything committed before this point is kept", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Verification and identification metrics, and the standard benchmark protocols.
+
+The LFW protocol: 10 folds of 600 pairs; each fold's threshold is the one that maximises
+accuracy on the other nine, so no fold is scored with a threshold tuned on itself.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pair:
+    path1: str
+    path2: str
+    same: bool
+    fold: int | None = None
+
+
+def read_lfw_pairs(pairs_file: str | Path, image_root: str | Path) -> list[Pair]:
+    """Parse LFW's pairs.txt ("10\\t300", then per fold 300 same and 300 different pairs)."""
+    lines = Path(pairs_file).read_text().split("\n")
+    header = lines[0].split()
+    folds, per_fold = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
+    root = Path(image_root)
+
+    def image(name: str, number: str) -> str:
+        return str(root / name / f"{name}_{int(number):04d}.jpg")
+
+    pairs: list[Pair] = []
+    rows = [line.split("\t") if "\t" in line else line.split() for line in lines[1:] if line.strip()]
+    if len(rows) != folds * per_fold * 2:
+        raise ValueError(f"{pairs_file}: expected {folds * per_fold * 2} pairs, found {len(rows)}")
+    for index, row in enumerate(rows):
+        fold = index // (2 * per_fold)
+        if len(row) == 3:
+            pairs.append(Pair(image(row[0], row[1]), image(row[0], row[2]), True, fold))
+        elif len(row) == 4:
+            pairs.append(Pair(image(row[0], row[1]), image(row[2], row[3]), False, fold))
+        else:
+            raise ValueError(f"{pairs_file}: malformed pair line {index + 2}: {row!r}")
+    return pairs
+
+
+def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list[Pair]:
+    """Pairs from a CSV with the columns path1,path2,same[,fold]; relative paths resolve against root."""
+    base = Path(root) if root else Path(csv_file).parent
+    pairs = []
+    with open(csv_file, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"path1", "path2", "same"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_file}: missing columns: {', '.join(sorted(missing))}")
+        for row in reader:
+            same = str(row["same"]).strip().lower() in {"1", "true", "yes", "same"}
+            fold = int(row["fold"]) if row.get("fold") not in (None, "") else None
+            pairs.append(Pair(str(base / row["path1"]), str(base / row["path2"]), same, fold))
+    return pairs
+
+
+def _accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float, failed: np.ndarray | None = None) -> float:
+    correct = (scores >= threshold) == same
+    if failed is not None:
+        correct &= ~failed
+    return float(correct.mean())
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The threshold maximising accuracy, placed midway between neighbouring scores."""
+    order = np.sort(np.unique(scores))
+    candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
+    # Vectorised accuracy over all candidate thresholds via sorted cumulative counts.
+    sorted_idx = np.argsort(scores)
+    sorted_scores, sorted_same = scores[sorted_idx], same[sorted_idx]
+    below = np.searchsorted(sorted_scores, candidates, side="left")
+    positives_below = np.concatenate([[0], np.cumsum(sorted_same)])[below]
+    negatives_below = below - positives_below
+    total_positive = sorted_same.sum()
+    correct = negatives_below + (total_positive - positives_below)
+    return float(candidates[int(np.argmax(correct))])
+
+
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False accept rate, true accept rate and thresholds, from the strictest threshold down."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_same = scores[order], same[order].astype(np.float64)
+    distinct = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    tp = np.cumsum(sorted_same)[distinct]
+    fp = np.cumsum(1 - sorted_same)[distinct]
+    tar = np.r_[0.0, tp / max(sorted_same.sum(), 1)]
+    far = np.r_[0.0, fp / max((1 - sorted_same).sum(), 1)]
+    return far, tar, np.r_[np.inf, sorted_scores[distinct]]
+
+
+def tar_at_far(far: np.ndarray, tar: np.ndarray, target_far: float) -> float:
+    allowed = far <= target_far
+    return float(tar[allowed].max()) if allowed.any() else 0.0
+
+
+def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray | None = None,
+                         failed: np.ndarray | None = None) -> dict:
+    """Accuracy (k-fold when folds are given), AUC, EER, TAR at FAR 1e-3 and 1e-4, and the threshold.
+
+    `failed` marks pairs where a face was not found. They count as errors in the accuracy,
+    whatever their label, and score -1 (never accepted) in the ROC figures.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    failed = np.zeros(len(scores), bool) if failed is None else np.asarray(failed, dtype=bool)
+    scores = np.where(failed, -1.0, scores)
+    if folds is not None and len(np.unique(folds)) > 1:
+        accuracies, thresholds = [], []
+        for fold in np.unique(folds):
+            test = folds == fold
+            usable = ~test & ~failed
+            threshold = best_threshold(scores[usable], same[usable])
+            thresholds.append(threshold)
+            accuracies.append(_accuracy_at(scores[test], same[test], threshold, failed[test]))
+        accuracy, accuracy_std = float(np.mean(accuracies)), float(np.std(accuracies))
+        threshold = float(np.mean(thresholds))
+    else:
+        threshold = best_threshold(scores[~failed], same[~failed])
+        accuracy, accuracy_std = _accuracy_at(scores, same, threshold, failed), 0.0
+    far, tar, _ = roc_curve(scores, same)
+    auc = float(np.trapezoid(tar, far))
+    frr = 1.0 - tar
+    crossing = int(np.argmin(np.abs(far - frr)))
+    eer = float((far[crossing] + frr[crossing]) / 2)
+    return {
+        "accuracy": accuracy,
+        "accuracy_std": accuracy_std,
+        "auc": auc,
+        "eer": eer,
+        "tar_at_far_1e-3": tar_at_far(far, tar, 1e-3),
+        "tar_at_far_1e-4": tar_at_far(far, tar, 1e-4),
+        "threshold": threshold,
+        "pairs": int(len(scores)),
+        "no_face": int(failed.sum()),
+    }
+
+
+def plot_roc(scores: np.ndarray, same: np.ndarray, path: str | Path, label: str = "facekit") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    far, tar, _ = roc_curve(np.asarray(scores, float), np.asarray(same, bool))
+    figure, axis = plt.subplots(figsize=(5, 4))
+    axis.semilogx(np.clip(far, 1e-5, 1), tar, label=label)
+    axis.set_xlabel("false accept rate")
+    axis.set_ylabel("true accept rate")
+    axis.set_xlim(1e-4, 1)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

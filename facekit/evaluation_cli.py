@@ -1,0 +1,159 @@
+"""`facekit eval lfw|pairs|identify`: benchmarks through the full pipeline (raw image -> detect -> align -> embed)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def add_parser(commands: argparse._SubParsersAction, add_pipeline_options: Callable) -> None:
+    parser = commands.add_parser("eval", help="accuracy on standard benchmarks, through the full pipeline")
+    protocols = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+
+    lfw = protocols.add_parser("lfw", help="LFW: the official 6,000 pairs, 10 folds")
+    lfw.add_argument("--root", required=True, help="LFW images folder (<Name>/<Name>_NNNN.jpg)")
+    lfw.add_argument("--pairs", required=True, help="the official pairs.txt")
+
+    pairs = protocols.add_parser("pairs", help="any pair list: CSV with path1,path2,same[,fold]")
+    pairs.add_argument("pairs_csv", metavar="PAIRS.csv")
+    pairs.add_argument("--root", help="folder the CSV's relative paths start from (default: the CSV's folder)")
+
+    identify = protocols.add_parser("identify", help="rank-1 / rank-5 identification")
+    identify.add_argument("--gallery-dir", required=True, help="people folder to enroll (one sub-folder each)")
+    identify.add_argument("--probes", required=True, help="CSV with path,identity")
+    identify.add_argument("--root", help="folder the probe paths start from (default: the CSV's folder)")
+
+    for sub in (lfw, pairs, identify):
+        add_pipeline_options(sub)
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.add_argument("--plot", metavar="PNG", help="save the ROC curve")
+        sub.add_argument("--workers", type=int, default=1)
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.set_defaults(handler=run)
+
+
+def embed_paths(pipeline, paths: list[str], workers: int = 1, progress: bool = True,
+                pick: str = "primary") -> dict[str, np.ndarray | None]:
+    """One embedding per image (its primary face), None where the image has no usable face."""
+    from tqdm import tqdm
+
+    from facekit.recognition import primary_face
+
+    table: dict[str, np.ndarray | None] = {}
+    for item in tqdm(pipeline.load_many(paths, workers=workers), total=len(paths), desc="embedding",
+                     unit="img", disable=not progress, file=sys.stderr):
+        face = None
+        if item.image is not None:
+            face = primary_face(item.faces, item.image.shape) if pick == "primary" else (item.faces or [None])[0]
+        table[item.path] = pipeline.embed_faces(item.image, [face])[0] if face is not None else None
+    return table
+
+
+def pair_scores(pairs, table: dict[str, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, same flags, folds and a failed mask; a pair with a missing face scores -1."""
+    scores, failed = [], []
+    for pair in pairs:
+        a, b = table.get(pair.path1), table.get(pair.path2)
+        failed.append(a is None or b is None)
+        scores.append(-1.0 if failed[-1] else float(a @ b))
+    same = np.array([p.same for p in pairs])
+    folds = np.array([p.fold if p.fold is not None else 0 for p in pairs])
+    return np.array(scores), same, folds, np.array(failed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facekit.cli import CliError, make_pipeline
+    from facekit.evaluation import plot_roc, read_lfw_pairs, read_pairs_csv, verification_metrics
+
+    pipeline = make_pipeline(args)
+    progress = not (args.quiet or args.json)
+    extra: dict = {}
+    if args.protocol == "identify":
+        result, scores, same = identification(pipeline, args, progress)
+    else:
+        if args.protocol == "lfw":
+            for required in (args.root, args.pairs):
+                if not Path(required).exists():
+                    raise CliError(f"not found: {required}")
+            pairs = read_lfw_pairs(args.pairs, args.root)
+        else:
+            if not Path(args.pairs_csv).is_file():
+                raise CliError(f"file not found: {args.pairs_csv}")
+            pairs = read_pairs_csv(args.pairs_csv, args.root)
+        paths = sorted({p for pair in pairs for p in (pair.path1, pair.path2)})
+        table = embed_paths(pipeline, paths, args.workers, progress)
+        scores, same, folds, failed = pair_scores(pairs, table)
+        has_folds = args.protocol == "lfw" or any(p.fold is not None for p in pairs)
+        result = verification_metrics(scores, same, folds if has_folds else None, failed=failed)
+        extra = {"images": len(paths), "images_without_face": sum(v is None for v in table.values())}
+        result["no_face"] = int(failed.sum())
+    result.update(extra)
+    result["detector"] = type(pipeline.detector).__name__
+    result["flip_tta"] = pipeline.flip
+    if args.plot:
+        plot_roc(scores, same, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"accuracy        {result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %")
+        print(f"AUC             {result['auc']:.4f}")
+        print(f"EER             {result['eer'] * 100:.2f} %")
+        print(f"TAR @ FAR=1e-3  {result['tar_at_far_1e-3']:.4f}")
+        print(f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}")
+        print(f"threshold       {result['threshold']:.4f}")
+        print(f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)")
+        if "rank1" in result:
+            print(f"rank-1          {result['rank1'] * 100:.2f} %")
+            print(f"rank-5          {result['rank5'] * 100:.2f} %")
+    return 0
+
+
+def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Rank-1/rank-5 of probes against a gallery of people, plus verification metrics of probe-identity scores."""
+    from facekit.cli import CliError
+    from facekit.evaluation import verification_metrics
+    from facekit.recognition import collect_people
+
+    enrolled, _ = collect_people(args.gallery_dir)
+    probes_file = Path(args.probes)
+    if not probes_file.is_file():
+        raise CliError(f"file not found: {probes_file}")
+    root = Path(args.root) if args.root else probes_file.parent
+    with open(probes_file, newline="") as handle:
+        probes = [(str(root / row["path"]), row["identity"]) for row in csv.DictReader(handle)]
+    gallery_table = embed_paths(pipeline, [p for _, p in enrolled], args.workers, progress, pick="largest")
+    names = sorted({identity for identity, _ in enrolled})
+    centre = {name: [] for name in names}
+    for identity, path in enrolled:
+        if gallery_table[path] is not None:
+            centre[identity].append(gallery_table[path])
+    names = [n for n in names if centre[n]]
+    if not names:
+        raise CliError("no face found in any gallery image")
+    stacked = [np.stack(centre[n]) for n in names]
+    probe_table = embed_paths(pipeline, [p for p, _ in probes], args.workers, progress)
+    ranks, genuine, scores, same = [], 0, [], []
+    for path, identity in probes:
+        embedding = probe_table.get(path)
+        if embedding is None:
+            ranks.append(np.inf)
+            continue
+        per_identity = np.array([float((vectors @ embedding).max()) for vectors in stacked])
+        order = list(np.argsort(-per_identity))
+        ranks.append(order.index(names.index(identity)) + 1 if identity in names else np.inf)
+        scores.extend(per_identity.tolist())
+        same.extend([n == identity for n in names])
+        genuine += identity in names
+    ranks_array = np.array(ranks)
+    scores_array, same_array = np.array(scores), np.array(same, dtype=bool)
+    result = verification_metrics(scores_array, same_array) if len(scores) else {}
+    result.update({"rank1": float((ranks_array <= 1).mean()), "rank5": float((ranks_array <= 5).mean()),
+                   "probes": len(probes), "no_face": int(sum(probe_table.get(p) is None for p, _ in probes)),
+                   "gallery_identities": len(names)})
+    return result, scores_array, same_array

@@ -1,0 +1,262 @@
+"""Recognition: the pipeline from an image to identified faces, and enrolment of a people folder.
+
+image -> detector (boxes + 5 landmarks) -> alignment (112x112) -> embedder -> gallery search
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facekit.alignment import align_face
+from facekit.datastore import Gallery, GalleryError, clean_identity
+from facekit.detection import Detector, Face, create_detector
+from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image
+from facekit.representation import Embedder
+
+
+@dataclass
+class FaceEmbedding:
+    face: Face
+    embedding: np.ndarray
+
+
+@dataclass
+class LoadedImage:
+    path: str
+    sha256: str
+    image: np.ndarray | None
+    faces: list[Face]
+    error: str | None = None
+
+
+class FacePipeline:
+    """Detect, align and embed. Build once and reuse: loading the models is the slow part."""
+
+    def __init__(self, detector: Detector | None = None, embedder: Embedder | None = None, *,
+                 detector_backend: str = "auto", yunet_model: str | None = None, weights: str | None = None,
+                 min_face: int = 20, flip: bool = True, device: str | None = None) -> None:
+        self.detector = detector or create_detector(detector_backend, yunet_model, min_face)
+        self.embedder = embedder or Embedder(weights, device=device)
+        self.flip = flip
+
+    @property
+    def threshold(self) -> float:
+        return self.embedder.threshold
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return self.detector.detect(image)
+
+    def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        crops = np.stack([align_face(image, face.landmarks) for face in faces]) if faces else np.zeros((0, 112, 112, 3),
+                                                                                                       np.uint8)
+        return self.embedder.embed(crops, flip=self.flip)
+
+    def analyze(self, image: np.ndarray) -> list[FaceEmbedding]:
+        faces = self.detect(image)
+        return [FaceEmbedding(f, e) for f, e in zip(faces, self.embed_faces(image, faces))]
+
+    def load(self, path: str | os.PathLike) -> LoadedImage:
+        """Read, hash, decode and detect one file; a bad file becomes an error string, never an exception."""
+        path = str(path)
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            return LoadedImage(path, "", None, [], f"file not found: {path}")
+        except IsADirectoryError:
+            return LoadedImage(path, "", None, [], f"is a directory: {path}")
+        except OSError as exc:
+            return LoadedImage(path, "", None, [], f"cannot read {path}: {exc.strerror or exc}")
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            image = decode_image(data, name=path)
+        except ImageError as exc:
+            return LoadedImage(path, sha256, None, [], str(exc))
+        return LoadedImage(path, sha256, image, self.detect(image))
+
+    def load_many(self, paths: Iterable[str | os.PathLike], workers: int = 1) -> Iterator[LoadedImage]:
+        """load() over many files, decoding and detecting ahead of the caller in a worker thread.
+
+        OpenCV and torch release the GIL, so one thread of look-ahead lets detection of the next
+        image overlap with the embedding of this one.
+        """
+        paths = list(paths)
+        if workers <= 0 or len(paths) < 2:
+            yield from (self.load(p) for p in paths)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            window = max(2, 2 * workers)
+            pending = [pool.submit(self.load, p) for p in paths[:window]]
+            next_path = len(pending)
+            while pending:
+                result = pending.pop(0).result()
+                if next_path < len(paths):
+                    pending.append(pool.submit(self.load, paths[next_path]))
+                    next_path += 1
+                yield result
+
+
+def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
+    """The face a benchmark photo is about: large and near the centre (LFW centres its subject)."""
+    if not faces:
+        return None
+    height, width = image_shape[:2]
+    centre = np.array([width / 2, height / 2])
+
+    def weight(face: Face) -> float:
+        x, y, w, h = face.box
+        offset = np.linalg.norm(np.array([x + w / 2, y + h / 2]) - centre) / max(width, height)
+        return face.area * (1.0 - offset) ** 4
+
+    return max(faces, key=weight)
+
+
+# --- identification -------------------------------------------------------------------------------------
+
+
+def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.ndarray, threshold: float,
+                   top_k: int = 3, faces: list[Face] | None = None) -> list[dict]:
+    """Every face in the image with its identity (or None) and its top-k candidates."""
+    faces = pipeline.detect(image) if faces is None else faces
+    embeddings = pipeline.embed_faces(image, faces)
+    searchable = gallery is not None and len(gallery) > 0 and len(faces) > 0
+    matches = gallery.search(embeddings, k=max(1, top_k)) if searchable else [[] for _ in faces]
+    results = []
+    for face, candidates in zip(faces, matches):
+        best = candidates[0] if candidates else None
+        similarity = float(best.similarity) if best else 0.0
+        results.append({
+            "box": [round(float(v), 1) for v in face.box],
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
+            "identity": best.identity if best and similarity >= threshold else None,
+            "similarity": round(similarity, 4),
+            "candidates": [{"identity": m.identity, "similarity": round(float(m.similarity), 4)}
+                           for m in candidates[:top_k]],
+        })
+    return results
+
+
+# --- enrolment ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnrollReport:
+    people: set[str] = field(default_factory=set)
+    images: int = 0
+    enrolled: int = 0
+    already_enrolled: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[str] = field(default_factory=list)
+
+
+def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
+
+    Returns the pairs and the entries skipped with a reason. Symlinked folders are not followed,
+    so a link loop cannot trap the walk.
+    """
+    root = Path(people_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    pairs: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+
+    def add(identity: str, path: Path) -> None:
+        try:
+            pairs.append((clean_identity(identity), str(path)))
+        except GalleryError as exc:
+            skipped.append((str(path), str(exc)))
+
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(entry, followlinks=False):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    path = Path(dirpath) / name
+                    if path.suffix.lower() in IMAGE_EXTENSIONS:
+                        add(entry.name, path)
+                    elif not name.startswith("."):
+                        skipped.append((str(path), "not an image file name"))
+        elif entry.is_dir():
+            skipped.append((str(entry), "symlinked folder not followed"))
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+            add(entry.stem, entry)
+        elif not entry.name.startswith("."):
+            skipped.append((str(entry), "not an image file name"))
+    return pairs, skipped
+
+
+def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLike, *, workers: int = 1,
+           progress: bool = True, batch_images: int = 16) -> EnrollReport:
+    """Enrol one face (the largest) per image. Files whose content hash is enrolled already are skipped.
+
+    Faces are embedded in batches across images, and each batch is committed in one transaction:
+    a kill loses at most the batch in flight, never anything committed before it.
+    """
+    from tqdm import tqdm
+
+    pairs, skipped = collect_people(people_dir)
+    report = EnrollReport(skipped=list(skipped))
+    report.people = {identity for identity, _ in pairs}
+    identity_of = {path: identity for identity, path in pairs}
+    pending: list[tuple[str, LoadedImage, Face]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        crops = np.stack([align_face(item.image, face.landmarks) for _, item, face in pending])
+        embeddings = pipeline.embedder.embed(crops, flip=pipeline.flip)
+        with gallery.writer():
+            for (identity, item, face), embedding in zip(pending, embeddings):
+                if gallery.has_source(item.sha256):  # the same file may sit twice in one batch
+                    report.already_enrolled += 1
+                    continue
+                gallery.add(identity, embedding[None], [{"path": item.path, "sha256": item.sha256,
+                                                         "box": [float(v) for v in face.box]}])
+                report.enrolled += 1
+        pending.clear()
+
+    bar = tqdm(total=len(pairs), desc="enrolling", unit="img", disable=not progress, file=sys.stderr)
+    for item in pipeline.load_many([path for _, path in pairs], workers=workers):
+        bar.update(1)
+        report.images += 1
+        if item.error:
+            report.skipped.append((item.path, item.error))
+            continue
+        if gallery.has_source(item.sha256):
+            report.already_enrolled += 1
+            continue
+        if not item.faces:
+            report.skipped.append((item.path, "no face found"))
+            continue
+        if len(item.faces) > 1:
+            report.warnings.append(f"{item.path}: {len(item.faces)} faces, enrolled the largest")
+        pending.append((identity_of[item.path], item, item.faces[0]))
+        if len(pending) >= batch_images:
+            flush()
+    flush()
+    bar.close()
+    return report
+
+
+def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
+    """Expand files and folders (recursively, not following symlinks) into image paths, in order."""
+    for value in inputs:
+        path = Path(value)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                        yield str(Path(dirpath) / name)
+        else:
+            yield str(path)

@@ -1,0 +1,148 @@
+"""Face representation: aligned 112x112 crops in, L2-normalised embeddings out."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facekit.export import INPUT_NAME, cached_model, create_session, model_card, preprocess, weights_base
+from facekit.model import InceptionResNetV2, ModelConfig
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = WEIGHTS_DIR / "facekit-irv2"
+FALLBACK_THRESHOLD = 0.3
+
+
+def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNetV2, dict]:
+    """Load <path>.safetensors and its model card <path>.json (safetensors: no code runs on load)."""
+    from safetensors.torch import load_file
+
+    base = Path(path)
+    if base.suffix in {".safetensors", ".json"}:
+        base = base.with_suffix("")
+    weights, card_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
+    for required in (weights, card_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"model file not found: {required}")
+    card = json.loads(card_path.read_text())
+    model = InceptionResNetV2(ModelConfig.from_dict(card.get("model", {})))
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), card
+
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+INT8_ENV_VAR = "FACEKIT_INT8"
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Embedder:
+    """Batched embedding of aligned crops with optional mirror test-time augmentation.
+
+    Crops come in as OpenCV gives them (BGR uint8); the model was trained on RGB in [-1, 1].
+
+    backend: "torch"; "onnx" (ONNX Runtime on an export of the same weights, cached per user and
+    made on first use); "onnx-int8" (an int8 model made by `facekit export onnx --int8 --calibration DATA --cache`);
+    or "auto": ONNX Runtime when it is installed and the model runs on the CPU, else torch.
+    FACEKIT_INT8=1 turns "auto" and "onnx" into "onnx-int8". `weights` may also name an .onnx file
+    written by `facekit export onnx`, which carries its model card.
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None,
+                 threads: int | None = None, batch_size: int = 64, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown embedder backend: {backend!r} (choose one of {', '.join(BACKENDS)})")
+        weights = weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL
+        self.batch_size = batch_size
+        self.backend = self._choose_backend(backend, weights, device)
+        self.device = torch.device("cpu" if self.backend != "torch" else device or
+                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.backend != "torch":
+            try:
+                self._open_onnx(weights, threads)
+            except PermissionError as exc:
+                if backend != "auto":
+                    raise
+                warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", stacklevel=2)
+                self.backend = "torch"
+        if self.backend == "torch":
+            if threads:
+                torch.set_num_threads(threads)
+            model, self.card = load_model(weights)
+            self.model = model.to(self.device).to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _choose_backend(backend: str, weights: str | os.PathLike, device: str | None) -> str:
+        exported = str(weights).endswith(".onnx")
+        if exported and backend == "torch":
+            raise ValueError("an .onnx model runs on the onnx backends only")
+        if backend == "auto":
+            on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+            backend = "onnx" if exported or (on_cpu and onnxruntime_available()) else "torch"
+        if backend == "onnx" and not exported and os.environ.get(INT8_ENV_VAR, "0") not in ("", "0"):
+            backend = "onnx-int8"
+        if backend != "torch" and device not in (None, "cpu"):
+            raise ValueError(f"the {backend} backend runs on the CPU only, not on {device}")
+        return backend
+
+    def _open_onnx(self, weights: str | os.PathLike, threads: int | None) -> None:
+        if str(weights).endswith(".onnx"):
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"model file not found: {weights}")
+            self._session = create_session(weights, threads)
+            self.card = model_card(self._session)
+        else:
+            self._session = create_session(cached_model(weights, int8=self.backend == "onnx-int8"), threads)
+            # The card beside the weights, not the copy in the cache: it may have been recalibrated since.
+            self.card = json.loads(weights_base(weights).with_suffix(".json").read_text())
+
+    @property
+    def dim(self) -> int:
+        return int(self.card.get("model", {}).get("embedding_size", 512))
+
+    @property
+    def threshold(self) -> float:
+        """The cosine similarity above which two faces are called the same person (calibrated on LFW)."""
+        return float(self.card.get("threshold", FALLBACK_THRESHOLD))
+
+    def embed(self, crops_bgr: np.ndarray, flip: bool = True) -> np.ndarray:
+        crops_bgr = np.asarray(crops_bgr)
+        if crops_bgr.ndim == 3:
+            crops_bgr = crops_bgr[None]
+        if len(crops_bgr) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        embed_batch = self._embed_torch if self.backend == "torch" else self._embed_onnx
+        outputs = [embed_batch(crops_bgr[start:start + self.batch_size], flip)
+                   for start in range(0, len(crops_bgr), self.batch_size)]
+        return np.concatenate(outputs).astype(np.float32)
+
+    @torch.inference_mode()
+    def _embed_torch(self, crops_bgr: np.ndarray, flip: bool) -> np.ndarray:
+        rgb = torch.from_numpy(np.ascontiguousarray(crops_bgr[:, :, :, ::-1]))
+        x = rgb.to(self.device).permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if flip:
+            # Sum of the unnormalised embeddings of the face and its mirror image, as in insightface's eval.
+            both = self.model(torch.cat([x, x.flip(3)]), normalize=False)
+            embedding = both[: len(x)] + both[len(x):]
+        else:
+            embedding = self.model(x, normalize=False)
+        return torch.nn.functional.normalize(embedding.float(), dim=1).cpu().numpy()
+
+    def _embed_onnx(self, crops_bgr: np.ndarray, flip: bool) -> np.ndarray:
+        raw = self._session.run(None, {INPUT_NAME: preprocess(crops_bgr, flip)})[0]
+        if flip:
+            raw = raw[: len(crops_bgr)] + raw[len(crops_bgr):]
+        # As torch.nn.functional.normalize: divide by the norm, floored at 1e-12.
+        return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)

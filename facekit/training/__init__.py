@@ -1,0 +1,1 @@
+"""Training: data, losses and the loop behind `facekit train`."""

@@ -1,0 +1,188 @@
+"""Aligned-crop datasets kept in memory as one uint8 tensor, and GPU/CPU batch augmentation.
+
+Crops are decoded once and cached as a .npy file: the training pool is ~91k 112x112 crops
+(3.4 GB as uint8), which fits in RAM and turns data loading into tensor indexing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+@dataclass
+class CropSet:
+    images: np.ndarray  # (N, 112, 112, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _decode_rgb(data: bytes) -> np.ndarray | None:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    if image.shape[:2] != (112, 112):
+        image = cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_manifest_pool(root: Path, min_per_class: int, limit_classes: int | None) -> list[tuple[str, str, str]]:
+    with open(root / "manifest.tsv", newline="") as handle:
+        rows = [(r["shard"], r["member"], r["identity"]) for r in csv.DictReader(handle, delimiter="\t")]
+    return _filter_classes(rows, min_per_class, limit_classes)
+
+
+def _read_folder_pool(root: Path, min_per_class: int, limit_classes: int | None) -> list[tuple[str, str, str]]:
+    from facekit.imageio import IMAGE_EXTENSIONS
+
+    rows = [("", str(p), p.parent.name) for p in sorted(root.glob("*/*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return _filter_classes(rows, min_per_class, limit_classes)
+
+
+def _filter_classes(rows: list[tuple[str, str, str]], min_per_class: int,
+                    limit_classes: int | None) -> list[tuple[str, str, str]]:
+    counts: dict[str, int] = {}
+    for _, _, identity in rows:
+        counts[identity] = counts.get(identity, 0) + 1
+    keep = sorted(name for name, n in counts.items() if n >= min_per_class)
+    if limit_classes:
+        keep = keep[:limit_classes]
+    kept = set(keep)
+    return [r for r in rows if r[2] in kept]
+
+
+def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_class: int = 2,
+               limit_classes: int | None = None) -> CropSet:
+    """Load aligned crops from zip shards + manifest.tsv, or from a folder with one sub-folder per identity."""
+    root = Path(root)
+    if (root / "manifest.tsv").exists():
+        rows = _read_manifest_pool(root, min_per_class, limit_classes)
+    elif root.is_dir():
+        rows = _read_folder_pool(root, min_per_class, limit_classes)
+    else:
+        raise FileNotFoundError(f"training data not found: {root}")
+    if not rows:
+        raise ValueError(f"no training crops with >= {min_per_class} images per identity under {root}")
+    class_names = sorted({r[2] for r in rows})
+    key = hashlib.sha256(f"{root.resolve()}|{len(rows)}|{min_per_class}|{limit_classes}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
+    if cache and cache.exists():
+        with np.load(cache) as cached:
+            return CropSet(cached["images"], cached["labels"], class_names)
+
+    label_of = {name: i for i, name in enumerate(class_names)}
+    images = np.empty((len(rows), 112, 112, 3), np.uint8)
+    labels = np.empty(len(rows), np.int64)
+    kept = 0
+    open_shards: dict[str, zipfile.ZipFile] = {}
+    for shard, member, identity in tqdm(rows, desc="decoding crops", unit="img"):
+        if shard:
+            if shard not in open_shards:
+                open_shards[shard] = zipfile.ZipFile(root / shard)
+            data = open_shards[shard].read(member)
+        else:
+            data = Path(member).read_bytes()
+        image = _decode_rgb(data)
+        if image is None:
+            continue
+        images[kept], labels[kept] = image, label_of[identity]
+        kept += 1
+    for handle in open_shards.values():
+        handle.close()
+    images, labels = images[:kept], labels[:kept]
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, labels=labels)
+        tmp.replace(cache)
+    return CropSet(images, labels, class_names)
+
+
+class PKSampler:
+    """P identities x K images per batch, so every batch holds positives for the triplet loss."""
+
+    def __init__(self, labels: np.ndarray, p: int, k: int, seed: int = 0) -> None:
+        self.p, self.k = p, k
+        self.rng = np.random.default_rng(seed)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(labels[order])) + 1
+        self.groups = [g for g in np.split(order, bounds) if len(g) >= 2]
+
+    def __iter__(self):
+        while True:
+            chosen = self.rng.choice(len(self.groups), self.p, replace=False)
+            batch = [self.rng.choice(self.groups[c], self.k, replace=len(self.groups[c]) < self.k) for c in chosen]
+            yield np.concatenate(batch)
+
+
+class RandomSampler:
+    def __init__(self, size: int, batch_size: int, seed: int = 0) -> None:
+        self.size, self.batch_size = size, batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __iter__(self):
+        while True:
+            order = self.rng.permutation(self.size)
+            for start in range(0, self.size - self.batch_size + 1, self.batch_size):
+                yield order[start:start + self.batch_size]
+
+
+def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float in [-1, 1]."""
+    return batch_uint8.permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batch augmentation on (N, 3, H, W) in [-1, 1], run on whatever device x lives on.
+
+    Shifts and scales are small because the test-time crops are aligned the same way;
+    larger jitter would teach invariance the pipeline never needs.
+    """
+    n, device = x.shape[0], x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=device, generator=generator)
+
+    flip = rand(n) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+
+    scale = 1.0 + (rand(n) - 0.5) * 0.2
+    angle = (rand(n) - 0.5) * math.radians(16)
+    shift = (rand(n, 2) - 0.5) * 0.12
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    brightness = (rand(n, 1, 1, 1) - 0.5) * 0.4
+    contrast = 1.0 + (rand(n, 1, 1, 1) - 0.5) * 0.4
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean + brightness
+    grey = x.mean(dim=1, keepdim=True).expand_as(x)
+    saturation = 1.0 + (rand(n, 1, 1, 1) - 0.5) * 0.6
+    x = grey + (x - grey) * saturation
+    to_grey = rand(n) < 0.1
+    x = torch.where(to_grey[:, None, None, None], grey, x)
+
+    blur = rand(n) < 0.15
+    if blur.any():
+        kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device)
+        kernel = (kernel[:, None] * kernel[None, :]) / 256.0
+        kernel = kernel.expand(3, 1, 5, 5).contiguous()
+        blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), kernel, groups=3)
+        x = torch.where(blur[:, None, None, None], blurred, x)
+    return x.clamp_(-1.0, 1.0)

@@ -1,0 +1,78 @@
+"""Losses: one combined-margin softmax (ArcFace / CosFace), batch triplet, and distillation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CombinedMarginLoss(nn.Module):
+    """logit of the true class = s * (cos(m1 * theta + m2) - m3).
+
+    (m1, m2, m3) = (1, 0.5, 0) is ArcFace, (1, 0, 0.35) is CosFace. The class centres live
+    here, so the loss owns its (num_classes x embedding) weight.
+    """
+
+    def __init__(self, embedding_size: int, num_classes: int, s: float = 32.0, m1: float = 1.0,
+                 m2: float = 0.3, m3: float = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, embedding_size) * 0.01)
+        self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin_scale: float = 1.0) -> torch.Tensor:
+        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1 + 1e-7, 1 - 1e-7)
+        target = cosine.gather(1, labels[:, None])
+        m2, m3 = self.m2 * margin_scale, self.m3 * margin_scale
+        if self.m1 != 1.0 or m2 != 0.0:
+            theta = torch.acos(target)
+            margined = torch.cos(self.m1 * theta + m2)
+            # Past pi the angular margin would raise the logit again; fall back to a linear penalty there.
+            limit = math.pi - m2
+            margined = torch.where(theta * self.m1 < limit, margined, target - m2 * math.sin(m2))
+        else:
+            margined = target
+        margined = margined - m3
+        logits = cosine.scatter(1, labels[:, None], margined) * self.s
+        return F.cross_entropy(logits, labels)
+
+
+def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+                 mining: str = "batch_hard") -> torch.Tensor:
+    """Triplet loss on L2-normalised embeddings with batch-hard or semi-hard mining."""
+    embeddings = F.normalize(embeddings)
+    distance = (2.0 - 2.0 * embeddings @ embeddings.t()).clamp_min(0.0).add(1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    positive_mask = same & ~eye
+    has_positive = positive_mask.any(1)
+    if not has_positive.any():
+        return embeddings.sum() * 0.0
+    large = distance.detach().max() + 1.0
+    hardest_positive = torch.where(positive_mask, distance, torch.zeros_like(distance)).max(1).values
+    if mining == "batch_hard":
+        hardest_negative = torch.where(same, distance + large, distance).min(1).values
+        losses = F.relu(hardest_positive - hardest_negative + margin)
+    elif mining == "semi_hard":
+        # The closest negative still farther than the positive; the hardest one if none is.
+        farther = ~same & (distance > hardest_positive[:, None])
+        semi = torch.where(farther, distance, distance + large).min(1).values
+        hardest_negative = torch.where(same, distance + large, distance).min(1).values
+        negative = torch.where(farther.any(1), semi, hardest_negative)
+        losses = F.relu(hardest_positive - negative + margin)
+    else:
+        raise ValueError(f"unknown triplet mining: {mining}")
+    return losses[has_positive].mean()
+
+
+class DistillationLoss(nn.Module):
+    """1 - cos(projection(student), teacher): the projection lets teacher and student differ in width."""
+
+    def __init__(self, student_size: int, teacher_size: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(student_size, teacher_size, bias=False)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return (1.0 - F.cosine_similarity(self.projection(student), teacher, dim=1)).mean()

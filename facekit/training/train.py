@@ -1,0 +1,303 @@
+"""The training loop behind `facekit train`.
+
+One script for CPU, one GPU, or several GPUs under torchrun (DDP is switched on by the
+environment torchrun sets). Crops sit in memory as one uint8 tensor - on the GPU when
+there is one - and are augmented there, so the loop never waits on a data loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from facekit.model import ModelConfig, build_model
+from facekit.training.data import (
+    PKSampler,
+    RandomSampler,
+    augment,
+    load_crops,
+    to_model_input,
+)
+from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output: str = "runs/facekit"
+    width: float = 0.25
+    blocks: tuple[int, int, int] = (5, 10, 5)
+    embedding_size: int = 512
+    batch_size: int = 128
+    minutes: float | None = None
+    epochs: float = 10.0
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.03
+    arcface_weight: float = 1.0
+    arcface_s: float = 32.0
+    arcface_m: float = 0.3  # additive angular margin (m2)
+    cosface_m: float = 0.0  # additive cosine margin (m3); set with arcface_m=0 for CosFace
+    margin_warmup_fraction: float = 0.1
+    triplet_weight: float = 0.0
+    triplet_margin: float = 0.2
+    triplet_mining: str = "batch_hard"
+    pk_k: int = 4
+    teacher: str | None = None  # .npy of teacher embeddings, row i for crop i (tools/teacher_embeddings.py)
+    distill_weight: float = 0.0
+    min_per_class: int = 2
+    limit_classes: int | None = None
+    cache_dir: str | None = None
+    val_pairs: str | None = None
+    val_root: str | None = None
+    eval_every: int = 1000
+    checkpoint_every: int = 500
+    log_every: int = 20
+    compile: bool = False
+    seed: int = 0
+    resume: bool = True
+    device: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _lr_at(progress: float, config: TrainConfig) -> float:
+    if progress < config.warmup_fraction:
+        return config.lr * progress / config.warmup_fraction
+    rest = (progress - config.warmup_fraction) / max(1e-8, 1.0 - config.warmup_fraction)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(rest, 1.0)))
+
+
+class VerificationCallback:
+    """Every N steps: 10-fold accuracy on a pair list of already-aligned crops (e.g. LFW)."""
+
+    def __init__(self, pairs_file: str, crop_root: str, device: torch.device) -> None:
+        from facekit.evaluation import read_lfw_pairs
+
+        self.pairs = read_lfw_pairs(pairs_file, crop_root)
+        paths = sorted({p for pair in self.pairs for p in (pair.path1, pair.path2)})
+        self.index: dict[str, int] = {}
+        crops = []
+        for path in paths:
+            candidates = [Path(path).with_suffix(s) for s in (".png", ".jpg")]
+            found = next((c for c in candidates if c.exists()), None)
+            if found is None:
+                continue
+            # Crops written by tools/align_dataset.py: our own files, so plain OpenCV decoding suffices.
+            image = cv2.imread(str(found), cv2.IMREAD_COLOR)
+            if image is None or image.shape[:2] != (112, 112):
+                continue
+            self.index[path] = len(crops)
+            crops.append(np.ascontiguousarray(image[:, :, ::-1]))
+        self.crops = torch.from_numpy(np.stack(crops)) if crops else torch.empty(0, 112, 112, 3, dtype=torch.uint8)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict:
+        from facekit.evaluation import verification_metrics
+
+        was_training = model.training
+        model.eval()
+        embeddings = []
+        for start in range(0, len(self.crops), 256):
+            x = to_model_input(self.crops[start:start + 256].to(self.device))
+            x = x.contiguous(memory_format=torch.channels_last)
+            embeddings.append(torch.nn.functional.normalize(model(x) + model(x.flip(3))).float().cpu())
+        table = torch.cat(embeddings).numpy() if embeddings else np.zeros((0, 1), np.float32)
+        scores = np.array([
+            float(table[self.index[p.path1]] @ table[self.index[p.path2]])
+            if p.path1 in self.index and p.path2 in self.index else -1.0
+            for p in self.pairs
+        ])
+        same = np.array([p.same for p in self.pairs])
+        folds = np.array([p.fold for p in self.pairs])
+        model.train(was_training)
+        result = verification_metrics(scores, same, folds)
+        result["missing_crops"] = sum(1 for p in self.pairs if p.path1 not in self.index or p.path2 not in self.index)
+        return result
+
+
+def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: dict) -> None:
+    """Write <path>.safetensors and its model card <path>.json."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path.with_suffix(".safetensors")), metadata={"format": "pt"})
+    card = {"architecture": "inception_resnet_v2", "model": config.to_dict(), **card}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def train(config: TrainConfig) -> dict:
+    rank, local_rank, world = _distributed()
+    is_main = rank == 0
+    if config.device:
+        device = torch.device(config.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(config.seed + rank)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+
+    crops = load_crops(config.data, config.cache_dir, config.min_per_class, config.limit_classes)
+    images = torch.from_numpy(crops.images)
+    labels = torch.from_numpy(crops.labels)
+    if on_gpu:
+        images, labels = images.to(device), labels.to(device)
+    teacher = None
+    if config.teacher and config.distill_weight > 0:
+        teacher = torch.from_numpy(np.load(config.teacher)).float()
+        if len(teacher) != len(images):
+            raise ValueError(f"teacher embeddings have {len(teacher)} rows, crops have {len(images)}")
+        teacher = torch.nn.functional.normalize(teacher).to(device)
+
+    model_config = ModelConfig(width=config.width, blocks=tuple(config.blocks), embedding_size=config.embedding_size)
+    model = build_model(config.width, config.blocks, config.embedding_size).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    margin_loss = CombinedMarginLoss(config.embedding_size, crops.num_classes, s=config.arcface_s,
+                                     m2=config.arcface_m, m3=config.cosface_m).to(device)
+    distill = DistillationLoss(config.embedding_size, teacher.shape[1]).to(device) if teacher is not None else None
+    params = list(model.parameters()) + list(margin_loss.parameters())
+    if distill is not None:
+        params += list(distill.parameters())
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    step, elapsed_before = 0, 0.0
+    checkpoint_path = output / "checkpoint.pt"
+    if config.resume and checkpoint_path.exists():
+        # weights_only: a checkpoint is data, never code.
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        margin_loss.load_state_dict(state["margin_loss"])
+        if distill is not None and "distill" in state:
+            distill.load_state_dict(state["distill"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        if is_main:
+            print(f"resumed from {checkpoint_path} at step {step}")
+
+    trainable = model
+    if world > 1:
+        trainable = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None)
+    forward = torch.compile(trainable) if config.compile else trainable
+
+    per_rank_batch = config.batch_size // world
+    use_pk = config.triplet_weight > 0
+    sampler = (PKSampler(crops.labels, per_rank_batch // config.pk_k, config.pk_k, seed=config.seed + rank + step)
+               if use_pk else RandomSampler(len(images), per_rank_batch, seed=config.seed + rank + step))
+    steps_per_epoch = max(1, len(images) // config.batch_size)
+    total_steps = int(config.epochs * steps_per_epoch)
+    budget_s = config.minutes * 60 if config.minutes else None
+    callback = (VerificationCallback(config.val_pairs, config.val_root, device)
+                if is_main and config.val_pairs and config.val_root else None)
+
+    def progress() -> float:
+        if budget_s:
+            return min(1.0, (elapsed_before + time.time() - start) / budget_s)
+        return min(1.0, step / max(1, total_steps))
+
+    def save_checkpoint() -> None:
+        state = {"model": model.state_dict(), "margin_loss": margin_loss.state_dict(),
+                 "optimizer": optimizer.state_dict(), "step": step,
+                 "elapsed": elapsed_before + time.time() - start}
+        if distill is not None:
+            state["distill"] = distill.state_dict()
+        tmp = checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint_path)
+
+    log_file = open(output / "log.csv", "a", newline="")
+    log = csv.writer(log_file)
+    if log_file.tell() == 0:
+        log.writerow(["step", "elapsed_s", "lr", "loss", "arcface", "triplet", "distill", "images_per_s",
+                      "val_accuracy"])
+    start = time.time()
+    bar = tqdm(total=1000, desc="training", unit="‰", disable=not is_main)
+    batches = iter(sampler)
+    model.train()
+    last_log, images_since_log = time.time(), 0
+    latest_val: dict = {}
+    while progress() < 1.0:
+        index = torch.from_numpy(next(batches)).to(images.device)
+        batch_labels = labels[index].to(device)
+        x = augment(to_model_input(images[index].to(device, non_blocking=True)))
+        x = x.contiguous(memory_format=torch.channels_last)
+        fraction = progress()
+        lr = _lr_at(fraction, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        margin_scale = min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction else 1.0
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            raw = forward(x, normalize=False)
+        raw = raw.float()
+        parts = {"arcface": torch.zeros((), device=device), "triplet": torch.zeros((), device=device),
+                 "distill": torch.zeros((), device=device)}
+        if config.arcface_weight > 0:
+            parts["arcface"] = margin_loss(raw, batch_labels, margin_scale)
+        if config.triplet_weight > 0:
+            parts["triplet"] = triplet_loss(raw, batch_labels, config.triplet_margin, config.triplet_mining)
+        if distill is not None:
+            parts["distill"] = distill(raw, teacher[index.to(teacher.device)])
+        loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
+                + config.distill_weight * parts["distill"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        step += 1
+        images_since_log += len(index) * world
+        bar.n = int(progress() * 1000)
+        bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
+        bar.refresh()
+        if is_main and step % config.eval_every == 0 and callback is not None:
+            latest_val = callback(model)
+            tqdm.write(f"step {step}: val accuracy {latest_val['accuracy']:.4f} "
+                       f"+- {latest_val['accuracy_std']:.4f}, TAR@1e-3 {latest_val['tar_at_far_1e-3']:.3f}")
+        if is_main and step % config.log_every == 0:
+            now = time.time()
+            log.writerow([step, round(elapsed_before + now - start, 1), round(lr, 6), round(loss.item(), 4),
+                          round(parts["arcface"].item(), 4), round(parts["triplet"].item(), 4),
+                          round(parts["distill"].item(), 4), round(images_since_log / (now - last_log), 1),
+                          latest_val.get("accuracy", "")])
+            log_file.flush()
+            last_log, images_since_log = now, 0
+        if is_main and step % config.checkpoint_every == 0:
+            save_checkpoint()
+    bar.close()
+    result: dict = {"steps": step, "minutes": round((elapsed_before + time.time() - start) / 60, 1),
+                    "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
+    if is_main:
+        save_checkpoint()
+        if callback is not None:
+            latest_val = callback(model)
+            result["val"] = latest_val
+        card = {"training": {**asdict(config), **result, "num_classes": crops.num_classes,
+                             "num_images": len(images)}}
+        save_weights(model.eval(), model_config, output / "model", card)
+        (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    log_file.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return result

@@ -1,0 +1,49 @@
+"""Shared fixtures: bundled real face photos and the optional research data in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"research data not found at {SHARED_DATA} (only available on the development machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def yunet_model(shared_data: Path) -> Path:
+    path = shared_data / "models" / "face_detection_yunet.onnx"
+    if not path.is_file():
+        pytest.skip(f"YuNet test model not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def grace_hopper_path() -> Path:
+    """A real JPEG portrait shipped with matplotlib."""
+    from matplotlib import cbook
+
+    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+@pytest.fixture(scope="session")
+def grace_hopper_bgr(grace_hopper_path: Path) -> np.ndarray:
+    image = cv2.imread(str(grace_hopper_path))
+    assert image is not None
+    return image
+
+
+@pytest.fixture(scope="session")
+def astronaut_bgr() -> np.ndarray:
+    """Eileen Collins' portrait shipped with scikit-image (RGB there, BGR here)."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from facekit.alignment import CROP_SIZE, TEMPLATE_112, align_face, similarity_transform
+
+
+def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    angle = math.radians(angle_deg)
+    c, s = scale * math.cos(angle), scale * math.sin(angle)
+    return np.array([[c, -s, shift[0]], [s, c, shift[1]]], np.float64)
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
+
+
+@pytest.mark.parametrize(
+    ("angle", "scale", "shift"),
+    [(0.0, 1.0, (0.0, 0.0)), (17.0, 2.3, (140.0, 60.0)), (-35.0, 0.6, (-12.5, 300.25)), (180.0, 4.0, (900.0, 700.0))],
+)
+def test_similarity_transform_recovers_the_template(angle: float, scale: float, shift: tuple[float, float]) -> None:
+    landmarks = _apply(_similarity(angle, scale, shift), TEMPLATE_112)
+    matrix = similarity_transform(landmarks)
+    assert matrix.shape == (2, 3)
+    np.testing.assert_allclose(_apply(matrix, landmarks), TEMPLATE_112, atol=0.01)
+
+
+def test_similarity_transform_is_a_similarity() -> None:
+    rng = np.random.default_rng(0)
+    noisy = _apply(_similarity(10.0, 1.7, (50.0, 80.0)), TEMPLATE_112) + rng.normal(0, 2.0, (5, 2))
+    linear = similarity_transform(noisy)[:, :2].astype(np.float64)
+    # Equal singular values and a positive determinant: no shear, no mirroring.
+    singular = np.linalg.svd(linear, compute_uv=False)
+    assert singular[0] == pytest.approx(singular[1], rel=1e-5)
+    assert np.linalg.det(linear) > 0
+
+
+def _dot_centres(image: np.ndarray, near: np.ndarray, radius: int = 6) -> np.ndarray:
+    """Intensity-weighted centroid of the bright dot around each expected position."""
+    centres = []
+    for x, y in near:
+        x0, y0 = int(round(x)) - radius, int(round(y)) - radius
+        window = image[y0:y0 + 2 * radius + 1, x0:x0 + 2 * radius + 1].astype(np.float64)
+        ys, xs = np.mgrid[0:window.shape[0], 0:window.shape[1]]
+        total = window.sum()
+        assert total > 0, f"no dot near ({x:.1f}, {y:.1f})"
+        centres.append((x0 + (xs * window).sum() / total, y0 + (ys * window).sum() / total))
+    return np.array(centres)
+
+
+@pytest.mark.parametrize("size", [CROP_SIZE, 224])
+def test_align_face_moves_dots_onto_the_template(size: int) -> None:
+    matrix = _similarity(-20.0, 2.5, (180.0, 90.0))
+    landmarks = _apply(matrix, TEMPLATE_112)
+    # Gaussian dots drawn analytically, so each dot's centre is exactly its landmark.
+    ys, xs = np.mgrid[0:500, 0:500]
+    image = np.zeros((500, 500), np.float64)
+    for x, y in landmarks:
+        image += np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 3.0**2))
+    image_bgr = cv2.cvtColor((255 * image).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+    aligned = align_face(image_bgr, landmarks.astype(np.float32), size=size)
+
+    assert aligned.shape == (size, size, 3)
+    expected = TEMPLATE_112 * (size / CROP_SIZE)
+    found = _dot_centres(cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY), expected)
+    np.testing.assert_allclose(found, expected, atol=0.3)

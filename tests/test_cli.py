@@ -1,0 +1,217 @@
+"""The `facekit` CLI end to end on real faces: enroll, identify, verify, gallery, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facekit.cli import main
+from facekit.datastore import Gallery
+
+REPO = Path(__file__).resolve().parents[1]
+FACE_KEYS = {"box", "landmarks", "identity", "similarity", "candidates"}
+
+
+def variant(image: np.ndarray, seed: int) -> np.ndarray:
+    """A plausibly different photo of the same face: rotation, scale, brightness, noise."""
+    rng = np.random.default_rng(seed)
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-8, 8), rng.uniform(0.9, 1.1))
+    out = cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT)
+    out = out.astype(np.float32) * rng.uniform(0.8, 1.15) + rng.normal(0, 4, out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def people(tmp_path, astronaut_bgr, grace_hopper_bgr) -> Path:
+    root = tmp_path / "people"
+    for name, image in (("eileen_collins", astronaut_bgr), ("grace_hopper", grace_hopper_bgr)):
+        (root / name).mkdir(parents=True)
+        cv2.imwrite(str(root / name / "a.jpg"), image)
+        cv2.imwrite(str(root / name / "b.jpg"), variant(image, 1))
+    return root
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_round_trip_on_bundled_photos(tmp_path, people, capsys, astronaut_bgr, grace_hopper_bgr):
+    gallery = str(tmp_path / "gallery")
+    code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 0 and "4 faces enrolled" in out
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    cv2.imwrite(str(probes / "eileen.jpg"), variant(astronaut_bgr, 7))
+    cv2.imwrite(str(probes / "grace.jpg"), variant(grace_hopper_bgr, 7))
+    code, out, _ = run_cli(capsys, "identify", str(probes), "--gallery", gallery, "--json", "--top-k", "2")
+    assert code == 0
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [Path(r["image"]).name for r in lines] == ["eileen.jpg", "grace.jpg"]
+    for record, expected in zip(lines, ["eileen_collins", "grace_hopper"]):
+        assert set(record) == {"image", "faces"}
+        assert len(record["faces"]) == 1
+        face = record["faces"][0]
+        assert set(face) == FACE_KEYS
+        assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
+        assert all(len(point) == 2 for point in face["landmarks"])
+        assert face["identity"] == expected
+        assert face["candidates"][0] == {"identity": expected, "similarity": face["similarity"]}
+        assert len(face["candidates"]) == 2 and face["candidates"][1]["similarity"] < face["similarity"]
+
+    # Re-enrolling the same files changes nothing.
+    code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 0 and "0 faces enrolled, 4 already enrolled" in out
+
+    code, out, _ = run_cli(capsys, "identify", str(probes / "grace.jpg"), "--gallery", gallery, "--csv")
+    rows = out.strip().splitlines()
+    assert rows[0] == "image,face,x,y,w,h,identity,similarity" and rows[1].split(",")[6] == "grace_hopper"
+
+    annotated = tmp_path / "annotated"
+    code, out, _ = run_cli(capsys, "identify", str(probes), "--gallery", gallery, "--annotate", str(annotated))
+    assert code == 0 and "eileen_collins" in out
+    drawn = cv2.imread(str(annotated / "eileen.jpg"))
+    assert drawn is not None and drawn.shape == astronaut_bgr.shape
+
+
+def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
+    paths = {}
+    for name, image in (("a1", astronaut_bgr), ("a2", variant(astronaut_bgr, 3)), ("g", grace_hopper_bgr)):
+        paths[name] = str(tmp_path / f"{name}.jpg")
+        cv2.imwrite(paths[name], image)
+    code, out, _ = run_cli(capsys, "verify", paths["a1"], paths["a2"], "--json")
+    same = json.loads(out)
+    assert code == 0 and same["same"] is True and set(same) == {"same", "similarity", "threshold"}
+    code, out, _ = run_cli(capsys, "verify", paths["a1"], paths["g"], "--json")
+    different = json.loads(out)
+    assert different["same"] is False and different["similarity"] < same["similarity"]
+    code, out, err = run_cli(capsys, "verify", paths["a1"], str(tmp_path / "missing.jpg"))
+    assert code != 0 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_gallery_commands(tmp_path, people, capsys):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "list")
+    assert out.split() == ["eileen_collins", "grace_hopper"]
+    assert run_cli(capsys, "gallery", "--gallery", gallery, "rename", "grace_hopper", "Grace Hopper")[0] == 0
+    assert run_cli(capsys, "gallery", "--gallery", gallery, "remove", "eileen_collins")[0] == 0
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "list")
+    assert out.strip().splitlines() == ["Grace Hopper"]
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "stats", "--json")
+    assert json.loads(out)["embeddings"] == 2
+    assert run_cli(capsys, "gallery", "--gallery", gallery, "check")[0] == 0
+    assert run_cli(capsys, "gallery", "--gallery", gallery, "rebuild")[0] == 0
+    code, _, err = run_cli(capsys, "gallery", "--gallery", gallery, "remove", "nobody")
+    assert code != 0 and "nobody" in err
+    code, _, err = run_cli(capsys, "gallery", "--gallery", str(tmp_path / "nothing-here"), "list")
+    assert code != 0 and err.startswith("error:")
+
+
+def _bad_files(root: Path, grace_hopper_bgr: np.ndarray) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    good = cv2.imencode(".jpg", grace_hopper_bgr)[1].tobytes()
+    files = {
+        "truncated": (root / "truncated.jpg", good[: len(good) // 3]),
+        "empty": (root / "empty.jpg", b""),
+        "text": (root / "text.jpg", b"this is not an image\n"),
+        "no_face": (root / "no_face.png", cv2.imencode(".png", np.full((300, 300, 3), 127, np.uint8))[1].tobytes()),
+    }
+    for path, data in files.values():
+        path.write_bytes(data)
+    # A PNG whose header claims 30000x30000 pixels: must be refused before decoding.
+    from PIL import Image
+
+    bomb = root / "bomb.png"
+    Image.new("1", (30000, 30000)).save(bomb, optimize=True)
+    out = {name: path for name, (path, _) in files.items()}
+    out["bomb"] = bomb
+    return out
+
+
+def test_bad_input_leaves_the_gallery_intact(tmp_path, people, capsys, grace_hopper_bgr):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    bad = _bad_files(tmp_path / "bad_person" / "mallory", grace_hopper_bgr)
+    code, out, err = run_cli(capsys, "enroll", str(tmp_path / "bad_person"), "--gallery", gallery, "--quiet")
+    assert code == 1 and "0 faces enrolled" in out
+    for name, path in bad.items():
+        reason = [line for line in err.splitlines() if str(path) in line]
+        assert len(reason) == 1, f"{name}: expected one line naming the file, got {reason}"
+    assert "Traceback" not in err
+    for path in bad.values():
+        code, out, err = run_cli(capsys, "identify", str(path), "--gallery", gallery)
+        if path.name == "no_face.png":
+            assert code == 0 and "0 faces" in out
+        else:
+            assert code == 1 and len(err.strip().splitlines()) == 2 and "Traceback" not in err
+    code, _, err = run_cli(capsys, "identify", str(tmp_path / "missing.jpg"), "--gallery", gallery)
+    assert code == 1 and "not found" in err
+    code, _, err = run_cli(capsys, "enroll", str(tmp_path / "missing_dir"), "--gallery", gallery)
+    assert code == 2 and err.strip() == f"error: folder not found: {tmp_path / 'missing_dir'}"
+    with Gallery.open(gallery, create=False) as opened:
+        assert len(opened) == 4 and opened.check() == []
+
+
+def test_kill_during_enroll_loses_nothing_committed(tmp_path, astronaut_bgr, grace_hopper_bgr):
+    people = tmp_path / "people"
+    for index in range(40):
+        name = ["eileen", "grace"][index % 2]
+        (people / name).mkdir(parents=True, exist_ok=True)
+        base = astronaut_bgr if name == "eileen" else grace_hopper_bgr
+        cv2.imwrite(str(people / name / f"{index:02d}.jpg"), variant(base, index))
+    gallery = tmp_path / "gallery"
+    command = [sys.executable, "-m", "facekit.cli", "enroll", str(people), "--gallery", str(gallery), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    committed: list[str] = []
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (gallery / "gallery.sqlite").exists():
+            try:
+                with sqlite3.connect(f"file:{gallery / 'gallery.sqlite'}?mode=ro", uri=True) as db:
+                    committed = [row[0] for row in db.execute("SELECT sha256 FROM embeddings")]
+            except sqlite3.Error:
+                committed = []
+            if len(committed) >= 16:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "enroll finished before it could be killed; make the folder bigger"
+    process.kill()
+    process.wait()
+    assert committed, "nothing was committed before the kill"
+
+    check = subprocess.run([sys.executable, "-m", "facekit.cli", "gallery", "--gallery", str(gallery), "check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with Gallery.open(gallery, create=False) as opened:
+        for sha in committed:
+            assert opened.has_source(sha)
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    with sqlite3.connect(gallery / "gallery.sqlite") as db:
+        total, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM embeddings").fetchone()
+    assert total == distinct == 40
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "facekit.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("enroll", "identify", "verify", "gallery", "train", "eval"):
+        assert command in result.stdout
+    for command in ("enroll", "identify", "verify", "gallery", "train", "eval"):
+        sub = subprocess.run([sys.executable, "-m", "facekit.cli", command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and "usage:" in sub.stdout
+    bad = subprocess.run([sys.executable, "-m", "facekit.cli", "identify"], capture_output=True, text=True)
+    assert bad.returncode == 2

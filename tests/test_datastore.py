@@ -1,0 +1,376 @@
+"""The gallery: persistence, search ranking, integrity checks and repair, index types, validation."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facekit import datastore
+from facekit.datastore import Gallery, GalleryError, GalleryWarning, choose_index, default_gallery_path
+
+DIM = 32
+
+
+def vectors(seed: int, count: int = 1) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((count, DIM)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def sources(*names: str) -> list[dict]:
+    return [
+        {"path": f"{n}.jpg", "sha256": hashlib.sha256(n.encode()).hexdigest(), "box": [1, 2, 30, 40]} for n in names
+    ]
+
+
+def enroll(gallery: Gallery, identity: str, seed: int, count: int = 2) -> list[int]:
+    return gallery.add(identity, vectors(seed, count), sources(*(f"{identity}-{seed}-{i}" for i in range(count))))
+
+
+def index_files(path: Path) -> list[Path]:
+    return sorted(path.glob("index-*.faiss"))
+
+
+def no_repair_warning(recorded: list) -> bool:
+    return not any(issubclass(w.category, GalleryWarning) for w in recorded)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "gallery"
+
+
+def test_persists_across_reopen(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        ids = enroll(gallery, "alice", 1) + enroll(gallery, "bob", 2, 3)
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with Gallery.open(path, dim=DIM, create=False) as gallery:
+            assert gallery.identities() == [("alice", 2), ("bob", 3)]
+            assert len(gallery) == 5
+            assert gallery.check() == []
+            best = gallery.search(vectors(2, 3)[1])[0][0]
+            assert (best.identity, best.embedding_id, best.source_path) == ("bob", ids[3], "bob-2-1.jpg")
+            assert best.similarity == pytest.approx(1.0, abs=1e-5)
+    assert no_repair_warning(recorded)
+
+
+def test_open_missing_without_create(path: Path) -> None:
+    with pytest.raises(GalleryError, match="no gallery"):
+        Gallery.open(path, create=False)
+
+
+def test_dim_mismatch_is_refused(path: Path) -> None:
+    Gallery.open(path, dim=DIM).close()
+    with pytest.raises(GalleryError, match="32-d"):
+        Gallery.open(path, dim=512)
+
+
+def test_search_ranks_identities_not_vectors(path: Path) -> None:
+    """bob has many near-duplicate vectors close to the query; they must not crowd out other identities."""
+    query = vectors(0)[0]
+    near = query + 0.05 * vectors(1, 40)
+    with Gallery.open(path, dim=DIM) as gallery, gallery.writer():
+        gallery.add("bob", near, sources(*(f"bob{i}" for i in range(40))))
+        gallery.add("carol", query + 0.5 * vectors(2), sources("carol"))
+        gallery.add("dave", query + 0.9 * vectors(3), sources("dave"))
+        gallery.add("erin", -query, sources("erin"))
+        matches = gallery.search(query, k=3)[0]
+        assert [m.identity for m in matches] == ["bob", "carol", "dave"]
+        sims = [m.similarity for m in matches]
+        assert sims == sorted(sims, reverse=True)
+        assert len(gallery.search(query, k=10)[0]) == 4  # only four identities exist
+        batch = gallery.search(np.stack([query, -query]), k=1)
+        assert [b[0].identity for b in batch] == ["bob", "erin"]
+
+
+def test_remove_and_rename(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        enroll(gallery, "bob", 2)
+        enroll(gallery, "carol", 3)
+        assert gallery.remove("bob") == 2
+        assert gallery.search(vectors(2, 2)[0], k=5)[0][0].identity != "bob"
+        assert all(m.identity != "bob" for m in gallery.search(vectors(2, 2)[0], k=5)[0])
+        with pytest.raises(GalleryError, match="no identity"):
+            gallery.remove("bob")
+        gallery.rename("alice", "Alice Smith")
+        assert gallery.search(vectors(1, 2)[0])[0][0].identity == "Alice Smith"
+        with pytest.raises(GalleryError, match="already exists"):
+            gallery.rename("Alice Smith", "carol")
+        gallery.rename("Alice Smith", "carol", merge=True)
+        assert gallery.identities() == [("carol", 4)]
+        assert gallery.check() == []
+    with Gallery.open(path, dim=DIM) as gallery:
+        assert gallery.search(vectors(1, 2)[1])[0][0].identity == "carol"
+
+
+def test_has_source(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        gallery.add("alice", vectors(1), sources("a.jpg"))
+        assert gallery.has_source(hashlib.sha256(b"a.jpg").hexdigest())
+        assert gallery.has_source(hashlib.sha256(b"a.jpg").hexdigest().upper())
+        assert not gallery.has_source(hashlib.sha256(b"b.jpg").hexdigest())
+        gallery.remove("alice")
+        assert not gallery.has_source(hashlib.sha256(b"a.jpg").hexdigest())
+
+
+def test_check_detects_tampered_index(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+    (file,) = index_files(path)
+    data = bytearray(file.read_bytes())
+    data[-5] ^= 0xFF
+    file.write_bytes(bytes(data))
+    with pytest.warns(GalleryWarning, match="checksum"):
+        gallery = Gallery.open(path, dim=DIM)  # repairs on open
+    with gallery:
+        assert gallery.check() == []
+    with _open_quietly(path) as gallery:
+        index_files(path)[0].write_bytes(b"garbage")  # tampered while open: check() reads the files again
+        assert any("checksum" in p for p in gallery.check())
+
+
+def _open_quietly(path: Path) -> Gallery:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Gallery.open(path, dim=DIM)
+
+
+def test_deleted_index_is_detected_and_repaired_on_open(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        (file,) = index_files(path)
+        file.unlink()
+        assert any("missing" in p for p in gallery.check())
+        gallery.rebuild()
+        assert gallery.check() == []
+        index_files(path)[0].unlink()
+    with pytest.warns(GalleryWarning, match="missing"):
+        gallery = Gallery.open(path, dim=DIM)
+    with gallery:
+        assert gallery.check() == []
+        assert gallery.search(vectors(1, 2)[1])[0][0].identity == "alice"
+
+
+def test_stale_index_after_interrupted_write(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that dies before writing its index checkpoint leaves an index behind the database."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+    with Gallery.open(path, dim=DIM) as gallery:
+        monkeypatch.setattr(Gallery, "_write_index", lambda self: None)  # "killed" before the checkpoint
+        enroll(gallery, "bob", 2)
+        monkeypatch.undo()
+        problems = gallery._problems()
+        assert any("stale" in p for p in problems)
+    with pytest.warns(GalleryWarning, match="lacked 2 embeddings"):
+        gallery = Gallery.open(path, dim=DIM)
+    with gallery:
+        assert gallery.check() == []
+        assert gallery.search(vectors(2, 2)[0])[0][0].identity == "bob"
+
+
+def test_check_detects_orphan_row(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        db = sqlite3.connect(path / "gallery.sqlite")
+        with db:
+            db.execute(
+                "INSERT INTO embeddings(identity_id, source_path, sha256, box, created, vector)"
+                " VALUES (999, 'x.jpg', ?, NULL, 0, ?)",
+                ("0" * 64, vectors(5).tobytes()),
+            )
+        db.close()
+        problems = gallery.check()
+        assert any("identity id 999" in p for p in problems)
+        assert gallery.search(vectors(5)[0])[0][0].identity == "alice"  # the orphan is never served
+
+
+def test_rebuild_restores_index(path: Path) -> None:
+    with Gallery.open(path, dim=DIM, index="hnsw") as gallery:
+        for n in range(5):
+            enroll(gallery, f"p{n}", n)
+        before = [m.identity for m in gallery.search(vectors(99)[0], k=5)[0]]
+        for file in index_files(path):
+            file.write_bytes(b"broken")
+        assert gallery.check() != []
+        gallery.rebuild()
+        assert gallery.check() == []
+        assert [m.identity for m in gallery.search(vectors(99)[0], k=5)[0]] == before
+
+
+def test_hnsw_tombstones_and_compaction(path: Path) -> None:
+    with Gallery.open(path, dim=DIM, index="hnsw") as gallery:
+        with gallery.writer():
+            for n in range(10):
+                enroll(gallery, f"p{n}", n, 3)
+        assert gallery.stats()["index"] == "hnsw"
+        gallery.remove("p0")  # 3 of 30: tombstones kept
+        stats = gallery.stats()
+        assert (stats["tombstones"], stats["index_vectors"], stats["embeddings"]) == (3, 30, 27)
+        assert all(m.identity != "p0" for m in gallery.search(vectors(0, 3), k=10)[0])
+        assert gallery.check() == []
+        with gallery.writer():
+            gallery.remove("p1")
+            gallery.remove("p2")  # 9 of 30 > 20%: compacted when the writer block ends
+        stats = gallery.stats()
+        assert (stats["tombstones"], stats["index_vectors"], stats["embeddings"]) == (0, 21, 21)
+        assert gallery.search(vectors(3, 3)[2])[0][0].identity == "p3"
+        assert gallery.check() == []
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_removal_works_with_every_index(path: Path, kind: str) -> None:
+    with Gallery.open(path, dim=DIM, index=kind) as gallery:
+        with gallery.writer():
+            for n in range(60):
+                enroll(gallery, f"p{n}", n, 2)
+        assert gallery.stats()["index"] == kind
+        gallery.remove("p7")
+        assert all(m.identity != "p7" for m in gallery.search(vectors(7, 2), k=5)[0])
+        assert gallery.search(vectors(8, 2)[1])[0][0].identity == "p8"
+
+
+def test_index_auto_choice(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert choose_index("auto", 100).kind == "flat"
+    assert choose_index("auto", datastore.AUTO_FLAT_LIMIT).kind == datastore.AUTO_APPROXIMATE
+    assert choose_index("ivf", 10).kind == "flat"  # too little to train on yet
+    assert choose_index("ivf", 1_000_000).nlist == 1024
+    monkeypatch.setattr(datastore, "AUTO_FLAT_LIMIT", 50)
+    with Gallery.open(path, dim=DIM) as gallery:
+        with gallery.writer():
+            for n in range(20):
+                enroll(gallery, f"p{n}", n, 2)
+        assert gallery.stats()["index"] == "flat"
+        with gallery.writer():
+            for n in range(20, 60):
+                enroll(gallery, f"p{n}", n, 2)
+        assert gallery.stats()["index"] == datastore.AUTO_APPROXIMATE  # switched at the checkpoint
+        assert gallery.search(vectors(55, 2)[0])[0][0].identity == "p55"
+        assert gallery.check() == []
+
+
+def test_sharded_equals_unsharded(tmp_path: Path) -> None:
+    results = []
+    for shards in (1, 3):
+        with Gallery.open(tmp_path / f"s{shards}", dim=DIM, index="flat", shards=shards) as gallery:
+            with gallery.writer():
+                for n in range(40):
+                    enroll(gallery, f"p{n}", n, 3)
+            gallery.remove("p5")
+            assert gallery.stats()["shards"] == shards
+            assert len(index_files(tmp_path / f"s{shards}")) == shards
+            assert gallery.check() == []
+            results.append(gallery.search(vectors(1000, 20), k=7))
+    assert len(results[0]) == 20
+    for unsharded, sharded in zip(*results, strict=True):
+        assert [(m.identity, m.embedding_id) for m in unsharded] == [(m.identity, m.embedding_id) for m in sharded]
+        np.testing.assert_allclose([m.similarity for m in unsharded], [m.similarity for m in sharded], atol=1e-6)
+
+
+def test_changing_shards_rebuilds(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1, 5)
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        gallery = Gallery.open(path, dim=DIM, shards=2)
+    assert no_repair_warning(recorded)  # asked for, not a repair
+    with gallery:
+        assert gallery.stats()["shards"] == 2
+        assert gallery.check() == []
+        assert gallery.search(vectors(1, 5)[4])[0][0].identity == "alice"
+
+
+def test_owner_only_permissions(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}  # open: -wal, -shm exist
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert set(modes) >= {"gallery.sqlite", "gallery.sqlite-wal", "gallery.sqlite-shm", "lock"}
+    assert any(name.startswith("index-") for name in modes)
+    assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+@pytest.mark.parametrize(
+    "name", ["", "   ", ".", "..", "a/b", "a\\b", "tab\there", "new\nline", "bell\x07", "x" * 129, "rtl\u202eevil", 7]
+)
+def test_invalid_identity_names(path: Path, name: object) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        with pytest.raises(GalleryError):
+            gallery.add(name, vectors(1), sources("a"))
+        assert len(gallery) == 0
+
+
+def test_identity_names_are_canonical(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        gallery.add("  Jos\u0065\u0301 ", vectors(1), sources("a"))  # decomposed é, padded
+        gallery.add("Jos\u00e9", vectors(2), sources("b"))
+        assert gallery.identities() == [("Jos\u00e9", 2)]
+
+
+def test_bad_inputs(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        bad = [
+            (np.ones(DIM + 1), sources("a")),  # wrong dim
+            (np.full((1, DIM), np.nan), sources("a")),
+            (np.zeros((1, DIM)), sources("a")),
+            (np.ones((2, DIM)), sources("a")),  # one source for two vectors
+            (np.ones((0, DIM)), []),
+            (np.ones(DIM), [{"path": "a.jpg", "sha256": "not a hash", "box": [0, 0, 1, 1]}]),
+            (np.ones(DIM), [{"path": "a.jpg", "sha256": "0" * 64, "box": [0, 0, 1]}]),
+            ("text", sources("a")),
+        ]
+        for embeddings, srcs in bad:
+            with pytest.raises(GalleryError):
+                gallery.add("alice", embeddings, srcs)
+        with pytest.raises(GalleryError):
+            gallery.search(np.ones(DIM + 1))
+        with pytest.raises(GalleryError):
+            gallery.search(np.full(DIM, np.inf))
+        with pytest.raises(GalleryError):
+            gallery.search(np.ones(DIM), k=0)
+        assert len(gallery) == 0
+        # Not unit length: accepted and normalised.
+        (embedding_id,) = gallery.add("alice", 7 * vectors(1), sources("a"))
+        best = gallery.search(3 * vectors(1))[0][0]
+        assert (best.embedding_id, best.similarity) == (embedding_id, pytest.approx(1.0, abs=1e-5))
+    with pytest.raises(GalleryError, match="index type"):
+        Gallery.open(path, dim=DIM, index="annoy")
+
+
+def test_empty_gallery_search(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        assert gallery.search(vectors(1, 2)) == [[], []]
+        assert gallery.identities() == []
+        assert gallery.check() == []
+
+
+def test_writer_lock_times_out_with_clear_error(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as first, Gallery.open(path, dim=DIM, lock_timeout=0.2) as second:
+        with first.writer():
+            with pytest.raises(GalleryError, match="busy"):
+                enroll(second, "bob", 2)
+        enroll(second, "bob", 2)
+        assert first.search(vectors(2, 2)[0])[0][0].identity == "bob"  # sees the other object's write
+
+
+def test_stats(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1, 3)
+        stats = gallery.stats()
+    assert stats["identities"] == 1 and stats["embeddings"] == 3 and stats["dim"] == DIM
+    assert stats["index"] == "flat" and stats["tombstones"] == 0 and stats["bytes_on_disk"] > 0
+
+
+def test_default_gallery_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACEKIT_GALLERY", raising=False)
+    assert default_gallery_path() == tmp_path / "galleries" / "default"
+    monkeypatch.setenv("FACEKIT_GALLERY", "/somewhere/else")
+    assert default_gallery_path() == Path("/somewhere/else")
+    assert default_gallery_path("cli/path") == Path("cli/path")

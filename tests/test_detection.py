@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facekit.detection import (
+    YUNET_ENV_VAR,
+    Face,
+    HaarLandmarkDetector,
+    YuNetDetector,
+    create_detector,
+)
+
+
+@pytest.fixture(scope="module")
+def haar() -> HaarLandmarkDetector:
+    return HaarLandmarkDetector()
+
+
+@pytest.fixture(scope="module")
+def yunet(yunet_model: Path) -> YuNetDetector:
+    return YuNetDetector(yunet_model)
+
+
+def nme(points: np.ndarray, reference: np.ndarray) -> float:
+    """Mean landmark error over the reference's inter-ocular distance."""
+    return float(np.linalg.norm(points - reference, axis=1).mean() / np.linalg.norm(reference[1] - reference[0]))
+
+
+def assert_plausible(face: Face) -> None:
+    assert face.landmarks.shape == (5, 2) and face.landmarks.dtype == np.float32
+    assert 0.0 <= face.score <= 1.0
+    left_eye, right_eye, nose, left_mouth, right_mouth = face.landmarks
+    assert left_eye[0] < right_eye[0] and left_mouth[0] < right_mouth[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
+    x, y, w, h = face.box
+    assert (face.landmarks[:, 0] > x).all() and (face.landmarks[:, 0] < x + w).all()
+    assert (face.landmarks[:, 1] > y).all() and (face.landmarks[:, 1] < y + h).all()
+    assert 0.2 * w < np.linalg.norm(right_eye - left_eye) < 0.7 * w
+
+
+@pytest.mark.parametrize("photo", ["astronaut_bgr", "grace_hopper_bgr"])
+def test_default_detector_finds_the_face(
+    haar: HaarLandmarkDetector, photo: str, request: pytest.FixtureRequest
+) -> None:
+    faces = haar.detect(request.getfixturevalue(photo))
+    assert len(faces) == 1
+    assert_plausible(faces[0])
+    assert faces[0].score > 0.5
+
+
+@pytest.mark.parametrize("photo", ["astronaut_bgr", "grace_hopper_bgr"])
+def test_default_detector_agrees_with_yunet(
+    haar: HaarLandmarkDetector, yunet: YuNetDetector, photo: str, request: pytest.FixtureRequest
+) -> None:
+    image = request.getfixturevalue(photo)
+    reference = yunet.detect(image)
+    assert len(reference) == 1
+    assert_plausible(reference[0])
+    # The landmark net's mean NME against YuNet on LFW is about 0.10 (see facekit/weights/landmarks.json).
+    assert nme(haar.detect(image)[0].landmarks, reference[0].landmarks) < 0.15
+
+
+DEMO_PORTRAITS = [
+    "face_recognition/obama.jpg",
+    "face_recognition/biden.jpg",
+    "face_recognition/alex-lacamoire.png",
+    "face_recognition/lin-manuel-miranda.png",
+    "face_recognition/obama-1080p.jpg",
+]
+
+
+@pytest.mark.parametrize("name", DEMO_PORTRAITS)
+def test_default_detector_on_demo_portraits(
+    haar: HaarLandmarkDetector, yunet: YuNetDetector, shared_data: Path, name: str
+) -> None:
+    image = cv2.imread(str(shared_data / "demo" / name))
+    reference = yunet.detect(image)[0]
+    faces = haar.detect(image)
+    assert faces, f"no face found on {name}"
+    assert_plausible(faces[0])
+    assert nme(faces[0].landmarks, reference.landmarks) < 0.15
+
+
+def test_yunet_finds_every_face_in_a_group(yunet: YuNetDetector, shared_data: Path) -> None:
+    image = cv2.imread(str(shared_data / "demo" / "facenet_pytorch" / "multiface.jpg"))
+    faces = yunet.detect(image)
+    assert len(faces) == 6
+    for face in faces:
+        assert_plausible(face)
+    areas = [face.area for face in faces]
+    assert areas == sorted(areas, reverse=True)
+
+
+def test_min_face_drops_small_faces(astronaut_bgr: np.ndarray) -> None:
+    width = HaarLandmarkDetector().detect(astronaut_bgr)[0].box[2]
+    # The cascade's scan grid moves with its minimum size, so the box width itself shifts by a few pixels.
+    assert len(HaarLandmarkDetector(min_face=int(0.8 * width)).detect(astronaut_bgr)) == 1
+    assert HaarLandmarkDetector(min_face=int(1.3 * width)).detect(astronaut_bgr) == []
+
+
+def test_min_face_drops_small_faces_yunet(yunet_model: Path, shared_data: Path) -> None:
+    image = cv2.imread(str(shared_data / "demo" / "facenet_pytorch" / "multiface.jpg"))
+    widths = sorted(face.box[2] for face in YuNetDetector(yunet_model).detect(image))
+    threshold = (widths[0] + widths[-1]) / 2
+    kept = YuNetDetector(yunet_model, min_face=int(threshold)).detect(image)
+    assert len(kept) == sum(w >= int(threshold) for w in widths)
+    assert 0 < len(kept) < len(widths)
+
+
+def _upscaled(image: np.ndarray, factor: int) -> np.ndarray:
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+
+
+def _to_upscaled(points: np.ndarray, factor: int) -> np.ndarray:
+    return (points + 0.5) * factor - 0.5
+
+
+def test_haar_downscaled_detection_maps_back_to_full_resolution(haar: HaarLandmarkDetector,
+                                                                grace_hopper_bgr: np.ndarray) -> None:
+    small = haar.detect(grace_hopper_bgr)[0]
+    large = haar.detect(_upscaled(grace_hopper_bgr, 4))  # 2048x2400, detected at max_side
+    assert len(large) == 1
+    assert nme(large[0].landmarks, _to_upscaled(small.landmarks, 4)) < 0.05
+    assert large[0].box[2] == pytest.approx(4 * small.box[2], rel=0.1)
+
+
+def test_yunet_downscaled_detection_maps_back_to_full_resolution(yunet_model: Path,
+                                                                 astronaut_bgr: np.ndarray) -> None:
+    # max_side 512 shrinks the 2048 px copy back to the original's size, so YuNet sees (nearly) the same
+    # pixels twice and any difference comes from mapping coordinates back to full resolution.
+    yunet = YuNetDetector(yunet_model, max_side=512)
+    small = yunet.detect(astronaut_bgr)[0]
+    large = yunet.detect(_upscaled(astronaut_bgr, 4))
+    assert len(large) == 1
+    assert nme(large[0].landmarks, _to_upscaled(small.landmarks, 4)) < 0.05
+    assert large[0].box[0] == pytest.approx(4 * small.box[0], rel=0.05)
+    assert large[0].box[2] == pytest.approx(4 * small.box[2], rel=0.05)
+
+
+def test_detectors_accept_grey_and_reject_other_arrays(haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray) -> None:
+    grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    assert len(haar.detect(grey)) == 1
+    with pytest.raises(ValueError):
+        haar.detect(astronaut_bgr.astype(np.float32))
+    assert haar.detect(np.zeros((10, 10, 3), np.uint8)) == []
+
+
+def test_create_detector_backends(yunet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(YUNET_ENV_VAR, raising=False)
+    assert isinstance(create_detector(), HaarLandmarkDetector)
+    assert isinstance(create_detector("haar"), HaarLandmarkDetector)
+    assert isinstance(create_detector(yunet_model=str(yunet_model)), YuNetDetector)
+    assert create_detector("yunet", str(yunet_model), min_face=40).min_face == 40
+
+    monkeypatch.setenv(YUNET_ENV_VAR, str(tmp_path / "absent.onnx"))
+    assert isinstance(create_detector(), HaarLandmarkDetector)  # auto quietly falls back
+    monkeypatch.setenv(YUNET_ENV_VAR, str(yunet_model))
+    assert isinstance(create_detector(), YuNetDetector)
+
+
+def test_create_detector_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="YuNet model not found"):
+        create_detector("yunet", str(tmp_path / "absent.onnx"))
+    with pytest.raises(FileNotFoundError):
+        create_detector("auto", str(tmp_path / "absent.onnx"))
+    with pytest.raises(ValueError, match="unknown detector backend"):
+        create_detector("mtcnn")

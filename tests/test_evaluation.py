@@ -1,0 +1,83 @@
+"""Verification metrics and pair-list parsing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facekit.evaluation import best_threshold, read_lfw_pairs, read_pairs_csv, roc_curve, verification_metrics
+
+
+def test_perfectly_separable_scores():
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.0])
+    same = np.array([1, 1, 1, 0, 0, 0], bool)
+    metrics = verification_metrics(scores, same)
+    assert metrics["accuracy"] == 1.0 and metrics["auc"] == pytest.approx(1.0) and metrics["eer"] == 0.0
+    assert 0.2 < metrics["threshold"] < 0.7
+
+
+def test_tenfold_thresholds_come_from_the_other_folds():
+    rng = np.random.default_rng(0)
+    same = np.tile(np.r_[np.ones(30, bool), np.zeros(30, bool)], 10)
+    scores = np.where(same, rng.normal(0.6, 0.1, same.size), rng.normal(0.2, 0.1, same.size))
+    folds = np.repeat(np.arange(10), 60)
+    metrics = verification_metrics(scores, same, folds)
+    assert 0.95 < metrics["accuracy"] <= 1.0
+    assert metrics["accuracy_std"] > 0
+    assert metrics["pairs"] == 600
+
+
+def test_random_scores_are_near_chance():
+    rng = np.random.default_rng(1)
+    same = rng.random(4000) < 0.5
+    metrics = verification_metrics(rng.random(4000), same, np.repeat(np.arange(10), 400))
+    assert 0.45 < metrics["accuracy"] < 0.56 and 0.45 < metrics["auc"] < 0.55
+
+
+def test_failed_pairs_count_as_errors_even_when_different():
+    scores = np.array([0.9, 0.8, 0.1, 0.0])
+    same = np.array([1, 1, 0, 0], bool)
+    failed = np.array([False, False, False, True])
+    metrics = verification_metrics(scores, same, failed=failed)
+    assert metrics["accuracy"] == 0.75 and metrics["no_face"] == 1
+
+
+def test_best_threshold_maximises_accuracy():
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    same = np.array([0, 0, 1, 1], bool)
+    threshold = best_threshold(scores, same)
+    assert ((scores >= threshold) == same).mean() == 0.75
+
+
+def test_tar_at_far():
+    scores = np.r_[np.linspace(0.5, 1.0, 100), np.linspace(0.0, 0.6, 1000)]
+    same = np.r_[np.ones(100, bool), np.zeros(1000, bool)]
+    far, tar, _ = roc_curve(scores, same)
+    assert far[0] == 0 and tar[-1] == 1 and np.all(np.diff(far) >= 0)
+    metrics = verification_metrics(scores, same)
+    assert metrics["tar_at_far_1e-3"] == pytest.approx(0.80, abs=0.02)
+
+
+def test_lfw_pairs_parsing(tmp_path):
+    text = "2\t1\nA\t1\t2\nB\t1\tC\t3\nD\t4\t5\nE\t1\tF\t2\n"
+    (tmp_path / "pairs.txt").write_text(text)
+    pairs = read_lfw_pairs(tmp_path / "pairs.txt", "/lfw")
+    assert [p.same for p in pairs] == [True, False, True, False]
+    assert [p.fold for p in pairs] == [0, 0, 1, 1]
+    assert pairs[1].path2 == "/lfw/C/C_0003.jpg"
+
+
+def test_official_lfw_pairs(shared_data):
+    pairs = read_lfw_pairs(shared_data / "lfw" / "pairs.txt", shared_data / "lfw" / "images")
+    assert len(pairs) == 6000 and sum(p.same for p in pairs) == 3000
+    assert all(__import__("os").path.exists(p.path1) for p in pairs[:50])
+
+
+def test_pairs_csv(tmp_path):
+    (tmp_path / "pairs.csv").write_text("path1,path2,same,fold\na.jpg,b.jpg,1,0\na.jpg,c.jpg,0,1\n")
+    pairs = read_pairs_csv(tmp_path / "pairs.csv")
+    assert pairs[0].same and not pairs[1].same and pairs[1].fold == 1
+    assert pairs[0].path1 == str(tmp_path / "a.jpg")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="missing columns"):
+        read_pairs_csv(tmp_path / "bad.csv")

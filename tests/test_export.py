@@ -1,0 +1,139 @@
+"""ONNX export and the ONNX Runtime backends: same embeddings as torch on real faces, int8 close to fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from facekit.alignment import align_face  # noqa: E402
+from facekit.cli import main  # noqa: E402
+from facekit.export import OUTPUT_NAME, cached_model_path  # noqa: E402
+from facekit.model import ModelConfig, build_model  # noqa: E402
+from facekit.representation import DEFAULT_MODEL, Embedder  # noqa: E402
+
+# Five landmarks (YuNet's) of the two bundled portraits, so the crops need no detector model.
+ASTRONAUT_LANDMARKS = [[200.1, 101.8], [247.1, 102.6], [220.4, 124.5], [198.6, 142.8], [239.7, 143.6]]
+GRACE_HOPPER_LANDMARKS = [[227.1, 193.3], [307.8, 195.4], [266.5, 240.0], [228.5, 267.9], [302.2, 269.6]]
+
+
+@pytest.fixture(scope="session")
+def face_crops(astronaut_bgr, grace_hopper_bgr) -> np.ndarray:
+    """16 aligned crops of two real faces, each alignment nudged a little as a detector's would be."""
+    rng = np.random.default_rng(0)
+    crops = []
+    for image, landmarks in ((astronaut_bgr, ASTRONAUT_LANDMARKS), (grace_hopper_bgr, GRACE_HOPPER_LANDMARKS)):
+        for _ in range(8):
+            nudged = np.float32(landmarks) + rng.normal(0, 1.5, (5, 2)).astype(np.float32)
+            crops.append(align_face(image, nudged))
+    return np.stack(crops)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """The shipped model where present, else a seeded random one: torch and ONNX must agree either way."""
+    if DEFAULT_MODEL.with_suffix(".safetensors").is_file():
+        return DEFAULT_MODEL
+    import torch
+
+    from facekit.training.train import save_weights
+
+    torch.manual_seed(0)
+    config = ModelConfig(width=0.25)
+    model = build_model(width=config.width).eval()
+    path = tmp_path_factory.mktemp("weights") / "facekit-irv2"
+    save_weights(model, config, path, {"threshold": 0.3})
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("facekit-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(cache, monkeypatch) -> None:
+    monkeypatch.setenv("FACEKIT_CACHE", str(cache))
+    monkeypatch.delenv("FACEKIT_INT8", raising=False)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_onnx_backend_matches_torch_on_real_faces(weights, face_crops, flip):
+    torch_embedder = Embedder(weights, backend="torch")
+    onnx_embedder = Embedder(weights, backend="onnx")
+    assert onnx_embedder.backend == "onnx" and cached_model_path(weights).is_file()
+    expected = torch_embedder.embed(face_crops, flip=flip)
+    got = onnx_embedder.embed(face_crops, flip=flip)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert cosines(got, expected).min() >= 0.9999
+    assert onnx_embedder.dim == torch_embedder.dim and onnx_embedder.threshold == torch_embedder.threshold
+
+
+def test_onnx_backend_is_independent_of_batching(weights, face_crops):
+    embedder = Embedder(weights, backend="onnx", batch_size=5)
+    one_by_one = np.concatenate([embedder.embed(crop) for crop in face_crops[:6]])
+    assert np.allclose(embedder.embed(face_crops[:6]), one_by_one, atol=1e-5)
+
+
+def test_auto_picks_onnx_runtime_on_the_cpu_and_torch_without_it(weights, monkeypatch):
+    assert Embedder(weights, device="cpu").backend == "onnx"
+    monkeypatch.setattr("facekit.representation.onnxruntime_available", lambda: False)
+    assert Embedder(weights, device="cpu").backend == "torch"
+    with pytest.raises(ValueError, match="unknown embedder backend"):
+        Embedder(weights, backend="tensorrt")
+
+
+def test_export_cli_writes_a_loadable_model_with_a_dynamic_batch(weights, face_crops, tmp_path, capsys):
+    output = tmp_path / "model.onnx"
+    assert main(["export", "onnx", "--weights", str(weights), "--output", str(output)]) == 0
+    assert str(output) in capsys.readouterr().out
+    model = onnx.load(str(output))
+    onnx.checker.check_model(model)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+    assert [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    # The .onnx file carries its model card, so it works as --weights on its own.
+    from_file = Embedder(output)
+    assert from_file.dim == 512 and from_file.threshold == Embedder(weights, backend="torch").threshold
+    expected = Embedder(weights, backend="torch").embed(face_crops[:3])
+    assert cosines(from_file.embed(face_crops[:3]), expected).min() >= 0.9999
+
+
+def test_int8_needs_calibration_data(weights, capsys):
+    assert main(["export", "onnx", "--weights", str(weights), "--int8"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="facekit export onnx --int8"):
+        Embedder(weights, backend="onnx-int8")
+
+
+def test_int8_stays_close_to_fp32(weights, face_crops, tmp_path, monkeypatch, capsys):
+    calibration = tmp_path / "crops"
+    calibration.mkdir()
+    for number, crop in enumerate(face_crops[::2]):
+        cv2.imwrite(str(calibration / f"{number}.png"), crop)
+    code = main(["export", "onnx", "--weights", str(weights), "--int8", "--calibration", str(calibration), "--cache"])
+    assert code == 0 and "mean cosine" in capsys.readouterr().out
+    int8_file = cached_model_path(weights, int8=True)
+    # Really quantised: most convolutions take int8 weights (QDQ form); the late blocks stay fp32 by design.
+    graph = onnx.load(str(int8_file)).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert sum(node.input[1] in dequantized for node in convolutions) > 0.6 * len(convolutions)
+    assert Embedder(int8_file).dim == 512  # the card survives quantisation
+
+    monkeypatch.setenv("FACEKIT_INT8", "1")
+    int8 = Embedder(weights)
+    assert int8.backend == "onnx-int8"
+    agreement = cosines(int8.embed(face_crops), Embedder(weights, backend="torch").embed(face_crops))
+    assert agreement.mean() >= 0.98 and agreement.min() >= 0.95

@@ -1,0 +1,83 @@
+"""The Inception-ResNet-v2 embedder: structure, shapes, unit norm, and weight round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facekit.model import InceptionResNetV2, ModelConfig, build_model
+from facekit.representation import DEFAULT_MODEL, Embedder, load_model
+from facekit.training.train import save_weights
+
+
+def test_seed_structure_by_default():
+    model = InceptionResNetV2(ModelConfig(width=0.125))
+    assert len(model.blocks_a) == 5 and len(model.blocks_b) == 10 and len(model.blocks_c) == 5
+    assert [b.scale for b in (model.blocks_a[0], model.blocks_b[0], model.blocks_c[0])] == [0.17, 0.10, 0.20]
+    # The seed network leaves the last C block without a ReLU.
+    assert model.blocks_c[-1].activate is False and model.blocks_c[0].activate is True
+
+
+def test_full_width_channel_counts_match_the_paper():
+    model = build_model(width=1.0)
+    assert model.stem.out_channels == 320
+    assert model.reduction_a.out_channels == 1088
+    assert model.reduction_b.out_channels == 2080
+    assert model.head_conv[0].out_channels == 1536
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_embeddings_are_unit_length(batch):
+    model = build_model(width=0.125, blocks=(1, 2, 1), embedding_size=128).eval()
+    with torch.no_grad():
+        out = model(torch.randn(batch, 3, 112, 112))
+    assert out.shape == (batch, 128)
+    assert torch.allclose(out.norm(dim=1), torch.ones(batch), atol=1e-5)
+
+
+def test_grid_sizes_for_112_input():
+    model = build_model(width=0.125).eval()
+    with torch.no_grad():
+        x = model.stem(torch.zeros(1, 3, 112, 112))
+        assert x.shape[-2:] == (14, 14)
+        x = model.reduction_a(model.blocks_a(x))
+        assert x.shape[-2:] == (7, 7)
+        x = model.reduction_b(model.blocks_b(x))
+        assert x.shape[-2:] == (4, 4)
+
+
+def test_weights_round_trip_through_safetensors(tmp_path):
+    model = build_model(width=0.125, blocks=(1, 1, 1), embedding_size=64).eval()
+    save_weights(model, model.config, tmp_path / "tiny", {"threshold": 0.42})
+    loaded, card = load_model(tmp_path / "tiny")
+    assert card["threshold"] == 0.42 and card["model"]["embedding_size"] == 64
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=1e-6)
+
+
+def test_missing_weights_give_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "nothing")
+
+
+def test_shipped_model_card_is_complete():
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    for key in ("architecture", "model", "input", "alignment_template", "training", "threshold", "lfw"):
+        assert key in card, f"model card lacks {key}"
+    assert 0.0 < card["threshold"] < 1.0
+
+
+def test_shipped_embedder_flip_augmentation_and_batching(astronaut_bgr):
+    embedder = Embedder()
+    crop = np.ascontiguousarray(astronaut_bgr[60:172, 180:292])
+    single = embedder.embed(crop)
+    batch = embedder.embed(np.stack([crop, crop[:, ::-1]]))
+    assert single.shape == (1, embedder.dim)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(single[0], batch[0], atol=1e-4)
+    # Mirror TTA sums the face and its mirror, so a mirrored input gives the same embedding.
+    assert float(batch[0] @ batch[1]) > 0.999

@@ -1,0 +1,97 @@
+"""Training: losses behave, a tiny run learns, checkpoints resume, weights come out loadable."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from facekit.representation import load_model
+from facekit.training.data import PKSampler, augment, load_crops, to_model_input
+from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
+from facekit.training.train import TrainConfig, train
+
+
+def test_margin_lowers_the_true_class_logit():
+    torch.manual_seed(0)
+    embeddings, labels = torch.randn(8, 16), torch.arange(8) % 4
+    plain = CombinedMarginLoss(16, 4, s=16, m2=0.0)
+    arcface = CombinedMarginLoss(16, 4, s=16, m2=0.5)
+    cosface = CombinedMarginLoss(16, 4, s=16, m2=0.0, m3=0.35)
+    arcface.weight.data.copy_(plain.weight.data)
+    cosface.weight.data.copy_(plain.weight.data)
+    base = plain(embeddings, labels)
+    assert arcface(embeddings, labels) > base and cosface(embeddings, labels) > base
+    assert torch.isclose(arcface(embeddings, labels, margin_scale=0.0), base)
+
+
+def test_triplet_loss_zero_when_classes_are_far_apart():
+    labels = torch.tensor([0, 0, 1, 1])
+    tight = torch.tensor([[1.0, 0.0], [0.99, 0.05], [-1.0, 0.0], [-0.99, 0.05]])
+    assert triplet_loss(tight, labels).item() == 0.0
+    mixed = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.99, 0.05], [-0.99, 0.05]])
+    assert triplet_loss(mixed, labels).item() > 1.0
+    assert triplet_loss(mixed, labels, mining="semi_hard").item() > 1.0
+
+
+def test_distillation_loss_is_zero_for_aligned_embeddings():
+    loss = DistillationLoss(4, 4)
+    loss.projection.weight.data.copy_(torch.eye(4))
+    student = torch.randn(5, 4)
+    assert loss(student, student * 3).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pk_sampler_gives_k_of_each_identity():
+    labels = np.repeat(np.arange(10), 5)
+    batch = next(iter(PKSampler(labels, p=4, k=3)))
+    counts = np.bincount(labels[batch])
+    assert len(batch) == 12 and sorted(counts[counts > 0]) == [3, 3, 3, 3]
+
+
+def test_augment_keeps_shape_and_range():
+    x = to_model_input(torch.randint(0, 256, (6, 112, 112, 3), dtype=torch.uint8))
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    assert not torch.equal(out, x)
+
+
+def _crop_folder(root, shared_data, identities: int = 6, per_identity: int = 6):
+    """An image-folder training set made from real aligned crops of the shared pool."""
+    import zipfile
+
+    with open(shared_data / "train" / "manifest.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    by_identity: dict[str, list[dict]] = {}
+    for row in rows:
+        by_identity.setdefault(row["identity"], []).append(row)
+    chosen = [name for name, items in by_identity.items() if len(items) >= per_identity][:identities]
+    for name in chosen:
+        for row in by_identity[name][:per_identity]:
+            with zipfile.ZipFile(shared_data / "train" / row["shard"]) as shard:
+                data = shard.read(row["member"])
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            (root / name).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / name / (row["member"].split("/")[-1] + ".png")), image)
+    return chosen
+
+
+def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
+    _crop_folder(tmp_path / "crops", shared_data)
+    crops = load_crops(tmp_path / "crops")
+    assert crops.images.shape[1:] == (112, 112, 3) and crops.num_classes == 6
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=64, batch_size=12, epochs=12, lr=0.05, arcface_s=16, triplet_weight=0.5,
+                         pk_k=3, log_every=1, checkpoint_every=10, device="cpu")
+    result = train(config)
+    assert result["steps"] == 36
+    with open(tmp_path / "run" / "log.csv") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    model, card = load_model(tmp_path / "run" / "model")
+    assert card["model"]["embedding_size"] == 64 and card["training"]["triplet_weight"] == 0.5
+    # Resuming a finished run restarts from its checkpoint rather than from scratch.
+    config.epochs = 14
+    assert train(config)["steps"] == 42

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Turn a training run into the shipped model: weights + model card in facekit/weights/.
+
+    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json]
+
+The card's accuracy and default threshold come only from `facekit eval lfw --json` output,
+so what the README and the card claim is what the official protocol measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from facekit.alignment import TEMPLATE_112
+from facekit.representation import DEFAULT_MODEL
+from facekit.training.train import save_weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="training run folder (checkpoint.pt, model.json)")
+    parser.add_argument("--lfw", type=Path, help="`facekit eval lfw --json` output to record in the card")
+    parser.add_argument("--lfw-haar", type=Path, help="the same with the offline Haar+landmark detector")
+    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL)
+    args = parser.parse_args(argv)
+
+    from facekit.representation import load_model
+
+    model, card = load_model(args.run / "model")
+    checkpoint = args.run / "checkpoint.pt"
+    if checkpoint.exists():
+        # The checkpoint may be newer than model.safetensors when a run was stopped early.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    training = card.get("training", {})
+    card = {
+        "input": {"size": [112, 112], "channels": "RGB", "normalisation": "(pixel - 127.5) / 128",
+                  "layout": "NCHW float32"},
+        "alignment_template": TEMPLATE_112.tolist(),
+        "alignment": "5-point similarity transform onto the ArcFace 112x112 template",
+        "output": "L2-normalised embedding; compare with cosine similarity (dot product)",
+        "test_time_augmentation": "sum of the embeddings of the face and its mirror image, then L2-normalised",
+        "training": {
+            "data": "facekit training pool: 91k aligned 112x112 crops of 9.6k identities (CelebA + Pins-105 people "
+                    "not in LFW), YuNet-aligned",
+            "losses": _losses(training),
+            **{k: training[k] for k in ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay",
+                                        "arcface_s", "arcface_m", "triplet_weight", "distill_weight", "minutes",
+                                        "steps", "images_seen", "device", "num_classes", "num_images")
+               if k in training},
+        },
+        "licence": "MIT (weights trained by the facekit project; the training images are research-only)",
+    }
+    threshold = None
+    for key, path in (("lfw", args.lfw), ("lfw_haar", args.lfw_haar)):
+        if path:
+            result = json.loads(path.read_text())
+            card[key] = result
+            if key == "lfw":
+                threshold = result["threshold"]
+    if threshold is not None:
+        card["threshold"] = round(float(threshold), 4)
+        card["threshold_source"] = "mean of the 10 per-fold thresholds of `facekit eval lfw`"
+    save_weights(model.eval(), model.config, args.output, card)
+    for extra in ("log.csv",):
+        if (args.run / extra).exists():
+            shutil.copy(args.run / extra, args.output.parent / f"{args.output.name}.{extra}")
+    size = args.output.with_suffix(".safetensors").stat().st_size / 1e6
+    print(f"wrote {args.output}.safetensors ({size:.1f} MB) and its card")
+    return 0
+
+
+def _losses(training: dict) -> list[str]:
+    losses = []
+    if training.get("arcface_weight", 1.0) > 0:
+        losses.append(f"ArcFace (s={training.get('arcface_s')}, m={training.get('arcface_m')}) "
+                      f"x {training.get('arcface_weight', 1.0)}")
+    if training.get("triplet_weight", 0) > 0:
+        losses.append(f"triplet ({training.get('triplet_mining')}) x {training['triplet_weight']}")
+    if training.get("distill_weight", 0) > 0:
+        losses.append(f"distillation x {training['distill_weight']}")
+    return losses
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Identification round trip on LFW through the CLI: enroll known people, identify them and strangers.
+
+    python tools/round_trip.py --lfw ../shared/data/lfw/images [--people 20] [--json] [-- extra CLI options]
+
+The first N people (alphabetically) with at least 3 photos are enrolled with 2 photos each; their
+third photo is identified, as is the first photo of N other people who are not enrolled. Reports
+rank-1 accuracy on the enrolled people and the share of strangers reported as `unknown`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def choose_people(lfw: Path, count: int) -> tuple[dict[str, list[Path]], list[Path]]:
+    folders = sorted(p for p in lfw.iterdir() if p.is_dir())
+    known: dict[str, list[Path]] = {}
+    strangers: list[Path] = []
+    for folder in folders:
+        photos = sorted(folder.glob("*.jpg"))
+        if len(photos) >= 3 and len(known) < count:
+            known[folder.name] = photos[:3]
+        elif photos and len(strangers) < count and len(photos) < 3:
+            strangers.append(photos[0])
+    return known, strangers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lfw", type=Path, required=True, help="LFW images folder")
+    parser.add_argument("--people", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("cli_options", nargs="*", help="passed to enroll and identify (after --)")
+    args = parser.parse_args(argv)
+    known, strangers = choose_people(args.lfw, args.people)
+    facekit = [sys.executable, "-m", "facekit.cli"]
+    with tempfile.TemporaryDirectory(prefix="facekit-round-trip-") as work:
+        people, gallery = Path(work) / "people", Path(work) / "gallery"
+        for name, photos in known.items():
+            (people / name).mkdir(parents=True)
+            for photo in photos[:2]:
+                shutil.copy(photo, people / name / photo.name)
+        enroll = subprocess.run([*facekit, "enroll", str(people), "--gallery", str(gallery), "--json",
+                                 *args.cli_options], capture_output=True, text=True)
+        if enroll.returncode != 0:
+            print(f"error: enroll failed: {enroll.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 1
+        probes = [photos[2] for photos in known.values()] + strangers
+        identify = subprocess.run([*facekit, "identify", *map(str, probes), "--gallery", str(gallery), "--json",
+                                   *args.cli_options], capture_output=True, text=True)
+        if identify.returncode != 0:
+            print(f"error: identify failed: {identify.stderr.strip()}", file=sys.stderr)
+            return 1
+    answers: dict[str, str | None] = {}
+    for line in identify.stdout.splitlines():
+        record = json.loads(line)
+        faces = record["faces"]
+        # The probe's subject is the largest face (LFW centres one person per photo).
+        main_face = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
+        answers[record["image"]] = main_face["identity"] if main_face else "<no face>"
+    correct = sum(answers.get(str(photos[2])) == name for name, photos in known.items())
+    unknown = sum(answers.get(str(photo)) is None for photo in strangers)
+    result = {
+        "enrolled_people": len(known), "enrolled_faces": json.loads(enroll.stdout)["enrolled"],
+        "rank1": correct / max(1, len(known)), "strangers": len(strangers),
+        "strangers_unknown": unknown / max(1, len(strangers)),
+        "no_face": sum(v == "<no face>" for v in answers.values()),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"rank-1 on {len(known)} enrolled people: {result['rank1'] * 100:.0f}%")
+        print(f"strangers reported unknown: {result['strangers_unknown'] * 100:.0f}% of {len(strangers)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Live face recognition on a camera or a video file.
+
+    python tools/webcam.py                      # camera 0, window, q quits
+    python tools/webcam.py --source clip.mp4 --headless --output out.mp4 --max-frames 90
+
+Faces are detected every frame and matched to tracks by box overlap; a track is
+re-identified only when it is new or every --reidentify-every frames, because embedding
+is the expensive step and a face rarely changes identity between frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+
+from facekit.datastore import Gallery, default_gallery_path
+from facekit.drawing import draw_results
+from facekit.recognition import FacePipeline, identify_image
+
+
+@dataclass
+class Track:
+    track_id: int
+    box: tuple[float, float, float, float]
+    result: dict = field(default_factory=dict)
+    last_identified: int = -(10**9)
+    last_seen: int = 0
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    width = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    height = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = width * height
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+class FaceTracker:
+    """Greedy IoU matching of this frame's faces to last frame's tracks."""
+
+    def __init__(self, min_iou: float = 0.3, max_missing: int = 10) -> None:
+        self.tracks: dict[int, Track] = {}
+        self.next_id = 0
+        self.min_iou, self.max_missing = min_iou, max_missing
+
+    def update(self, boxes: list[tuple[float, float, float, float]], frame: int) -> list[Track]:
+        assigned: list[Track] = []
+        free = set(self.tracks)
+        for box in boxes:
+            best = max(free, key=lambda t: iou(self.tracks[t].box, box), default=None)
+            if best is not None and iou(self.tracks[best].box, box) >= self.min_iou:
+                track = self.tracks[best]
+                free.discard(best)
+            else:
+                track = Track(self.next_id, box)
+                self.tracks[self.next_id] = track
+                self.next_id += 1
+            track.box, track.last_seen = box, frame
+            assigned.append(track)
+        for track_id in [t for t in free if frame - self.tracks[t].last_seen > self.max_missing]:
+            del self.tracks[track_id]
+        return assigned
+
+
+def open_source(source: str) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise SystemExit(f"error: cannot open video source {source!r}")
+    return capture
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="0", help="camera index or video file (default: 0)")
+    parser.add_argument("--gallery", help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
+    parser.add_argument("--threshold", type=float, help="default: the model card's")
+    parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
+    parser.add_argument("--detector", choices=["auto", "yunet", "haar"], default="auto")
+    parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
+    parser.add_argument("--headless", action="store_true", help="no window")
+    parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    args = parser.parse_args(argv)
+
+    try:
+        pipeline = FacePipeline(detector_backend=args.detector, yunet_model=args.yunet_model, flip=False)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gallery_path = default_gallery_path(args.gallery)
+    gallery = Gallery.open(gallery_path, create=False) if (gallery_path / "gallery.sqlite").exists() else None
+    if gallery is None:
+        print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
+    threshold = pipeline.threshold if args.threshold is None else args.threshold
+    capture = open_source(args.source)
+    writer = None
+    tracker = FaceTracker()
+    frames, started, fps = 0, time.perf_counter(), 0.0
+    try:
+        while args.max_frames is None or frames < args.max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            faces = pipeline.detect(frame)
+            tracks = tracker.update([f.box for f in faces], frames)
+            stale = [i for i, t in enumerate(tracks)
+                     if not t.result or frames - t.last_identified >= args.reidentify_every]
+            if stale:
+                fresh = identify_image(pipeline, gallery, frame, threshold, top_k=1, faces=[faces[i] for i in stale])
+                for i, result in zip(stale, fresh):
+                    tracks[i].result, tracks[i].last_identified = result, frames
+            results = []
+            for face, track in zip(faces, tracks):
+                results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
+            frames += 1
+            fps = frames / (time.perf_counter() - started)
+            annotated = draw_results(frame, results, fps=fps)
+            if args.output:
+                if writer is None:
+                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.endswith(".mp4") else "MJPG"))
+                    rate = capture.get(cv2.CAP_PROP_FPS) or 25.0
+                    writer = cv2.VideoWriter(args.output, fourcc, rate, (frame.shape[1], frame.shape[0]))
+                writer.write(annotated)
+            if not args.headless:
+                cv2.imshow("facekit", annotated)
+                if cv2.waitKey(1) & 0xFF == ord("q"):
+                    break
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if gallery is not None:
+            gallery.close()
+        if not args.headless:
+            cv2.destroyAllWindows()
+    if frames == 0:
+        print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
+        return 1
+    written = f", written to {Path(args.output)}" if args.output else ""
+    print(f"{frames} frames, {fps:.1f} frames per second{written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
