@@ -160,3 +160,16 @@ def plot_roc(scores: np.ndarray, same: np.ndarray, path: str | Path, label: str 
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def format_metrics(result: dict) -> list[str]:
+    """The human-readable lines of a verification result, as `facekit eval` prints them."""
+    return [
+        f"accuracy        {result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %",
+        f"AUC             {result['auc']:.4f}",
+        f"EER             {result['eer'] * 100:.2f} %",
+        f"TAR @ FAR=1e-3  {result['tar_at_far_1e-3']:.4f}",
+        f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}",
+        f"threshold       {result['threshold']:.4f}",
+        f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)",
+    ]

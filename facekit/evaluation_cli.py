@@ -69,7 +69,13 @@ def pair_scores(pairs, table: dict[str, np.ndarray | None]) -> tuple[np.ndarray,
 
 def run(args: argparse.Namespace) -> int:
     from facekit.cli import CliError, make_pipeline
-    from facekit.evaluation import plot_roc, read_lfw_pairs, read_pairs_csv, verification_metrics
+    from facekit.evaluation import (
+        format_metrics,
+        plot_roc,
+        read_lfw_pairs,
+        read_pairs_csv,
+        verification_metrics,
+    )
 
     pipeline = make_pipeline(args)
     progress = not (args.quiet or args.json)
@@ -101,13 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"accuracy        {result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %")
-        print(f"AUC             {result['auc']:.4f}")
-        print(f"EER             {result['eer'] * 100:.2f} %")
-        print(f"TAR @ FAR=1e-3  {result['tar_at_far_1e-3']:.4f}")
-        print(f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}")
-        print(f"threshold       {result['threshold']:.4f}")
-        print(f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)")
+        print("\n".join(format_metrics(result)))
         if "rank1" in result:
             print(f"rank-1          {result['rank1'] * 100:.2f} %")
             print(f"rank-5          {result['rank5'] * 100:.2f} %")

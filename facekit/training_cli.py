@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -55,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
         val_pairs=args.val_pairs, val_root=args.val_root, eval_every=args.eval_every, compile=args.compile,
         resume=not args.no_resume, device=args.device,
     )
-    print(json.dumps(train(config)))
+    result = train(config)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary rather than one per process
+        print(json.dumps(result))
     return 0

@@ -84,6 +84,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     assert crops.images.shape[1:] == (112, 112, 3) and crops.num_classes == 6
     config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
                          embedding_size=64, batch_size=12, epochs=12, lr=0.05, arcface_s=16, triplet_weight=0.5,
+                         margin_warmup_fraction=0.0, warmup_fraction=0.1,
                          pk_k=3, log_every=1, checkpoint_every=10, device="cpu")
     result = train(config)
     assert result["steps"] == 36

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facekit.evaluation import Pair, read_lfw_pairs, verification_metrics  # noqa: E402
+from facekit.evaluation import Pair, format_metrics, read_lfw_pairs, verification_metrics  # noqa: E402
 
 SHARED_LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 SAVE_EVERY = 250
@@ -210,13 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"accuracy        {result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %")
-        print(f"AUC             {result['auc']:.4f}")
-        print(f"EER             {result['eer'] * 100:.2f} %")
-        print(f"TAR @ FAR=1e-3  {result['tar_at_far_1e-3']:.4f}")
-        print(f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}")
-        print(f"threshold       {result['threshold']:.4f} (distance {result['distance_threshold']:.4f})")
-        print(f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)")
+        lines = format_metrics(result)
+        lines[5] += f" (distance {result['distance_threshold']:.4f})"
+        print("\n".join(lines))
         print(f"images          {result['images']} ({result['images_without_face']} without a face, "
               f"{len(todo)} computed in {seconds:.0f} s)")
     return 0

@@ -1,0 +1,23 @@
+"""The identification round trip of the README, on LFW, through the CLI with the default detector."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lfw_round_trip_through_the_cli(shared_data):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "round_trip.py"), "--lfw", str(shared_data / "lfw" / "images"),
+         "--people", "20", "--json"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["enrolled_people"] == 20 and record["strangers"] == 20
+    assert record["enrolled_faces"] >= 36
+    # Regression floor for the shipped model (measured 0.90 with the Haar default; the product goal is 0.90
+    # rank-1 and 0.80 of strangers unknown, which the README reports as not yet met by this model).
+    assert record["rank1"] >= 0.8
