@@ -1,0 +1,59 @@
+"""tools/webcam.py runs headless on a short clip made from bundled photos and writes an annotated video."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_clip(path: Path, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray, frames: int = 30) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
+    for index in range(frames):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        x = 10 + 2 * index  # the face moves, so tracking has something to follow
+        frame[100:400, x:x + 300] = cv2.resize(astronaut_bgr, (300, 300))
+        frame[150:406, 420:620] = cv2.resize(grace_hopper_bgr, (200, 256))
+        writer.write(frame)
+    writer.release()
+
+
+def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr):
+    clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr)
+    people = tmp_path / "people"
+    (people / "grace_hopper").mkdir(parents=True)
+    cv2.imwrite(str(people / "grace_hopper" / "a.jpg"), grace_hopper_bgr)
+    gallery = tmp_path / "gallery"
+    enroll = subprocess.run([sys.executable, "-m", "facekit.cli", "enroll", str(people), "--gallery", str(gallery),
+                             "--quiet"], capture_output=True, text=True)
+    assert enroll.returncode == 0, enroll.stderr
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "webcam.py"), "--headless", "--source", str(clip),
+                             "--output", str(out), "--max-frames", "20", "--gallery", str(gallery)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"(\d+) frames, ([\d.]+) frames per second", result.stdout)
+    assert match and int(match.group(1)) == 20 and float(match.group(2)) > 0
+    video = cv2.VideoCapture(str(out))
+    ok, frame = video.read()
+    assert ok and frame.shape == (480, 640, 3)
+    count = 1
+    while video.read()[0]:
+        count += 1
+    assert count == 20
+    # Annotation changes pixels: the box around Grace Hopper's face is drawn in green.
+    source = cv2.VideoCapture(str(clip))
+    original = source.read()[1]
+    assert np.abs(frame.astype(int) - original.astype(int)).sum() > 10_000
+
+
+def test_webcam_reports_a_bad_source(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "webcam.py"), "--headless", "--source",
+                             str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
