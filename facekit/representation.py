@@ -134,9 +134,7 @@ class Embedder:
         x = x.contiguous(memory_format=torch.channels_last)
         if flip:
             # Sum of the unnormalised embeddings of the face and its mirror image, as in insightface's eval.
-            # flip() and cat() drop the channels-last layout; restoring it keeps the fast convolution path.
-            pair = torch.cat([x, x.flip(3)]).contiguous(memory_format=torch.channels_last)
-            both = self.model(pair, normalize=False)
+            both = self.model(torch.cat([x, x.flip(3)]), normalize=False)
             embedding = both[: len(x)] + both[len(x):]
         else:
             embedding = self.model(x, normalize=False)
