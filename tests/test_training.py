@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,9 +14,11 @@ import pytest
 import torch
 
 from facekit.representation import load_model
-from facekit.training.data import PKSampler, augment, load_crops, to_model_input
+from facekit.training.data import PKSampler, augment, load_crops, load_teacher, to_model_input
 from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
 from facekit.training.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_margin_lowers_the_true_class_logit():
@@ -42,6 +48,20 @@ def test_distillation_loss_is_zero_for_aligned_embeddings():
     loss.projection.weight.data.copy_(torch.eye(4))
     student = torch.randn(5, 4)
     assert loss(student, student * 3).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_partial_teacher_rows_are_missing_targets(tmp_path):
+    rows = np.zeros((5, 4), np.float32)
+    rows[:2] = [[3, 0, 0, 4], [0, 2, 0, 0]]  # a teacher run that has reached crop 2 of 5 so far
+    np.save(tmp_path / "teacher.npy", rows)
+    table = load_teacher(tmp_path / "teacher.npy", num_crops=6).numpy()
+    assert table.shape == (6, 4)
+    # Centred on the known rows' mean, then unit length: these two end up opposite.
+    np.testing.assert_allclose(np.linalg.norm(table[:2], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(table[0], -table[1], atol=1e-6)
+    assert np.isnan(table[2:]).all()
+    with pytest.raises(ValueError, match="at most 3 rows"):
+        load_teacher(tmp_path / "teacher.npy", num_crops=3)
 
 
 def test_pk_sampler_gives_k_of_each_identity():
@@ -96,3 +116,31 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     # Resuming a finished run restarts from its checkpoint rather than from scratch.
     config.epochs = 14
     assert train(config)["steps"] == 42
+    # A fine-tune starts from the run's weights (a lower first loss than from scratch) with its own schedule.
+    tuned = TrainConfig(**{**vars(config), "output": str(tmp_path / "tuned"), "epochs": 1,
+                           "init_from": str(tmp_path / "run" / "checkpoint.pt")})
+    assert train(tuned)["steps"] == 3
+    with open(tmp_path / "tuned" / "log.csv") as handle:
+        tuned_losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert tuned_losses[0] < losses[0]
+    # Releasing the fine-tune writes a card that accounts for both stages.
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "tuned"),
+                    "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+    card = json.loads((tmp_path / "shipped" / "model.json").read_text())
+    assert len(card["training"]["stages_before"]) == 1
+    assert card["training"]["total_images_seen"] == (42 + 3) * 12
+
+
+def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    rng = np.random.default_rng(0)
+    teacher = np.zeros((16, 8), np.float32)
+    teacher[:8] = rng.normal(size=(8, 8))
+    np.save(tmp_path / "teacher.npy", teacher)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=4, teacher=str(tmp_path / "teacher.npy"),
+                         distill_weight=1.0, log_every=1, device="cpu")
+    train(config)
+    with open(tmp_path / "run" / "log.csv") as handle:
+        distill = [float(row["distill"]) for row in csv.DictReader(handle)]
+    assert all(np.isfinite(distill)) and max(distill) > 0

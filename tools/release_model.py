@@ -19,7 +19,7 @@ import torch
 
 from facekit.alignment import TEMPLATE_112
 from facekit.representation import DEFAULT_MODEL
-from facekit.training.train import save_weights
+from facekit.training.train import earlier_stages, save_weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         "training": {
             "data": "facekit training pool: 91k aligned 112x112 crops of 9.6k identities (CelebA + Pins-105 people "
                     "not in LFW), YuNet-aligned",
-            "losses": _losses(training),
-            **{k: training[k] for k in ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay",
-                                        "arcface_s", "arcface_m", "triplet_weight", "distill_weight", "minutes",
-                                        "steps", "images_seen", "device", "num_classes", "num_images")
-               if k in training},
+            **_stage(training),
         },
         "licence": "MIT (weights trained by the facekit project; the training images are research-only)",
     }
+    earlier = training.get("stages_before") or earlier_stages(training.get("init_from"))
+    stages = [_stage(stage) for stage in earlier]
+    if stages:
+        # A fine-tune: the card lists every stage and the totals, so no training time goes unreported.
+        card["training"]["stages_before"] = stages
+        for key in ("minutes", "images_seen"):
+            card["training"][f"total_{key}"] = round(sum(s.get(key, 0) for s in [*stages, training]), 1)
     threshold = None
     for key, path in (("lfw", args.lfw), ("lfw_haar", args.lfw_haar)):
         if path:
@@ -74,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     size = args.output.with_suffix(".safetensors").stat().st_size / 1e6
     print(f"wrote {args.output}.safetensors ({size:.1f} MB) and its card")
     return 0
+
+
+def _stage(training: dict) -> dict:
+    keys = ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay", "arcface_s", "arcface_m",
+            "triplet_weight", "distill_weight", "minutes", "steps", "images_seen", "device", "num_classes",
+            "num_images")
+    return {"losses": _losses(training), **{k: training[k] for k in keys if k in training}}
 
 
 def _losses(training: dict) -> list[str]:

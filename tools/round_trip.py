@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Identification round trip on LFW through the CLI: enroll known people, identify them and strangers.
 
-    python tools/round_trip.py --lfw ../shared/data/lfw/images [--people 20] [--json] [-- extra CLI options]
+    python tools/round_trip.py --lfw ../shared/data/lfw/images [--people 20] [--json] [--sweep]
+                               [-- extra CLI options]
 
 The first N people (alphabetically) with at least 3 photos are enrolled with 2 photos each; their
 third photo is identified, as is the first photo of N other people who are not enrolled. Reports
-rank-1 accuracy on the enrolled people and the share of strangers reported as `unknown`.
+rank-1 accuracy on the enrolled people and the share of strangers reported as `unknown`; --sweep adds
+both figures at other thresholds, computed from the same answers' best candidates.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lfw", type=Path, required=True, help="LFW images folder")
     parser.add_argument("--people", type=int, default=20)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="also report both figures at thresholds 0.30-0.90")
     parser.add_argument("cli_options", nargs="*", help="passed to enroll and identify (after --)")
     args = parser.parse_args(argv)
     known, strangers = choose_people(args.lfw, args.people)
@@ -59,12 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: identify failed: {identify.stderr.strip()}", file=sys.stderr)
             return 1
     answers: dict[str, str | None] = {}
+    best: dict[str, tuple[str | None, float]] = {}  # probe -> its best candidate, whatever the threshold
     for line in identify.stdout.splitlines():
         record = json.loads(line)
         faces = record["faces"]
         # The probe's subject is the largest face (LFW centres one person per photo).
         main_face = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
         answers[record["image"]] = main_face["identity"] if main_face else "<no face>"
+        top = main_face["candidates"][0] if main_face and main_face["candidates"] else None
+        best[record["image"]] = (top["identity"], top["similarity"]) if top else (None, -1.0)
     correct = sum(answers.get(str(photos[2])) == name for name, photos in known.items())
     unknown = sum(answers.get(str(photo)) is None for photo in strangers)
     result = {
@@ -73,11 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         "strangers_unknown": unknown / max(1, len(strangers)),
         "no_face": sum(v == "<no face>" for v in answers.values()),
     }
+    if args.sweep:
+        def accepted(probe: Path, threshold: float) -> str | None:
+            identity, similarity = best.get(str(probe), (None, -1.0))
+            return identity if similarity >= threshold else None
+
+        result["sweep"] = [
+            {"threshold": t,
+             "rank1": sum(accepted(p[2], t) == name for name, p in known.items()) / max(1, len(known)),
+             "strangers_unknown": sum(accepted(p, t) is None for p in strangers) / max(1, len(strangers))}
+            for t in [round(0.30 + 0.05 * i, 2) for i in range(13)]
+        ]
     if args.json:
         print(json.dumps(result))
     else:
         print(f"rank-1 on {len(known)} enrolled people: {result['rank1'] * 100:.0f}%")
         print(f"strangers reported unknown: {result['strangers_unknown'] * 100:.0f}% of {len(strangers)}")
+        for row in result.get("sweep", []):
+            print(f"  threshold {row['threshold']:.2f}: rank-1 {row['rank1'] * 100:.0f}%, "
+                  f"strangers unknown {row['strangers_unknown'] * 100:.0f}%")
     return 0
 
 

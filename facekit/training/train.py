@@ -27,6 +27,7 @@ from facekit.training.data import (
     RandomSampler,
     augment,
     load_crops,
+    load_teacher,
     to_model_input,
 )
 from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
@@ -55,7 +56,7 @@ class TrainConfig:
     triplet_margin: float = 0.2
     triplet_mining: str = "batch_hard"
     pk_k: int = 4
-    teacher: str | None = None  # .npy of teacher embeddings, row i for crop i (tools/teacher_embeddings.py)
+    teacher: str | None = None  # .npy of teacher embeddings, row i for crop i; may be partial (load_teacher)
     distill_weight: float = 0.0
     min_per_class: int = 2
     limit_classes: int | None = None
@@ -68,6 +69,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     resume: bool = True
+    init_from: str | None = None  # a checkpoint.pt to fine-tune: its weights, with a fresh schedule
     device: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -146,6 +148,18 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
+def earlier_stages(init_from: str | None) -> list[dict]:
+    """The training records of the runs a fine-tune descends from, oldest first, so its card tells all."""
+    if not init_from:
+        return []
+    card_path = Path(init_from).parent / "model.json"
+    if not card_path.exists():
+        return [{"init_from": init_from, "record": "missing"}]
+    training = dict(json.loads(card_path.read_text()).get("training", {}))
+    earlier = training.pop("stages_before", [])
+    return [*earlier, training]
+
+
 def train(config: TrainConfig) -> dict:
     rank, local_rank, world = _distributed()
     is_main = rank == 0
@@ -168,10 +182,9 @@ def train(config: TrainConfig) -> dict:
         images, labels = images.to(device), labels.to(device)
     teacher = None
     if config.teacher and config.distill_weight > 0:
-        teacher = torch.from_numpy(np.load(config.teacher)).float()
-        if len(teacher) != len(images):
-            raise ValueError(f"teacher embeddings have {len(teacher)} rows, crops have {len(images)}")
-        teacher = torch.nn.functional.normalize(teacher).to(device)
+        teacher = load_teacher(config.teacher, len(images)).to(device)
+        if is_main:
+            print(f"teacher targets for {int(torch.isfinite(teacher[:, 0]).sum())} of {len(images)} crops")
 
     model_config = ModelConfig(width=config.width, blocks=tuple(config.blocks), embedding_size=config.embedding_size)
     model = build_model(config.width, config.blocks, config.embedding_size).to(device)
@@ -186,6 +199,13 @@ def train(config: TrainConfig) -> dict:
 
     step, elapsed_before = 0, 0.0
     checkpoint_path = output / "checkpoint.pt"
+    if config.init_from and not (config.resume and checkpoint_path.exists()):
+        # Weights and class centres only: the new run gets its own schedule, steps and clock.
+        state = torch.load(config.init_from, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        margin_loss.load_state_dict(state["margin_loss"])
+        if is_main:
+            print(f"initialised from {config.init_from}")
     if config.resume and checkpoint_path.exists():
         # weights_only: a checkpoint is data, never code.
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -259,7 +279,10 @@ def train(config: TrainConfig) -> dict:
         if config.triplet_weight > 0:
             parts["triplet"] = triplet_loss(raw, batch_labels, config.triplet_margin, config.triplet_mining)
         if distill is not None:
-            parts["distill"] = distill(raw, teacher[index.to(teacher.device)])
+            target = teacher[index.to(teacher.device)].to(device)
+            known = torch.isfinite(target[:, 0])
+            if known.any():
+                parts["distill"] = distill(raw[known], target[known])
         loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
                 + config.distill_weight * parts["distill"])
         optimizer.zero_grad(set_to_none=True)
@@ -294,7 +317,7 @@ def train(config: TrainConfig) -> dict:
             latest_val = callback(model)
             result["val"] = latest_val
         card = {"training": {**asdict(config), **result, "num_classes": crops.num_classes,
-                             "num_images": len(images)}}
+                             "num_images": len(images), "stages_before": earlier_stages(config.init_from)}}
         save_weights(model.eval(), model_config, output / "model", card)
         (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     log_file.close()
