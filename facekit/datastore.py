@@ -39,19 +39,20 @@ LOCK_NAME = "lock"
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_FILE = re.compile(r"index-(\d{8})-(\d+)\.faiss(\.tmp)?")
 
-# Measured with tools/bench_gallery.py (dim 512) on a shared, overloaded 2-core machine, CPU time per single
-# query: exact search costs 0.3-0.6 ms per 1,000 vectors (memory bound): 5.7 ms at 10k, 27 ms at 100k, while
-# IVF took 0.2 ms at 10k and 1 ms at 100k with recall@1 >= 0.99, and 4.6 ms at 1M. HNSW is an option only:
-# it built 100k vectors in 277 s (IVF: 107 s) and needed efSearch 256 (4.8 ms) for recall@1 0.995.
+# Measured with tools/bench_gallery.py (dim 512) on an idle 2-core machine, CPU time per single query:
+# exact search costs 0.3 ms per 1,000 vectors (memory bound): 3.2 ms at 10k, 26 ms at 100k, while IVF took
+# 0.27 ms at 10k, 0.41 ms at 100k and 3.5 ms at 1M. HNSW is an option only: it built 100k vectors in 43 s
+# (IVF: 1.8 s) and needed efSearch 256 (4.2 ms) for recall@1 0.995.
 AUTO_FLAT_LIMIT = 10_000
 AUTO_APPROXIMATE = "ivf"
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 256
 # Share of IVF clusters a query visits. Face embeddings spread over the sphere, so a query's nearest
-# neighbour is often several clusters away; a third gave recall@1 1.0 at 10k, 0.993 at 100k and 0.98 at 1M
-# (identity recall 1.0 throughout), and scanning 4-bit PQ codes with SIMD keeps even that cheap.
-IVF_PROBE_SHARE = 1 / 3
+# neighbour is often several clusters away: a third of the lists gave recall@1 0.97-0.98 at 100k and 1M,
+# half gives 0.997 at 1M for 3.5 ms of CPU (tools/bench_gallery.py), and scanning 4-bit PQ codes with
+# SIMD keeps even that cheap.
+IVF_PROBE_SHARE = 0.5
 IVF_TRAIN_PER_CLUSTER = 32  # k-means sample size; enough to place routing centroids
 IVF_MIN_VECTORS = 100  # 4-bit PQ needs 16 training points; below 100 a flat index is exact and instant
 IVF_RERANK_FACTOR = 4  # candidates re-ranked with the exact vectors, per hit asked for
