@@ -279,7 +279,7 @@ def train(config: TrainConfig) -> dict:
         if config.triplet_weight > 0:
             parts["triplet"] = triplet_loss(raw, batch_labels, config.triplet_margin, config.triplet_mining)
         if distill is not None:
-            target = teacher[index.to(teacher.device)].to(device)
+            target = teacher[index.to(teacher.device)]
             known = torch.isfinite(target[:, 0])
             if known.any():
                 parts["distill"] = distill(raw[known], target[known])
