@@ -140,7 +140,8 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
     config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
                          embedding_size=32, batch_size=8, epochs=4, teacher=str(tmp_path / "teacher.npy"),
                          distill_weight=1.0, log_every=1, device="cpu")
-    train(config)
+    result = train(config)
     with open(tmp_path / "run" / "log.csv") as handle:
         distill = [float(row["distill"]) for row in csv.DictReader(handle)]
     assert all(np.isfinite(distill)) and max(distill) > 0
+    assert result["teacher_targets"] == 8  # the card says how much of the pool had a target

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stage(training: dict) -> dict:
     keys = ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay", "arcface_s", "arcface_m",
-            "triplet_weight", "distill_weight", "minutes", "steps", "images_seen", "device", "num_classes",
-            "num_images")
+            "triplet_weight", "distill_weight", "teacher_targets", "minutes", "steps", "images_seen", "device",
+            "num_classes", "num_images")
     return {"losses": _losses(training), **{k: training[k] for k in keys if k in training}}
 
 
@@ -94,7 +94,8 @@ def _losses(training: dict) -> list[str]:
     if training.get("triplet_weight", 0) > 0:
         losses.append(f"triplet ({training.get('triplet_mining')}) x {training['triplet_weight']}")
     if training.get("distill_weight", 0) > 0:
-        losses.append(f"distillation x {training['distill_weight']}")
+        teacher = Path(training["teacher"]).name if training.get("teacher") else "a teacher"
+        losses.append(f"distillation from {teacher} (centred cosine) x {training['distill_weight']}")
     return losses
 
 

@@ -180,11 +180,12 @@ def train(config: TrainConfig) -> dict:
     labels = torch.from_numpy(crops.labels)
     if on_gpu:
         images, labels = images.to(device), labels.to(device)
-    teacher = None
+    teacher, teacher_targets = None, 0
     if config.teacher and config.distill_weight > 0:
         teacher = load_teacher(config.teacher, len(images)).to(device)
+        teacher_targets = int(torch.isfinite(teacher[:, 0]).sum())
         if is_main:
-            print(f"teacher targets for {int(torch.isfinite(teacher[:, 0]).sum())} of {len(images)} crops")
+            print(f"teacher targets for {teacher_targets} of {len(images)} crops")
 
     model_config = ModelConfig(width=config.width, blocks=tuple(config.blocks), embedding_size=config.embedding_size)
     model = build_model(config.width, config.blocks, config.embedding_size).to(device)
@@ -311,6 +312,8 @@ def train(config: TrainConfig) -> dict:
     bar.close()
     result: dict = {"steps": step, "minutes": round((elapsed_before + time.time() - start) / 60, 1),
                     "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
+    if teacher is not None:
+        result["teacher_targets"] = teacher_targets
     if is_main:
         save_checkpoint()
         if callback is not None:
