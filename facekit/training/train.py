@@ -156,7 +156,9 @@ def earlier_stages(init_from: str | None) -> list[dict]:
     if not card_path.exists():
         return [{"init_from": init_from, "record": "missing"}]
     training = dict(json.loads(card_path.read_text()).get("training", {}))
-    earlier = training.pop("stages_before", [])
+    earlier = training.pop("stages_before", None)
+    if earlier is None:  # a card written before stages were recorded: follow its own init_from
+        earlier = earlier_stages(training.get("init_from"))
     return [*earlier, training]
 
 
