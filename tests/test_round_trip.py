@@ -18,9 +18,9 @@ def test_lfw_round_trip_through_the_cli(shared_data):
     record = json.loads(result.stdout)
     assert record["enrolled_people"] == 20 and record["strangers"] == 20
     assert record["enrolled_faces"] >= 36
-    # Regression floor for the shipped model (measured 0.90 with the Haar default; the product goal is 0.90
-    # rank-1 and 0.80 of strangers unknown, which the README reports as not yet met by this model).
-    assert record["rank1"] >= 0.8
+    # The goal's first half, which the shipped model meets (1.00 with the Haar default). The second half,
+    # 0.80 of strangers unknown, is not met yet (0.25); the README reports both.
+    assert record["rank1"] >= 0.9
     # Raising the threshold can only turn answers into `unknown`.
     sweep = record["sweep"]
     assert [row["threshold"] for row in sweep] == sorted(row["threshold"] for row in sweep)
