@@ -96,8 +96,8 @@ def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
     code, out, _ = run_cli(capsys, "verify", paths["a1"], paths["g"], "--json")
     different = json.loads(out)
     assert different["same"] == (different["similarity"] >= different["threshold"])
-    # Two different women must score well below two photos of one; the verdict itself is checked on LFW
-    # (tests/test_round_trip.py), where a 92.5%-LFW model can be held to a measured rate, not one pair.
+    # Two different women must score well below two photos of one. The verdict is not asserted on one pair:
+    # verification accuracy is measured on LFW (`facekit eval lfw`, README), a rate rather than a single case.
     assert different["similarity"] < same["similarity"] - 0.2
     code, out, err = run_cli(capsys, "verify", paths["a1"], str(tmp_path / "missing.jpg"))
     assert code != 0 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
