@@ -85,6 +85,18 @@ def test_default_detector_on_demo_portraits(
     assert nme(faces[0].landmarks, reference.landmarks) < 0.15
 
 
+@pytest.mark.parametrize("name", ["Anne_Heche/Anne_Heche_0001.jpg", "Bobby_Jackson/Bobby_Jackson_0001.jpg"])
+def test_finer_pyramid_retry_finds_faces_the_coarse_step_misses(
+    haar: HaarLandmarkDetector, yunet: YuNetDetector, shared_data: Path, name: str
+) -> None:
+    image = cv2.imread(str(shared_data / "lfw" / "images" / name))
+    assert HaarLandmarkDetector(retry_scale_factor=None).detect(image) == [], "no longer a miss of the 10 % step"
+    faces = haar.detect(image)
+    assert faces, f"the 5 % retry found no face on {name}"
+    assert_plausible(faces[0])
+    assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.15
+
+
 def test_yunet_finds_every_face_in_a_group(yunet: YuNetDetector, shared_data: Path) -> None:
     image = cv2.imread(str(shared_data / "demo" / "facenet_pytorch" / "multiface.jpg"))
     faces = yunet.detect(image)
