@@ -156,9 +156,12 @@ def earlier_stages(init_from: str | None) -> list[dict]:
     if not card_path.exists():
         return [{"init_from": init_from, "record": "missing"}]
     training = dict(json.loads(card_path.read_text()).get("training", {}))
-    earlier = training.pop("stages_before", None)
-    if earlier is None:  # a card written before stages were recorded: follow its own init_from
-        earlier = earlier_stages(training.get("init_from"))
+    recorded = training.pop("stages_before", None) or []
+    # The chain of run folders is the full history where it still exists; a card's own list can be short
+    # (written before stages were recorded, or before this function followed its parent's parent).
+    followed = earlier_stages(training.get("init_from"))
+    complete = not any(stage.get("record") == "missing" for stage in followed)
+    earlier = followed if complete and len(followed) >= len(recorded) else recorded or followed
     return [*earlier, training]
 
 
