@@ -53,10 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "licence": "MIT (weights trained by the facekit project; the training images are research-only)",
     }
-    earlier = training.get("stages_before") or []
-    rebuilt = earlier_stages(training.get("init_from"))
-    if len(rebuilt) > len(earlier):  # the run's card predates recording stages, or missed a parent's parent
-        earlier = rebuilt
+    # The run's own card may predate the full stage record; earlier_stages decides between it and the chain.
+    earlier = earlier_stages(str(args.run / "checkpoint.pt"))[:-1]
     stages = [_stage(stage) for stage in earlier]
     if stages:
         # A fine-tune: the card lists every stage and the totals, so no training time goes unreported.
