@@ -143,6 +143,34 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     }
 
 
+OPEN_SET_FARS = {"1e-2": 1e-2, "5e-3": 5e-3, "1e-3": 1e-3, "1e-4": 1e-4}
+
+
+def impostor_thresholds(embeddings: np.ndarray, identities: list[str], block: int = 1024) -> dict:
+    """The similarity that each false accept rate of OPEN_SET_FARS allows, over every different-person pair.
+
+    Every pair of images of two different people counts, not only the listed negative pairs: LFW's
+    3,000 leave 3 scores above FAR 1e-3, too few to place a threshold that 1:N search can rely on.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    _, person = np.unique(np.asarray(identities), return_inverse=True)
+    impostor_scores = []
+    for start in range(0, len(embeddings), block):
+        rows = slice(start, start + block)
+        scores = embeddings[rows] @ embeddings.T
+        row_index = np.arange(start, start + scores.shape[0])[:, None]
+        # Each unordered pair once (column after row), and only pairs of different people.
+        keep = (np.arange(len(embeddings))[None, :] > row_index) & (person[rows, None] != person[None, :])
+        impostor_scores.append(scores[keep])
+    impostors = np.concatenate(impostor_scores) if impostor_scores else np.zeros(0, np.float32)
+    if len(impostors) == 0:
+        return {"threshold_at_far": {}, "impostor_pairs": 0}
+    # "higher" picks an observed score, so no more than the stated share of pairs lies above it.
+    thresholds = {name: round(float(np.quantile(impostors, 1 - far, method="higher")), 4)
+                  for name, far in OPEN_SET_FARS.items()}
+    return {"threshold_at_far": thresholds, "impostor_pairs": int(len(impostors))}
+
+
 def plot_roc(scores: np.ndarray, same: np.ndarray, path: str | Path, label: str = "facekit") -> None:
     import matplotlib
 
@@ -172,4 +200,6 @@ def format_metrics(result: dict) -> list[str]:
         f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}",
         f"threshold       {result['threshold']:.4f}",
         f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)",
-    ]
+    ] + ([f"1:N thresholds  over all {result['impostor_pairs']:,} different-person pairs of the images:"]
+         + [f"  at FAR={far:<6}  {value:.4f}" for far, value in result["threshold_at_far"].items()]
+         if result.get("threshold_at_far") else [])

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from facekit.cli import CliError, make_pipeline
     from facekit.evaluation import (
         format_metrics,
+        impostor_thresholds,
         plot_roc,
         read_lfw_pairs,
         read_pairs_csv,
@@ -98,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
         has_folds = args.protocol == "lfw" or any(p.fold is not None for p in pairs)
         result = verification_metrics(scores, same, folds if has_folds else None, failed=failed)
         extra = {"images": len(paths), "images_without_face": sum(v is None for v in table.values())}
+        if args.protocol == "lfw":
+            # LFW names each image's person by its folder, so every different-person pair is known.
+            found = [path for path in paths if table[path] is not None]
+            extra.update(impostor_thresholds(np.stack([table[path] for path in found]) if found else np.zeros((0, 1)),
+                                             [Path(path).parent.name for path in found]))
         result["no_face"] = int(failed.sum())
     result.update(extra)
     result["detector"] = type(pipeline.detector).__name__

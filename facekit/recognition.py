@@ -51,6 +51,10 @@ class FacePipeline:
     def threshold(self) -> float:
         return self.embedder.threshold
 
+    @property
+    def identify_threshold(self) -> float:
+        return self.embedder.identify_threshold
+
     def detect(self, image: np.ndarray) -> list[Face]:
         return self.detector.detect(image)
 

@@ -116,6 +116,15 @@ class Embedder:
         """The cosine similarity above which two faces are called the same person (calibrated on LFW)."""
         return float(self.card.get("threshold", FALLBACK_THRESHOLD))
 
+    @property
+    def identify_threshold(self) -> float:
+        """The stricter similarity that search in a gallery needs before it names a face.
+
+        A stranger is compared with every enrolled face, so false names grow with the gallery;
+        the card sets this at a fixed false accept rate on LFW (see its identify_threshold_source).
+        """
+        return float(self.card.get("identify_threshold", self.threshold))
+
     def embed(self, crops_bgr: np.ndarray, flip: bool = True) -> np.ndarray:
         crops_bgr = np.asarray(crops_bgr)
         if crops_bgr.ndim == 3:

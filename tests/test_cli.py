@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from facekit.cli import main
 from facekit.datastore import Gallery
+from facekit.representation import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 FACE_KEYS = {"box", "landmarks", "identity", "similarity", "candidates"}
@@ -101,6 +103,29 @@ def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
     assert different["similarity"] < same["similarity"] - 0.2
     code, out, err = run_cli(capsys, "verify", paths["a1"], str(tmp_path / "missing.jpg"))
     assert code != 0 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_identify_and_verify_default_to_their_own_card_thresholds(tmp_path, people, capsys, astronaut_bgr):
+    # identify (1:N) takes the card's identify_threshold, verify (1:1) its LFW threshold. A copy of the
+    # shipped model with an impossible identify_threshold shows which one each command used.
+    weights = tmp_path / "strict"
+    shutil.copy(DEFAULT_MODEL.with_suffix(".safetensors"), weights.with_suffix(".safetensors"))
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    card["identify_threshold"] = 0.999
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    options = ["--gallery", str(tmp_path / "gallery"), "--weights", str(weights)]
+    assert run_cli(capsys, "enroll", str(people), *options, "--quiet")[0] == 0
+    probe = tmp_path / "probe.jpg"
+    cv2.imwrite(str(probe), variant(astronaut_bgr, 7))
+    code, out, _ = run_cli(capsys, "identify", str(probe), *options, "--json")
+    face = json.loads(out)["faces"][0]
+    assert code == 0 and face["identity"] is None
+    assert face["candidates"][0]["identity"] == "eileen_collins" and face["similarity"] > card["threshold"]
+    code, out, _ = run_cli(capsys, "identify", str(probe), *options, "--json", "--threshold", str(card["threshold"]))
+    assert json.loads(out)["faces"][0]["identity"] == "eileen_collins"
+    code, out, _ = run_cli(capsys, "verify", str(probe), str(people / "eileen_collins" / "a.jpg"), "--json",
+                           "--weights", str(weights))
+    assert code == 0 and json.loads(out)["threshold"] == card["threshold"]
 
 
 def test_gallery_commands(tmp_path, people, capsys):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facekit.evaluation import best_threshold, read_lfw_pairs, read_pairs_csv, roc_curve, verification_metrics
+from facekit.evaluation import (
+    OPEN_SET_FARS,
+    best_threshold,
+    impostor_thresholds,
+    read_lfw_pairs,
+    read_pairs_csv,
+    roc_curve,
+    verification_metrics,
+)
 
 
 def test_perfectly_separable_scores():
@@ -56,6 +64,25 @@ def test_tar_at_far():
     assert far[0] == 0 and tar[-1] == 1 and np.all(np.diff(far) >= 0)
     metrics = verification_metrics(scores, same)
     assert metrics["tar_at_far_1e-3"] == pytest.approx(0.80, abs=0.02)
+
+
+def test_impostor_thresholds_use_every_different_person_pair_once():
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(23, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    identities = [f"person{i % 5}" for i in range(23)]
+    # A block smaller than the set, so rows are scored in several pieces.
+    result = impostor_thresholds(embeddings, identities, block=4)
+    brute = [float(embeddings[i] @ embeddings[j]) for i in range(23) for j in range(i + 1, 23)
+             if identities[i] != identities[j]]
+    assert result["impostor_pairs"] == len(brute) == 23 * 22 // 2 - sum(n * (n - 1) // 2 for n in (5, 5, 5, 4, 4))
+    for name, far in OPEN_SET_FARS.items():
+        threshold = result["threshold_at_far"][name]
+        assert threshold == pytest.approx(np.quantile(brute, 1 - far, method="higher"), abs=1e-4)
+        assert np.mean(np.array(brute) > threshold + 1e-4) <= far
+    # Stricter rates need higher similarities.
+    values = list(result["threshold_at_far"].values())
+    assert values == sorted(values)
 
 
 def test_lfw_pairs_parsing(tmp_path):

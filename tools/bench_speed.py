@@ -218,10 +218,11 @@ def facekit_with(pipeline, detector: str, work: Path, args: argparse.Namespace) 
         result["enroll_images_per_s"] = report.images / (time.perf_counter() - started)
         result["enrolled"] = report.enrolled
     with Gallery.open(gallery_path) as gallery:
+        threshold = pipeline.identify_threshold
         for name, image in photos.items():
-            result[f"identify_faces_found_{name}"] = len(identify_image(pipeline, gallery, image, pipeline.threshold))
+            result[f"identify_faces_found_{name}"] = len(identify_image(pipeline, gallery, image, threshold))
             result[f"identify_ms_{name}"] = median_ms(
-                lambda i=image: identify_image(pipeline, gallery, i, pipeline.threshold), args.repeats)
+                lambda i=image: identify_image(pipeline, gallery, i, threshold), args.repeats)
         result["identify_profile_ms_5faces"] = identify_profile(pipeline, gallery, photos["5faces"], args.repeats)
     result["webcam_fps"], result["webcam_faces_per_frame"] = facekit_webcam(work, detector, gallery_path, pipeline,
                                                                             args)

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="0", help="camera index or video file (default: 0)")
     parser.add_argument("--gallery", help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
-    parser.add_argument("--threshold", type=float, help="default: the model card's")
+    parser.add_argument("--threshold", type=float, help="default: the model card's identify threshold")
     parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
     parser.add_argument("--detector", choices=["auto", "yunet", "haar"], default="auto")
     parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     gallery = Gallery.open(gallery_path, create=False) if (gallery_path / "gallery.sqlite").exists() else None
     if gallery is None:
         print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
-    threshold = pipeline.threshold if args.threshold is None else args.threshold
+    threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
     capture = open_source(args.source)
     writer = None
     tracker = FaceTracker()
