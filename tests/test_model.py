@@ -69,6 +69,9 @@ def test_shipped_model_card_is_complete():
     for key in ("architecture", "model", "input", "alignment_template", "training", "threshold", "lfw"):
         assert key in card, f"model card lacks {key}"
     assert 0.0 < card["threshold"] < 1.0
+    # Search in a gallery needs a stricter bar than one comparison; both come from `facekit eval lfw`.
+    assert card["threshold"] < card["identify_threshold"] < 1.0
+    assert card["identify_threshold"] == card["lfw"]["threshold_at_far"]["5e-3"]
 
 
 def test_shipped_embedder_flip_augmentation_and_batching(astronaut_bgr):
