@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gallery_option(identify)
     _add_pipeline_options(identify)
     identify.add_argument("--threshold", type=float, help="minimum cosine similarity for a match "
-                                                          "(default: the model card's identify threshold, "
-                                                          "set at FAR 5e-3 on LFW)")
+                                                          "(default: the model card's identify_threshold, "
+                                                          "calibrated on LFW for search in a gallery)")
     identify.add_argument("--top-k", type=int, default=3, help="candidates listed per face (default: 3)")
     output = identify.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON object per image per line")
