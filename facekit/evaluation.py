@@ -192,7 +192,7 @@ def plot_roc(scores: np.ndarray, same: np.ndarray, path: str | Path, label: str 
 
 def format_metrics(result: dict) -> list[str]:
     """The human-readable lines of a verification result, as `facekit eval` prints them."""
-    return [
+    lines = [
         f"accuracy        {result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %",
         f"AUC             {result['auc']:.4f}",
         f"EER             {result['eer'] * 100:.2f} %",
@@ -200,6 +200,8 @@ def format_metrics(result: dict) -> list[str]:
         f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}",
         f"threshold       {result['threshold']:.4f}",
         f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)",
-    ] + ([f"1:N thresholds  over all {result['impostor_pairs']:,} different-person pairs of the images:"]
-         + [f"  at FAR={far:<6}  {value:.4f}" for far, value in result["threshold_at_far"].items()]
-         if result.get("threshold_at_far") else [])
+    ]
+    if result.get("threshold_at_far"):
+        lines.append(f"1:N thresholds  over all {result['impostor_pairs']:,} different-person pairs of the images:")
+        lines += [f"  at FAR={far:<6}  {value:.4f}" for far, value in result["threshold_at_far"].items()]
+    return lines
