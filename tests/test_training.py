@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,27 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
         distill = [float(row["distill"]) for row in csv.DictReader(handle)]
     assert all(np.isfinite(distill)) and max(distill) > 0
     assert result["teacher_targets"] == 8  # the card says how much of the pool had a target
+
+
+def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
+    """Two processes under torchrun (gloo on the CPU, as NCCL would on GPUs): same weights at the end,
+    class centres and the distillation projection included, and a shared stop under a time budget."""
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=6)
+    rng = np.random.default_rng(0)
+    teacher = np.zeros((24, 8), np.float32)
+    teacher[:12] = rng.normal(size=(12, 8))  # a partial teacher: some batches of a process have no target
+    np.save(tmp_path / "teacher.npy", teacher)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "facekit.cli", "train", str(tmp_path / "crops"), "--output", str(tmp_path / "run"),
+               "--device", "cpu", "--width", "0.125", "--blocks", "1,1,1", "--embedding-size", "32",
+               "--batch-size", "8", "--minutes", "0.15", "--teacher", str(tmp_path / "teacher.npy"),
+               "--distill-weight", "1", "--triplet-weight", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["steps"] > 0
+    assert result["images_seen"] == result["steps"] * 8
+    assert result["replicas_in_sync"] is True
+    model, card = load_model(tmp_path / "run" / "model")
+    assert card["training"]["world_size"] == 2

@@ -81,6 +81,25 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+def _average_head_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """DDP averages the trunk's gradients; the class centres and the distillation projection sit outside
+    it, so without this each process would train its own copy of them."""
+    for param in params:
+        if param.grad is None:  # e.g. no crop of this process's batch had a teacher target
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
+        param.grad.div_(world)
+
+
+def _replicas_agree(modules: list[torch.nn.Module], device: torch.device) -> bool:
+    """Whether every process ends with the same weights: a cheap end-of-run check that DDP did its job."""
+    norms = torch.stack([p.detach().double().square().sum() for m in modules for p in m.parameters()]).to(device)
+    lowest, highest = norms.clone(), norms.clone()
+    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+    dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+    return bool(torch.allclose(lowest, highest, rtol=1e-9, atol=0.0))
+
+
 def _lr_at(progress: float, config: TrainConfig) -> float:
     if progress < config.warmup_fraction:
         return config.lr * progress / config.warmup_fraction
@@ -176,7 +195,7 @@ def train(config: TrainConfig) -> dict:
     else:
         device = torch.device("cpu")
     on_gpu = device.type == "cuda"
-    torch.manual_seed(config.seed + rank)
+    torch.manual_seed(config.seed)  # the same initial weights in every process; DDP checks the trunk's
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
 
@@ -198,6 +217,7 @@ def train(config: TrainConfig) -> dict:
     margin_loss = CombinedMarginLoss(config.embedding_size, crops.num_classes, s=config.arcface_s,
                                      m2=config.arcface_m, m3=config.cosface_m).to(device)
     distill = DistillationLoss(config.embedding_size, teacher.shape[1]).to(device) if teacher is not None else None
+    torch.manual_seed(config.seed + rank)  # but each its own augmentation
     params = list(model.parameters()) + list(margin_loss.parameters())
     if distill is not None:
         params += list(distill.parameters())
@@ -240,9 +260,14 @@ def train(config: TrainConfig) -> dict:
                 if is_main and config.val_pairs and config.val_root else None)
 
     def progress() -> float:
-        if budget_s:
-            return min(1.0, (elapsed_before + time.time() - start) / budget_s)
-        return min(1.0, step / max(1, total_steps))
+        if not budget_s:
+            return min(1.0, step / max(1, total_steps))
+        elapsed = torch.tensor([elapsed_before + time.time() - start], dtype=torch.float64, device=device)
+        if world > 1:
+            # Every process must stop at the same step (a lone extra step waits forever for its peers)
+            # and use the same learning rate, so all follow rank 0's clock.
+            dist.broadcast(elapsed, 0)
+        return min(1.0, float(elapsed.item()) / budget_s)
 
     def save_checkpoint() -> None:
         state = {"model": model.state_dict(), "margin_loss": margin_loss.state_dict(),
@@ -265,12 +290,13 @@ def train(config: TrainConfig) -> dict:
     model.train()
     last_log, images_since_log = time.time(), 0
     latest_val: dict = {}
-    while progress() < 1.0:
+    head_params = [p for m in (margin_loss, distill) if m is not None for p in m.parameters()]
+    fraction = progress()
+    while fraction < 1.0:
         index = torch.from_numpy(next(batches)).to(images.device)
         batch_labels = labels[index].to(device)
         x = augment(to_model_input(images[index].to(device, non_blocking=True)))
         x = x.contiguous(memory_format=torch.channels_last)
-        fraction = progress()
         lr = _lr_at(fraction, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -293,11 +319,14 @@ def train(config: TrainConfig) -> dict:
                 + config.distill_weight * parts["distill"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_head_gradients(head_params, world)
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         optimizer.step()
         step += 1
         images_since_log += len(index) * world
-        bar.n = int(progress() * 1000)
+        fraction = progress()
+        bar.n = int(fraction * 1000)
         bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
         bar.refresh()
         if is_main and step % config.eval_every == 0 and callback is not None:
@@ -319,6 +348,9 @@ def train(config: TrainConfig) -> dict:
                     "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
     if teacher is not None:
         result["teacher_targets"] = teacher_targets
+    if world > 1:
+        result["replicas_in_sync"] = _replicas_agree([m for m in (model, margin_loss, distill) if m is not None],
+                                                     device)
     if is_main:
         save_checkpoint()
         if callback is not None:
