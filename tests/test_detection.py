@@ -90,11 +90,36 @@ def test_finer_pyramid_retry_finds_faces_the_coarse_step_misses(
     haar: HaarLandmarkDetector, yunet: YuNetDetector, shared_data: Path, name: str
 ) -> None:
     image = cv2.imread(str(shared_data / "lfw" / "images" / name))
-    assert HaarLandmarkDetector(retry_scale_factor=None).detect(image) == [], "no longer a miss of the 10 % step"
+    coarse_only = HaarLandmarkDetector(retry_scale_factor=None, confirm_weak_faces=False)
+    assert coarse_only.detect(image) == [], "no longer a miss of the 10 % step"
     faces = haar.detect(image)
     assert faces, f"the 5 % retry found no face on {name}"
     assert_plausible(faces[0])
     assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.15
+
+
+@pytest.mark.parametrize("name", ["Keith_Brown/Keith_Brown_0001.jpg", "Ted_Williams/Ted_Williams_0001.jpg"])
+def test_second_cascade_vouches_for_weak_faces(
+    haar: HaarLandmarkDetector, yunet: YuNetDetector, shared_data: Path, name: str
+) -> None:
+    image = cv2.imread(str(shared_data / "lfw" / "images" / name))
+    assert HaarLandmarkDetector(confirm_weak_faces=False).detect(image) == [], "no longer a miss of both searches"
+    faces = haar.detect(image)
+    assert faces, f"the confirmed weak search found no face on {name}"
+    assert faces[0].score < haar.score_threshold  # it came from the weak search, not the usual one
+    assert_plausible(faces[0])
+    assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.15
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket", "gravel", "brick", "text"])
+def test_no_face_found_in_face_free_photos(haar: HaarLandmarkDetector, name: str) -> None:
+    """The weak search only runs where nothing else was found, so this is where it could misfire
+    (on "gravel" it would, without the score floor)."""
+    from skimage import data
+
+    image = getattr(data, name)()
+    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else np.ascontiguousarray(image[:, :, 2::-1])
+    assert haar.detect(bgr) == []
 
 
 def test_yunet_finds_every_face_in_a_group(yunet: YuNetDetector, shared_data: Path) -> None:
