@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from facekit.model import build_model
 from facekit.representation import load_model
 from facekit.training.data import PKSampler, augment, load_crops, load_teacher, to_model_input
 from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
@@ -188,3 +190,21 @@ def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
     assert result["replicas_in_sync"] is True
     model, card = load_model(tmp_path / "run" / "model")
     assert card["training"]["world_size"] == 2
+
+
+def test_compiled_training_updates_the_weights(tmp_path, shared_data):
+    """--compile (torch.compile; Inductor needs a C++ compiler on the CPU) trains the same model."""
+    if shutil.which("g++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler (g++)")
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=2, compile=True, log_every=1, device="cpu")
+    assert train(config)["steps"] == 4
+    with open(tmp_path / "run" / "log.csv") as handle:
+        assert all(np.isfinite(float(row["loss"])) for row in csv.DictReader(handle))
+    trained, _ = load_model(tmp_path / "run" / "model")
+    torch.manual_seed(config.seed)  # train() builds its model right after this seeding
+    initial = build_model(config.width, config.blocks, config.embedding_size)
+    changed = [name for name, value in initial.state_dict().items()
+               if value.is_floating_point() and not torch.equal(value, trained.state_dict()[name])]
+    assert len(changed) > len(initial.state_dict()) // 2
