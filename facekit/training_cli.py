@@ -37,7 +37,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling and augmentation seed")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--init-from", metavar="CHECKPOINT",
-                        help="start from another run's checkpoint.pt (same data and width) with a fresh schedule")
+                        help="start from another run's checkpoint.pt (same data and width), or from released "
+                             "weights (.safetensors, e.g. the shipped model), with a fresh schedule")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     parser.set_defaults(handler=run)

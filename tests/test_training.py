@@ -126,6 +126,21 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     with open(tmp_path / "tuned" / "log.csv") as handle:
         tuned_losses = [float(row["loss"]) for row in csv.DictReader(handle)]
     assert tuned_losses[0] < losses[0]
+    # Released weights (no class centres) fine-tune too: centres start at each identity's mean embedding.
+    released = TrainConfig(**{**vars(tuned), "output": str(tmp_path / "from-release"), "lr": 0.0,
+                              "init_from": str(tmp_path / "run" / "model.safetensors")})
+    assert train(released)["steps"] == 3
+    centres = torch.load(tmp_path / "from-release" / "checkpoint.pt", weights_only=True)["margin_loss"]["weight"]
+    images, labels = torch.from_numpy(crops.images), torch.from_numpy(crops.labels)
+    model, _ = load_model(tmp_path / "run" / "model")
+    with torch.no_grad():  # lr 0 leaves the centres as initialised: compare with the means worked out here
+        each = model(to_model_input(images).contiguous(memory_format=torch.channels_last))
+    for label in range(crops.num_classes):
+        expected = torch.nn.functional.normalize(each[labels == label].mean(0), dim=0)
+        torch.testing.assert_close(centres[label], expected, atol=1e-5, rtol=0)
+    assert len(json.loads((tmp_path / "from-release" / "model.json").read_text())["training"]["stages_before"]) == 1
+    with pytest.raises(ValueError, match="same --width"):
+        train(TrainConfig(**{**vars(released), "output": str(tmp_path / "wider"), "width": 0.25}))
     # Releasing the fine-tune writes a card that accounts for both stages.
     subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "tuned"),
                     "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)

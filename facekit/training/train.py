@@ -69,7 +69,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     resume: bool = True
-    init_from: str | None = None  # a checkpoint.pt to fine-tune: its weights, with a fresh schedule
+    init_from: str | None = None  # a checkpoint.pt or released .safetensors to fine-tune, with a fresh schedule
     device: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -167,11 +167,38 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
+def _load_released_weights(model: torch.nn.Module, path: str, config: ModelConfig) -> None:
+    from safetensors.torch import load_file
+
+    card_path = Path(path).with_suffix(".json")
+    released = ModelConfig.from_dict(json.loads(card_path.read_text()).get("model", {})) if card_path.exists() \
+        else None
+    if released is not None and released != config:
+        raise ValueError(f"{path} is a {released} model; train with the same --width, --blocks and "
+                         "--embedding-size to fine-tune it")
+    model.load_state_dict(load_file(path))
+
+
+@torch.no_grad()
+def class_mean_embeddings(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                          device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Each class's L2-normalised mean embedding of its (unaugmented) crops."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(num_classes, model.config.embedding_size, device=device)
+    for start in tqdm(range(0, len(images), batch_size), desc="class centres", unit="batch"):
+        x = to_model_input(images[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        sums.index_add_(0, labels[start:start + batch_size].to(device), model(x))
+    model.train(was_training)
+    return torch.nn.functional.normalize(sums)
+
+
 def earlier_stages(init_from: str | None) -> list[dict]:
     """The training records of the runs a fine-tune descends from, oldest first, so its card tells all."""
     if not init_from:
         return []
-    card_path = Path(init_from).parent / "model.json"
+    card_path = Path(init_from).with_suffix(".json") if init_from.endswith(".safetensors") \
+        else Path(init_from).parent / "model.json"
     if not card_path.exists():
         return [{"init_from": init_from, "record": "missing"}]
     training = dict(json.loads(card_path.read_text()).get("training", {}))
@@ -195,7 +222,7 @@ def train(config: TrainConfig) -> dict:
     else:
         device = torch.device("cpu")
     on_gpu = device.type == "cuda"
-    torch.manual_seed(config.seed)  # the same initial weights in every process; DDP checks the trunk's
+    torch.manual_seed(config.seed)  # the same initial heads in every process (DDP only copies the trunk's)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
 
@@ -227,9 +254,15 @@ def train(config: TrainConfig) -> dict:
     checkpoint_path = output / "checkpoint.pt"
     if config.init_from and not (config.resume and checkpoint_path.exists()):
         # Weights and class centres only: the new run gets its own schedule, steps and clock.
-        state = torch.load(config.init_from, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        margin_loss.load_state_dict(state["margin_loss"])
+        if config.init_from.endswith(".safetensors"):
+            _load_released_weights(model, config.init_from, model_config)
+            # A released model has no class centres: each identity's starts at its mean embedding, so
+            # ArcFace does not begin by tearing the trained embedding apart to fit random centres.
+            margin_loss.weight.data.copy_(class_mean_embeddings(model, images, labels, crops.num_classes, device))
+        else:
+            state = torch.load(config.init_from, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            margin_loss.load_state_dict(state["margin_loss"])
         if is_main:
             print(f"initialised from {config.init_from}")
     if config.resume and checkpoint_path.exists():
@@ -262,12 +295,14 @@ def train(config: TrainConfig) -> dict:
     def progress() -> float:
         if not budget_s:
             return min(1.0, step / max(1, total_steps))
-        elapsed = torch.tensor([elapsed_before + time.time() - start], dtype=torch.float64, device=device)
+        elapsed = elapsed_before + time.time() - start
         if world > 1:
             # Every process must stop at the same step (a lone extra step waits forever for its peers)
             # and use the same learning rate, so all follow rank 0's clock.
-            dist.broadcast(elapsed, 0)
-        return min(1.0, float(elapsed.item()) / budget_s)
+            clock = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            dist.broadcast(clock, 0)
+            elapsed = float(clock.item())
+        return min(1.0, elapsed / budget_s)
 
     def save_checkpoint() -> None:
         state = {"model": model.state_dict(), "margin_loss": margin_loss.state_dict(),
