@@ -159,7 +159,8 @@ class HaarLandmarkDetector:
         return [(box, score) for box, score in zip(boxes, scores, strict=True) if score >= self.score_threshold]
 
     def _confirmed_weak_boxes(self, small: np.ndarray, min_size: int) -> list[tuple[np.ndarray, float]]:
-        """The main cascade's boxes at any score, searched finely, that the second cascade also finds."""
+        """The main cascade's boxes, searched finely with fewer neighbours and a low score floor, that the second
+        cascade also finds."""
         search = {"scaleFactor": self.retry_scale_factor or self.scale_factor, "minNeighbors": self.weak_min_neighbors,
                   "minSize": (min_size, min_size)}
         with self._lock:

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from facekit.representation import load_model
@@ -55,6 +56,8 @@ def test_lease_round_trip_on_the_cpu(tmp_path, shared_data):
     teacher = np.random.default_rng(0).normal(size=(len(original.images), 8)).astype(np.float32)
     np.save(tmp_path / "teacher.npy", teacher)
 
+    with pytest.raises(SystemExit, match="more than an earlier pack"):
+        lease.pack(tmp_path / "pool", tmp_path, part_mib=0.02, teacher=None)  # would have wiped the pool
     parts = lease.pack(tmp_path / "pool", tmp_path / "lease", part_mib=0.02, teacher=tmp_path / "teacher.npy")
     assert len(parts) >= 2 and (parts[-1] / "teacher.npy").exists()
     for part in parts:

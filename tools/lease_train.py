@@ -49,6 +49,9 @@ def pack(data: Path, output: Path, part_mib: float, teacher: Path | None) -> lis
     with open(data / "manifest.tsv", newline="") as handle:
         rows = [{k: r[k] for k in MANIFEST_COLUMNS} for r in csv.DictReader(handle, delimiter="\t")]
     if output.exists():
+        strangers = [p.name for p in output.iterdir() if not p.name.startswith("part-")]
+        if strangers:
+            raise SystemExit(f"{output} holds more than an earlier pack ({strangers[0]}); choose another --output")
         shutil.rmtree(output)
     limit = int(part_mib * 2**20)
     parts: list[Path] = []
@@ -57,8 +60,9 @@ def pack(data: Path, output: Path, part_mib: float, teacher: Path | None) -> lis
     sources: dict[str, zipfile.ZipFile] = {}
     try:
         for row in rows:
-            source = sources.get(row["shard"]) or sources.setdefault(row["shard"], zipfile.ZipFile(data / row["shard"]))
-            payload = source.read(row["member"])
+            if row["shard"] not in sources:
+                sources[row["shard"]] = zipfile.ZipFile(data / row["shard"])
+            payload = sources[row["shard"]].read(row["member"])
             if written + len(payload) + 200 > limit:  # ~200 bytes of zip headers per member
                 if writer is not None:
                     writer.close()
