@@ -165,6 +165,17 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
         card = json.loads((tmp_path / "shipped" / "model.json").read_text())
         assert len(card["training"]["stages_before"]) == 2, stale
         assert card["training"]["total_images_seen"] == (42 + 3 + 3) * 12
+    # A stage started from the released weights themselves, released again, still accounts for all four.
+    fourth = TrainConfig(**{**vars(tuned), "output": str(tmp_path / "fourth"),
+                            "init_from": str(tmp_path / "shipped" / "model.safetensors")})
+    train(fourth)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output,
+                    "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+    released_again = json.loads((tmp_path / "shipped" / "model.json").read_text())["training"]
+    assert len(released_again["stages_before"]) == 3
+    assert released_again["total_images_seen"] == (42 + 3 + 3 + 3) * 12
+    first_two = card["training"]["stages_before"]
+    assert [s["losses"] for s in released_again["stages_before"][:2]] == [s["losses"] for s in first_two]
 
 
 def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
