@@ -168,15 +168,13 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
 
 
 def _load_released_weights(model: torch.nn.Module, path: str, config: ModelConfig) -> None:
-    from safetensors.torch import load_file
+    from facekit.representation import load_model
 
-    card_path = Path(path).with_suffix(".json")
-    released = ModelConfig.from_dict(json.loads(card_path.read_text()).get("model", {})) if card_path.exists() \
-        else None
-    if released is not None and released != config:
-        raise ValueError(f"{path} is a {released} model; train with the same --width, --blocks and "
+    released, _ = load_model(path)
+    if released.config != config:
+        raise ValueError(f"{path} is a {released.config} model; train with the same --width, --blocks and "
                          "--embedding-size to fine-tune it")
-    model.load_state_dict(load_file(path))
+    model.load_state_dict(released.state_dict())
 
 
 @torch.no_grad()
