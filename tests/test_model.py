@@ -72,6 +72,14 @@ def test_shipped_model_card_is_complete():
     # Search in a gallery needs a stricter bar than one comparison; both come from `facekit eval lfw`.
     assert card["threshold"] < card["identify_threshold"] < 1.0
     assert card["identify_threshold"] == card["lfw"]["threshold_at_far"]["5e-3"]
+    # Every training stage is listed once and the totals the README quotes add them up.
+    stages = [*card["training"].get("stages_before", []), card["training"]]
+    record_keys = set(stages[0])
+    assert len({json.dumps({k: v for k, v in s.items() if k in record_keys}, sort_keys=True)
+                for s in stages}) == len(stages)
+    for key in ("minutes", "images_seen"):
+        assert card["training"].get(f"total_{key}", card["training"][key]) == pytest.approx(
+            sum(stage[key] for stage in stages))
 
 
 def test_shipped_embedder_flip_augmentation_and_batching(astronaut_bgr):

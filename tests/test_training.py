@@ -148,7 +148,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     assert len(card["training"]["stages_before"]) == 1
     assert card["training"]["total_images_seen"] == (42 + 3) * 12
     # A third stage still accounts for the first when the middle card lacks a stage record (older cards)
-    # or holds a short one (cards written before the chain of parents was followed).
+    # or holds an empty one.
     middle_card = tmp_path / "tuned" / "model.json"
     middle = json.loads(middle_card.read_text())
     for stale in (None, []):
@@ -174,6 +174,11 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     released_again = json.loads((tmp_path / "shipped" / "model.json").read_text())["training"]
     assert len(released_again["stages_before"]) == 3
     assert released_again["total_images_seen"] == (42 + 3 + 3 + 3) * 12
+    # Releasing that stage a second time (say, with a new evaluation) over the weights it started from
+    # must not count the first release as one more stage.
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output,
+                    "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+    assert json.loads((tmp_path / "shipped" / "model.json").read_text())["training"] == released_again
     first_two = card["training"]["stages_before"]
     assert [s["losses"] for s in released_again["stages_before"][:2]] == [s["losses"] for s in first_two]
 

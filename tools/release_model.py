@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "licence": "MIT (weights trained by the facekit project; the training images are research-only)",
     }
-    # The run's own card may predate the full stage record; earlier_stages decides between it and the chain.
     earlier = earlier_stages(str(args.run / "checkpoint.pt"))[:-1]
     stages = [_stage(stage) for stage in earlier]
     if stages:

@@ -200,12 +200,10 @@ def earlier_stages(init_from: str | None) -> list[dict]:
     if not card_path.exists():
         return [{"init_from": init_from, "record": "missing"}]
     training = dict(json.loads(card_path.read_text()).get("training", {}))
-    recorded = training.pop("stages_before", None) or []
-    # The chain of run folders is the full history where it still exists; a card's own list can be short
-    # (written before stages were recorded, or before this function followed its parent's parent).
-    followed = earlier_stages(training.get("init_from"))
-    complete = not any(stage.get("record") == "missing" for stage in followed)
-    earlier = followed if complete and len(followed) >= len(recorded) else recorded or followed
+    # A card's own list was written when its stage was trained. The chain of init_from paths is followed
+    # only for cards that predate the list: a path such as the released weights may since hold a later
+    # stage, whose history would then be counted twice.
+    earlier = training.pop("stages_before", None) or earlier_stages(training.get("init_from"))
     return [*earlier, training]
 
 
