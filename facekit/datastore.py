@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DB_NAME = "gallery.sqlite"
 LOCK_NAME = "lock"
+MODEL_KEY = "model"  # meta key: sha256 of the weights whose embeddings the gallery holds
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_FILE = re.compile(r"index-(\d{8})-(\d+)\.faiss(\.tmp)?")
 
@@ -643,6 +644,25 @@ class Gallery:
             "bytes_on_disk": _folder_bytes(self.root),
             "threads": faiss.omp_get_max_threads(),
         }
+
+    def bind_model(self, model_id: str | None) -> None:
+        """Refuse to search or extend this gallery with another model's embeddings: they are not comparable.
+
+        The first write records the model (the sha256 of its weights). Galleries whose embeddings were stored
+        before facekit recorded it, and models without a fingerprint, are not checked."""
+        if not model_id:
+            return
+        with self._transaction(write=self._lock.held) as conn:
+            stored = self._meta(MODEL_KEY)
+            empty = conn.execute("SELECT 1 FROM embeddings LIMIT 1").fetchone() is None
+            if stored is None and empty and self._lock.held:
+                self._set_meta(MODEL_KEY, model_id)
+                stored = model_id
+        if stored is not None and stored != model_id:
+            raise GalleryError(
+                f"gallery {self.root} holds embeddings of another model (weights sha256 {stored[:12]}, this one is "
+                f"{model_id[:12]}); they cannot be compared: enroll again into a new gallery, or use the model "
+                "it was made with (--weights)")
 
     def check(self) -> list[str]:
         """Compare the index files with the database; one line per problem, [] when consistent.

@@ -27,6 +27,7 @@ OPSET = 17
 EXPORT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 CARD_KEY = "facekit_card"
+FINGERPRINT_KEY = "weights_sha256"
 CALIBRATION_CROPS = 200
 
 
@@ -35,6 +36,15 @@ def weights_base(weights: str | os.PathLike | None) -> Path:
 
     base = Path(weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL)
     return base.with_suffix("") if base.suffix in {".safetensors", ".json"} else base
+
+
+def model_fingerprint(weights: str | os.PathLike | None = None) -> str:
+    """sha256 of the weights file. Embeddings are comparable only between models with the same one, so a
+    gallery records it (facekit.datastore.Gallery.bind_model)."""
+    weights_file = weights_base(weights).with_suffix(".safetensors")
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"model file not found: {weights_file}")
+    return hashlib.sha256(weights_file.read_bytes()).hexdigest()
 
 
 def weights_key(weights: str | os.PathLike | None = None) -> str:
@@ -107,6 +117,7 @@ def export_onnx(weights: str | os.PathLike | None, output: str | os.PathLike) ->
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         graph = onnx.load(str(tmp))
         onnx.helper.set_model_props(graph, {CARD_KEY: json.dumps(card), "weights_key": weights_key(weights),
+                                            FINGERPRINT_KEY: model_fingerprint(weights),
                                             "output": "embedding before L2 normalisation"})
         onnx.save(graph, str(tmp))
 
@@ -255,6 +266,11 @@ def create_session(path: str | os.PathLike, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def session_fingerprint(session) -> str | None:
+    """The exported weights' model_fingerprint; None for files exported before it was recorded."""
+    return session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
 
 
 def model_card(session) -> dict:

@@ -130,6 +130,8 @@ def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.nd
     """Every face in the image with its identity (or None) and its top-k candidates."""
     faces = pipeline.detect(image) if faces is None else faces
     embeddings = pipeline.embed_faces(image, faces)
+    if gallery is not None:
+        gallery.bind_model(pipeline.embedder.model_id)
     searchable = gallery is not None and len(gallery) > 0 and len(faces) > 0
     matches = gallery.search(embeddings, k=max(1, top_k)) if searchable else [[] for _ in faces]
     results = []
@@ -208,6 +210,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     """
     from tqdm import tqdm
 
+    gallery.bind_model(pipeline.embedder.model_id)  # before any detection: a refusal should come at once
     pairs, skipped = collect_people(people_dir)
     report = EnrollReport(skipped=list(skipped))
     report.people = {identity for identity, _ in pairs}
@@ -220,6 +223,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         crops = np.stack([align_face(item.image, face.landmarks) for _, item, face in pending])
         embeddings = pipeline.embedder.embed(crops, flip=pipeline.flip)
         with gallery.writer():
+            gallery.bind_model(pipeline.embedder.model_id)
             for (identity, item, face), embedding in zip(pending, embeddings):
                 if gallery.has_source(item.sha256):  # the same file may sit twice in one batch
                     report.already_enrolled += 1

@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekit.export import INPUT_NAME, cached_model, create_session, model_card, preprocess, weights_base
+from facekit.export import (
+    INPUT_NAME,
+    cached_model,
+    create_session,
+    model_card,
+    model_fingerprint,
+    preprocess,
+    session_fingerprint,
+    weights_base,
+)
 from facekit.model import InceptionResNetV2, ModelConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -65,6 +74,8 @@ class Embedder:
             raise ValueError(f"unknown embedder backend: {backend!r} (choose one of {', '.join(BACKENDS)})")
         weights = weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL
         self.batch_size = batch_size
+        # Which weights made an embedding; a gallery refuses to mix two models' embeddings.
+        self.model_id: str | None = None if str(weights).endswith(".onnx") else model_fingerprint(weights)
         self.backend = self._choose_backend(backend, weights, device)
         self.device = torch.device("cpu" if self.backend != "torch" else device or
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -102,6 +113,7 @@ class Embedder:
                 raise FileNotFoundError(f"model file not found: {weights}")
             self._session = create_session(weights, threads)
             self.card = model_card(self._session)
+            self.model_id = session_fingerprint(self._session)
         else:
             self._session = create_session(cached_model(weights, int8=self.backend == "onnx-int8"), threads)
             # The card beside the weights, not the copy in the cache: it may have been recalibrated since.

@@ -128,6 +128,31 @@ def test_identify_and_verify_default_to_their_own_card_thresholds(tmp_path, peop
     assert code == 0 and json.loads(out)["threshold"] == card["threshold"]
 
 
+def test_a_gallery_refuses_another_models_embeddings(tmp_path, people, capsys, astronaut_bgr):
+    from safetensors.torch import load_file, save_file
+
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    # Other weights of the same architecture and size (a later release, say): its similarities with the
+    # stored embeddings would look plausible and mean nothing.
+    other = tmp_path / "other"
+    tensors = load_file(str(DEFAULT_MODEL.with_suffix(".safetensors")))
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] * 1.01
+    save_file(tensors, str(other.with_suffix(".safetensors")))
+    shutil.copy(DEFAULT_MODEL.with_suffix(".json"), other.with_suffix(".json"))
+    probe = tmp_path / "probe.jpg"
+    cv2.imwrite(str(probe), variant(astronaut_bgr, 7))
+    for command in (["identify", str(probe)], ["enroll", str(people), "--quiet"]):
+        code, out, err = run_cli(capsys, *command, "--gallery", gallery, "--weights", str(other))
+        assert code != 0 and out == ""
+        assert len(err.strip().splitlines()) == 1 and "another model" in err
+    with Gallery.open(gallery, create=False) as stored:
+        assert stored.identities() == [("eileen_collins", 2), ("grace_hopper", 2)] and stored.check() == []
+    code, out, _ = run_cli(capsys, "identify", str(probe), "--gallery", gallery, "--json")
+    assert code == 0 and json.loads(out)["faces"][0]["identity"] == "eileen_collins"
+
+
 def test_gallery_commands(tmp_path, people, capsys):
     gallery = str(tmp_path / "gallery")
     assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0

@@ -71,6 +71,31 @@ def test_dim_mismatch_is_refused(path: Path) -> None:
         Gallery.open(path, dim=512)
 
 
+def test_a_gallery_keeps_to_the_model_that_filled_it(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        gallery.bind_model("a" * 64)  # a reader records nothing
+        with gallery.writer():
+            gallery.bind_model("a" * 64)
+            enroll(gallery, "alice", 1)
+    with Gallery.open(path, dim=DIM, create=False) as gallery:
+        gallery.bind_model("a" * 64)
+        gallery.bind_model(None)  # a model without a fingerprint is not checked
+        with pytest.raises(GalleryError, match="another model"):
+            gallery.bind_model("b" * 64)
+        with pytest.raises(GalleryError, match="another model"), gallery.writer():
+            gallery.bind_model("b" * 64)
+        assert len(gallery) == 2
+
+
+def test_a_gallery_filled_before_models_were_recorded_is_not_stamped(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        # Its embeddings' model is unknown: recording today's would vouch for them.
+        with gallery.writer():
+            gallery.bind_model("a" * 64)
+        gallery.bind_model("b" * 64)
+
+
 def test_search_ranks_identities_not_vectors(path: Path) -> None:
     """bob has many near-duplicate vectors close to the query; they must not crowd out other identities."""
     query = vectors(0)[0]

@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx")
 
 from facekit.alignment import align_face  # noqa: E402
 from facekit.cli import main  # noqa: E402
-from facekit.export import OUTPUT_NAME, cached_model_path  # noqa: E402
+from facekit.export import OUTPUT_NAME, cached_model_path, model_fingerprint  # noqa: E402
 from facekit.model import ModelConfig, build_model  # noqa: E402
 from facekit.representation import DEFAULT_MODEL, Embedder  # noqa: E402
 
@@ -106,6 +106,8 @@ def test_export_cli_writes_a_loadable_model_with_a_dynamic_batch(weights, face_c
     # The .onnx file carries its model card, so it works as --weights on its own.
     from_file = Embedder(output)
     assert from_file.dim == 512 and from_file.threshold == Embedder(weights, backend="torch").threshold
+    # The same weights, so a gallery filled through either one accepts the other.
+    assert from_file.model_id == Embedder(weights, backend="torch").model_id == model_fingerprint(weights)
     expected = Embedder(weights, backend="torch").embed(face_crops[:3])
     assert cosines(from_file.embed(face_crops[:3]), expected).min() >= 0.9999
 
@@ -131,6 +133,7 @@ def test_int8_stays_close_to_fp32(weights, face_crops, tmp_path, monkeypatch, ca
     convolutions = [node for node in graph.node if node.op_type == "Conv"]
     assert sum(node.input[1] in dequantized for node in convolutions) > 0.6 * len(convolutions)
     assert Embedder(int8_file).dim == 512  # the card survives quantisation
+    assert Embedder(int8_file).model_id == model_fingerprint(weights)
 
     monkeypatch.setenv("FACEKIT_INT8", "1")
     int8 = Embedder(weights)
