@@ -10,6 +10,7 @@ no download and no data set: it runs the real `facekit enroll` and `facekit iden
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.imwrite(str(probes / "both.jpg"), collage)
 
     gallery = args.workdir / "gallery"
+    if (gallery / "gallery.sqlite").is_file():
+        # The demo's own gallery, made afresh: one left by an earlier facekit may hold another model's embeddings.
+        shutil.rmtree(gallery)
     facekit = [sys.executable, "-m", "facekit.cli"]
     steps = [
         [*facekit, "enroll", str(people), "--gallery", str(gallery)],
