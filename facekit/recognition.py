@@ -128,10 +128,10 @@ def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None
 def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.ndarray, threshold: float,
                    top_k: int = 3, faces: list[Face] | None = None) -> list[dict]:
     """Every face in the image with its identity (or None) and its top-k candidates."""
-    faces = pipeline.detect(image) if faces is None else faces
-    embeddings = pipeline.embed_faces(image, faces)
     if gallery is not None:
         gallery.bind_model(pipeline.embedder.model_id)
+    faces = pipeline.detect(image) if faces is None else faces
+    embeddings = pipeline.embed_faces(image, faces)
     searchable = gallery is not None and len(gallery) > 0 and len(faces) > 0
     matches = gallery.search(embeddings, k=max(1, top_k)) if searchable else [[] for _ in faces]
     results = []
