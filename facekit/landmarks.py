@@ -3,6 +3,10 @@
 It turns the box-only Haar cascade into a detector whose faces can be aligned. The
 crop geometry below is shared by training (tools/train_landmarks.py) and inference,
 so the network always sees faces framed exactly the way it learnt them.
+
+The network is defined and trained in torch (facekit/training/landmark_net.py); inference
+runs it here in numpy with its batch norms folded into the convolutions, so detecting a face
+never imports torch (about 1.5 s and 190 MB for a CLI call).
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from safetensors.torch import load_file
-from torch import nn
+from safetensors.numpy import load_file
 
 INPUT_SIZE = 64
 # Haar boxes clip the mouth corners on some faces; a little margin keeps them in view.
@@ -88,40 +90,52 @@ def to_image_coordinates(points: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return (windows[:, None, :2] + points * windows[:, None, 2:3] - 0.5).astype(np.float32)
 
 
-def normalise_crops(crops: np.ndarray) -> torch.Tensor:
-    """Per-crop standardisation, so exposure and contrast do not move the landmarks."""
-    tensor = torch.from_numpy(np.ascontiguousarray(crops)).float().unsqueeze(1)
-    mean = tensor.mean(dim=(2, 3), keepdim=True)
-    std = tensor.std(dim=(2, 3), keepdim=True).clamp_min(4.0)
-    return (tensor - mean) / std
+def normalise_crops(crops: np.ndarray) -> np.ndarray:
+    """(n, H, W) uint8 -> (n, 1, H, W) float32, standardised per crop so exposure and contrast do not
+    move the landmarks."""
+    x = np.asarray(crops, np.float32)[:, None]
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    std = np.maximum(x.std(axis=(2, 3), keepdims=True, ddof=1), 4.0)
+    return (x - mean) / std
 
 
-def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+# Strides of LandmarkNet's six 3x3 convolutions (facekit/training/landmark_net.py).
+CONV_STRIDES = (2, 2, 1, 2, 1, 2)
+BATCH_NORM_EPS = 1e-5
 
 
-class LandmarkNet(nn.Module):
-    """Plain conv stack -> 10 coordinates in [0, 1] crop units (x1, y1, ..., x5, y5).
+class NumpyLandmarkNet:
+    """LandmarkNet's forward pass for inference, from its state dict."""
 
-    Flattening the last 4x4 map instead of global pooling keeps where features are,
-    which is what a coordinate regressor needs.
-    """
+    def __init__(self, state: dict[str, np.ndarray]) -> None:
+        self.convs = []
+        for i in range(len(CONV_STRIDES)):
+            weight = state[f"features.{i}.0.weight"].astype(np.float32)
+            gamma, beta, mean, var = (state[f"features.{i}.1.{name}"].astype(np.float32)
+                                      for name in ("weight", "bias", "running_mean", "running_var"))
+            scale = gamma / np.sqrt(var + BATCH_NORM_EPS)
+            # Rows ordered (ky, kx, in_channel) to match the im2col columns below.
+            folded = (weight * scale[:, None, None, None]).transpose(2, 3, 1, 0)
+            self.convs.append((np.ascontiguousarray(folded.reshape(-1, len(weight))), beta - mean * scale))
+        self.hidden = (state["head.1.weight"].T.astype(np.float32).copy(), state["head.1.bias"].astype(np.float32))
+        self.output = (state["head.3.weight"].T.astype(np.float32).copy(), state["head.3.bias"].astype(np.float32))
 
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            _conv(1, w, 2),  # 32x32
-            _conv(w, 2 * w, 2),  # 16x16
-            _conv(2 * w, 2 * w, 1),
-            _conv(2 * w, 4 * w, 2),  # 8x8
-            _conv(4 * w, 4 * w, 1),
-            _conv(4 * w, 6 * w, 2),  # 4x4
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * w * 16, 128), nn.ReLU(inplace=True), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)) + 0.5
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(n, 1, INPUT_SIZE, INPUT_SIZE) normalised crops -> (n, 10) coordinates in crop units."""
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # NHWC keeps each window's channels together
+        for (weight, bias), stride in zip(self.convs, CONV_STRIDES):
+            n, height, width, _ = x.shape
+            out_height, out_width = (height + stride - 1) // stride, (width + stride - 1) // stride
+            padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            # im2col: the nine shifted (and strided) copies side by side, so one matmul does the convolution.
+            columns = np.concatenate([padded[:, ky:ky + stride * out_height:stride, kx:kx + stride * out_width:stride]
+                                      for ky in range(3) for kx in range(3)], axis=3)
+            # 2-D, or numpy would run one small matmul per image row.
+            x = np.maximum(columns.reshape(-1, len(weight)) @ weight + bias, 0.0).reshape(n, out_height, out_width, -1)
+        # torch flattens channels first.
+        flat = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        hidden = np.maximum(flat @ self.hidden[0] + self.hidden[1], 0.0)
+        return hidden @ self.output[0] + self.output[1] + 0.5
 
 
 class LandmarkPredictor:
@@ -136,22 +150,19 @@ class LandmarkPredictor:
         geometry = (card.get("input_size", INPUT_SIZE), card.get("crop_expansion", CROP_EXPANSION))
         if geometry != (INPUT_SIZE, CROP_EXPANSION):
             raise ValueError(f"landmark weights {weights.name} were trained with a different crop geometry")
-        self.net = LandmarkNet(width=card.get("width", 16))
-        self.net.load_state_dict(load_file(str(weights)))
-        self.net.eval()
+        self.net = NumpyLandmarkNet(load_file(str(weights)))
         # Averaging with the mirrored crop cancels much of the left/right bias for a second tiny forward pass.
         self.flip_test = flip_test
 
-    @torch.inference_mode()
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """(n, INPUT_SIZE, INPUT_SIZE) uint8 crops -> (n, 5, 2) coordinates in [0, 1] crop units."""
         inputs = normalise_crops(crops)
-        points = self.net(inputs).reshape(-1, 5, 2)
-        if self.flip_test:
-            mirrored = self.net(torch.flip(inputs, dims=[3])).reshape(-1, 5, 2)[:, FLIP_ORDER]
-            mirrored[..., 0] = 1.0 - mirrored[..., 0]
-            points = (points + mirrored) / 2
-        return points.numpy()
+        if not self.flip_test:
+            return self.net(inputs).reshape(-1, 5, 2).astype(np.float32)
+        both = self.net(np.concatenate([inputs, inputs[..., ::-1]])).reshape(-1, 5, 2)
+        points, mirrored = both[: len(inputs)], both[len(inputs):][:, FLIP_ORDER]
+        mirrored[..., 0] = 1.0 - mirrored[..., 0]
+        return ((points + mirrored) / 2).astype(np.float32)
 
     def predict(self, gray: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
         """Landmarks (n, 5, 2) float32 in image pixels for each (x, y, w, h) box."""

@@ -42,6 +42,32 @@ def assert_plausible(face: Face) -> None:
     assert 0.2 * w < np.linalg.norm(right_eye - left_eye) < 0.7 * w
 
 
+def test_numpy_landmark_net_matches_the_trained_torch_net(haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray,
+                                                          grace_hopper_bgr: np.ndarray) -> None:
+    """Inference runs the landmark CNN in numpy (no torch import); it must compute what torch trained."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    from facekit.landmarks import DEFAULT_WEIGHTS, crop_face, normalise_crops
+    from facekit.training.landmark_net import LandmarkNet
+
+    crops = []
+    for image in (astronaut_bgr, grace_hopper_bgr):
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        for face in haar.detect(image):
+            x, y, w, h = face.box
+            for shift in (-4, 0, 4):  # boxes a detector might also have given
+                crops.append(crop_face(gray, (x + shift, y - shift, w, h))[0])
+    inputs = normalise_crops(np.stack(crops))
+    trained = LandmarkNet(width=16).eval()
+    trained.load_state_dict(load_file(str(DEFAULT_WEIGHTS)))
+    with torch.no_grad():
+        expected = trained(torch.from_numpy(inputs)).numpy()
+    got = haar.landmark_predictor.net(inputs)
+    assert got.shape == expected.shape == (len(crops), 10)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 @pytest.mark.parametrize("photo", ["astronaut_bgr", "grace_hopper_bgr"])
 def test_default_detector_finds_the_face(
     haar: HaarLandmarkDetector, photo: str, request: pytest.FixtureRequest

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -110,6 +114,33 @@ def test_export_cli_writes_a_loadable_model_with_a_dynamic_batch(weights, face_c
     assert from_file.model_id == Embedder(weights, backend="torch").model_id == model_fingerprint(weights)
     expected = Embedder(weights, backend="torch").embed(face_crops[:3])
     assert cosines(from_file.embed(face_crops[:3]), expected).min() >= 0.9999
+
+
+def test_enroll_and_identify_on_onnx_runtime_never_import_torch(weights, cache, tmp_path, astronaut_bgr,
+                                                               grace_hopper_bgr):
+    """torch costs a CLI call about 1.5 s and 190 MB; only training, export and the torch backend need it."""
+    from facekit.representation import GPU_DEVICE_FILES
+
+    if any(Path(path).exists() for path in GPU_DEVICE_FILES):
+        pytest.skip("this machine has a GPU driver, so the auto backend rightly asks torch about CUDA")
+    Embedder(weights, backend="onnx")  # the export into the cache is the one step that needs torch
+    for name, image in (("eileen", astronaut_bgr), ("grace", grace_hopper_bgr)):
+        (tmp_path / "people" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "people" / name / "1.jpg"), image)
+    probe = tmp_path / "probe.jpg"
+    cv2.imwrite(str(probe), cv2.flip(grace_hopper_bgr, 1))
+    options = f"'--gallery', {str(tmp_path / 'gallery')!r}, '--detector', 'haar', '--weights', {str(weights)!r}"
+    script = ("import sys; from facekit.cli import main; "
+              f"assert main(['enroll', {str(tmp_path / 'people')!r}, '--quiet', {options}]) == 0; "
+              f"code = main(['identify', {str(probe)!r}, '--json', {options}]); "
+              "print('torch imported:', 'torch' in sys.modules); sys.exit(code)")
+    env = {**os.environ, "FACEKIT_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "torch imported: False"
+    faces = json.loads(lines[-2])["faces"]
+    assert [face["identity"] for face in faces] == ["grace"]
 
 
 def test_int8_needs_calibration_data(weights, capsys):

@@ -183,23 +183,25 @@ def facekit_embedding(work: Path, args: argparse.Namespace) -> dict:
 
 
 def facekit_pipeline(work: Path, args: argparse.Namespace) -> dict:
-    import torch
-
     from facekit.recognition import FacePipeline
+    from facekit.representation import Embedder
 
     cv2.setNumThreads(args.threads)
-    torch.set_num_threads(args.threads)
     os.environ["FACEKIT_CACHE"] = str(work / "cache")
     os.environ.pop("FACEKIT_YUNET_MODEL", None)  # so that "auto" is the out-of-the-box default
+    # As the CLI would: torch is imported only if the default backend is torch, so peak memory is a user's.
+    embedder = Embedder(threads=args.threads)
     result: dict = {}
     for detector in ("auto", "yunet"):
         suffix = "" if detector == "auto" else "_yunet"
         try:
-            pipeline = FacePipeline(detector_backend=detector, yunet_model=args.yunet_model if suffix else None)
+            pipeline = FacePipeline(embedder=embedder, detector_backend=detector,
+                                    yunet_model=args.yunet_model if suffix else None)
         except (FileNotFoundError, RuntimeError, ValueError) as exc:
             result[f"error{suffix}"] = str(exc)
             continue
         result.update({f"{key}{suffix}": value for key, value in facekit_with(pipeline, detector, work, args).items()})
+    result["torch_imported"] = "torch" in sys.modules
     return result
 
 

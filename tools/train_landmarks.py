@@ -35,13 +35,13 @@ from facekit.landmarks import (
     DEFAULT_WEIGHTS,
     FLIP_ORDER,
     INPUT_SIZE,
-    LandmarkNet,
     crop_face,
     face_frame,
     normalise_crops,
     rotate,
     to_crop_units,
 )
+from facekit.training.landmark_net import LandmarkNet
 
 HAAR_PARAMS = {"scaleFactor": 1.1, "minNeighbors": 5}
 CONTEXT_PAD = 48
@@ -209,7 +209,7 @@ def train(crops: np.ndarray, landmarks: np.ndarray, box_stats: dict, args: argpa
     for step in range(1, args.steps + 1):
         batch = rng.integers(0, len(crops), args.batch_size)
         faces, targets = zip(*(make_sample(crops[i], landmarks[i]) for i in batch), strict=True)
-        inputs = normalise_crops(np.stack(faces))
+        inputs = torch.from_numpy(normalise_crops(np.stack(faces)))
         target = torch.from_numpy(np.stack(targets))
         # Mirror half the batch: doubles the pose variety and keeps left/right symmetric.
         flip = torch.rand(len(batch)) < 0.5

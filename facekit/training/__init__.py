@@ -1,1 +1,2 @@
-"""Training: data, losses and the loop behind `facekit train`."""
+"""Training: data, losses and the loop behind `facekit train`; the landmark net that
+tools/train_landmarks.py trains."""
