@@ -181,6 +181,24 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     assert json.loads((tmp_path / "shipped" / "model.json").read_text())["training"] == released_again
     first_two = card["training"]["stages_before"]
     assert [s["losses"] for s in released_again["stages_before"][:2]] == [s["losses"] for s in first_two]
+    # A release may ship the mean of the run's weights and another model's of the same lineage (here the first).
+    from safetensors.torch import load_file
+
+    from facekit.export import model_fingerprint
+
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output, "--average-with",
+                    str(tmp_path / "run" / "model"), "--output", str(tmp_path / "soup" / "model")],
+                   check=True, capture_output=True)
+    run, start, soup = (load_file(str(path)) for path in (Path(fourth.output) / "model.safetensors",
+                                                          tmp_path / "run" / "model.safetensors",
+                                                          tmp_path / "soup" / "model.safetensors"))
+    assert not torch.equal(run["embedding.weight"], start["embedding.weight"])
+    for name, tensor in soup.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, (run[name] + start[name]) / 2, atol=1e-6, rtol=0)
+    averaged = json.loads((tmp_path / "soup" / "model.json").read_text())["training"]
+    assert averaged["weight_average"]["with_sha256"] == model_fingerprint(tmp_path / "run" / "model")
+    assert averaged["stages_before"] == released_again["stages_before"]
 
 
 def test_distillation_from_a_partial_teacher(tmp_path, shared_data):

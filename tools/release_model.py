@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn a training run into the shipped model: weights + model card in facekit/weights/.
 
-    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json]
+    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json] [--average-with MODEL]
 
 The card's accuracy and default thresholds come only from `facekit eval lfw --json` output,
 so what the README and the card claim is what the official protocol measured.
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="training run folder (checkpoint.pt, model.json)")
     parser.add_argument("--lfw", type=Path, help="`facekit eval lfw --json` output to record in the card")
     parser.add_argument("--lfw-haar", type=Path, help="the same with the offline Haar+landmark detector")
+    parser.add_argument("--average-with", type=Path, metavar="MODEL",
+                        help="ship the mean of the run's weights and this model's (a uniform weight average of two "
+                             "fine-tunes of one lineage, e.g. the previous release); --lfw must measure the mean")
     parser.add_argument("--output", type=Path, default=DEFAULT_MODEL)
     args = parser.parse_args(argv)
 
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
     training = card.get("training", {})
+    averaged = average_weights(model, args.average_with) if args.average_with else None
     card = {
         "input": {"size": [112, 112], "channels": "RGB", "normalisation": "(pixel - 127.5) / 128",
                   "layout": "NCHW float32"},
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         card["training"]["stages_before"] = stages
         for key in ("minutes", "images_seen"):
             card["training"][f"total_{key}"] = round(sum(s.get(key, 0) for s in [*stages, training]), 1)
+    if averaged:
+        card["training"]["weight_average"] = averaged
     for key, path in (("lfw", args.lfw), ("lfw_haar", args.lfw_haar)):
         if path:
             card[key] = json.loads(path.read_text())
@@ -85,6 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     size = args.output.with_suffix(".safetensors").stat().st_size / 1e6
     print(f"wrote {args.output}.safetensors ({size:.1f} MB) and its card")
     return 0
+
+
+def average_weights(model: torch.nn.Module, other_path: Path) -> dict:
+    """Replace the model's float weights and batch-norm statistics by their mean with another model's.
+
+    Two fine-tunes from one starting point lie in one basin, where the mean tends to score at least as well
+    as either (a "model soup"). Read before the release overwrites the other model, if it is the shipped one.
+    """
+    from facekit.export import model_fingerprint
+    from facekit.model import ModelConfig
+    from facekit.representation import load_model
+
+    other, other_card = load_model(other_path)
+    if ModelConfig.from_dict(other_card.get("model", {})) != model.config:
+        raise SystemExit(f"error: {other_path} is not the same architecture as the run")
+    theirs = other.state_dict()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():  # not num_batches_tracked
+                tensor.copy_(((tensor.double() + theirs[name].double()) / 2).to(tensor.dtype))
+    other_training = other_card.get("training", {})
+    return {"with_sha256": model_fingerprint(other_path), "share": 0.5,
+            "with_stages": len(other_training.get("stages_before", [])) + 1,
+            "note": "the shipped weights are the uniform mean of this stage's and those of the model named here"}
 
 
 def _stage(training: dict) -> dict:
