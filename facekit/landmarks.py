@@ -5,8 +5,8 @@ crop geometry below is shared by training (tools/train_landmarks.py) and inferen
 so the network always sees faces framed exactly the way it learnt them.
 
 The network is defined and trained in torch (facekit/training/landmark_net.py); inference
-runs it here in numpy with its batch norms folded into the convolutions, so detecting a face
-never imports torch (about 1.5 s and 190 MB for a CLI call).
+runs it here in numpy and OpenCV with its batch norms folded into the convolutions, so detecting
+a face never imports torch (about 1.5 s and 190 MB for a CLI call).
 """
 
 from __future__ import annotations
@@ -136,7 +136,6 @@ class NumpyLandmarkNet:
             # im2col: the nine shifted (and strided) copies side by side, so one matmul does the convolution.
             columns = np.concatenate([padded[:, ky:ky + stride * out_height:stride, kx:kx + stride * out_width:stride]
                                       for ky in range(3) for kx in range(3)], axis=3)
-            # 2-D, or numpy would run one small matmul per image row.
             x = np.maximum(_matmul(columns.reshape(-1, len(weight)), weight) + bias, 0.0)
             x = x.reshape(n, out_height, out_width, -1)
         # torch flattens channels first.

@@ -120,7 +120,7 @@ def average_weights(model: torch.nn.Module, other_path: Path) -> dict:
 def _stage(training: dict) -> dict:
     keys = ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay", "arcface_s", "arcface_m",
             "triplet_weight", "distill_weight", "teacher_targets", "minutes", "steps", "images_seen", "device",
-            "num_classes", "num_images")
+            "num_classes", "num_images", "weight_average")
     # A stage read back from a released card is already in this form; its losses name the teacher file.
     return {"losses": training.get("losses") or _losses(training), **{k: training[k] for k in keys if k in training}}
 
