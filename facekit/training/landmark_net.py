@@ -6,6 +6,8 @@ this layout: features.{i}.0 convolution, features.{i}.1 batch norm, head.1 and h
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,9 +30,7 @@ class LandmarkNet(nn.Module):
         channels = [1, width, 2 * width, 2 * width, 4 * width, 4 * width, 6 * width]  # 64 -> 32, 16, 16, 8, 8, 4 px
         self.features = nn.Sequential(*(_conv(cin, cout, stride) for cin, cout, stride
                                         in zip(channels, channels[1:], CONV_STRIDES)))
-        final_side = INPUT_SIZE
-        for stride in CONV_STRIDES:
-            final_side //= stride
+        final_side = INPUT_SIZE // math.prod(CONV_STRIDES)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * final_side ** 2, 128), nn.ReLU(inplace=True),
                                   nn.Linear(128, 10))
 
