@@ -800,15 +800,18 @@ class Gallery:
         shards = []
         for entry in manifest["files"]:
             path = self.root / entry["name"]
-            if not path.exists():
-                if self._lock.held:
-                    raise GalleryError(f"index file {entry['name']} is missing")
-                raise _IndexVanished  # or a writer replaced it after our snapshot: the caller retries
-            if _crc32(path) != entry["crc32"]:
+            # A writer may delete the file at any moment, between these steps too, so each one checks.
+            try:
+                checksum = _crc32(path)
+            except FileNotFoundError:
+                raise self._missing_index_file(entry['name']) from None
+            if checksum != entry["crc32"]:
                 raise GalleryError(f"index file {entry['name']} does not match its checksum")
             try:
                 shard = faiss.read_index(str(path))
             except RuntimeError as exc:
+                if not path.exists():
+                    raise self._missing_index_file(entry['name']) from None
                 raise GalleryError(f"index file {entry['name']} is unreadable") from exc
             if shard.ntotal != entry["ntotal"] or shard.d != self.dim:
                 raise GalleryError(f"index file {entry['name']} does not hold what the manifest says")
@@ -817,6 +820,11 @@ class Gallery:
         for shard in shards:
             _tune(shard, spec)
         return ShardedIndex(spec, shards)
+
+    def _missing_index_file(self, name: str) -> Exception:
+        if self._lock.held:
+            return GalleryError(f"index file {name} is missing")
+        return _IndexVanished()  # or a writer replaced it after our snapshot: the caller retries
 
     def _load_live(self) -> None:
         rows = self._conn.execute(f"SELECT e.id, e.identity_id {LIVE_ROWS} ORDER BY e.id").fetchall()

@@ -183,6 +183,28 @@ def test_deleted_index_is_detected_and_repaired_on_open(path: Path) -> None:
         assert gallery.search(vectors(1, 2)[1])[0][0].identity == "alice"
 
 
+def test_index_file_deleted_while_a_reader_opens_it(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer may replace the index file between the reader's look at the manifest and its read of the file:
+    the reader must retry or rebuild in memory, not fail."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+    writer_lock = datastore.FileLock(path / datastore.LOCK_NAME)
+    assert writer_lock.try_acquire()  # a writer is busy, so the reader may not repair files on disk
+    read_checksum = datastore._crc32
+
+    def replaced_just_now(file: Path) -> str:
+        file.unlink(missing_ok=True)
+        return read_checksum(file)
+
+    monkeypatch.setattr(datastore, "_crc32", replaced_just_now)
+    try:
+        with Gallery.open(path, dim=DIM) as reader:
+            assert reader.search(vectors(1, 2)[0])[0][0].identity == "alice"
+    finally:
+        writer_lock.release()
+        writer_lock.close()
+
+
 def test_stale_index_after_interrupted_write(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer that dies before writing its index checkpoint leaves an index behind the database."""
     with Gallery.open(path, dim=DIM) as gallery:
