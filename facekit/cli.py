@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except (GalleryError, ImageError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (GalleryError, ImageError, FileNotFoundError, NotADirectoryError, ValueError,
+            ModuleNotFoundError) as exc:  # the last: an optional extra not installed (facekit[train])
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,6 +1,8 @@
 """The embedder as an ONNX file for ONNX Runtime: export, int8 quantisation, and the per-user cache.
 
-`facekit export onnx` writes a file; Embedder(backend="onnx") finds (or makes) one in the cache.
+`facekit export onnx` writes a file. Embedder(backend="onnx") uses the fp32 file shipped beside the weights
+(`facekit-irv2.onnx`, written by tools/release_model.py) when it was exported from exactly those weights,
+so inference needs no torch; for any other weights it finds (or makes, with torch) one in the cache.
 The graph outputs the embedding *before* L2 normalisation: mirror test-time augmentation sums the
 raw embeddings of a face and its mirror before normalising, so the Embedder needs them raw.
 Input: (N, 3, 112, 112) float32 RGB scaled to [-1, 1], N dynamic.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +47,15 @@ def model_fingerprint(weights: str | os.PathLike | None = None) -> str:
     weights_file = weights_base(weights).with_suffix(".safetensors")
     if not weights_file.is_file():
         raise FileNotFoundError(f"model file not found: {weights_file}")
-    return hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    stat = weights_file.stat()
+    return _file_sha256(weights_file.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too, so a file rewritten in place is hashed again; one Embedder needs the
+    # digest twice (the gallery's model id and the ONNX file's key), and hashing is most of its start-up.
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def weights_key(weights: str | os.PathLike | None = None) -> str:
@@ -54,7 +65,7 @@ def weights_key(weights: str | os.PathLike | None = None) -> str:
     for required in (weights_file, card_file):
         if not required.is_file():
             raise FileNotFoundError(f"model file not found: {required}")
-    digest = hashlib.sha256(weights_file.read_bytes())
+    digest = hashlib.sha256(bytes.fromhex(model_fingerprint(base)))
     architecture = json.loads(card_file.read_text()).get("model", {})
     digest.update(json.dumps({"model": architecture, "export": EXPORT_VERSION, "opset": OPSET},
                              sort_keys=True).encode())
@@ -91,10 +102,10 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 
 def export_onnx(weights: str | os.PathLike | None, output: str | os.PathLike) -> Path:
     """Export the fp32 embedder (raw embeddings, dynamic batch) with the model card in its metadata."""
-    import onnx
-    import torch
+    from facekit.representation import load_model, require_torch
 
-    from facekit.representation import load_model
+    torch = require_torch("exporting weights to ONNX")
+    import onnx
 
     model, card = load_model(weights_base(weights))
 
@@ -273,6 +284,28 @@ def session_fingerprint(session) -> str | None:
     return session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
 
 
+def session_weights_key(session) -> str | None:
+    """The weights_key of the weights and graph version the file was exported from."""
+    return session.get_modelmeta().custom_metadata_map.get("weights_key")
+
+
+def shipped_model(weights: str | os.PathLike | None = None) -> Path | None:
+    """The fp32 ONNX file beside the weights (<base>.onnx), if there is one; it may be stale."""
+    path = weights_base(weights).with_suffix(".onnx")
+    return path if path.is_file() else None
+
+
+def open_session(weights: str | os.PathLike | None = None, threads: int | None = None, int8: bool = False):
+    """An ONNX Runtime session for these weights: the file shipped beside them when it was exported from
+    exactly them and by this graph version, else the cached export (made on first use)."""
+    shipped = None if int8 else shipped_model(weights)
+    if shipped:
+        session = create_session(shipped, threads)
+        if session_weights_key(session) == weights_key(weights):
+            return session
+    return create_session(cached_model(weights, int8), threads)
+
+
 def model_card(session) -> dict:
     card = session.get_modelmeta().custom_metadata_map.get(CARD_KEY)
     return json.loads(card) if card else {}
@@ -326,7 +359,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     crops = calibration_crops(args.calibration, args.calibration_count)
     with tempfile.TemporaryDirectory() as work:
-        fp32 = export_onnx(args.weights, Path(work) / "fp32.onnx")
+        shipped = shipped_model(args.weights)
+        if shipped and session_weights_key(create_session(shipped, threads=1)) == weights_key(args.weights):
+            fp32 = shipped  # quantising the shipped file needs no torch
+        else:
+            fp32 = export_onnx(args.weights, Path(work) / "fp32.onnx")
         quantize_int8(fp32, output, crops)
         agreement = mean_cosine(fp32, output, crops)
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB), calibrated on {len(crops)} crops; "

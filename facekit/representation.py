@@ -13,10 +13,10 @@ import numpy as np
 
 from facekit.export import (
     INPUT_NAME,
-    cached_model,
     create_session,
     model_card,
     model_fingerprint,
+    open_session,
     preprocess,
     session_fingerprint,
     weights_base,
@@ -33,8 +33,26 @@ DEFAULT_MODEL = WEIGHTS_DIR / "facekit-irv2"
 FALLBACK_THRESHOLD = 0.3
 
 
+TORCH_EXTRA = "pip install 'facekit[train]'"
+
+
+def require_torch(purpose: str):
+    """Import torch, or fail with one line that says what needs it and how to install it.
+
+    torch is an optional extra: detection, embedding (ONNX Runtime, on the ONNX file shipped beside the
+    weights) and the gallery run without it, and a plain `pip install torch` can pull a CUDA build of GBs.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ModuleNotFoundError(f"{purpose} needs PyTorch, which is not installed: {TORCH_EXTRA}",
+                                  name="torch") from None
+    return torch
+
+
 def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNetV2, dict]:
     """Load <path>.safetensors and its model card <path>.json (safetensors: no code runs on load)."""
+    require_torch("loading weights into the torch model")
     from safetensors.torch import load_file
 
     from facekit.model import InceptionResNetV2, ModelConfig
@@ -65,8 +83,10 @@ def cuda_available() -> bool:
     if sys.platform == "darwin" or (sys.platform.startswith("linux") and
                                     not any(os.path.exists(path) for path in GPU_DEVICE_FILES)):
         return False
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # no torch, no GPU backend: ONNX Runtime on the CPU
+        return False
     return torch.cuda.is_available()
 
 
@@ -83,9 +103,10 @@ class Embedder:
 
     Crops come in as OpenCV gives them (BGR uint8); the model was trained on RGB in [-1, 1].
 
-    backend: "torch"; "onnx" (ONNX Runtime on an export of the same weights, cached per user and
-    made on first use); "onnx-int8" (an int8 model made by `facekit export onnx --int8 --calibration DATA --cache`);
-    or "auto": ONNX Runtime when it is installed and the model runs on the CPU, else torch.
+    backend: "torch" (needs the `train` extra); "onnx" (ONNX Runtime on an export of the same weights: the
+    file shipped beside them, or one cached per user and made on first use); "onnx-int8" (an int8 model made
+    by `facekit export onnx --int8 --calibration DATA --cache`); or "auto": ONNX Runtime when it is installed
+    and the model runs on the CPU, else torch.
     FACEKIT_INT8=1 turns "auto" and "onnx" into "onnx-int8". `weights` may also name an .onnx file
     written by `facekit export onnx`, which carries its model card.
     """
@@ -109,8 +130,7 @@ class Embedder:
                 warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", stacklevel=2)
                 self.backend = "torch"
         if self.backend == "torch":
-            import torch
-
+            torch = require_torch("the torch embedder backend")
             if threads:
                 torch.set_num_threads(threads)
             model, self.card = load_model(weights)
@@ -138,7 +158,7 @@ class Embedder:
             self.card = model_card(self._session)
             self.model_id = session_fingerprint(self._session)
         else:
-            self._session = create_session(cached_model(weights, int8=self.backend == "onnx-int8"), threads)
+            self._session = open_session(weights, threads, int8=self.backend == "onnx-int8")
             # The card beside the weights, not the copy in the cache: it may have been recalibrated since.
             self.card = json.loads(weights_base(weights).with_suffix(".json").read_text())
 

@@ -45,6 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facekit.representation import require_torch
+
+    require_torch("facekit train")
     from facekit.training.train import TrainConfig, train
 
     blocks = tuple(int(b) for b in args.blocks.split(","))

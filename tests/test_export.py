@@ -17,7 +17,14 @@ onnx = pytest.importorskip("onnx")
 
 from facekit.alignment import align_face  # noqa: E402
 from facekit.cli import main  # noqa: E402
-from facekit.export import OUTPUT_NAME, cached_model_path, model_fingerprint  # noqa: E402
+from facekit.export import (  # noqa: E402
+    OUTPUT_NAME,
+    cached_model_path,
+    create_session,
+    model_fingerprint,
+    session_weights_key,
+    weights_key,
+)
 from facekit.model import ModelConfig, build_model  # noqa: E402
 from facekit.representation import DEFAULT_MODEL, Embedder  # noqa: E402
 
@@ -74,13 +81,38 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_onnx_backend_matches_torch_on_real_faces(weights, face_crops, flip):
     torch_embedder = Embedder(weights, backend="torch")
     onnx_embedder = Embedder(weights, backend="onnx")
-    assert onnx_embedder.backend == "onnx" and cached_model_path(weights).is_file()
+    assert onnx_embedder.backend == "onnx"
+    assert session_weights_key(onnx_embedder._session) == weights_key(weights)  # the shipped file is current
     expected = torch_embedder.embed(face_crops, flip=flip)
     got = onnx_embedder.embed(face_crops, flip=flip)
     assert got.shape == expected.shape and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert cosines(got, expected).min() >= 0.9999
     assert onnx_embedder.dim == torch_embedder.dim and onnx_embedder.threshold == torch_embedder.threshold
+
+
+def test_the_shipped_onnx_file_is_used_as_is_and_a_stale_one_is_not(weights, face_crops, cache, tmp_path):
+    if weights != DEFAULT_MODEL:
+        pytest.skip("no shipped weights in this checkout")
+    # The shipped model needs no export: nothing is written to the cache.
+    before = set(cache.iterdir())
+    shipped = Embedder(DEFAULT_MODEL, backend="onnx")
+    assert set(cache.iterdir()) == before and not cached_model_path(DEFAULT_MODEL).exists()
+    # Beside other weights, the same file is stale (exported from different weights) and is passed over.
+    import torch
+
+    from facekit.training.train import save_weights
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    save_weights(build_model(width=0.25).eval(), ModelConfig(width=0.25), other, {"threshold": 0.3})
+    (tmp_path / "other.onnx").write_bytes(DEFAULT_MODEL.with_suffix(".onnx").read_bytes())
+    assert session_weights_key(create_session(tmp_path / "other.onnx")) != weights_key(other)
+    embedder = Embedder(other, backend="onnx")
+    assert session_weights_key(embedder._session) == weights_key(other) and cached_model_path(other).is_file()
+    expected = Embedder(other, backend="torch").embed(face_crops[:4])
+    assert cosines(embedder.embed(face_crops[:4]), expected).min() >= 0.9999
+    assert cosines(shipped.embed(face_crops[:4]), expected).max() < 0.9
 
 
 def test_onnx_backend_is_independent_of_batching(weights, face_crops):
@@ -116,31 +148,32 @@ def test_export_cli_writes_a_loadable_model_with_a_dynamic_batch(weights, face_c
     assert cosines(from_file.embed(face_crops[:3]), expected).min() >= 0.9999
 
 
-def test_enroll_and_identify_on_onnx_runtime_never_import_torch(weights, cache, tmp_path, astronaut_bgr,
-                                                               grace_hopper_bgr):
-    """torch costs a CLI call about 1.5 s and 190 MB; only training, export and the torch backend need it."""
-    from facekit.representation import GPU_DEVICE_FILES
-
-    if any(Path(path).exists() for path in GPU_DEVICE_FILES):
-        pytest.skip("this machine has a GPU driver, so the auto backend rightly asks torch about CUDA")
-    Embedder(weights, backend="onnx")  # the export into the cache is the one step that needs torch
+def test_enroll_and_identify_run_without_torch_installed(weights, cache, tmp_path, astronaut_bgr, grace_hopper_bgr):
+    """torch is the `train` extra: a CLI call without it saves 1.5 s and 190 MB, and an install some GB."""
+    Embedder(weights, backend="onnx")  # only weights without a shipped ONNX file need this export (and torch)
     for name, image in (("eileen", astronaut_bgr), ("grace", grace_hopper_bgr)):
         (tmp_path / "people" / name).mkdir(parents=True)
         cv2.imwrite(str(tmp_path / "people" / name / "1.jpg"), image)
     probe = tmp_path / "probe.jpg"
     cv2.imwrite(str(probe), cv2.flip(grace_hopper_bgr, 1))
+    # A `torch` that cannot be imported stands in for an install without the extra.
+    (tmp_path / "no_torch" / "torch").mkdir(parents=True)
+    (tmp_path / "no_torch" / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed')\n")
     options = f"'--gallery', {str(tmp_path / 'gallery')!r}, '--detector', 'haar', '--weights', {str(weights)!r}"
     script = ("import sys; from facekit.cli import main; "
               f"assert main(['enroll', {str(tmp_path / 'people')!r}, '--quiet', {options}]) == 0; "
-              f"code = main(['identify', {str(probe)!r}, '--json', {options}]); "
-              "print('torch imported:', 'torch' in sys.modules); sys.exit(code)")
-    env = {**os.environ, "FACEKIT_CACHE": str(cache)}
+              f"sys.exit(main(['identify', {str(probe)!r}, '--json', {options}]))")
+    env = {**os.environ, "FACEKIT_CACHE": str(cache),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "no_torch"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines[-1] == "torch imported: False"
-    faces = json.loads(lines[-2])["faces"]
+    faces = json.loads(result.stdout.strip().splitlines()[-1])["faces"]
     assert [face["identity"] for face in faces] == ["grace"]
+    # What does need torch says so in one line, and how to install it.
+    script = f"import sys; from facekit.cli import main; sys.exit(main(['train', {str(tmp_path)!r}]))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: facekit train needs PyTorch, which is not installed: pip install 'facekit[train]'"]
 
 
 def test_int8_needs_calibration_data(weights, capsys):

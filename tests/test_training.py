@@ -199,6 +199,11 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     averaged = json.loads((tmp_path / "soup" / "model.json").read_text())["training"]
     assert averaged["weight_average"]["with_sha256"] == model_fingerprint(tmp_path / "run" / "model")
     assert averaged["stages_before"] == released_again["stages_before"]
+    # Each release writes the ONNX file inference runs on, exported from exactly the released weights.
+    from facekit.export import create_session, session_weights_key, weights_key
+
+    soup_onnx = create_session(tmp_path / "soup" / "model.onnx")
+    assert session_weights_key(soup_onnx) == weights_key(tmp_path / "soup" / "model")
 
 
 def test_distillation_from_a_partial_teacher(tmp_path, shared_data):

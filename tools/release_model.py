@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turn a training run into the shipped model: weights + model card in facekit/weights/.
+"""Turn a training run into the shipped model: weights, model card and ONNX file in facekit/weights/.
 
     python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json] [--average-with MODEL]
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from facekit.alignment import TEMPLATE_112
+from facekit.export import export_onnx
 from facekit.representation import DEFAULT_MODEL
 from facekit.training.train import earlier_stages, save_weights
 
@@ -85,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                 "searched against G enrolled faces is wrongly named with a chance of at most about G x that "
                 "share: 20 % for 40 faces")
     save_weights(model.eval(), model.config, args.output, card)
+    # The ONNX file beside the weights is what inference runs on: users need neither torch nor an export.
+    export_onnx(args.output, args.output.with_suffix(".onnx")).chmod(0o644)
     for extra in ("log.csv",):
         if (args.run / extra).exists():
             shutil.copy(args.run / extra, args.output.parent / f"{args.output.name}.{extra}")
     size = args.output.with_suffix(".safetensors").stat().st_size / 1e6
-    print(f"wrote {args.output}.safetensors ({size:.1f} MB) and its card")
+    print(f"wrote {args.output}.safetensors ({size:.1f} MB), its card and {args.output}.onnx")
     return 0
 
 
