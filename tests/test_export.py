@@ -156,9 +156,10 @@ def test_enroll_and_identify_run_without_torch_installed(weights, cache, tmp_pat
         cv2.imwrite(str(tmp_path / "people" / name / "1.jpg"), image)
     probe = tmp_path / "probe.jpg"
     cv2.imwrite(str(probe), cv2.flip(grace_hopper_bgr, 1))
-    # A `torch` that cannot be imported stands in for an install without the extra.
-    (tmp_path / "no_torch" / "torch").mkdir(parents=True)
-    (tmp_path / "no_torch" / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed')\n")
+    # Packages that cannot be imported stand in for an install without the extra (sympy comes with torch).
+    for missing in ("torch", "sympy"):
+        (tmp_path / "no_torch" / missing).mkdir(parents=True)
+        (tmp_path / "no_torch" / missing / "__init__.py").write_text(f"raise ImportError('no {missing}')\n")
     options = f"'--gallery', {str(tmp_path / 'gallery')!r}, '--detector', 'haar', '--weights', {str(weights)!r}"
     script = ("import sys; from facekit.cli import main; "
               f"assert main(['enroll', {str(tmp_path / 'people')!r}, '--quiet', {options}]) == 0; "
@@ -169,6 +170,12 @@ def test_enroll_and_identify_run_without_torch_installed(weights, cache, tmp_pat
     assert result.returncode == 0, result.stderr
     faces = json.loads(result.stdout.strip().splitlines()[-1])["faces"]
     assert [face["identity"] for face in faces] == ["grace"]
+    if weights == DEFAULT_MODEL:  # int8 quantisation starts from the shipped ONNX file: no torch either
+        script = ("import sys; from facekit.cli import main; sys.exit(main(['export', 'onnx', '--int8', "
+                  f"'--calibration', {str(tmp_path / 'people')!r}, '--output', {str(tmp_path / 'int8.onnx')!r}]))")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        assert Embedder(tmp_path / "int8.onnx").model_id == model_fingerprint(weights)
     # What does need torch says so in one line, and how to install it.
     script = f"import sys; from facekit.cli import main; sys.exit(main(['train', {str(tmp_path)!r}]))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
