@@ -90,6 +90,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is no secret and may be shipped or shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -296,13 +297,24 @@ def shipped_model(weights: str | os.PathLike | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
+def _exported_from(session, weights: str | os.PathLike | None) -> bool:
+    """Whether the session's file was exported from exactly these weights, by this graph version."""
+    return session_weights_key(session) == weights_key(weights)
+
+
+def current_shipped_model(weights: str | os.PathLike | None = None) -> Path | None:
+    """The fp32 ONNX file beside the weights, if it was exported from exactly them; else None."""
+    shipped = shipped_model(weights)
+    return shipped if shipped and _exported_from(create_session(shipped, threads=1), weights) else None
+
+
 def open_session(weights: str | os.PathLike | None = None, threads: int | None = None, int8: bool = False):
     """An ONNX Runtime session for these weights: the file shipped beside them when it was exported from
     exactly them and by this graph version, else the cached export (made on first use)."""
     shipped = None if int8 else shipped_model(weights)
     if shipped:
-        session = create_session(shipped, threads)
-        if session_weights_key(session) == weights_key(weights):
+        session = create_session(shipped, threads)  # opened once: checked, then used
+        if _exported_from(session, weights):
             return session
     return create_session(cached_model(weights, int8), threads)
 
@@ -360,11 +372,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     crops = calibration_crops(args.calibration, args.calibration_count)
     with tempfile.TemporaryDirectory() as work:
-        shipped = shipped_model(args.weights)
-        if shipped and session_weights_key(create_session(shipped, threads=1)) == weights_key(args.weights):
-            fp32 = shipped  # quantising the shipped file needs no torch
-        else:
-            fp32 = export_onnx(args.weights, Path(work) / "fp32.onnx")
+        # Quantising the shipped file needs no torch.
+        fp32 = current_shipped_model(args.weights) or export_onnx(args.weights, Path(work) / "fp32.onnx")
         quantize_int8(fp32, output, crops)
         agreement = mean_cosine(fp32, output, crops)
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB), calibrated on {len(crops)} crops; "

@@ -152,7 +152,7 @@ def aligned_crops(work: Path, yunet_model: str) -> np.ndarray:
 def facekit_embedding(work: Path, args: argparse.Namespace) -> dict:
     import torch
 
-    from facekit.export import cached_model, cached_model_path, quantize_int8
+    from facekit.export import cached_model, cached_model_path, current_shipped_model, quantize_int8
     from facekit.representation import Embedder
 
     cv2.setNumThreads(args.threads)
@@ -169,7 +169,7 @@ def facekit_embedding(work: Path, args: argparse.Namespace) -> dict:
         Embedder(backend=backend, threads=args.threads)
         result[f"startup_s_{backend}"] = round(time.perf_counter() - started, 2)
     # Calibrated on the benchmark's own crops: fine for speed, not for an accuracy claim.
-    quantize_int8(cached_model(), cached_model_path(int8=True), crops[:100])
+    quantize_int8(current_shipped_model() or cached_model(), cached_model_path(int8=True), crops[:100])
     for backend in ("torch", "onnx", "onnx-int8"):
         embedder = Embedder(backend=backend, threads=args.threads)
         embedder.embed(crops[:4])

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "share: 20 % for 40 faces")
     save_weights(model.eval(), model.config, args.output, card)
     # The ONNX file beside the weights is what inference runs on: users need neither torch nor an export.
-    export_onnx(args.output, args.output.with_suffix(".onnx")).chmod(0o644)
+    export_onnx(args.output, args.output.with_suffix(".onnx"))
     for extra in ("log.csv",):
         if (args.run / extra).exists():
             shutil.copy(args.run / extra, args.output.parent / f"{args.output.name}.{extra}")
