@@ -396,7 +396,7 @@ def train(config: TrainConfig) -> dict:
     if world > 1:
         # The DDP wrapper goes before its process group does: left to the interpreter's final clean-up, it
         # sometimes ends a process with "terminate called without an active exception" (SIGABRT) after a
-        # good run (about 1 in 10 two-process CPU runs here; none in 120 with this).
+        # good run (about 1 in 10 two-process CPU runs here; none in 160 with this).
         del forward, trainable
         gc.collect()
         dist.destroy_process_group()
