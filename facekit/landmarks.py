@@ -147,7 +147,8 @@ class NumpyLandmarkNet:
 class LandmarkPredictor:
     """Loads the shipped weights and predicts landmarks for boxes in a grey image."""
 
-    def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, flip_test: bool = True) -> None:
+    def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, flip_test: bool = True,
+                 correct_bias: bool = True) -> None:
         weights = Path(weights)
         if not weights.is_file():
             raise FileNotFoundError(f"landmark weights not found: {weights}")
@@ -159,16 +160,32 @@ class LandmarkPredictor:
         self.net = NumpyLandmarkNet(load_file(str(weights)))
         # Averaging with the mirrored crop cancels much of the left/right bias for a second tiny forward pass.
         self.flip_test = flip_test
+        # Trained on aligned crops, the net places points on real photos with a steady offset (eyes too far
+        # apart, mouth too low); the card holds that offset as measured on photos, in face-frame units.
+        calibration = card.get("bias_correction", {}).get("offsets") if correct_bias else None
+        self.bias = np.asarray(calibration if calibration is not None else np.zeros((5, 2)), np.float32)
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """(n, INPUT_SIZE, INPUT_SIZE) uint8 crops -> (n, 5, 2) coordinates in [0, 1] crop units."""
         inputs = normalise_crops(crops)
         if not self.flip_test:
-            return self.net(inputs).reshape(-1, 5, 2).astype(np.float32)
+            return self.remove_bias(self.net(inputs))
         both = self.net(np.concatenate([inputs, inputs[..., ::-1]])).reshape(-1, 5, 2)
         points, mirrored = both[: len(inputs)], both[len(inputs):][:, FLIP_ORDER]
         mirrored[..., 0] = 1.0 - mirrored[..., 0]
-        return ((points + mirrored) / 2).astype(np.float32)
+        return self.remove_bias((points + mirrored) / 2)
+
+    def remove_bias(self, points: np.ndarray) -> np.ndarray:
+        """Subtract the calibrated offset, turned by each face's roll and scaled by its eye distance."""
+        points = np.asarray(points, np.float32).reshape(-1, 5, 2)
+        if not self.bias.any():
+            return points
+        # The eye vector is the eye distance times (cos, sin) of the roll, so this is rotate() and the scaling
+        # written out: a numpy matmul here would wake BLAS threads that then spin and slow the whole process.
+        eye_x, eye_y = (points[:, 1] - points[:, 0]).T[..., None]
+        bias_x, bias_y = self.bias[:, 0], self.bias[:, 1]
+        offset = np.stack([bias_x * eye_x - bias_y * eye_y, bias_x * eye_y + bias_y * eye_x], axis=-1)
+        return (points - offset).astype(np.float32)
 
     def predict(self, gray: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
         """Landmarks (n, 5, 2) float32 in image pixels for each (x, y, w, h) box."""
