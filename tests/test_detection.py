@@ -138,6 +138,15 @@ def test_second_cascade_vouches_for_weak_faces(
     assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.15
 
 
+def test_live_haar_detector_skips_the_retries(shared_data: Path) -> None:
+    """A video loop gets the next frame as its retry, so the live detector must not pay for the slow ones."""
+    image = cv2.imread(str(shared_data / "lfw" / "images" / "Tara_Kirk" / "Tara_Kirk_0001.jpg"))
+    assert create_detector("haar").detect(image), "the retries no longer find this face"
+    assert create_detector("haar", live=True).detect(image) == []
+    assert len(create_detector("haar", live=True).detect(cv2.imread(str(
+        shared_data / "demo" / "facenet_pytorch" / "multiface.jpg")))) >= 5
+
+
 def test_landmark_bias_correction_turns_and_scales_with_the_face(haar: HaarLandmarkDetector) -> None:
     """The calibrated offset lives in the face's own frame, so moving, turning and scaling a face must move its
     correction the same way."""

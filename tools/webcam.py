@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 
 from facekit.datastore import Gallery, default_gallery_path
+from facekit.detection import create_detector
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        pipeline = FacePipeline(detector_backend=args.detector, yunet_model=args.yunet_model, flip=False)
+        pipeline = FacePipeline(create_detector(args.detector, args.yunet_model, live=True), flip=False)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
