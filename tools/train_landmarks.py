@@ -359,8 +359,9 @@ def main() -> None:
     # Calibrated on the same people as the box statistics, never on the people the evaluation below uses.
     card["bias_correction"] = {
         "protocol": "mean offset of the uncorrected points from YuNet's on the largest face of the first image of "
-        "every 10th LFW person from the 6th (the box-statistics people), turned upright and divided by the eye "
-        "distance, both from the prediction; subtracted at inference",
+        "every 10th LFW person from the 6th (the people the box statistics take their first 200 from, none of "
+        "them evaluated below), turned upright and divided by the eye distance, both from the prediction; "
+        "subtracted at inference",
         **measure_bias(box_fit_images, yunet_model, args.out),
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
