@@ -191,10 +191,11 @@ def test_turned_copies_find_rolled_faces(
     assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.15
 
 
-@pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket", "gravel", "brick", "text"])
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket", "gravel", "brick", "text", "moon", "page",
+                                  "hubble_deep_field", "grass", "retina", "cat"])
 def test_no_face_found_in_face_free_photos(haar: HaarLandmarkDetector, name: str) -> None:
-    """The weak search only runs where nothing else was found, so this is where it could misfire
-    (on "gravel" it would, without the score floor)."""
+    """The weak search and the turned copies only run where nothing else was found, so this is where they
+    could misfire (on "gravel" the weak search would, without the score floor)."""
     from skimage import data
 
     image = getattr(data, name)()
