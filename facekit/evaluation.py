@@ -46,6 +46,13 @@ def read_lfw_pairs(pairs_file: str | Path, image_root: str | Path) -> list[Pair]
     return pairs
 
 
+def spread_subset(pairs: list[Pair], limit: int | None) -> list[Pair]:
+    """Every k-th pair, so a quick run still has same and different pairs in every fold."""
+    if not limit or limit >= len(pairs):
+        return pairs
+    return pairs[:: len(pairs) // limit][:limit]
+
+
 def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list[Pair]:
     """Pairs from a CSV with the columns path1,path2,same[,fold]; relative paths resolve against root."""
     base = Path(root) if root else Path(csv_file).parent

@@ -7,11 +7,13 @@ import pytest
 
 from facekit.evaluation import (
     OPEN_SET_FARS,
+    Pair,
     best_threshold,
     impostor_thresholds,
     read_lfw_pairs,
     read_pairs_csv,
     roc_curve,
+    spread_subset,
     verification_metrics,
 )
 
@@ -108,3 +110,13 @@ def test_pairs_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing columns"):
         read_pairs_csv(tmp_path / "bad.csv")
+
+
+def test_pair_subset_keeps_both_kinds_in_every_fold():
+    pairs = [Pair(f"{fold}-{i}", "x", i < 300, fold) for fold in range(10) for i in range(600)]
+    subset = spread_subset(pairs, 200)
+    assert len(subset) == 200
+    for fold in range(10):
+        kinds = {p.same for p in subset if p.fold == fold}
+        assert kinds == {True, False}
+    assert spread_subset(pairs, None) is pairs

@@ -60,16 +60,6 @@ def test_pair_scores_fail_pairs_with_a_missing_face():
     assert same.tolist() == [True, False, True] and folds.tolist() == [0, 0, 1]
 
 
-def test_pair_subset_keeps_both_kinds_in_every_fold():
-    pairs = [Pair(f"{fold}-{i}", "x", i < 300, fold) for fold in range(10) for i in range(600)]
-    subset = dlib_lfw.spread_subset(pairs, 200)
-    assert len(subset) == 200
-    for fold in range(10):
-        kinds = {p.same for p in subset if p.fold == fold}
-        assert kinds == {True, False}
-    assert dlib_lfw.spread_subset(pairs, None) is pairs
-
-
 def test_descriptor_cache_round_trip_and_settings_guard(tmp_path):
     path = tmp_path / "cache.npz"
     cache = dlib_lfw.DescriptorCache(path, "landmarks=small")

@@ -139,8 +139,13 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
         expected = torch.nn.functional.normalize(each[labels == label].mean(0), dim=0)
         torch.testing.assert_close(centres[label], expected, atol=1e-5, rtol=0)
     assert len(json.loads((tmp_path / "from-release" / "model.json").read_text())["training"]["stages_before"]) == 1
-    with pytest.raises(ValueError, match="same --width"):
-        train(TrainConfig(**{**vars(released), "output": str(tmp_path / "wider"), "width": 0.25}))
+    # A wider run starts out computing the released model's embedding, so its centres start where these did.
+    train(TrainConfig(**{**vars(released), "output": str(tmp_path / "wider"), "width": 0.25}))
+    wider_centres = torch.load(tmp_path / "wider" / "checkpoint.pt", weights_only=True)["margin_loss"]["weight"]
+    torch.testing.assert_close(wider_centres, centres, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="larger --width"):
+        train(TrainConfig(**{**vars(released), "output": str(tmp_path / "narrower"), "width": 0.0625,
+                             "init_from": str(tmp_path / "wider" / "model.safetensors")}))
     # Releasing the fine-tune writes a card that accounts for both stages.
     subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "tuned"),
                     "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
@@ -264,3 +269,15 @@ def test_compiled_training_updates_the_weights(tmp_path, shared_data):
     changed = [name for name, value in initial.state_dict().items()
                if value.is_floating_point() and not torch.equal(value, trained.state_dict()[name])]
     assert len(changed) > len(initial.state_dict()) // 2
+
+
+def test_bf16_autocast_on_the_cpu_trains(tmp_path, shared_data):
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=3, lr=0.05, bf16=True, log_every=1, device="cpu")
+    assert train(config)["steps"] == 6
+    with open(tmp_path / "run" / "log.csv") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    _, card = load_model(tmp_path / "run" / "model")
+    assert card["training"]["bf16"] is True and card["model"]["width"] == 0.125

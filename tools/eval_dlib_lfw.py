@@ -38,7 +38,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facekit.evaluation import Pair, format_metrics, read_lfw_pairs, verification_metrics  # noqa: E402
+from facekit.evaluation import (  # noqa: E402
+    Pair,
+    format_metrics,
+    read_lfw_pairs,
+    spread_subset,
+    verification_metrics,
+)
 
 SHARED_LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 SAVE_EVERY = 250
@@ -93,13 +99,6 @@ def pair_scores(pairs: list[Pair], descriptors: dict[str, np.ndarray | None]
     same = np.array([p.same for p in pairs], dtype=bool)
     folds = np.array([p.fold if p.fold is not None else 0 for p in pairs])
     return scores, same, folds, failed
-
-
-def spread_subset(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    """Every k-th pair, so a quick run still has same and different pairs in every fold."""
-    if not limit or limit >= len(pairs):
-        return pairs
-    return pairs[:: len(pairs) // limit][:limit]
 
 
 class DescriptorCache:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -32,6 +32,7 @@ from facekit.training.data import (
     to_model_input,
 )
 from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
+from facekit.training.widen import widen
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     compile: bool = False
+    bf16: bool = False  # bf16 autocast on the CPU too (always on a GPU); pays where the CPU has native bf16
     seed: int = 0
     resume: bool = True
     init_from: str | None = None  # a checkpoint.pt or released .safetensors to fine-tune, with a fresh schedule
@@ -172,10 +174,14 @@ def _load_released_weights(model: torch.nn.Module, path: str, config: ModelConfi
     from facekit.representation import load_model
 
     released, _ = load_model(path)
-    if released.config != config:
-        raise ValueError(f"{path} is a {released.config} model; train with the same --width, --blocks and "
-                         "--embedding-size to fine-tune it")
-    model.load_state_dict(released.state_dict())
+    if released.config == config:
+        model.load_state_dict(released.state_dict())
+    elif released.config == replace(config, width=released.config.width) \
+            and released.config.width < config.width:
+        widen(released, model)  # a wider run starts out computing the released model's embedding
+    else:
+        raise ValueError(f"{path} is a {released.config} model; train with the same --blocks and --embedding-size "
+                         "and the same or a larger --width to start from it")
 
 
 @torch.no_grad()
@@ -333,7 +339,7 @@ def train(config: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         margin_scale = min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction else 1.0
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu or config.bf16):
             raw = forward(x, normalize=False)
         raw = raw.float()
         parts = {"arcface": torch.zeros((), device=device), "triplet": torch.zeros((), device=device),

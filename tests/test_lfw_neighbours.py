@@ -1,0 +1,63 @@
+"""tools/lfw_neighbours.py: the weight noise it applies, and its scores against `facekit eval lfw`'s own code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from facekit.export import current_shipped_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("lfw_neighbours", ROOT / "tools" / "lfw_neighbours.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_neighbour_scales_every_conv_weight_by_the_noise_and_nothing_else(tmp_path):
+    shipped = current_shipped_model()
+    assert shipped is not None, "the package ships an ONNX file exported from its weights"
+    neighbour = _tool().perturbed_copy(shipped, tmp_path / "n.onnx", 0.01, np.random.default_rng(0))
+    conv_weights = {node.input[1] for node in onnx.load(str(shipped)).graph.node if node.op_type == "Conv"}
+    before, after = _initializers(shipped), _initializers(neighbour)
+    assert before.keys() == after.keys()
+    ratios = []
+    for name, original in before.items():
+        if name in conv_weights:
+            nonzero = original != 0
+            ratios.append((after[name][nonzero] / original[nonzero]).ravel() - 1)
+        else:
+            np.testing.assert_array_equal(after[name], original)
+    ratios = np.concatenate(ratios)
+    assert abs(ratios.mean()) < 1e-3 and abs(ratios.std() - 0.01) < 1e-3
+
+
+def test_scores_match_eval_code_and_a_copy_of_the_model_agrees_exactly(shared_data, yunet_model, tmp_path, capsys):
+    shipped = current_shipped_model()
+    lfw = shared_data / "lfw"
+    code = _tool().main(["--root", str(lfw / "images"), "--pairs", str(lfw / "pairs.txt"),
+                         "--yunet-model", str(yunet_model), "--limit-pairs", "200", "--noise", "0.01",
+                         "--draws", "2", "--compare", str(shipped), "--crops", str(tmp_path / "crops.npz"),
+                         "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    unperturbed, neighbours, copy = result["rows"]
+    assert unperturbed["model"] == "unperturbed" and neighbours["draws"] == 2
+    # The same file scored twice gives the same numbers and a cosine of 1; neighbours differ from it.
+    assert copy["cosine"] == 1.0 and {k: copy[k] for k in unperturbed if k != "model"} == \
+        {k: v for k, v in unperturbed.items() if k != "model"}
+    assert 0.99 < neighbours["cosine"] < 1.0
+    assert unperturbed["accuracy"] > 0.85, "the shipped model should verify most of 200 LFW pairs"
+    assert (tmp_path / "crops.npz").is_file()
