@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,13 +18,6 @@ from facekit.representation import load_model
 from facekit.training.data import load_crops
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("lease_train", ROOT / "tools" / "lease_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _small_pool(root: Path, shared_data: Path, identities: int = 5, per_identity: int = 4) -> None:
@@ -49,8 +41,8 @@ def _small_pool(root: Path, shared_data: Path, identities: int = 5, per_identity
             table.writerow({**row, "shard": shard})
 
 
-def test_lease_round_trip_on_the_cpu(tmp_path, shared_data):
-    lease = _tool()
+def test_lease_round_trip_on_the_cpu(tmp_path, shared_data, load_tool):
+    lease = load_tool("lease_train")
     _small_pool(tmp_path / "pool", shared_data)
     original = load_crops(tmp_path / "pool")
     teacher = np.random.default_rng(0).normal(size=(len(original.images), 8)).astype(np.float32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,24 +11,16 @@ from onnx import numpy_helper
 
 from facekit.export import current_shipped_model
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("lfw_neighbours", ROOT / "tools" / "lfw_neighbours.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_neighbour_scales_every_conv_weight_by_the_noise_and_nothing_else(tmp_path):
+def test_neighbour_scales_every_conv_weight_by_the_noise_and_nothing_else(tmp_path, load_tool):
     shipped = current_shipped_model()
     assert shipped is not None, "the package ships an ONNX file exported from its weights"
-    neighbour = _tool().perturbed_copy(shipped, tmp_path / "n.onnx", 0.01, np.random.default_rng(0))
+    tool = load_tool("lfw_neighbours")
+    neighbour = tool.perturbed_copy(shipped, tmp_path / "n.onnx", 0.01, np.random.default_rng(0))
     conv_weights = {node.input[1] for node in onnx.load(str(shipped)).graph.node if node.op_type == "Conv"}
     before, after = _initializers(shipped), _initializers(neighbour)
     assert before.keys() == after.keys()
@@ -44,10 +35,11 @@ def test_neighbour_scales_every_conv_weight_by_the_noise_and_nothing_else(tmp_pa
     assert abs(ratios.mean()) < 1e-3 and abs(ratios.std() - 0.01) < 1e-3
 
 
-def test_scores_match_eval_code_and_a_copy_of_the_model_agrees_exactly(shared_data, yunet_model, tmp_path, capsys):
+def test_scores_match_eval_code_and_a_copy_of_the_model_agrees_exactly(shared_data, yunet_model, tmp_path, capsys,
+                                                                        load_tool):
     shipped = current_shipped_model()
     lfw = shared_data / "lfw"
-    code = _tool().main(["--root", str(lfw / "images"), "--pairs", str(lfw / "pairs.txt"),
+    code = load_tool("lfw_neighbours").main(["--root", str(lfw / "images"), "--pairs", str(lfw / "pairs.txt"),
                          "--yunet-model", str(yunet_model), "--limit-pairs", "200", "--noise", "0.01",
                          "--draws", "2", "--compare", str(shipped), "--crops", str(tmp_path / "crops.npz"),
                          "--json"])
