@@ -28,8 +28,7 @@ def _copy_conv(old: nn.Conv2d, new: nn.Conv2d, inputs: torch.Tensor) -> torch.Te
     return outputs
 
 
-def _copy_batchnorm(old: nn.BatchNorm2d | nn.BatchNorm1d, new: nn.BatchNorm2d | nn.BatchNorm1d,
-                    positions: torch.Tensor) -> None:
+def _copy_batchnorm(old: nn.BatchNorm2d, new: nn.BatchNorm2d, positions: torch.Tensor) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(new, name)[positions] = getattr(old, name)
     new.num_batches_tracked.copy_(old.num_batches_tracked)
@@ -50,6 +49,12 @@ def _copy_path(old: nn.Module, new: nn.Module, inputs: torch.Tensor) -> torch.Te
     raise TypeError(f"cannot widen a {type(old).__name__}")
 
 
+def _out_channels(branch: nn.Module, inputs: int) -> int:
+    """Channels a branch outputs: its last convolution's, or its input's for a pooling branch."""
+    convs = [m for m in branch.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels if convs else inputs
+
+
 def _concatenate(old_branches: list[nn.Module], new_branches: list[nn.Module], inputs: torch.Tensor,
                  new_inputs: int) -> torch.Tensor:
     """Branches that all read the same tensor (new_inputs channels wide), their outputs concatenated."""
@@ -58,12 +63,6 @@ def _concatenate(old_branches: list[nn.Module], new_branches: list[nn.Module], i
         positions.append(_copy_path(old, new, inputs) + offset)
         offset += _out_channels(new, new_inputs)
     return torch.cat(positions)
-
-
-def _out_channels(branch: nn.Module, inputs: int) -> int:
-    """Channels a branch outputs: its last convolution's, or its input's for a pooling branch."""
-    convs = [m for m in branch.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels if convs else inputs
 
 
 @torch.no_grad()
