@@ -19,7 +19,7 @@ from facekit.model import build_model
 from facekit.representation import load_model
 from facekit.training.data import PKSampler, augment, load_crops, load_teacher, to_model_input
 from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
-from facekit.training.train import TrainConfig, train
+from facekit.training.train import TrainConfig, class_mean_embeddings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -281,3 +281,17 @@ def test_bf16_autocast_on_the_cpu_trains(tmp_path, shared_data):
     assert len(losses) == 6 and all(np.isfinite(losses))
     _, card = load_model(tmp_path / "run" / "model")
     assert card["training"]["bf16"] is True and card["model"]["width"] == 0.125
+
+
+def test_class_centres_under_bf16_autocast_agree_with_float32():
+    # --bf16 runs imprint their class centres under autocast too; the centres must stay float32 unit vectors.
+    torch.manual_seed(0)
+    model = build_model(0.125, (1, 1, 1), 32).eval()
+    images = torch.randint(0, 256, (24, 112, 112, 3), dtype=torch.uint8)
+    labels = torch.arange(24) % 3
+    exact = class_mean_embeddings(model, images, labels, 3, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        approximate = class_mean_embeddings(model, images, labels, 3, torch.device("cpu"))
+    assert approximate.dtype == torch.float32
+    assert torch.allclose(approximate.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert (approximate * exact).sum(dim=1).min() > 0.99

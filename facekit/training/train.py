@@ -193,7 +193,7 @@ def class_mean_embeddings(model: torch.nn.Module, images: torch.Tensor, labels: 
     sums = torch.zeros(num_classes, model.config.embedding_size, device=device)
     for start in tqdm(range(0, len(images), batch_size), desc="class centres", unit="batch"):
         x = to_model_input(images[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        sums.index_add_(0, labels[start:start + batch_size].to(device), model(x))
+        sums.index_add_(0, labels[start:start + batch_size].to(device), model(x).float())
     model.train(was_training)
     return torch.nn.functional.normalize(sums)
 
@@ -261,7 +261,9 @@ def train(config: TrainConfig) -> dict:
             _load_released_weights(model, config.init_from, model_config)
             # A released model has no class centres: each identity's starts at its mean embedding, so
             # ArcFace does not begin by tearing the trained embedding apart to fit random centres.
-            margin_loss.weight.data.copy_(class_mean_embeddings(model, images, labels, crops.num_classes, device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu or config.bf16):
+                centres = class_mean_embeddings(model, images, labels, crops.num_classes, device)
+            margin_loss.weight.data.copy_(centres)
         else:
             state = torch.load(config.init_from, map_location=device, weights_only=True)
             model.load_state_dict(state["model"])
