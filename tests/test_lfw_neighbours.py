@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -53,3 +54,30 @@ def test_scores_match_eval_code_and_a_copy_of_the_model_agrees_exactly(shared_da
     assert 0.99 < neighbours["cosine"] < 1.0
     assert unperturbed["accuracy"] > 0.85, "the shipped model should verify most of 200 LFW pairs"
     assert (tmp_path / "crops.npz").is_file()
+
+
+def test_cached_crops_are_reused_only_for_the_same_detector(tmp_path, load_tool):
+    tool = load_tool("lfw_neighbours")
+
+    class NoFaces:
+        """A pipeline whose detector finds nothing, so recomputed crops are all empty."""
+
+        def __init__(self, detector: object) -> None:
+            self.detector = detector
+
+        def load_many(self, paths):
+            return [SimpleNamespace(image=None, faces=[]) for _ in paths]
+
+    class YuNetDetector:
+        pass
+
+    class HaarDetector:
+        pass
+
+    paths, cache = ["a.jpg", "b.jpg"], tmp_path / "crops.npz"
+    np.savez(cache, paths=np.array(paths), crops=np.full((2, 112, 112, 3), 7, np.uint8), found=np.ones(2, bool),
+             detector="YuNetDetector")
+    crops, found = tool.aligned_crops(NoFaces(YuNetDetector()), paths, cache)
+    assert found.all() and (crops == 7).all()
+    crops, found = tool.aligned_crops(NoFaces(HaarDetector()), paths, cache)
+    assert not found.any() and not crops.any()

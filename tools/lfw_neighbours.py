@@ -44,9 +44,10 @@ REPORTED = ("accuracy", "tar_at_far_1e-3", "tar_at_far_1e-4")
 
 def aligned_crops(pipeline: FacePipeline, paths: list[str], cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """One aligned crop per image (its primary face, as `facekit eval` picks it) and which images had one."""
+    detector = type(pipeline.detector).__name__  # crops from another detector must not be reused
     if cache.is_file():
         with np.load(cache) as stored:
-            if list(stored["paths"]) == paths:
+            if list(stored["paths"]) == paths and str(stored.get("detector", "")) == detector:
                 return stored["crops"], stored["found"]
     crops = np.zeros((len(paths), 112, 112, 3), np.uint8)
     found = np.zeros(len(paths), bool)
@@ -54,7 +55,7 @@ def aligned_crops(pipeline: FacePipeline, paths: list[str], cache: Path) -> tupl
         face = primary_face(item.faces, item.image.shape) if item.image is not None else None
         if face is not None:
             crops[index], found[index] = align_face(item.image, face.landmarks), True
-    np.savez(cache, paths=np.array(paths), crops=crops, found=found)
+    np.savez(cache, paths=np.array(paths), crops=crops, found=found, detector=detector)
     return crops, found
 
 

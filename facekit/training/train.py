@@ -225,6 +225,7 @@ def train(config: TrainConfig) -> dict:
     else:
         device = torch.device("cpu")
     on_gpu = device.type == "cuda"
+    use_bf16 = on_gpu or config.bf16
     torch.manual_seed(config.seed)  # the same initial heads in every process (DDP only copies the trunk's)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -261,7 +262,7 @@ def train(config: TrainConfig) -> dict:
             _load_released_weights(model, config.init_from, model_config)
             # A released model has no class centres: each identity's starts at its mean embedding, so
             # ArcFace does not begin by tearing the trained embedding apart to fit random centres.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu or config.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 centres = class_mean_embeddings(model, images, labels, crops.num_classes, device)
             margin_loss.weight.data.copy_(centres)
         else:
@@ -341,7 +342,7 @@ def train(config: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         margin_scale = min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction else 1.0
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu or config.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             raw = forward(x, normalize=False)
         raw = raw.float()
         parts = {"arcface": torch.zeros((), device=device), "triplet": torch.zeros((), device=device),
