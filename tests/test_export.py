@@ -211,3 +211,45 @@ def test_int8_stays_close_to_fp32(weights, face_crops, tmp_path, monkeypatch, ca
     assert int8.backend == "onnx-int8"
     agreement = cosines(int8.embed(face_crops), Embedder(weights, backend="torch").embed(face_crops))
     assert agreement.mean() >= 0.98 and agreement.min() >= 0.95
+
+
+def test_float16_weights_halve_both_files_and_still_embed_in_float32(weights, face_crops, tmp_path):
+    """A model too big for git in float32 is released with float16 weights; it must embed as before."""
+    import torch
+    from safetensors import safe_open
+
+    from facekit.export import export_onnx, quantize_int8
+    from facekit.representation import load_model
+    from facekit.training.train import save_weights
+
+    model, _ = load_model(weights)
+    full, half = tmp_path / "full", tmp_path / "half"
+    save_weights(model, model.config, full, {"threshold": 0.3})
+    save_weights(model, model.config, half, {"threshold": 0.3}, half=True)
+    for base in (full, half):
+        export_onnx(base, base.with_suffix(".onnx"))
+
+    def size(base: Path, suffix: str) -> int:
+        return base.with_suffix(suffix).stat().st_size
+
+    assert size(half, ".safetensors") < 0.55 * size(full, ".safetensors")
+    assert size(half, ".onnx") < 0.55 * size(full, ".onnx")
+    with safe_open(str(half.with_suffix(".safetensors")), "pt") as stored:
+        dtypes = {name: stored.get_tensor(name).dtype for name in stored.keys()}
+    assert dtypes["embedding.weight"] == torch.float16
+    assert {dtypes[name] for name in dtypes if "running_var" in name or name.endswith("bias")} == {torch.float32}
+    assert json.loads(half.with_suffix(".json").read_text())["weights_dtype"] == "float16"
+
+    reference = Embedder(full, backend="torch").embed(face_crops)
+    in_torch, in_onnx = Embedder(half, backend="torch"), Embedder(half, backend="onnx")
+    assert next(in_torch.model.parameters()).dtype == torch.float32
+    assert session_weights_key(in_onnx._session) == weights_key(half)  # the file beside it, not a fresh export
+    for embedder in (in_torch, in_onnx):
+        assert cosines(embedder.embed(face_crops), reference).min() >= 0.9999
+
+    # The int8 quantiser finds a convolution's weights only as initializers, not behind a float16 cast.
+    quantize_int8(half.with_suffix(".onnx"), tmp_path / "int8.onnx", face_crops)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert sum(node.input[1] in dequantized for node in convolutions) > 0.6 * len(convolutions)

@@ -65,6 +65,9 @@ def perturbed_copy(source: Path, output: Path, noise: float, rng: np.random.Gene
 
     graph = onnx.load(str(source))
     conv_weights = {node.input[1] for node in graph.graph.node if node.op_type == "Conv"}
+    # Weights released as float16 reach their convolution through a Cast (facekit.export.store_weights_as_float16).
+    conv_weights |= {node.input[0] for node in graph.graph.node
+                     if node.op_type == "Cast" and node.output[0] in conv_weights}
     for tensor in graph.graph.initializer:
         if tensor.name in conv_weights:
             weights = numpy_helper.to_array(tensor)

@@ -25,6 +25,9 @@ from facekit.training.train import earlier_stages, save_weights
 # The false accept rate of the 1:N identify threshold: with the 40 enrolled faces of the round trip
 # (20 people, 2 photos), 40 x 5e-3 bounds the share of strangers given a name at 20 %.
 IDENTIFY_FAR = "5e-3"
+# Each shipped file stays under this, so the repository stays cloneable: a wider model's weights are stored
+# as float16 (facekit.training.train.save_weights), and so is its ONNX file.
+MAX_FILE_BYTES = 60_000_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,14 +88,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{card['lfw']['impostor_pairs']:,} different-person pairs of LFW's pair images. A stranger "
                 "searched against G enrolled faces is wrongly named with a chance of at most about G x that "
                 "share: 20 % for 40 faces")
-    save_weights(model.eval(), model.config, args.output, card)
+    float32_bytes = sum(tensor.numel() * 4 for tensor in model.state_dict().values())
+    save_weights(model.eval(), model.config, args.output, card, half=float32_bytes > MAX_FILE_BYTES)
     # The ONNX file beside the weights is what inference runs on: users need neither torch nor an export.
     export_onnx(args.output, args.output.with_suffix(".onnx"))
     for extra in ("log.csv",):
         if (args.run / extra).exists():
             shutil.copy(args.run / extra, args.output.parent / f"{args.output.name}.{extra}")
-    size = args.output.with_suffix(".safetensors").stat().st_size / 1e6
-    print(f"wrote {args.output}.safetensors ({size:.1f} MB), its card and {args.output}.onnx")
+    sizes = [args.output.with_suffix(suffix).stat().st_size / 1e6 for suffix in (".safetensors", ".onnx")]
+    print(f"wrote {args.output}.safetensors ({sizes[0]:.1f} MB), its card and {args.output}.onnx "
+          f"({sizes[1]:.1f} MB)")
     return 0
 
 

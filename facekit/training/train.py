@@ -159,14 +159,22 @@ class VerificationCallback:
         return result
 
 
-def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: dict) -> None:
-    """Write <path>.safetensors and its model card <path>.json."""
+def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: dict, half: bool = False) -> None:
+    """Write <path>.safetensors and its model card <path>.json.
+
+    half: store the convolution and linear weights as float16, which halves the file; biases and batch-norm
+    statistics stay float32 (running variances can be too small for float16). Loading casts them back,
+    so the model still computes in float32, on weights rounded once, here.
+    """
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path.with_suffix(".safetensors")), metadata={"format": "pt"})
-    card = {"architecture": "inception_resnet_v2", "model": config.to_dict(), **card}
+    card = {"architecture": "inception_resnet_v2", "model": config.to_dict(), **card,
+            "weights_dtype": "float16" if half else "float32"}
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
