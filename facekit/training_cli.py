@@ -43,6 +43,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="start from another run's checkpoint.pt (same data and width), or from released "
                              "weights (.safetensors, e.g. the shipped model; a narrower model is widened so that "
                              "the run starts with its embedding), with a fresh schedule")
+    parser.add_argument("--average-from", type=float, metavar="FRACTION",
+                        help="save the mean of the weights after every step from this fraction of the run on "
+                             "(stochastic weight averaging; e.g. 0.5) rather than the last weights")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     parser.set_defaults(handler=run)
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         triplet_margin=args.triplet_margin, triplet_mining=args.triplet_mining, teacher=args.teacher,
         distill_weight=args.distill_weight, limit_classes=args.limit_classes, cache_dir=args.cache_dir,
         val_pairs=args.val_pairs, val_root=args.val_root, eval_every=args.eval_every, compile=args.compile,
-        bf16=args.bf16, resume=not args.no_resume, init_from=args.init_from, seed=args.seed, device=args.device,
+        bf16=args.bf16, resume=not args.no_resume, init_from=args.init_from, average_from=args.average_from,
+        seed=args.seed, device=args.device,
     )
     result = train(config)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary rather than one per process

@@ -65,7 +65,7 @@ def test_lease_round_trip_on_the_cpu(tmp_path, shared_data, load_tool):
     command = ["train", "--pool", str(tmp_path / "device-pool"), "--run", str(tmp_path / "device-run"), "--",
                "--device", "cpu", "--width", "0.125", "--blocks", "1,1,1", "--embedding-size", "32",
                "--batch-size", "8", "--epochs", "2", "--teacher", str(tmp_path / "device-pool" / "teacher.npy"),
-               "--distill-weight", "1"]
+               "--distill-weight", "1", "--average-from", "0.5"]  # the mean, not the last step, must come back
     without_faiss = ("import runpy, sys; sys.modules['faiss'] = None; sys.argv = sys.argv[1:]; "
                      "runpy.run_path(sys.argv[0], run_name='__main__')")
     completed = subprocess.run([sys.executable, "-c", without_faiss, str(ROOT / "tools" / "lease_train.py"), *command],

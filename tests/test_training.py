@@ -283,6 +283,66 @@ def test_bf16_autocast_on_the_cpu_trains(tmp_path, shared_data):
     assert card["training"]["bf16"] is True and card["model"]["width"] == 0.125
 
 
+def test_weight_averaging_ships_the_mean_of_the_tail_and_resumes(tmp_path, shared_data):
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=4, lr=0.05, average_from=0.5, device="cpu")
+    result = train(config)
+    assert (result["steps"], result["steps_averaged"]) == (8, 4)  # the steps taken from half-way on
+    shipped, card = load_model(tmp_path / "run" / "model")
+    assert card["training"]["average_from"] == 0.5 and card["training"]["steps_averaged"] == 4
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    live, mean = checkpoint["model"], checkpoint["averaged"]
+    for name, value in shipped.state_dict().items():
+        assert torch.equal(value, mean["module." + name]), name
+    moved = [name for name, value in shipped.state_dict().items()
+             if value.is_floating_point() and not torch.allclose(value, live[name])]
+    assert len(moved) > len(live) // 2  # the mean is not the last step's weights
+    # Releasing the run ships the mean too (release_model reads the checkpoint, which holds both).
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "run"),
+                    "--output", str(tmp_path / "released" / "model")], check=True, capture_output=True)
+    released, _ = load_model(tmp_path / "released" / "model")
+    for name, value in released.state_dict().items():
+        assert torch.equal(value, shipped.state_dict()[name]), name
+    # A resumed run keeps adding to the same mean.
+    config.epochs = 5
+    assert train(config)["steps_averaged"] == 6
+
+    # A stage started from the run's checkpoint starts from its mean too (lr 0 keeps the weights where it began).
+    frozen = TrainConfig(**{**vars(config), "output": str(tmp_path / "frozen"), "epochs": 1, "lr": 0.0,
+                            "average_from": None, "init_from": str(tmp_path / "run" / "checkpoint.pt")})
+    train(frozen)
+    started, _ = load_model(tmp_path / "frozen" / "model")
+    mean = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["averaged"]
+    for name, value in started.named_parameters():
+        assert torch.equal(value, mean["module." + name]), name
+    with pytest.raises(ValueError, match="average-from"):  # a mean of no steps would silently ship the last
+        train(TrainConfig(**{**vars(config), "output": str(tmp_path / "never"), "average_from": 1.0}))
+
+    # Averaging only the last step ships exactly the last step's weights.
+    last_only = TrainConfig(**{**vars(config), "output": str(tmp_path / "last"), "epochs": 4, "average_from": 0.875})
+    assert train(last_only)["steps_averaged"] == 1
+    shipped, _ = load_model(tmp_path / "last" / "model")
+    live = torch.load(tmp_path / "last" / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in shipped.state_dict().items():
+        assert torch.equal(value, live[name]), name
+
+
+def test_release_switches_to_float16_weights_above_the_size_limit(tmp_path, shared_data, load_tool):
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    train(TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                      embedding_size=32, batch_size=8, epochs=1, device="cpu"))
+    release = load_tool("release_model")
+    dtypes = {}
+    for limit in (release.MAX_FILE_BYTES, 1):  # the real limit, then one that every model passes
+        release.MAX_FILE_BYTES = limit
+        output = tmp_path / f"limit-{limit}" / "model"
+        assert release.main([str(tmp_path / "run"), "--output", str(output)]) == 0
+        dtypes[limit] = json.loads(output.with_suffix(".json").read_text())["weights_dtype"]
+        assert output.with_suffix(".onnx").exists()
+    assert dtypes == {60_000_000: "float32", 1: "float16"}
+
+
 def test_class_centres_under_bf16_autocast_agree_with_float32():
     # --bf16 runs imprint their class centres under autocast too; the centres must stay float32 unit vectors.
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ import torch
 from facekit.alignment import TEMPLATE_112
 from facekit.export import export_onnx
 from facekit.representation import DEFAULT_MODEL
-from facekit.training.train import earlier_stages, save_weights
+from facekit.training.train import earlier_stages, save_weights, shipped_weights
 
 # The false accept rate of the 1:N identify threshold: with the 40 enrolled faces of the round trip
 # (20 people, 2 photos), 40 x 5e-3 bounds the share of strangers given a name at 20 %.
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint.exists():
         # The checkpoint may be newer than model.safetensors when a run was stopped early.
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(shipped_weights(state))
     training = card.get("training", {})
     averaged = average_weights(model, args.average_with) if args.average_with else None
     card = {

@@ -73,6 +73,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True
     init_from: str | None = None  # a checkpoint.pt or released .safetensors to fine-tune, with a fresh schedule
+    average_from: float | None = None  # ship the mean of the weights after each step from this fraction on
     device: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -178,6 +179,15 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
+def shipped_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The weights a run's checkpoint ships: the mean kept by --average-from once it holds a step, else the
+    last step's."""
+    averaged = checkpoint.get("averaged")
+    if averaged is None or int(averaged["n_averaged"]) == 0:
+        return checkpoint["model"]
+    return {name.removeprefix("module."): value for name, value in averaged.items() if name != "n_averaged"}
+
+
 def _load_released_weights(model: torch.nn.Module, path: str, config: ModelConfig) -> None:
     from facekit.representation import load_model
 
@@ -223,6 +233,8 @@ def earlier_stages(init_from: str | None) -> list[dict]:
 
 
 def train(config: TrainConfig) -> dict:
+    if config.average_from is not None and not 0.0 <= config.average_from < 1.0:
+        raise ValueError(f"--average-from takes a fraction of the run in [0, 1), not {config.average_from}")
     rank, local_rank, world = _distributed()
     is_main = rank == 0
     if config.device:
@@ -275,10 +287,15 @@ def train(config: TrainConfig) -> dict:
             margin_loss.weight.data.copy_(centres)
         else:
             state = torch.load(config.init_from, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
+            model.load_state_dict(shipped_weights(state))  # what that run released, its mean if it kept one
             margin_loss.load_state_dict(state["margin_loss"])
         if is_main:
             print(f"initialised from {config.init_from}")
+    # The tail of the schedule wanders around a minimum; the mean of the weights along it (stochastic weight
+    # averaging) lies nearer its centre. Batch-norm statistics are averaged with the weights.
+    averaged = None
+    if is_main and config.average_from is not None:
+        averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
     if config.resume and checkpoint_path.exists():
         # weights_only: a checkpoint is data, never code.
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -288,6 +305,8 @@ def train(config: TrainConfig) -> dict:
             distill.load_state_dict(state["distill"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        if averaged is not None and "averaged" in state:
+            averaged.load_state_dict(state["averaged"])
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
 
@@ -324,6 +343,8 @@ def train(config: TrainConfig) -> dict:
                  "elapsed": elapsed_before + time.time() - start}
         if distill is not None:
             state["distill"] = distill.state_dict()
+        if averaged is not None:
+            state["averaged"] = averaged.state_dict()
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, checkpoint_path)
@@ -374,6 +395,8 @@ def train(config: TrainConfig) -> dict:
         optimizer.step()
         step += 1
         images_since_log += len(index) * world
+        if averaged is not None and fraction >= config.average_from:
+            averaged.update_parameters(model)
         fraction = progress()
         bar.n = int(fraction * 1000)
         bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
@@ -397,17 +420,20 @@ def train(config: TrainConfig) -> dict:
                     "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
     if teacher is not None:
         result["teacher_targets"] = teacher_targets
+    if averaged is not None:
+        result["steps_averaged"] = int(averaged.n_averaged)
     if world > 1:
         result["replicas_in_sync"] = _replicas_agree([m for m in (model, margin_loss, distill) if m is not None],
                                                      device)
     if is_main:
         save_checkpoint()
+        shipped = averaged.module if averaged is not None and averaged.n_averaged > 0 else model
         if callback is not None:
-            latest_val = callback(model)
+            latest_val = callback(shipped)
             result["val"] = latest_val
         card = {"training": {**asdict(config), **result, "num_classes": crops.num_classes,
                              "num_images": len(images), "stages_before": earlier_stages(config.init_from)}}
-        save_weights(model.eval(), model_config, output / "model", card)
+        save_weights(shipped.eval(), model_config, output / "model", card)
         (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     log_file.close()
     if world > 1:
