@@ -304,6 +304,11 @@ def test_weight_averaging_ships_the_mean_of_the_tail_and_resumes(tmp_path, share
     released, _ = load_model(tmp_path / "released" / "model")
     for name, value in released.state_dict().items():
         assert torch.equal(value, shipped.state_dict()[name]), name
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "run"), "--last-step",
+                    "--output", str(tmp_path / "last-step" / "model")], check=True, capture_output=True)
+    last_step, _ = load_model(tmp_path / "last-step" / "model")
+    for name, value in last_step.state_dict().items():
+        assert torch.equal(value, live[name]), name
     # A resumed run keeps adding to the same mean.
     config.epochs = 5
     assert train(config)["steps_averaged"] == 6

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--average-with", type=Path, metavar="MODEL",
                         help="ship the mean of the run's weights and this model's (a uniform weight average of two "
                              "fine-tunes of one lineage, e.g. the previous release); --lfw must measure the mean")
+    parser.add_argument("--last-step", action="store_true",
+                        help="for a run trained with --average-from: release its last step's weights, not the mean")
     parser.add_argument("--output", type=Path, default=DEFAULT_MODEL)
     args = parser.parse_args(argv)
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint.exists():
         # The checkpoint may be newer than model.safetensors when a run was stopped early.
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(shipped_weights(state))
+        model.load_state_dict(state["model"] if args.last_step else shipped_weights(state))
     training = card.get("training", {})
     averaged = average_weights(model, args.average_with) if args.average_with else None
     card = {
