@@ -116,8 +116,8 @@ def collect(run: Path, out: Path, part_bytes: int = PART_BYTES, return_bytes: in
     from facekit.training.train import shipped_weights
 
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    keep = {k: state[k] for k in ("model", "margin_loss", "distill") if k in state}  # no optimizer state
-    keep["model"] = shipped_weights(state)  # an --average-from run's mean, not its last step, comes back
+    # No optimizer state; and an --average-from run's mean, not its last step, comes back.
+    keep = {"model": shipped_weights(state), **{k: state[k] for k in ("margin_loss", "distill") if k in state}}
     init = run / "init.pt"
     torch.save(keep, init)
     small = [run / name for name in ("model.json", "log.csv", "result.json")]
