@@ -229,7 +229,8 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
 
 def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
     """Two processes under torchrun (gloo on the CPU, as NCCL would on GPUs): same weights at the end,
-    class centres and the distillation projection included, and a shared stop under a time budget."""
+    class centres and the distillation projection included, a shared stop under a time budget, and the
+    tail mean (kept by rank 0 alone) shipped."""
     _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=6)
     rng = np.random.default_rng(0)
     teacher = np.zeros((24, 8), np.float32)
@@ -239,7 +240,7 @@ def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
                "-m", "facekit.cli", "train", str(tmp_path / "crops"), "--output", str(tmp_path / "run"),
                "--device", "cpu", "--width", "0.125", "--blocks", "1,1,1", "--embedding-size", "32",
                "--batch-size", "8", "--minutes", "0.15", "--teacher", str(tmp_path / "teacher.npy"),
-               "--distill-weight", "1", "--triplet-weight", "0.5"]
+               "--distill-weight", "1", "--triplet-weight", "0.5", "--average-from", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     # Without the progress bars, so that a worker's own last words come before torchrun's report.
@@ -251,6 +252,13 @@ def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
     assert result["replicas_in_sync"] is True
     model, card = load_model(tmp_path / "run" / "model")
     assert card["training"]["world_size"] == 2
+    assert 0 < result["steps_averaged"] < result["steps"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, checkpoint["averaged"]["module." + name]), name
+    moved = [name for name, value in model.state_dict().items()
+             if value.is_floating_point() and not torch.allclose(value, checkpoint["model"][name])]
+    assert moved  # the mean, not the last step's weights
 
 
 def test_compiled_training_updates_the_weights(tmp_path, shared_data):
