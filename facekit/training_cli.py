@@ -29,6 +29,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--triplet-mining", choices=["batch_hard", "semi_hard"], default="batch_hard")
     parser.add_argument("--teacher", help="teacher embeddings .npy (tools/teacher_embeddings.py)")
     parser.add_argument("--distill-weight", type=float, default=0.0)
+    parser.add_argument("--relation-weight", type=float, default=0.0,
+                        help="relational distillation: pull the student's cosines between a batch's faces towards "
+                             "the teacher's own (un-centred) ones")
     parser.add_argument("--limit-classes", type=int, help="use only the first N identities (quick runs)")
     parser.add_argument("--cache-dir", help="where decoded crops are cached between runs")
     parser.add_argument("--val-pairs", help="LFW-style pairs.txt for the evaluation callback")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, arcface_weight=args.arcface_weight, arcface_s=args.arcface_s,
         arcface_m=args.arcface_m, cosface_m=args.cosface_m, triplet_weight=args.triplet_weight,
         triplet_margin=args.triplet_margin, triplet_mining=args.triplet_mining, teacher=args.teacher,
-        distill_weight=args.distill_weight, limit_classes=args.limit_classes, cache_dir=args.cache_dir,
+        distill_weight=args.distill_weight, relation_weight=args.relation_weight,
+        limit_classes=args.limit_classes, cache_dir=args.cache_dir,
         val_pairs=args.val_pairs, val_root=args.val_root, eval_every=args.eval_every, compile=args.compile,
         bf16=args.bf16, resume=not args.no_resume, init_from=args.init_from, average_from=args.average_from,
         seed=args.seed, device=args.device,

@@ -63,7 +63,7 @@ def test_scores_match_eval_code_and_a_copy_of_the_model_agrees_exactly(shared_da
     assert (tmp_path / "crops.npz").is_file()
 
 
-def test_cached_crops_are_reused_only_for_the_same_detector(tmp_path, load_tool):
+def test_cached_crops_are_reused_for_the_same_detector_and_any_subset(tmp_path, load_tool):
     tool = load_tool("lfw_neighbours")
 
     class NoFaces:
@@ -82,9 +82,13 @@ def test_cached_crops_are_reused_only_for_the_same_detector(tmp_path, load_tool)
         pass
 
     paths, cache = ["a.jpg", "b.jpg"], tmp_path / "crops.npz"
-    np.savez(cache, paths=np.array(paths), crops=np.full((2, 112, 112, 3), 7, np.uint8), found=np.ones(2, bool),
-             detector="YuNetDetector")
+    cached = np.full((2, 112, 112, 3), 7, np.uint8)
+    cached[1] = 9
+    np.savez(cache, paths=np.array(paths), crops=cached, found=np.ones(2, bool), detector="YuNetDetector")
     crops, found = tool.aligned_crops(NoFaces(YuNetDetector()), paths, cache)
-    assert found.all() and (crops == 7).all()
+    assert found.all() and (crops == cached).all()
+    # A subset of the cached images is read from it too, each its own crop.
+    crops, found = tool.aligned_crops(NoFaces(YuNetDetector()), ["b.jpg"], cache)
+    assert found.all() and crops.shape == (1, 112, 112, 3) and (crops == 9).all()
     crops, found = tool.aligned_crops(NoFaces(HaarDetector()), paths, cache)
     assert not found.any() and not crops.any()

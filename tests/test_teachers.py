@@ -206,3 +206,42 @@ def test_dlib_lfw_pipeline_describes_a_face_and_not_a_blank(shared_data, tmp_pat
     descriptor = pipeline.describe(str(images[0]))
     assert descriptor is not None and descriptor.shape == (128,)
     assert pipeline.describe(str(blank)) is None
+
+
+def test_teacher_lfw_scores_raw_and_pool_centred_cosines(shared_data, yunet_model, tmp_path, capsys, load_tool,
+                                                          monkeypatch):
+    from facekit.representation import Embedder
+
+    tool = load_tool("teacher_lfw")
+    embedder = Embedder()
+    shared = np.zeros(512, np.float32)
+    shared[0] = 3.0
+
+    class FacekitAsTeacher:
+        """facekit's own model in a teacher's place, so the test needs neither dlib nor FaceNet; offset=True adds
+        a component every vector shares, as dlib's vectors have one."""
+
+        def __init__(self, offset: bool) -> None:
+            self.offset = offset
+
+        def embed(self, crop_rgb: np.ndarray) -> np.ndarray:
+            vector = embedder.embed(np.ascontiguousarray(crop_rgb[None, ..., ::-1]), flip=False)[0]
+            return vector + shared if self.offset else vector
+
+    lfw = shared_data / "lfw"
+
+    def run(offset: bool, pool: np.ndarray) -> dict:
+        monkeypatch.setattr(tool, "make_teacher", lambda *args: FacekitAsTeacher(offset))
+        np.save(tmp_path / "pool.npy", pool)
+        assert tool.main(["--teacher", "dlib", "--pool-table", str(tmp_path / "pool.npy"), "--root",
+                          str(lfw / "images"), "--pairs", str(lfw / "pairs.txt"), "--yunet-model", str(yunet_model),
+                          "--limit-pairs", "100", "--crops", str(tmp_path / "crops.npz"), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain = run(False, np.stack([shared, -shared]))  # a pool whose mean is zero: centring changes nothing
+    assert plain["pairs"] == 100 and plain["raw cosine"]["accuracy"] > 0.9
+    assert plain["centred on the pool's mean"] == plain["raw cosine"]
+    # Vectors that share a component, centred on a pool whose mean is that component, score as the plain ones.
+    offset = run(True, np.stack([shared, shared]))
+    assert offset["raw cosine"] != plain["raw cosine"]
+    assert offset["centred on the pool's mean"] == plain["raw cosine"]

@@ -18,7 +18,7 @@ import torch
 from facekit.model import build_model
 from facekit.representation import load_model
 from facekit.training.data import PKSampler, augment, load_crops, load_teacher, to_model_input
-from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
+from facekit.training.losses import CombinedMarginLoss, DistillationLoss, relational_distillation_loss, triplet_loss
 from facekit.training.train import TrainConfig, class_mean_embeddings, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,23 @@ def test_distillation_loss_is_zero_for_aligned_embeddings():
     loss.projection.weight.data.copy_(torch.eye(4))
     student = torch.randn(5, 4)
     assert loss(student, student * 3).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_relational_distillation_asks_only_for_the_teachers_order_of_pairs():
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(16, 8, generator=generator) + 2.0, dim=1)
+    assert relational_distillation_loss(teacher * 5, teacher).item() == pytest.approx(0.0, abs=1e-5)
+    # A shared extra component makes every cosine (c + 4) / 5: another range, the same order, a perfect match.
+    shared = torch.cat([teacher, torch.full((16, 1), 2.0)], dim=1)
+    assert relational_distillation_loss(shared, teacher).item() == pytest.approx(0.0, abs=1e-5)
+    assert not torch.allclose(torch.nn.functional.normalize(shared) @ torch.nn.functional.normalize(shared).t(),
+                              teacher @ teacher.t(), atol=0.1)
+    student = torch.randn(16, 8, generator=generator, requires_grad=True)
+    before = relational_distillation_loss(student, teacher)
+    assert before.item() > 0.5
+    before.backward()
+    with torch.no_grad():
+        assert relational_distillation_loss(student - 0.5 * student.grad, teacher).item() < before.item()
 
 
 def test_partial_teacher_rows_are_missing_targets(tmp_path):
@@ -186,23 +203,24 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     assert json.loads((tmp_path / "shipped" / "model.json").read_text())["training"] == released_again
     first_two = card["training"]["stages_before"]
     assert [s["losses"] for s in released_again["stages_before"][:2]] == [s["losses"] for s in first_two]
-    # A release may ship the mean of the run's weights and another model's of the same lineage (here the first).
+    # A release may ship the uniform mean of the run's weights and other models' of the same lineage.
     from safetensors.torch import load_file
 
     from facekit.export import model_fingerprint
 
+    others = [tmp_path / "run" / "model", tmp_path / "tuned" / "model"]
     subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output, "--average-with",
-                    str(tmp_path / "run" / "model"), "--output", str(tmp_path / "soup" / "model")],
-                   check=True, capture_output=True)
-    run, start, soup = (load_file(str(path)) for path in (Path(fourth.output) / "model.safetensors",
-                                                          tmp_path / "run" / "model.safetensors",
-                                                          tmp_path / "soup" / "model.safetensors"))
-    assert not torch.equal(run["embedding.weight"], start["embedding.weight"])
+                    *map(str, others), "--output", str(tmp_path / "soup" / "model")], check=True, capture_output=True)
+    files = [Path(fourth.output) / "model", *others, tmp_path / "soup" / "model"]
+    run, first, second, soup = (load_file(str(path.with_suffix(".safetensors"))) for path in files)
+    assert not torch.equal(run["embedding.weight"], first["embedding.weight"])
+    assert not torch.equal(second["embedding.weight"], first["embedding.weight"])
     for name, tensor in soup.items():
         if tensor.is_floating_point():
-            torch.testing.assert_close(tensor, (run[name] + start[name]) / 2, atol=1e-6, rtol=0)
+            torch.testing.assert_close(tensor, (run[name] + first[name] + second[name]) / 3, atol=1e-6, rtol=0)
     averaged = json.loads((tmp_path / "soup" / "model.json").read_text())["training"]
-    assert averaged["weight_average"]["with_sha256"] == model_fingerprint(tmp_path / "run" / "model")
+    assert averaged["weight_average"]["with_sha256"] == [model_fingerprint(other) for other in others]
+    assert averaged["weight_average"]["share"] == round(1 / 3, 4)
     assert averaged["stages_before"] == released_again["stages_before"]
     # Each release writes the ONNX file inference runs on, exported from exactly the released weights.
     from facekit.export import create_session, session_weights_key, weights_key
@@ -219,11 +237,13 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
     np.save(tmp_path / "teacher.npy", teacher)
     config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
                          embedding_size=32, batch_size=8, epochs=4, teacher=str(tmp_path / "teacher.npy"),
-                         distill_weight=1.0, log_every=1, device="cpu")
+                         distill_weight=1.0, relation_weight=1.0, log_every=1, device="cpu")
     result = train(config)
     with open(tmp_path / "run" / "log.csv") as handle:
-        distill = [float(row["distill"]) for row in csv.DictReader(handle)]
-    assert all(np.isfinite(distill)) and max(distill) > 0
+        rows = list(csv.DictReader(handle))
+    for loss in ("distill", "relation"):
+        values = [float(row[loss]) for row in rows]
+        assert all(np.isfinite(values)) and max(values) > 0, loss
     assert result["teacher_targets"] == 8  # the card says how much of the pool had a target
 
 

@@ -43,12 +43,17 @@ REPORTED = ("accuracy", "tar_at_far_1e-3", "tar_at_far_1e-4")
 
 
 def aligned_crops(pipeline: FacePipeline, paths: list[str], cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One aligned crop per image (its primary face, as `facekit eval` picks it) and which images had one."""
+    """One aligned crop per image (its primary face, as `facekit eval` picks it) and which images had one.
+
+    A cache that holds every path is reused, so a quick --limit-pairs run reads the full run's crops.
+    """
     detector = type(pipeline.detector).__name__  # crops from another detector must not be reused
     if cache.is_file():
         with np.load(cache) as stored:
-            if list(stored["paths"]) == paths and str(stored.get("detector", "")) == detector:
-                return stored["crops"], stored["found"]
+            row_of = {path: row for row, path in enumerate(stored["paths"])}
+            if str(stored.get("detector", "")) == detector and all(path in row_of for path in paths):
+                rows = [row_of[path] for path in paths]
+                return stored["crops"][rows], stored["found"][rows]
     crops = np.zeros((len(paths), 112, 112, 3), np.uint8)
     found = np.zeros(len(paths), bool)
     for index, item in enumerate(tqdm(pipeline.load_many(paths), total=len(paths), desc="aligning", unit="img")):

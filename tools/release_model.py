@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn a training run into the shipped model: weights, model card and ONNX file in facekit/weights/.
 
-    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json] [--average-with MODEL]
+    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json] [--average-with MODEL ...]
 
 The card's accuracy and default thresholds come only from `facekit eval lfw --json` output,
 so what the README and the card claim is what the official protocol measured.
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="training run folder (checkpoint.pt, model.json)")
     parser.add_argument("--lfw", type=Path, help="`facekit eval lfw --json` output to record in the card")
     parser.add_argument("--lfw-haar", type=Path, help="the same with the offline Haar+landmark detector")
-    parser.add_argument("--average-with", type=Path, metavar="MODEL",
-                        help="ship the mean of the run's weights and this model's (a uniform weight average of two "
-                             "fine-tunes of one lineage, e.g. the previous release); --lfw must measure the mean")
+    parser.add_argument("--average-with", type=Path, nargs="+", metavar="MODEL",
+                        help="ship the uniform mean of the run's weights and these models' (fine-tunes of one "
+                             "lineage, e.g. the previous release); --lfw must measure the mean")
     parser.add_argument("--last-step", action="store_true",
                         help="for a run trained with --average-from: release its last step's weights, not the mean")
     parser.add_argument("--output", type=Path, default=DEFAULT_MODEL)
@@ -103,34 +103,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def average_weights(model: torch.nn.Module, other_path: Path) -> dict:
-    """Replace the model's float weights and batch-norm statistics by their mean with another model's.
+def average_weights(model: torch.nn.Module, other_paths: list[Path]) -> dict:
+    """Replace the model's float weights and batch-norm statistics by their uniform mean with other models'.
 
-    Two fine-tunes from one starting point lie in one basin, where the mean tends to score at least as well
-    as either (a "model soup"). Read before the release overwrites the other model, if it is the shipped one.
+    Fine-tunes from one starting point lie in one basin, where the mean tends to score at least as well
+    as each (a "model soup"). Read before the release overwrites another model, if it is the shipped one.
     """
     from facekit.export import model_fingerprint
     from facekit.model import ModelConfig
     from facekit.representation import load_model
 
-    other, other_card = load_model(other_path)
-    if ModelConfig.from_dict(other_card.get("model", {})) != model.config:
-        raise SystemExit(f"error: {other_path} is not the same architecture as the run")
-    theirs = other.state_dict()
+    others = []
+    for path in other_paths:
+        other, other_card = load_model(path)
+        if ModelConfig.from_dict(other_card.get("model", {})) != model.config:
+            raise SystemExit(f"error: {path} is not the same architecture as the run")
+        others.append((other.state_dict(), len(other_card.get("training", {}).get("stages_before", [])) + 1))
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if tensor.is_floating_point():  # not num_batches_tracked
-                tensor.copy_(((tensor.double() + theirs[name].double()) / 2).to(tensor.dtype))
-    other_training = other_card.get("training", {})
-    return {"with_sha256": model_fingerprint(other_path), "share": 0.5,
-            "with_stages": len(other_training.get("stages_before", [])) + 1,
-            "note": "the shipped weights are the uniform mean of this stage's and those of the model named here"}
+                total = tensor.double() + sum(theirs[name].double() for theirs, _ in others)
+                tensor.copy_((total / (len(others) + 1)).to(tensor.dtype))
+    return {"with_sha256": [model_fingerprint(path) for path in other_paths],
+            "with_stages": [stages for _, stages in others], "share": round(1 / (len(others) + 1), 4),
+            "note": "the shipped weights are the uniform mean of this stage's and those of the models named here"}
 
 
 def _stage(training: dict) -> dict:
     keys = ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay", "arcface_s", "arcface_m",
-            "triplet_weight", "distill_weight", "teacher_targets", "minutes", "steps", "images_seen", "device",
-            "num_classes", "num_images", "weight_average")
+            "triplet_weight", "distill_weight", "relation_weight", "teacher_targets", "minutes", "steps",
+            "images_seen", "device", "num_classes", "num_images", "weight_average")
     # A stage read back from a released card is already in this form; its losses name the teacher file.
     return {"losses": training.get("losses") or _losses(training), **{k: training[k] for k in keys if k in training}}
 
@@ -145,6 +147,10 @@ def _losses(training: dict) -> list[str]:
     if training.get("distill_weight", 0) > 0:
         teacher = Path(training["teacher"]).name if training.get("teacher") else "a teacher"
         losses.append(f"distillation from {teacher} (centred cosine) x {training['distill_weight']}")
+    if training.get("relation_weight", 0) > 0:
+        teacher = Path(training["teacher"]).name if training.get("teacher") else "a teacher"
+        losses.append(f"relational distillation from {teacher} (its raw cosines between a batch's faces) "
+                      f"x {training['relation_weight']}")
     return losses
 
 

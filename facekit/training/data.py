@@ -112,8 +112,9 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
     return CropSet(images, labels, class_names)
 
 
-def load_teacher(path: str | Path, num_crops: int) -> torch.Tensor:
-    """Teacher embeddings (row i for crop i), centred and L2-normalised; NaN rows have no target.
+def load_teacher(path: str | Path, num_crops: int, centre: bool = True) -> torch.Tensor:
+    """Teacher embeddings (row i for crop i), centred (unless centre=False) and L2-normalised; NaN rows have
+    no target.
 
     A teacher run still in progress (tools/teacher_embeddings.py's OUTPUT.partial.npy) has zero rows
     for the crops it has not reached, so training can distil from whatever part of the pool is done.
@@ -126,7 +127,8 @@ def load_teacher(path: str | Path, num_crops: int) -> torch.Tensor:
     known = np.linalg.norm(table, axis=1) > 0
     # dlib's descriptors share a large common component (random crops: mean cosine 0.84); a cosine
     # target would be mostly that offset, and distilling it collapsed the student's embeddings.
-    table[known] -= table[known].mean(0)
+    if centre:
+        table[known] -= table[known].mean(0)
     norms = np.linalg.norm(table, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         table = np.where(norms > 0, table / norms, np.nan)

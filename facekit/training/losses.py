@@ -1,4 +1,4 @@
-"""Losses: one combined-margin softmax (ArcFace / CosFace), batch triplet, and distillation."""
+"""Losses: one combined-margin softmax (ArcFace / CosFace), batch triplet, and distillation (two kinds)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,21 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return (1.0 - F.cosine_similarity(self.projection(student), teacher, dim=1)).mean()
+
+
+def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - the correlation between the student's cosines among the faces of a batch and the teacher's own.
+
+    student: (N, D) embeddings; teacher: (N, T) L2-normalised, un-centred teacher vectors. The teacher's
+    cosines are those of the metric it was built for: DistillationLoss needs centred targets (a shared
+    component would dominate a cosine to each vector) and so passes on a different metric, and on
+    facekit's LFW crops dlib's raw cosine scores 98.8 %, TAR 0.96 at FAR 1e-3, its centred one 97.8 %,
+    TAR 0.78. A correlation is blind to the two metrics' different ranges: it asks only that the student
+    finds close the pairs the teacher finds close.
+    """
+    if len(student) < 3:
+        return student.sum() * 0.0
+    upper = torch.triu_indices(len(student), len(student), offset=1, device=student.device)
+    student = F.normalize(student, dim=1)
+    pairs = torch.stack([(student @ student.t())[upper[0], upper[1]], (teacher @ teacher.t())[upper[0], upper[1]]])
+    return 1.0 - torch.corrcoef(pairs)[0, 1]

@@ -31,7 +31,7 @@ from facekit.training.data import (
     load_teacher,
     to_model_input,
 )
-from facekit.training.losses import CombinedMarginLoss, DistillationLoss, triplet_loss
+from facekit.training.losses import CombinedMarginLoss, DistillationLoss, relational_distillation_loss, triplet_loss
 from facekit.training.widen import widen
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     pk_k: int = 4
     teacher: str | None = None  # .npy of teacher embeddings, row i for crop i; may be partial (load_teacher)
     distill_weight: float = 0.0
+    relation_weight: float = 0.0  # relational_distillation_loss, on the same teacher file
     min_per_class: int = 2
     limit_classes: int | None = None
     cache_dir: str | None = None
@@ -255,12 +256,15 @@ def train(config: TrainConfig) -> dict:
     labels = torch.from_numpy(crops.labels)
     if on_gpu:
         images, labels = images.to(device), labels.to(device)
-    teacher, teacher_targets = None, 0
+    teacher, teacher_raw = None, None  # centred targets for DistillationLoss, raw ones for the relational loss
     if config.teacher and config.distill_weight > 0:
         teacher = load_teacher(config.teacher, len(images)).to(device)
-        teacher_targets = int(torch.isfinite(teacher[:, 0]).sum())
-        if is_main:
-            print(f"teacher targets for {teacher_targets} of {len(images)} crops")
+    if config.teacher and config.relation_weight > 0:
+        teacher_raw = load_teacher(config.teacher, len(images), centre=False).to(device)
+    loaded_teacher = teacher if teacher is not None else teacher_raw
+    teacher_targets = int(torch.isfinite(loaded_teacher[:, 0]).sum()) if loaded_teacher is not None else 0
+    if loaded_teacher is not None and is_main:
+        print(f"teacher targets for {teacher_targets} of {len(images)} crops")
 
     model_config = ModelConfig(width=config.width, blocks=tuple(config.blocks), embedding_size=config.embedding_size)
     model = build_model(config.width, config.blocks, config.embedding_size).to(device)
@@ -353,7 +357,7 @@ def train(config: TrainConfig) -> dict:
     log = csv.writer(log_file)
     if log_file.tell() == 0:
         log.writerow(["step", "elapsed_s", "lr", "loss", "arcface", "triplet", "distill", "images_per_s",
-                      "val_accuracy"])
+                      "val_accuracy", "relation"])
     start = time.time()
     bar = tqdm(total=1000, desc="training", unit="‰", disable=not is_main)
     batches = iter(sampler)
@@ -375,7 +379,7 @@ def train(config: TrainConfig) -> dict:
             raw = forward(x, normalize=False)
         raw = raw.float()
         parts = {"arcface": torch.zeros((), device=device), "triplet": torch.zeros((), device=device),
-                 "distill": torch.zeros((), device=device)}
+                 "distill": torch.zeros((), device=device), "relation": torch.zeros((), device=device)}
         if config.arcface_weight > 0:
             parts["arcface"] = margin_loss(raw, batch_labels, margin_scale)
         if config.triplet_weight > 0:
@@ -385,8 +389,12 @@ def train(config: TrainConfig) -> dict:
             known = torch.isfinite(target[:, 0])
             if known.any():
                 parts["distill"] = distill(raw[known], target[known])
+        if teacher_raw is not None:
+            target = teacher_raw[index.to(teacher_raw.device)]
+            known = torch.isfinite(target[:, 0])
+            parts["relation"] = relational_distillation_loss(raw[known], target[known])
         loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
-                + config.distill_weight * parts["distill"])
+                + config.distill_weight * parts["distill"] + config.relation_weight * parts["relation"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -410,7 +418,7 @@ def train(config: TrainConfig) -> dict:
             log.writerow([step, round(elapsed_before + now - start, 1), round(lr, 6), round(loss.item(), 4),
                           round(parts["arcface"].item(), 4), round(parts["triplet"].item(), 4),
                           round(parts["distill"].item(), 4), round(images_since_log / (now - last_log), 1),
-                          latest_val.get("accuracy", "")])
+                          latest_val.get("accuracy", ""), round(parts["relation"].item(), 4)])
             log_file.flush()
             last_log, images_since_log = now, 0
         if is_main and step % config.checkpoint_every == 0:
@@ -418,7 +426,7 @@ def train(config: TrainConfig) -> dict:
     bar.close()
     result: dict = {"steps": step, "minutes": round((elapsed_before + time.time() - start) / 60, 1),
                     "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
-    if teacher is not None:
+    if loaded_teacher is not None:
         result["teacher_targets"] = teacher_targets
     if averaged is not None:
         result["steps_averaged"] = int(averaged.n_averaged)
