@@ -1,4 +1,5 @@
-"""tools/teacher_embeddings.py and tools/eval_dlib_lfw.py: the pure logic always, the real teachers where installed.
+"""tools/teacher_embeddings.py, tools/eval_dlib_lfw.py and tools/teacher_lfw.py: the pure logic always, the real
+teachers where installed.
 
 dlib and FaceNet are benchmark and distillation peers, never facekit dependencies, so CI skips
 the tests that need them.

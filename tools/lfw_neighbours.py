@@ -64,6 +64,17 @@ def aligned_crops(pipeline: FacePipeline, paths: list[str], cache: Path) -> tupl
     return crops, found
 
 
+def pair_metrics(pairs: list, paths: list[str], found: np.ndarray, embeddings: np.ndarray,
+                 keys: tuple[str, ...]) -> dict:
+    """`facekit eval`'s metrics (those named by keys, rounded) for L2-normalised embeddings of the images
+    that had a face; pairs with an image without one count as errors."""
+    table: dict[str, np.ndarray | None] = dict.fromkeys(paths)
+    table.update(zip(np.array(paths)[found], embeddings))
+    scores, same, folds, failed = pair_scores(pairs, table)
+    metrics = verification_metrics(scores, same, folds, failed=failed)
+    return {key: round(float(metrics[key]), 4) for key in keys}
+
+
 def perturbed_copy(source: Path, output: Path, noise: float, rng: np.random.Generator) -> Path:
     import onnx
     from onnx import numpy_helper
@@ -111,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate(model: Path | str) -> tuple[dict, np.ndarray]:
         embeddings = Embedder(str(model), backend="onnx").embed(crops[found], flip=True)
-        table: dict[str, np.ndarray | None] = dict.fromkeys(paths)
-        table.update(zip(np.array(paths)[found], embeddings))
-        scores, same, folds, failed = pair_scores(pairs, table)
-        metrics = verification_metrics(scores, same, folds, failed=failed)
-        return {key: round(float(metrics[key]), 4) for key in REPORTED}, embeddings
+        return pair_metrics(pairs, paths, found, embeddings, REPORTED), embeddings
 
     with tempfile.TemporaryDirectory() as work:
         model = current_shipped_model(args.weights) or export_onnx(args.weights, Path(work) / "model.onnx")

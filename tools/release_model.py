@@ -144,11 +144,10 @@ def _losses(training: dict) -> list[str]:
                       f"x {training.get('arcface_weight', 1.0)}")
     if training.get("triplet_weight", 0) > 0:
         losses.append(f"triplet ({training.get('triplet_mining')}) x {training['triplet_weight']}")
+    teacher = Path(training["teacher"]).name if training.get("teacher") else "a teacher"
     if training.get("distill_weight", 0) > 0:
-        teacher = Path(training["teacher"]).name if training.get("teacher") else "a teacher"
         losses.append(f"distillation from {teacher} (centred cosine) x {training['distill_weight']}")
     if training.get("relation_weight", 0) > 0:
-        teacher = Path(training["teacher"]).name if training.get("teacher") else "a teacher"
         losses.append(f"relational distillation from {teacher} (its raw cosines between a batch's faces) "
                       f"x {training['relation_weight']}")
     return losses

@@ -26,11 +26,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling tools, when imported by the tests
 
-from lfw_neighbours import SHARED, aligned_crops  # noqa: E402
+from lfw_neighbours import SHARED, aligned_crops, pair_metrics  # noqa: E402
 from teacher_embeddings import embeddings_in_order, make_teacher  # noqa: E402
 
-from facekit.evaluation import read_lfw_pairs, spread_subset, verification_metrics  # noqa: E402
-from facekit.evaluation_cli import pair_scores  # noqa: E402
+from facekit.evaluation import read_lfw_pairs, spread_subset  # noqa: E402
 from facekit.recognition import FacePipeline  # noqa: E402
 
 REPORTED = ("accuracy", "accuracy_std", "tar_at_far_1e-3", "tar_at_far_1e-4")
@@ -65,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                  total=len(rgb), desc=f"{args.teacher} on LFW", unit="crop")), np.float32)
 
     def score(rows: np.ndarray) -> dict:
-        rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-        table: dict[str, np.ndarray | None] = dict.fromkeys(paths)
-        table.update(zip(np.array(paths)[found], rows))
-        scores, same, folds, failed = pair_scores(pairs, table)
-        metrics = verification_metrics(scores, same, folds, failed=failed)
-        return {key: round(float(metrics[key]), 4) for key in REPORTED}
+        return pair_metrics(pairs, paths, found, rows / np.linalg.norm(rows, axis=1, keepdims=True), REPORTED)
 
     results = {"raw cosine": score(vectors)}
     if args.pool_table:
