@@ -32,6 +32,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--relation-weight", type=float, default=0.0,
                         help="relational distillation: pull the student's cosines between a batch's faces towards "
                              "the teacher's own (un-centred) ones")
+    parser.add_argument("--relation-closest", type=float, default=1.0, metavar="FRACTION",
+                        help="compare only this fraction of a batch's pairs, those the student or the teacher "
+                             "finds closest (default: all pairs)")
     parser.add_argument("--limit-classes", type=int, help="use only the first N identities (quick runs)")
     parser.add_argument("--cache-dir", help="where decoded crops are cached between runs")
     parser.add_argument("--val-pairs", help="LFW-style pairs.txt for the evaluation callback")
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         arcface_m=args.arcface_m, cosface_m=args.cosface_m, triplet_weight=args.triplet_weight,
         triplet_margin=args.triplet_margin, triplet_mining=args.triplet_mining, teacher=args.teacher,
         distill_weight=args.distill_weight, relation_weight=args.relation_weight,
+        relation_closest=args.relation_closest,
         limit_classes=args.limit_classes, cache_dir=args.cache_dir,
         val_pairs=args.val_pairs, val_root=args.val_root, eval_every=args.eval_every, compile=args.compile,
         bf16=args.bf16, resume=not args.no_resume, init_from=args.init_from, average_from=args.average_from,

@@ -69,6 +69,40 @@ def test_relational_distillation_asks_only_for_the_teachers_order_of_pairs():
     with torch.no_grad():
         assert relational_distillation_loss(student - 0.5 * student.grad, teacher).item() < before.item()
 
+def test_relational_distillation_can_compare_only_the_closest_pairs():
+    generator = torch.Generator().manual_seed(1)
+    teacher = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator), dim=1)
+    assert relational_distillation_loss(teacher * 3, teacher, closest=0.05).item() == pytest.approx(0.0, abs=1e-5)
+    # A student that keeps the teacher's distant pairs but scrambles its close ones: nearly perfect over all
+    # pairs, clearly wrong over the closest.
+    cosines = teacher @ teacher.t()
+    upper = torch.triu_indices(40, 40, offset=1)
+    values = cosines[upper[0], upper[1]]
+    close = values > values.quantile(0.95)
+    scrambled = values.clone()
+    scrambled[close] = values[close][torch.randperm(int(close.sum()), generator=generator)]
+
+    def loss_of(pair_cosines: torch.Tensor, closest: float) -> float:
+        # relational_distillation_loss on a student whose pairwise cosines are these, via its Gram factor
+        gram = torch.eye(40)
+        gram[upper[0], upper[1]] = gram[upper[1], upper[0]] = pair_cosines
+        eigenvalues, vectors = torch.linalg.eigh(gram)
+        student = vectors * eigenvalues.clamp(min=1e-6).sqrt()
+        return relational_distillation_loss(student, teacher, closest=closest).item()
+
+    assert loss_of(scrambled, 1.0) < 0.1
+    assert loss_of(scrambled, 0.05) > 3 * loss_of(scrambled, 1.0)
+    assert loss_of(values, 0.05) < 0.01
+    # Which pairs count moves as the student does, so a single step need not lower it; training must.
+    student = torch.randn(40, 8, generator=generator, requires_grad=True)
+    before = relational_distillation_loss(student, teacher, closest=0.05).item()
+    optimizer = torch.optim.SGD([student], lr=2.0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        relational_distillation_loss(student, teacher, closest=0.05).backward()
+        optimizer.step()
+    assert relational_distillation_loss(student, teacher, closest=0.05).item() < before - 0.5
+
 
 def test_partial_teacher_rows_are_missing_targets(tmp_path):
     rows = np.zeros((5, 4), np.float32)
@@ -237,7 +271,7 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
     np.save(tmp_path / "teacher.npy", teacher)
     config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
                          embedding_size=32, batch_size=8, epochs=4, teacher=str(tmp_path / "teacher.npy"),
-                         distill_weight=1.0, relation_weight=1.0, log_every=1, device="cpu")
+                         distill_weight=1.0, relation_weight=1.0, relation_closest=0.5, log_every=1, device="cpu")
     result = train(config)
     with open(tmp_path / "run" / "log.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -245,6 +279,13 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
         values = [float(row[loss]) for row in rows]
         assert all(np.isfinite(values)) and max(values) > 0, loss
     assert result["teacher_targets"] == 8  # the card says how much of the pool had a target
+    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "run"),
+                    "--output", str(tmp_path / "released" / "model")], check=True, capture_output=True)
+    stage = json.loads((tmp_path / "released" / "model.json").read_text())["training"]
+    assert stage["relation_closest"] == 0.5
+    assert any("closest 0.5 of a batch's pairs" in loss for loss in stage["losses"])
+    with pytest.raises(ValueError, match="relation-closest"):
+        train(TrainConfig(**{**vars(config), "output": str(tmp_path / "never"), "relation_closest": 0.0}))
 
 
 def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):

@@ -131,8 +131,8 @@ def average_weights(model: torch.nn.Module, other_paths: list[Path]) -> dict:
 
 def _stage(training: dict) -> dict:
     keys = ("width", "blocks", "batch_size", "lr", "momentum", "weight_decay", "arcface_s", "arcface_m",
-            "triplet_weight", "distill_weight", "relation_weight", "teacher_targets", "minutes", "steps",
-            "images_seen", "device", "num_classes", "num_images", "weight_average")
+            "triplet_weight", "distill_weight", "relation_weight", "relation_closest", "teacher_targets", "minutes",
+            "steps", "images_seen", "device", "num_classes", "num_images", "weight_average")
     # A stage read back from a released card is already in this form; its losses name the teacher file.
     return {"losses": training.get("losses") or _losses(training), **{k: training[k] for k in keys if k in training}}
 
@@ -148,7 +148,9 @@ def _losses(training: dict) -> list[str]:
     if training.get("distill_weight", 0) > 0:
         losses.append(f"distillation from {teacher} (centred cosine) x {training['distill_weight']}")
     if training.get("relation_weight", 0) > 0:
-        losses.append(f"relational distillation from {teacher} (its raw cosines between a batch's faces) "
+        pairs = "a batch's faces" if training.get("relation_closest", 1.0) >= 1.0 else \
+            f"the closest {training['relation_closest']:g} of a batch's pairs"
+        losses.append(f"relational distillation from {teacher} (its raw cosines between {pairs}) "
                       f"x {training['relation_weight']}")
     return losses
 

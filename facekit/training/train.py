@@ -61,6 +61,7 @@ class TrainConfig:
     teacher: str | None = None  # .npy of teacher embeddings, row i for crop i; may be partial (load_teacher)
     distill_weight: float = 0.0
     relation_weight: float = 0.0  # relational_distillation_loss, on the same teacher file
+    relation_closest: float = 1.0  # the fraction of a batch's closest pairs the relational loss compares
     min_per_class: int = 2
     limit_classes: int | None = None
     cache_dir: str | None = None
@@ -234,6 +235,8 @@ def earlier_stages(init_from: str | None) -> list[dict]:
 
 
 def train(config: TrainConfig) -> dict:
+    if not 0.0 < config.relation_closest <= 1.0:
+        raise ValueError(f"--relation-closest takes a fraction of the pairs in (0, 1], not {config.relation_closest}")
     if config.average_from is not None and not 0.0 <= config.average_from < 1.0:
         raise ValueError(f"--average-from takes a fraction of the run in [0, 1), not {config.average_from}")
     rank, local_rank, world = _distributed()
@@ -392,7 +395,7 @@ def train(config: TrainConfig) -> dict:
         if teacher_raw is not None:
             target = teacher_raw[index.to(teacher_raw.device)]
             known = torch.isfinite(target[:, 0])
-            parts["relation"] = relational_distillation_loss(raw[known], target[known])
+            parts["relation"] = relational_distillation_loss(raw[known], target[known], config.relation_closest)
         loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
                 + config.distill_weight * parts["distill"] + config.relation_weight * parts["relation"])
         optimizer.zero_grad(set_to_none=True)
