@@ -101,6 +101,6 @@ def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, c
         count = max(3, int(closest * pairs.shape[1]))
         chosen = torch.zeros(pairs.shape[1], dtype=torch.bool, device=pairs.device)
         for cosines in pairs.detach():
-            chosen[cosines.topk(min(count, len(cosines))).indices] = True
+            chosen[cosines.topk(count).indices] = True  # count <= the pairs: N >= 3 gives at least 3
         pairs = pairs[:, chosen]
     return 1.0 - torch.corrcoef(pairs)[0, 1]
