@@ -33,8 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="relational distillation: pull the student's cosines between a batch's faces towards "
                              "the teacher's own (un-centred) ones")
     parser.add_argument("--relation-closest", type=float, default=1.0, metavar="FRACTION",
-                        help="compare only this fraction of a batch's pairs, those the student or the teacher "
-                             "finds closest (default: all pairs)")
+                        help="compare only this fraction of a batch's pairs, those the teacher finds closest "
+                             "(default: all pairs)")
     parser.add_argument("--limit-classes", type=int, help="use only the first N identities (quick runs)")
     parser.add_argument("--cache-dir", help="where decoded crops are cached between runs")
     parser.add_argument("--val-pairs", help="LFW-style pairs.txt for the evaluation callback")
