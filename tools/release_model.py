@@ -149,7 +149,7 @@ def _losses(training: dict) -> list[str]:
         losses.append(f"distillation from {teacher} (centred cosine) x {training['distill_weight']}")
     if training.get("relation_weight", 0) > 0:
         pairs = "a batch's faces" if training.get("relation_closest", 1.0) >= 1.0 else \
-            f"the closest {training['relation_closest']:g} of a batch's pairs"
+            f"the {training['relation_closest']:g} of a batch's pairs it finds closest"
         losses.append(f"relational distillation from {teacher} (its raw cosines between {pairs}) "
                       f"x {training['relation_weight']}")
     return losses
