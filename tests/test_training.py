@@ -69,6 +69,7 @@ def test_relational_distillation_asks_only_for_the_teachers_order_of_pairs():
     with torch.no_grad():
         assert relational_distillation_loss(student - 0.5 * student.grad, teacher).item() < before.item()
 
+
 def test_relational_distillation_can_compare_only_the_closest_pairs():
     generator = torch.Generator().manual_seed(1)
     teacher = torch.nn.functional.normalize(torch.randn(40, 8, generator=generator), dim=1)

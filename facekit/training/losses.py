@@ -90,9 +90,8 @@ def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, c
 
     closest < 1 takes the correlation over only that fraction of the pairs, those the teacher finds closest.
     Over all pairs the many clearly different faces rule the correlation; TAR at a low false-accept rate is
-    decided by the few close ones. The teacher alone chooses: adding the pairs the student finds closest
-    (as an earlier version did) picks pairs because the two sides disagree on them, which drove the
-    correlation to zero in a pilot and kept it there.
+    decided by the few close ones. The teacher alone chooses: letting in the pairs the student finds closest
+    too would pick pairs because the two sides disagree on them (in a pilot it held the correlation near 0).
     """
     if len(student) < 3:
         return student.sum() * 0.0

@@ -61,7 +61,7 @@ class TrainConfig:
     teacher: str | None = None  # .npy of teacher embeddings, row i for crop i; may be partial (load_teacher)
     distill_weight: float = 0.0
     relation_weight: float = 0.0  # relational_distillation_loss, on the same teacher file
-    relation_closest: float = 1.0  # the fraction of a batch's closest pairs the relational loss compares
+    relation_closest: float = 1.0  # the fraction of a batch's pairs (the teacher's closest) it compares
     min_per_class: int = 2
     limit_classes: int | None = None
     cache_dir: str | None = None
