@@ -28,6 +28,12 @@ def load_tool():
 
 
 @pytest.fixture(scope="session")
+def tool_script():
+    """The path of one of the scripts in tools/, to run in a subprocess."""
+    return lambda name: str(TOOLS / f"{name}.py")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"research data not found at {SHARED_DATA} (only available on the development machines)")

@@ -19,7 +19,6 @@ from facekit.cli import main
 from facekit.datastore import Gallery
 from facekit.representation import DEFAULT_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 FACE_KEYS = {"box", "landmarks", "identity", "similarity", "candidates"}
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_names_both_people_and_starts_a_fresh_gallery_each_run(tmp_path):
+def test_demo_names_both_people_and_starts_a_fresh_gallery_each_run(tmp_path, tool_script):
     for _ in range(2):  # the second run must not reuse (or trip over) the first run's gallery
-        result = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--workdir", str(tmp_path / "demo")],
+        result = subprocess.run([sys.executable, tool_script("demo"), "--workdir", str(tmp_path / "demo")],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         assert "4 faces enrolled, 0 already enrolled" in result.stdout

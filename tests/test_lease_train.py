@@ -17,8 +17,6 @@ import torch
 from facekit.representation import load_model
 from facekit.training.data import load_crops
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _small_pool(root: Path, shared_data: Path, identities: int = 5, per_identity: int = 4) -> None:
     """A pool in the layout of ../shared/data/train (two zip shards + manifest), of real crops."""
@@ -68,7 +66,7 @@ def test_lease_round_trip_on_the_cpu(tmp_path, shared_data, load_tool):
                "--distill-weight", "1", "--average-from", "0.5"]  # the mean, not the last step, must come back
     without_faiss = ("import runpy, sys; sys.modules['faiss'] = None; sys.argv = sys.argv[1:]; "
                      "runpy.run_path(sys.argv[0], run_name='__main__')")
-    completed = subprocess.run([sys.executable, "-c", without_faiss, str(ROOT / "tools" / "lease_train.py"), *command],
+    completed = subprocess.run([sys.executable, "-c", without_faiss, lease.__file__, *command],
                                capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path / "out")})
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
-def test_lfw_round_trip_through_the_cli(shared_data):
+def test_lfw_round_trip_through_the_cli(shared_data, tool_script):
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "round_trip.py"), "--lfw", str(shared_data / "lfw" / "images"),
+        [sys.executable, tool_script("round_trip"), "--lfw", str(shared_data / "lfw" / "images"),
          "--people", "20", "--json", "--sweep"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)

@@ -20,8 +20,6 @@ import pytest
 from facekit.evaluation import Pair
 from facekit.training.data import load_crops
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
 
 @pytest.fixture(scope="module")
 def teachers(load_tool):
@@ -173,7 +171,7 @@ def check_teacher_in_crop_order(teachers, teacher_name: str, crop_folder: Path, 
 
     # Worker processes give the same rows in the same order (run as a script, as it would be).
     in_parallel = tmp_path / f"{teacher_name}-parallel.npy"
-    subprocess.run([sys.executable, str(TOOLS / "teacher_embeddings.py"), str(crop_folder), "--teacher", teacher_name,
+    subprocess.run([sys.executable, teachers.__file__, str(crop_folder), "--teacher", teacher_name,
                     "--output", str(in_parallel), "--quiet", "--workers", "2"], check=True)
     np.testing.assert_allclose(np.load(in_parallel), rows, atol=1e-5)
 

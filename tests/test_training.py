@@ -21,8 +21,6 @@ from facekit.training.data import PKSampler, augment, load_crops, load_teacher, 
 from facekit.training.losses import CombinedMarginLoss, DistillationLoss, relational_distillation_loss, triplet_loss
 from facekit.training.train import TrainConfig, class_mean_embeddings, train
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_margin_lowers_the_true_class_logit():
     torch.manual_seed(0)
@@ -162,7 +160,7 @@ def _crop_folder(root, shared_data, identities: int = 6, per_identity: int = 6):
     return chosen
 
 
-def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
+def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script):
     _crop_folder(tmp_path / "crops", shared_data)
     crops = load_crops(tmp_path / "crops")
     assert crops.images.shape[1:] == (112, 112, 3) and crops.num_classes == 6
@@ -208,7 +206,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
         train(TrainConfig(**{**vars(released), "output": str(tmp_path / "narrower"), "width": 0.0625,
                              "init_from": str(tmp_path / "wider" / "model.safetensors")}))
     # Releasing the fine-tune writes a card that accounts for both stages.
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "tuned"),
+    subprocess.run([sys.executable, tool_script("release_model"), str(tmp_path / "tuned"),
                     "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
     card = json.loads((tmp_path / "shipped" / "model.json").read_text())
     assert len(card["training"]["stages_before"]) == 1
@@ -226,7 +224,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
         third = TrainConfig(**{**vars(tuned), "output": str(tmp_path / f"third{stale}"),
                                "init_from": str(tmp_path / "tuned" / "checkpoint.pt")})
         train(third)
-        subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), third.output,
+        subprocess.run([sys.executable, tool_script("release_model"), third.output,
                         "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
         card = json.loads((tmp_path / "shipped" / "model.json").read_text())
         assert len(card["training"]["stages_before"]) == 2, stale
@@ -235,14 +233,14 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     fourth = TrainConfig(**{**vars(tuned), "output": str(tmp_path / "fourth"),
                             "init_from": str(tmp_path / "shipped" / "model.safetensors")})
     train(fourth)
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output,
+    subprocess.run([sys.executable, tool_script("release_model"), fourth.output,
                     "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
     released_again = json.loads((tmp_path / "shipped" / "model.json").read_text())["training"]
     assert len(released_again["stages_before"]) == 3
     assert released_again["total_images_seen"] == (42 + 3 + 3 + 3) * 12
     # Releasing that stage a second time (say, with a new evaluation) over the weights it started from
     # must not count the first release as one more stage.
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output,
+    subprocess.run([sys.executable, tool_script("release_model"), fourth.output,
                     "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
     assert json.loads((tmp_path / "shipped" / "model.json").read_text())["training"] == released_again
     first_two = card["training"]["stages_before"]
@@ -253,7 +251,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     from facekit.export import model_fingerprint
 
     others = [tmp_path / "run" / "model", tmp_path / "tuned" / "model"]
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), fourth.output, "--average-with",
+    subprocess.run([sys.executable, tool_script("release_model"), fourth.output, "--average-with",
                     *map(str, others), "--output", str(tmp_path / "soup" / "model")], check=True, capture_output=True)
     files = [Path(fourth.output) / "model", *others, tmp_path / "soup" / "model"]
     run, first, second, soup = (load_file(str(path.with_suffix(".safetensors"))) for path in files)
@@ -273,7 +271,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data):
     assert session_weights_key(soup_onnx) == weights_key(tmp_path / "soup" / "model")
 
 
-def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
+def test_distillation_from_a_partial_teacher(tmp_path, shared_data, tool_script):
     _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
     rng = np.random.default_rng(0)
     teacher = np.zeros((16, 8), np.float32)
@@ -289,7 +287,7 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data):
         values = [float(row[loss]) for row in rows]
         assert all(np.isfinite(values)) and max(values) > 0, loss
     assert result["teacher_targets"] == 8  # the card says how much of the pool had a target
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "run"),
+    subprocess.run([sys.executable, tool_script("release_model"), str(tmp_path / "run"),
                     "--output", str(tmp_path / "released" / "model")], check=True, capture_output=True)
     stage = json.loads((tmp_path / "released" / "model.json").read_text())["training"]
     assert stage["relation_closest"] == 0.5
@@ -362,7 +360,7 @@ def test_bf16_autocast_on_the_cpu_trains(tmp_path, shared_data):
     assert card["training"]["bf16"] is True and card["model"]["width"] == 0.125
 
 
-def test_weight_averaging_ships_the_mean_of_the_tail_and_resumes(tmp_path, shared_data):
+def test_weight_averaging_ships_the_mean_of_the_tail_and_resumes(tmp_path, shared_data, tool_script):
     _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
     config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
                          embedding_size=32, batch_size=8, epochs=4, lr=0.05, average_from=0.5, device="cpu")
@@ -378,12 +376,12 @@ def test_weight_averaging_ships_the_mean_of_the_tail_and_resumes(tmp_path, share
              if value.is_floating_point() and not torch.allclose(value, live[name])]
     assert len(moved) > len(live) // 2  # the mean is not the last step's weights
     # Releasing the run ships the mean too (release_model reads the checkpoint, which holds both).
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "run"),
+    subprocess.run([sys.executable, tool_script("release_model"), str(tmp_path / "run"),
                     "--output", str(tmp_path / "released" / "model")], check=True, capture_output=True)
     released, _ = load_model(tmp_path / "released" / "model")
     for name, value in released.state_dict().items():
         assert torch.equal(value, shipped.state_dict()[name]), name
-    subprocess.run([sys.executable, str(ROOT / "tools" / "release_model.py"), str(tmp_path / "run"), "--last-step",
+    subprocess.run([sys.executable, tool_script("release_model"), str(tmp_path / "run"), "--last-step",
                     "--output", str(tmp_path / "last-step" / "model")], check=True, capture_output=True)
     last_step, _ = load_model(tmp_path / "last-step" / "model")
     for name, value in last_step.state_dict().items():

@@ -10,8 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def make_clip(path: Path, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray, frames: int = 30) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
@@ -24,7 +22,7 @@ def make_clip(path: Path, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarra
     writer.release()
 
 
-def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr):
+def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
     clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr)
     people = tmp_path / "people"
@@ -34,7 +32,7 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     enroll = subprocess.run([sys.executable, "-m", "facekit.cli", "enroll", str(people), "--gallery", str(gallery),
                              "--quiet"], capture_output=True, text=True)
     assert enroll.returncode == 0, enroll.stderr
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "webcam.py"), "--headless", "--source", str(clip),
+    result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
                              "--output", str(out), "--max-frames", "20", "--gallery", str(gallery)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -53,7 +51,7 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     assert np.abs(frame.astype(int) - original.astype(int)).sum() > 10_000
 
 
-def test_webcam_reports_a_bad_source(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "webcam.py"), "--headless", "--source",
+def test_webcam_reports_a_bad_source(tmp_path, tool_script):
+    result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source",
                              str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
