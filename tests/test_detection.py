@@ -147,6 +147,30 @@ def test_live_haar_detector_skips_the_retries(shared_data: Path) -> None:
         shared_data / "demo" / "facenet_pytorch" / "multiface.jpg")))) >= 5
 
 
+def test_detect_near_follows_known_faces_and_nothing_else(haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray,
+                                                         grace_hopper_bgr: np.ndarray) -> None:
+    """A video loop's cheap search between full ones: around last frame's boxes, a little off, it finds the same
+    faces with the same landmarks; it finds nothing where no face was, and one face searched twice once."""
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[100:400, 40:340] = cv2.resize(astronaut_bgr, (300, 300))
+    frame[150:406, 420:620] = cv2.resize(grace_hopper_bgr, (200, 256))
+    full = sorted(haar.detect(frame), key=lambda face: face.box[0])
+    assert len(full) == 2
+    last_frame_boxes = [(x + 0.1 * w, y - 0.1 * h, 1.15 * w, 1.15 * h) for x, y, w, h in (f.box for f in full)]
+    near = sorted(haar.detect_near(frame, last_frame_boxes), key=lambda face: face.box[0])
+    assert len(near) == 2
+    for face, twin in zip(near, full):
+        assert_plausible(face)
+        assert nme(face.landmarks, twin.landmarks) < 0.05
+        assert face.box[2] == pytest.approx(twin.box[2], rel=0.2)
+    astronaut = full[0].box
+    only_astronaut = haar.detect_near(frame, [astronaut])  # Grace Hopper is elsewhere, so not found
+    assert [f.box[0] for f in only_astronaut] == pytest.approx([astronaut[0]], abs=0.1 * astronaut[2])
+    assert len(haar.detect_near(frame, [astronaut, (astronaut[0] + 8, astronaut[1] + 8, *astronaut[2:])])) == 1
+    assert haar.detect_near(frame, [(500.0, 10.0, 80.0, 80.0)]) == []  # grey background only
+    assert haar.detect_near(frame, []) == []
+
+
 def test_landmark_bias_correction_turns_and_scales_with_the_face(haar: HaarLandmarkDetector) -> None:
     """The calibrated offset lives in the face's own frame, so moving, turning and scaling a face must move its
     correction the same way."""

@@ -36,8 +36,10 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
                              "--output", str(out), "--max-frames", "20", "--gallery", str(gallery)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    match = re.search(r"(\d+) frames, ([\d.]+) frames per second", result.stdout)
+    match = re.search(r"(\d+) frames, ([\d.]+) frames per second, ([\d.]+) faces per frame", result.stdout)
     assert match and int(match.group(1)) == 20 and float(match.group(2)) > 0
+    # Both faces are in every frame; four frames in five search only around them (Haar, --search-every 5).
+    assert float(match.group(3)) >= 1.9
     video = cv2.VideoCapture(str(out))
     ok, frame = video.read()
     assert ok and frame.shape == (480, 640, 3)
@@ -49,6 +51,12 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     source = cv2.VideoCapture(str(clip))
     original = source.read()[1]
     assert np.abs(frame.astype(int) - original.astype(int)).sum() > 10_000
+
+
+def test_webcam_rejects_a_search_interval_below_one(tool_script):
+    result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--search-every", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--search-every" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_webcam_reports_a_bad_source(tmp_path, tool_script):
