@@ -24,7 +24,8 @@ the largest process). facekit's figures use its defaults: mirror test-time augme
 (except the webcam loop, which turns it off), the embedder backend "auto" picks, and the default
 detector (Haar + landmark CNN unless FACEKIT_YUNET_MODEL is set) with YuNet figures alongside.
 face_recognition's defaults too: HOG detection upsampled once, 5-point landmarks, one jitter;
-its webcam loop detects at the frame's own size (no upsampling), which finds faces from 80 px.
+its webcam loop detects at the frame's own size (no upsampling), which finds faces from 80 px, on the
+schedule of tools/webcam.py with Haar: the whole frame every 5th frame, around the known faces in between.
 """
 
 from __future__ import annotations
