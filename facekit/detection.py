@@ -29,6 +29,8 @@ HAAR_CONFIRM_CASCADE = "haarcascade_frontalface_alt2.xml"
 # two video frames), at sizes within a factor 1.4 of it.
 NEAR_MARGIN = 0.5
 NEAR_SIZE_RATIO = 1.4
+# detect_largest's first search: faces at least this share of the image's shorter side, as in a portrait.
+LARGE_FACE_SHARE = 0.25
 
 
 @dataclass
@@ -148,6 +150,16 @@ class HaarLandmarkDetector:
         if not kept:
             return self._detect_rolled(gray, small, scale, min_size)
         return self._with_landmarks(gray, kept, scale)
+
+    def detect_largest(self, image_bgr: np.ndarray) -> list[Face]:
+        """The largest faces, for enrolment: first only faces of at least LARGE_FACE_SHARE of the image's shorter
+        side, which skips the pyramid's fine levels, where most of the cascade's time goes (half of detect()'s
+        time on LFW's photos); only where none is that large, all of detect()."""
+        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
+        small, scale = _downscale(gray, self.max_side)
+        min_size = max(24, math.floor(self.min_face * scale), math.floor(min(small.shape) * LARGE_FACE_SHARE))
+        kept = self._cascade_boxes(small, min_size, self.scale_factor) if min(small.shape) >= min_size else []
+        return self._with_landmarks(gray, kept, scale) if kept else self.detect(image_bgr)
 
     def detect_near(self, image_bgr: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[Face]:
         """Faces close to known boxes (a video's last ones), in their place and at about their size.

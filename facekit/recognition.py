@@ -55,8 +55,11 @@ class FacePipeline:
     def identify_threshold(self) -> float:
         return self.embedder.identify_threshold
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        return self.detector.detect(image)
+    def detect(self, image: np.ndarray, largest: bool = False) -> list[Face]:
+        """largest: only the largest face will be used (enrolment), so a detector that can look for large faces
+        first (Haar's detect_largest) may skip smaller ones."""
+        detect_largest = getattr(self.detector, "detect_largest", None) if largest else None
+        return detect_largest(image) if detect_largest else self.detector.detect(image)
 
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         crops = np.stack([align_face(image, face.landmarks) for face in faces]) if faces else np.zeros((0, 112, 112, 3),
@@ -67,7 +70,7 @@ class FacePipeline:
         faces = self.detect(image)
         return [FaceEmbedding(f, e) for f, e in zip(faces, self.embed_faces(image, faces))]
 
-    def load(self, path: str | os.PathLike) -> LoadedImage:
+    def load(self, path: str | os.PathLike, largest: bool = False) -> LoadedImage:
         """Read, hash, decode and detect one file; a bad file becomes an error string, never an exception."""
         path = str(path)
         try:
@@ -83,9 +86,10 @@ class FacePipeline:
             image = decode_image(data, name=path)
         except ImageError as exc:
             return LoadedImage(path, sha256, None, [], str(exc))
-        return LoadedImage(path, sha256, image, self.detect(image))
+        return LoadedImage(path, sha256, image, self.detect(image, largest))
 
-    def load_many(self, paths: Iterable[str | os.PathLike], workers: int = 1) -> Iterator[LoadedImage]:
+    def load_many(self, paths: Iterable[str | os.PathLike], workers: int = 1,
+                  largest: bool = False) -> Iterator[LoadedImage]:
         """load() over many files, decoding and detecting ahead of the caller in a worker thread.
 
         OpenCV and torch release the GIL, so one thread of look-ahead lets detection of the next
@@ -93,16 +97,16 @@ class FacePipeline:
         """
         paths = list(paths)
         if workers <= 0 or len(paths) < 2:
-            yield from (self.load(p) for p in paths)
+            yield from (self.load(p, largest) for p in paths)
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
             window = max(2, 2 * workers)
-            pending = [pool.submit(self.load, p) for p in paths[:window]]
+            pending = [pool.submit(self.load, p, largest) for p in paths[:window]]
             next_path = len(pending)
             while pending:
                 result = pending.pop(0).result()
                 if next_path < len(paths):
-                    pending.append(pool.submit(self.load, paths[next_path]))
+                    pending.append(pool.submit(self.load, paths[next_path], largest))
                     next_path += 1
                 yield result
 
@@ -234,7 +238,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         pending.clear()
 
     bar = tqdm(total=len(pairs), desc="enrolling", unit="img", disable=not progress, file=sys.stderr)
-    for item in pipeline.load_many([path for _, path in pairs], workers=workers):
+    for item in pipeline.load_many([path for _, path in pairs], workers=workers, largest=True):
         bar.update(1)
         report.images += 1
         if item.error:

@@ -171,6 +171,24 @@ def test_detect_near_follows_known_faces_and_nothing_else(haar: HaarLandmarkDete
     assert haar.detect_near(frame, []) == []
 
 
+def test_detect_largest_skips_small_faces_and_falls_back_to_a_full_search(
+        haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray) -> None:
+    """Enrolment keeps the largest face, so Haar looks for large ones first; with none, it searches as detect()."""
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:445, :380] = cv2.resize(grace_hopper_bgr, (380, 445))  # a face of about 165 px
+    frame[280:, 440:] = cv2.resize(astronaut_bgr, (200, 200))  # one of about 37 px
+    everything = haar.detect(frame)
+    assert len(everything) == 2
+    largest = haar.detect_largest(frame)
+    assert len(largest) == 1
+    assert largest[0].box == pytest.approx(everything[0].box, abs=0.1 * everything[0].box[2])
+    assert nme(largest[0].landmarks, everything[0].landmarks) < 0.05
+    small_only = np.full((480, 640, 3), 90, np.uint8)
+    small_only[280:, 440:] = cv2.resize(astronaut_bgr, (200, 200))
+    assert len(haar.detect(small_only)) == 1
+    assert [f.box for f in haar.detect_largest(small_only)] == [f.box for f in haar.detect(small_only)]
+
+
 def test_landmark_bias_correction_turns_and_scales_with_the_face(haar: HaarLandmarkDetector) -> None:
     """The calibrated offset lives in the face's own frame, so moving, turning and scaling a face must move its
     correction the same way."""
