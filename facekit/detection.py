@@ -136,10 +136,7 @@ class HaarLandmarkDetector:
         self._lock = threading.Lock()
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
-        small, scale = _downscale(gray, self.max_side)
-        # The cascade's own window is 24 px; asking for less only wastes time.
-        min_size = max(24, math.floor(self.min_face * scale))
+        gray, small, scale, min_size = self._prepare(image_bgr)
         if min(small.shape) < min_size:
             return []
         kept = self._cascade_boxes(small, min_size, self.scale_factor)
@@ -155,9 +152,8 @@ class HaarLandmarkDetector:
         """The largest faces, for enrolment: first only faces of at least LARGE_FACE_SHARE of the image's shorter
         side, which skips the pyramid's fine levels, where most of the cascade's time goes (half of detect()'s
         time on LFW's photos); only where none is that large, all of detect()."""
-        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
-        small, scale = _downscale(gray, self.max_side)
-        min_size = max(24, math.floor(self.min_face * scale), math.floor(min(small.shape) * LARGE_FACE_SHARE))
+        gray, small, scale, min_size = self._prepare(image_bgr)
+        min_size = max(min_size, math.floor(min(small.shape) * LARGE_FACE_SHARE))
         kept = self._cascade_boxes(small, min_size, self.scale_factor) if min(small.shape) >= min_size else []
         return self._with_landmarks(gray, kept, scale) if kept else self.detect(image_bgr)
 
@@ -168,15 +164,14 @@ class HaarLandmarkDetector:
         band of sizes, the cascade does a small fraction of that work. Faces anywhere else are not found,
         so a video loop still needs a full detect() now and then. No retries: the next frame is another chance.
         """
-        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
-        small, scale = _downscale(gray, self.max_side)
+        gray, small, scale, smallest = self._prepare(image_bgr)
         found: list[tuple[np.ndarray, float]] = []
         for box in boxes:
             x, y, w, h = (v * scale for v in box)
             margin = NEAR_MARGIN * max(w, h)
             x0, y0 = max(0, math.floor(x - margin)), max(0, math.floor(y - margin))
             x1, y1 = min(small.shape[1], math.ceil(x + w + margin)), min(small.shape[0], math.ceil(y + h + margin))
-            min_size = max(24, math.floor(self.min_face * scale), math.floor(min(w, h) / NEAR_SIZE_RATIO))
+            min_size = max(smallest, math.floor(min(w, h) / NEAR_SIZE_RATIO))
             max_size = math.ceil(max(w, h) * NEAR_SIZE_RATIO)
             if min(x1 - x0, y1 - y0) < min_size or max_size < min_size:
                 continue
@@ -188,6 +183,13 @@ class HaarLandmarkDetector:
             if all(_box_iou(near_box, other) <= 0.5 for other, _ in kept):
                 kept.append((near_box, score))
         return self._with_landmarks(gray, kept, scale)
+
+    def _prepare(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
+        """The grey image, the copy the cascade searches, its scale, and the smallest face size worth asking for."""
+        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
+        small, scale = _downscale(gray, self.max_side)
+        # The cascade's own window is 24 px; asking for less only wastes time.
+        return gray, small, scale, max(24, math.floor(self.min_face * scale))
 
     def _with_landmarks(self, gray: np.ndarray, kept: list[tuple[np.ndarray, float]], scale: float) -> list[Face]:
         """Faces from boxes in the downscaled image's pixels."""
