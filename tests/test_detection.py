@@ -6,12 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
+from facekit import detection
 from facekit.detection import (
     YUNET_ENV_VAR,
     Face,
     HaarLandmarkDetector,
     YuNetDetector,
+    box_iou,
     create_detector,
+    suppress_overlaps,
 )
 
 
@@ -136,6 +139,32 @@ def test_second_cascade_vouches_for_weak_faces(
     assert faces[0].score < haar.score_threshold  # it came from the weak search, not the usual one
     assert_plausible(faces[0])
     assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.15
+
+
+def test_suppress_overlaps_keeps_the_best_scored_of_overlapping_boxes() -> None:
+    boxes = [(np.array([0, 0, 100, 100]), 0.6), (np.array([30, 0, 100, 100]), 0.9),  # IoU 0.54
+             (np.array([75, 0, 100, 100]), 0.8),  # IoU 0.14 with the first, 0.38 with the second
+             (np.array([300, 300, 50, 50]), 0.2)]
+    kept = suppress_overlaps(boxes, max_iou=0.3)
+    assert [(int(box[0]), score) for box, score in kept] == [(30, 0.9), (300, 0.2)]
+    assert len(suppress_overlaps(boxes, max_iou=1.0)) == 4
+    assert suppress_overlaps([], max_iou=0.3) == []
+
+
+@pytest.mark.parametrize("name", ["Tony_Blair/Tony_Blair_0091.jpg", "Charlton_Heston/Charlton_Heston_0004.jpg"])
+def test_one_face_seen_at_two_offsets_is_reported_once(
+    haar: HaarLandmarkDetector, yunet: YuNetDetector, shared_data: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = cv2.imread(str(shared_data / "lfw" / "images" / name))
+    truth = yunet.detect(image)
+    assert len(truth) == 1
+    with monkeypatch.context() as patched:
+        patched.setattr(detection, "HAAR_NMS_IOU", 1.0)
+        assert len(haar.detect(image)) == 2, "the cascade no longer reports this face twice"
+    faces = haar.detect(image)
+    assert len(faces) == 1
+    assert box_iou(np.array(faces[0].box), np.array(truth[0].box)) > 0.5  # the better of the two boxes stayed
+    assert_plausible(faces[0])
 
 
 def test_live_haar_detector_skips_the_retries(shared_data: Path) -> None:

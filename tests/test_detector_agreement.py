@@ -1,0 +1,67 @@
+"""tools/detector_agreement.py: its box matching, and a real run of both detectors on bundled photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+
+from facekit.detection import Face
+
+
+def _face(x: float, y: float, size: float, score: float = 0.9) -> Face:
+    return Face(box=(x, y, size, size), score=score, landmarks=np.zeros((5, 2), np.float32))
+
+
+def test_match_boxes_pairs_each_box_once_by_best_overlap(load_tool):
+    tool = load_tool("detector_agreement")
+    haar = [_face(100, 100, 50), _face(104, 104, 50), _face(400, 400, 40)]
+    yunet = [_face(101, 101, 50), _face(10, 10, 30)]
+    both, only_haar, only_yunet = tool.match_boxes(haar, yunet, min_iou=0.3)
+    # Both Haar boxes overlap the one YuNet face; it vouches only for the one it overlaps most.
+    assert [f.box[0] for f in both] == [100]
+    assert [f.box[0] for f in only_haar] == [104, 400]
+    assert [f.box[0] for f in only_yunet] == [10]
+    assert tool.match_boxes(haar[:1], yunet[:1], min_iou=0.99) == ([], haar[:1], yunet[:1])
+
+
+def test_spread_keeps_the_ends_and_the_order(load_tool):
+    tool = load_tool("detector_agreement")
+    paths = list(range(100))
+    assert tool.spread(paths, None) == paths
+    assert tool.spread(paths, 4) == [0, 25, 50, 75]
+    assert tool.spread(paths, 500) == paths
+
+
+def test_a_misfire_on_coins_is_reported_as_haar_only(tmp_path, load_tool, astronaut_bgr, grace_hopper_path,
+                                                      yunet_model, capsys):
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "astronaut.png"), astronaut_bgr)
+    shutil.copy(grace_hopper_path, photos / "grace_hopper.jpg")
+    # scikit-image's coins: no face, but round shaded shapes the Haar cascade takes for faces.
+    cv2.imwrite(str(photos / "coins.png"), data.coins())
+    (photos / "notes.jpg").write_text("not an image")
+
+    code = load_tool("detector_agreement").main(["--root", str(photos), "--yunet-model", str(yunet_model), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 3 and result["unreadable"] == 1
+    assert result["both"] == 2  # one portrait each, found by both detectors
+    assert result["haar_only"] >= 1 and result["images_with_haar_only"] == 1
+    assert {item["image"] for item in result["haar_only_boxes"]} == {str(photos / "coins.png")}
+    assert result["yunet_only"] == 0
+    percentiles = result["haar_score_percentiles"]
+    assert set(percentiles) == {"both", "haar_only"}
+    assert percentiles["both"]["5"] <= percentiles["both"]["50"] <= 1
+
+
+def test_missing_inputs_are_usage_errors(tmp_path, load_tool, capsys):
+    tool = load_tool("detector_agreement")
+    assert tool.main(["--root", str(tmp_path / "absent")]) == 2
+    assert tool.main(["--root", str(tmp_path), "--yunet-model", str(tmp_path / "absent.onnx")]) == 2
+    assert "error:" in capsys.readouterr().err
