@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the offline Haar default and YuNet disagree: boxes only one of them finds, over a folder of photos.
 
-    python tools/detector_agreement.py                       # the 7,701 LFW test images, about 10 minutes
+    python tools/detector_agreement.py                       # the 7,701 LFW test images, about 7 minutes
     python tools/detector_agreement.py --root photos/ --limit 500 --list 20 --json
 
 YuNet is the more accurate detector (see the README's Accuracy), so a box Haar reports where YuNet finds
