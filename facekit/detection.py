@@ -141,7 +141,9 @@ class HaarLandmarkDetector:
         self._lock = threading.Lock()
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        gray, small, scale, min_size = self._prepare(image_bgr)
+        return self._detect_prepared(*self._prepare(image_bgr))
+
+    def _detect_prepared(self, gray: np.ndarray, small: np.ndarray, scale: float, min_size: int) -> list[Face]:
         if min(small.shape) < min_size:
             return []
         kept = self._cascade_boxes(small, min_size, self.scale_factor)
@@ -157,10 +159,10 @@ class HaarLandmarkDetector:
         """The largest faces, for enrolment: first only faces of at least LARGE_FACE_SHARE of the image's shorter
         side, which skips the pyramid's fine levels, where most of the cascade's time goes (half of detect()'s
         time on LFW's photos); only where none is that large, all of detect()."""
-        gray, small, scale, min_size = self._prepare(image_bgr)
-        min_size = max(min_size, math.floor(min(small.shape) * LARGE_FACE_SHARE))
+        gray, small, scale, smallest = self._prepare(image_bgr)
+        min_size = max(smallest, math.floor(min(small.shape) * LARGE_FACE_SHARE))
         kept = self._cascade_boxes(small, min_size, self.scale_factor) if min(small.shape) >= min_size else []
-        return self._with_landmarks(gray, kept, scale) if kept else self.detect(image_bgr)
+        return self._with_landmarks(gray, kept, scale) if kept else self._detect_prepared(gray, small, scale, smallest)
 
     def detect_near(self, image_bgr: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[Face]:
         """Faces close to known boxes (a video's last ones), in their place and at about their size.

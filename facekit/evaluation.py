@@ -9,8 +9,11 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,12 @@ def read_lfw_pairs(pairs_file: str | Path, image_root: str | Path) -> list[Pair]
     return pairs
 
 
-def spread_subset(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    """Every k-th pair, so a quick run still has same and different pairs in every fold."""
-    if not limit or limit >= len(pairs):
-        return pairs
-    return pairs[:: len(pairs) // limit][:limit]
+def spread_subset(items: list[T], limit: int | None) -> list[T]:
+    """Every k-th item, so a quick run still covers the whole list (for pairs: same and different ones in every
+    fold)."""
+    if not limit or limit >= len(items):
+        return items
+    return items[:: len(items) // limit][:limit]
 
 
 def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list[Pair]:

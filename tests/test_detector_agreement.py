@@ -27,12 +27,12 @@ def test_match_boxes_pairs_each_box_once_by_best_overlap(load_tool):
     assert tool.match_boxes(haar[:1], yunet[:1], min_iou=0.99) == ([], haar[:1], yunet[:1])
 
 
-def test_spread_keeps_the_ends_and_the_order(load_tool):
-    tool = load_tool("detector_agreement")
+def test_limit_spreads_over_the_sorted_photos_in_order(load_tool):
+    spread = load_tool("detector_agreement").spread_subset  # facekit.evaluation's, shared with the LFW tools
     paths = list(range(100))
-    assert tool.spread(paths, None) == paths
-    assert tool.spread(paths, 4) == [0, 25, 50, 75]
-    assert tool.spread(paths, 500) == paths
+    assert spread(paths, None) == paths
+    assert spread(paths, 4) == [0, 25, 50, 75]
+    assert spread(paths, 500) == paths
 
 
 def test_a_misfire_on_coins_is_reported_as_haar_only(tmp_path, load_tool, astronaut_bgr, grace_hopper_path,

@@ -24,10 +24,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facekit.detection import Face, HaarLandmarkDetector, YuNetDetector, box_iou  # noqa: E402
-from facekit.imageio import ImageError, load_image  # noqa: E402
+from facekit.evaluation import spread_subset  # noqa: E402
+from facekit.imageio import IMAGE_EXTENSIONS, ImageError, load_image  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def match_boxes(first: list[Face], second: list[Face], min_iou: float) -> tuple[list[Face], list[Face], list[Face]]:
@@ -43,13 +43,6 @@ def match_boxes(first: list[Face], second: list[Face], min_iou: float) -> tuple[
     only_first = [face for i, face in enumerate(first) if i not in used_first]
     only_second = [face for j, face in enumerate(second) if j not in used_second]
     return both, only_first, only_second
-
-
-def spread(paths: list[Path], limit: int | None) -> list[Path]:
-    """limit paths evenly spaced over the sorted list, so a quick run still covers every part of it."""
-    if not limit or limit >= len(paths):
-        return paths
-    return [paths[int(i * len(paths) / limit)] for i in range(limit)]
 
 
 def score_percentiles(scores: list[float]) -> dict[str, float]:
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not model.is_file():
         print(f"error: no YuNet model at {model} (pass --yunet-model)", file=sys.stderr)
         return 2
-    paths = spread(sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), args.limit)
+    paths = spread_subset(sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), args.limit)
     if not paths:
         print(f"error: no photos under {root}", file=sys.stderr)
         return 1
