@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How good a distillation target is: a teacher scored on facekit's own aligned LFW crops.
 
-    python tools/teacher_lfw.py --teacher dlib --pool-table runs/dlib.npy --workers 2
+    python tools/teacher_lfw.py --teacher dlib --pool-table runs/dlib.npy
 
 The crops are those `facekit eval lfw` embeds (YuNet, the primary face, the 112x112 template; cached as
 tools/lfw_neighbours.py caches them), fed to the teacher as tools/teacher_embeddings.py feeds it the
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", default=str(Path(tempfile.gettempdir()) / "facekit_lfw_crops.npz"),
                         help="cache of the aligned crops, shared with tools/lfw_neighbours.py")
     parser.add_argument("--limit-pairs", type=int, help="a quick run on N pairs spread over the folds")
-    parser.add_argument("--workers", type=int, default=1, help="teacher processes (default: 1)")
+    parser.add_argument("--workers", type=int, default=1, help="facenet teacher processes (default: 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
 
