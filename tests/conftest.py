@@ -28,6 +28,12 @@ def load_tool():
 
 
 @pytest.fixture(scope="session")
+def teachers(load_tool):
+    """tools/teacher_embeddings.py: the dlib and FaceNet teachers, shared by the teacher and dlib-reader tests."""
+    return load_tool("teacher_embeddings")
+
+
+@pytest.fixture(scope="session")
 def tool_script():
     """The path of one of the scripts in tools/, to run in a subprocess."""
     return lambda name: str(TOOLS / f"{name}.py")

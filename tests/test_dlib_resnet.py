@@ -20,11 +20,6 @@ def dlib_resnet(load_tool):
 
 
 @pytest.fixture(scope="module")
-def teachers(load_tool):
-    return load_tool("teacher_embeddings")
-
-
-@pytest.fixture(scope="module")
 def dlib_models(teachers):
     dlib = pytest.importorskip("dlib", reason="dlib is an optional peer: pip install dlib-bin face_recognition_models")
     network = teachers.package_file("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat")

@@ -22,11 +22,6 @@ from facekit.training.data import load_crops
 
 
 @pytest.fixture(scope="module")
-def teachers(load_tool):
-    return load_tool("teacher_embeddings")
-
-
-@pytest.fixture(scope="module")
 def dlib_lfw(load_tool):
     return load_tool("eval_dlib_lfw")
 

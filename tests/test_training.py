@@ -116,12 +116,14 @@ def test_partial_teacher_rows_are_missing_targets(tmp_path):
     rows = np.zeros((5, 4), np.float32)
     rows[:2] = [[3, 0, 0, 4], [0, 2, 0, 0]]  # a teacher run that has reached crop 2 of 5 so far
     np.save(tmp_path / "teacher.npy", rows)
-    table = load_teacher(tmp_path / "teacher.npy", num_crops=6).numpy()
-    assert table.shape == (6, 4)
+    centred, raw = (targets.numpy() for targets in load_teacher(tmp_path / "teacher.npy", num_crops=6))
+    assert centred.shape == raw.shape == (6, 4)
     # Centred on the known rows' mean, then unit length: these two end up opposite.
-    np.testing.assert_allclose(np.linalg.norm(table[:2], axis=1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(table[0], -table[1], atol=1e-6)
-    assert np.isnan(table[2:]).all()
+    np.testing.assert_allclose(np.linalg.norm(centred[:2], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(centred[0], -centred[1], atol=1e-6)
+    # The relational loss's rows are only scaled to unit length.
+    np.testing.assert_allclose(raw[:2], [[0.6, 0, 0, 0.8], [0, 1, 0, 0]], atol=1e-6)
+    assert np.isnan(centred[2:]).all() and np.isnan(raw[2:]).all()
     with pytest.raises(ValueError, match="at most 3 rows"):
         load_teacher(tmp_path / "teacher.npy", num_crops=3)
 
@@ -269,6 +271,38 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script
 
     soup_onnx = create_session(tmp_path / "soup" / "model.onnx")
     assert session_weights_key(soup_onnx) == weights_key(tmp_path / "soup" / "model")
+
+
+def test_class_centres_of_a_release_are_cached_by_its_weights(tmp_path, shared_data, monkeypatch):
+    import facekit.training.train as training
+
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=1, lr=0.05, device="cpu",
+                         cache_dir=str(tmp_path / "cache"))
+    train(config)
+    release = str(tmp_path / "run" / "model.safetensors")
+    train(TrainConfig(**{**vars(config), "output": str(tmp_path / "first"), "init_from": release}))
+    [cache] = (tmp_path / "cache").glob("centres-*.npy")
+    np.testing.assert_allclose(np.linalg.norm(np.load(cache), axis=1), np.ones(4), rtol=1e-5)  # 4 identities
+
+    def pass_over_the_pool(*args, **kwargs):
+        raise RuntimeError("class centres recomputed")
+
+    # The next fine-tune from the same release reads them back instead of running the model over the pool.
+    monkeypatch.setattr(training, "class_mean_embeddings", pass_over_the_pool)
+    train(TrainConfig(**{**vars(config), "output": str(tmp_path / "second"), "init_from": release, "lr": 0.0}))
+    first, second = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["margin_loss"]["weight"]
+                     for name in ("first", "second"))
+    torch.testing.assert_close(second, torch.from_numpy(np.load(cache)))
+    assert not torch.equal(first, second)  # the first run trained its centres on from the cached ones (lr 0.05)
+    # Other weights, or a cache of the wrong shape, are computed again.
+    with pytest.raises(RuntimeError, match="recomputed"):
+        train(TrainConfig(**{**vars(config), "output": str(tmp_path / "third"),
+                             "init_from": str(tmp_path / "first" / "model.safetensors")}))
+    np.save(cache, np.zeros((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="recomputed"):
+        train(TrainConfig(**{**vars(config), "output": str(tmp_path / "fourth"), "init_from": release}))
 
 
 def test_distillation_from_a_partial_teacher(tmp_path, shared_data, tool_script):

@@ -25,6 +25,7 @@ class CropSet:
     images: np.ndarray  # (N, 112, 112, 3) uint8 RGB
     labels: np.ndarray  # (N,) int64
     class_names: list[str]
+    key: str = ""  # names the pool and its filters, for caches of what is computed from it
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +83,7 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
     cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as cached:
-            return CropSet(cached["images"], cached["labels"], class_names)
+            return CropSet(cached["images"], cached["labels"], class_names, key)
 
     label_of = {name: i for i, name in enumerate(class_names)}
     images = np.empty((len(rows), 112, 112, 3), np.uint8)
@@ -109,12 +110,12 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, images=images, labels=labels)
         tmp.replace(cache)
-    return CropSet(images, labels, class_names)
+    return CropSet(images, labels, class_names, key)
 
 
-def load_teacher(path: str | Path, num_crops: int, centre: bool = True) -> torch.Tensor:
-    """Teacher embeddings (row i for crop i), centred (unless centre=False) and L2-normalised; NaN rows have
-    no target.
+def load_teacher(path: str | Path, num_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher embeddings (row i for crop i), L2-normalised: centred first (the distillation targets), and
+    as they are (the relational loss's); NaN rows have no target.
 
     A teacher run still in progress (tools/teacher_embeddings.py's OUTPUT.partial.npy) has zero rows
     for the crops it has not reached, so training can distil from whatever part of the pool is done.
@@ -125,14 +126,17 @@ def load_teacher(path: str | Path, num_crops: int, centre: bool = True) -> torch
     table = np.full((num_crops, rows.shape[1]), np.nan, np.float32)
     table[:len(rows)] = rows
     known = np.linalg.norm(table, axis=1) > 0
+    centred = table.copy()
     # dlib's descriptors share a large common component (random crops: mean cosine 0.84); a cosine
     # target would be mostly that offset, and distilling it collapsed the student's embeddings.
-    if centre:
-        table[known] -= table[known].mean(0)
+    centred[known] -= centred[known].mean(0)
+    return _unit_rows(centred), _unit_rows(table)
+
+
+def _unit_rows(table: np.ndarray) -> torch.Tensor:
     norms = np.linalg.norm(table, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        table = np.where(norms > 0, table / norms, np.nan)
-    return torch.from_numpy(table.astype(np.float32))
+        return torch.from_numpy(np.where(norms > 0, table / norms, np.nan).astype(np.float32))
 
 
 class PKSampler:
