@@ -26,8 +26,11 @@ class CliError(Exception):
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--detector", choices=["auto", "yunet", "haar"], default="auto",
-                        help="face detector; auto uses YuNet when a model file is configured (default: auto)")
+    from facekit.detection import DETECTOR_BACKENDS
+
+    parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
+                        help="face detector; auto uses YuNet when a model file is configured, else MTCNN "
+                             "(default: auto)")
     parser.add_argument("--yunet-model", metavar="PATH", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
     parser.add_argument("--weights", metavar="PATH", help="embedding model (.safetensors + .json card)")
     parser.add_argument("--min-face", type=int, default=20, metavar="PX", help="smallest face width (default: 20)")

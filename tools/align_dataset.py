@@ -18,7 +18,7 @@ import cv2
 from tqdm import tqdm
 
 from facekit.alignment import align_face
-from facekit.detection import create_detector
+from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.imageio import IMAGE_EXTENSIONS, ImageError, load_image
 from facekit.recognition import primary_face
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("raw_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--detector", choices=["auto", "yunet", "haar"], default="auto")
+    parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto")
     parser.add_argument("--yunet-model")
     parser.add_argument("--min-face", type=int, default=20)
     args = parser.parse_args(argv)

@@ -22,10 +22,10 @@ enrolment) use a pool of that many processes; latency figures (identify, webcam)
 both sides. Each side runs in its own child process, so the peak RSS is its own (for dlib's pool,
 the largest process). facekit's figures use its defaults: mirror test-time augmentation on
 (except the webcam loop, which turns it off), the embedder backend "auto" picks, and the default
-detector (Haar + landmark CNN unless FACEKIT_YUNET_MODEL is set) with YuNet figures alongside.
+detector (MTCNN unless FACEKIT_YUNET_MODEL is set) with YuNet figures alongside.
 face_recognition's defaults too: HOG detection upsampled once, 5-point landmarks, one jitter;
 its webcam loop detects at the frame's own size (no upsampling), which finds faces from 80 px, on the
-schedule of tools/webcam.py with Haar: the whole frame every 5th frame, around the known faces in between.
+schedule of tools/webcam.py with MTCNN: the whole frame every 5th frame, around the known faces in between.
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ def dlib_side(work: Path, args: argparse.Namespace) -> dict:
 
 
 def dlib_webcam(fr, gallery: np.ndarray, work: Path, frames: int) -> tuple[float, float]:
-    """The same loop as tools/webcam.py's with Haar: the whole frame searched every 5th frame and, in between,
+    """The same loop as tools/webcam.py's with MTCNN or Haar: the whole frame searched every 5th frame and, in between,
     only around the last frame's faces (half a face's size on each side); encode when the faces change or every
     15 frames."""
     capture = cv2.VideoCapture(str(work / "clip.avi"))

@@ -6,9 +6,9 @@
 
 Faces are detected every frame and matched to tracks by box overlap; a track is
 re-identified only when it is new or every --reidentify-every frames, because embedding
-is the expensive step and a face rarely changes identity between frames. With the Haar
-detector, whose full search is the loop's other expensive step, the whole frame is searched
-every --search-every frames and, in between, only around the faces being tracked.
+is the expensive step and a face rarely changes identity between frames. With MTCNN (the
+default) or Haar, whose full search is the loop's other expensive step, the whole frame is
+searched every --search-every frames and, in between, only around the faces being tracked.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 
 from facekit.datastore import Gallery, default_gallery_path
-from facekit.detection import create_detector
+from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
 
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="default: the model card's identify threshold")
     parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
     parser.add_argument("--search-every", type=int, default=5, metavar="N",
-                        help="frames between searches of the whole frame for new faces, Haar only (default: 5)")
-    parser.add_argument("--detector", choices=["auto", "yunet", "haar"], default="auto")
+                        help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
+    parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto")
     parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
     parser.add_argument("--headless", action="store_true", help="no window")
     parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     capture = open_source(args.source)
     writer = None
     tracker = FaceTracker()
-    # YuNet searches a whole frame about as fast as Haar searches around one face, so only Haar has this.
+    # YuNet searches a whole frame about as fast as the others search around one face, so it has no detect_near.
     detect_near = getattr(pipeline.detector, "detect_near", None)
     frames, faces_seen, started, fps = 0, 0, time.perf_counter(), 0.0
     try:
