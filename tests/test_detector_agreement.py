@@ -35,8 +35,8 @@ def test_limit_spreads_over_the_sorted_photos_in_order(load_tool):
     assert spread(paths, 500) == paths
 
 
-def test_a_misfire_on_coins_is_reported_as_haar_only(tmp_path, load_tool, astronaut_bgr, grace_hopper_path,
-                                                      yunet_model, capsys):
+def test_coins_are_a_haar_misfire_and_not_an_mtcnn_one(tmp_path, load_tool, astronaut_bgr, grace_hopper_path,
+                                                        yunet_model, capsys):
     from skimage import data
 
     photos = tmp_path / "photos"
@@ -47,17 +47,23 @@ def test_a_misfire_on_coins_is_reported_as_haar_only(tmp_path, load_tool, astron
     cv2.imwrite(str(photos / "coins.png"), data.coins())
     (photos / "notes.jpg").write_text("not an image")
 
-    code = load_tool("detector_agreement").main(["--root", str(photos), "--yunet-model", str(yunet_model), "--json"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 3 and result["unreadable"] == 1
-    assert result["both"] == 2  # one portrait each, found by both detectors
-    assert result["haar_only"] >= 1 and result["images_with_haar_only"] == 1
-    assert {item["image"] for item in result["haar_only_boxes"]} == {str(photos / "coins.png")}
-    assert result["yunet_only"] == 0
-    percentiles = result["haar_score_percentiles"]
-    assert set(percentiles) == {"both", "haar_only"}
-    assert percentiles["both"]["5"] <= percentiles["both"]["50"] <= 1
+    tool = load_tool("detector_agreement")
+    results = {}
+    for detector in ("haar", "mtcnn"):
+        assert tool.main(["--root", str(photos), "--yunet-model", str(yunet_model), "--detector", detector,
+                          "--json"]) == 0
+        results[detector] = json.loads(capsys.readouterr().out)
+    for result in results.values():
+        assert result["images"] == 3 and result["unreadable"] == 1
+        assert result["both"] == 2  # one portrait each, found by both detectors
+        assert result["yunet_only"] == 0
+        assert result["detector_score_percentiles"]["both"]["5"] <= result["detector_score_percentiles"]["both"]["50"]
+    haar, mtcnn = results["haar"], results["mtcnn"]
+    assert haar["detector"] == "HaarLandmarkDetector" and mtcnn["detector"] == "MTCNNDetector"
+    assert haar["detector_only"] >= 1 and haar["images_with_detector_only"] == 1
+    assert {item["image"] for item in haar["detector_only_boxes"]} == {str(photos / "coins.png")}
+    assert set(haar["detector_score_percentiles"]) == {"both", "detector_only"}
+    assert mtcnn["detector_only"] == 0  # MTCNN does not take the coins for faces
 
 
 def test_missing_inputs_are_usage_errors(tmp_path, load_tool, capsys):

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Where the offline Haar default and YuNet disagree: boxes only one of them finds, over a folder of photos.
+"""Where an offline detector (MTCNN, the default, or Haar) and YuNet disagree: boxes only one of them finds.
 
-    python tools/detector_agreement.py                       # the 7,701 LFW test images, about 7 minutes
+    python tools/detector_agreement.py                       # MTCNN on the 7,701 LFW test images
+    python tools/detector_agreement.py --detector haar       # Haar, about 7 minutes
     python tools/detector_agreement.py --root photos/ --limit 500 --list 20 --json
 
-YuNet is the more accurate detector (see the README's Accuracy), so a box Haar reports where YuNet finds
-no face is most often a misfire on a texture (a collar, buttons, a logo), sometimes a face YuNet misses;
-a box only YuNet finds is mostly a face Haar misses (turned, small, or in the background). Both detectors
-run as the pipeline runs them, with the same smallest face, and a box counts as found by both when the two
-overlap by more than --iou (Haar's boxes are square and YuNet's taller, so the default is loose).
+YuNet is the more accurate detector (see the README's Accuracy), so a box the other reports where YuNet
+finds no face is most often a misfire on a texture (a collar, buttons, a logo), sometimes a face YuNet
+misses; a box only YuNet finds is mostly a face the other misses (turned, small, or in the background).
+Both detectors run as the pipeline runs them, with the same smallest face, and a box counts as found by both
+when the two overlap by more than --iou (Haar's boxes are square and YuNet's taller, so the default is loose).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facekit.detection import Face, HaarLandmarkDetector, YuNetDetector, box_iou  # noqa: E402
+from facekit.detection import Detector, Face, YuNetDetector, box_iou, create_detector  # noqa: E402
 from facekit.evaluation import spread_subset  # noqa: E402
 from facekit.imageio import IMAGE_EXTENSIONS, ImageError, load_image  # noqa: E402
 
@@ -49,11 +50,11 @@ def score_percentiles(scores: list[float]) -> dict[str, float]:
     return {str(q): round(float(np.percentile(scores, q)), 3) for q in (5, 25, 50)}
 
 
-def compare(paths: list[Path], haar: HaarLandmarkDetector, yunet: YuNetDetector, min_iou: float,
+def compare(paths: list[Path], detector: Detector, yunet: YuNetDetector, min_iou: float,
             progress: bool = True) -> dict:
     images = unreadable = 0
-    both_scores: list[float] = []  # Haar's score of each face both find, to set against the Haar-only boxes'
-    haar_only: list[dict] = []
+    both_scores: list[float] = []  # the detector's score of each face both find, against its own-only boxes'
+    detector_only: list[dict] = []
     yunet_only: list[dict] = []
     for path in tqdm(paths, desc="detecting", unit="img", disable=not progress):
         try:
@@ -62,21 +63,22 @@ def compare(paths: list[Path], haar: HaarLandmarkDetector, yunet: YuNetDetector,
             unreadable += 1
             continue
         images += 1
-        found_by_both, only_haar, only_yunet = match_boxes(haar.detect(image), yunet.detect(image), min_iou)
+        found_by_both, only_detector, only_yunet = match_boxes(detector.detect(image), yunet.detect(image), min_iou)
         both_scores += [face.score for face in found_by_both]
-        haar_only += [{"image": str(path), "box": [round(v, 1) for v in f.box], "score": round(f.score, 3)}
-                      for f in only_haar]
+        detector_only += [{"image": str(path), "box": [round(v, 1) for v in f.box], "score": round(f.score, 3)}
+                          for f in only_detector]
         yunet_only += [{"image": str(path), "box": [round(v, 1) for v in f.box], "score": round(f.score, 3)}
                        for f in only_yunet]
-    haar_only_scores = [item["score"] for item in haar_only]
+    detector_only_scores = [item["score"] for item in detector_only]
     return {
-        "images": images, "unreadable": unreadable, "both": len(both_scores),
-        "haar_only": len(haar_only), "yunet_only": len(yunet_only),
-        "images_with_haar_only": len({item["image"] for item in haar_only}),
-        # Would a higher score floor drop the Haar-only boxes and keep the faces both find?
-        "haar_score_percentiles": {name: score_percentiles(scores) for name, scores
-                                   in (("both", both_scores), ("haar_only", haar_only_scores)) if scores},
-        "haar_only_boxes": sorted(haar_only, key=lambda item: -item["score"]),
+        "detector": type(detector).__name__, "images": images, "unreadable": unreadable, "both": len(both_scores),
+        "detector_only": len(detector_only), "yunet_only": len(yunet_only),
+        "images_with_detector_only": len({item["image"] for item in detector_only}),
+        # Would a higher score floor drop the detector-only boxes and keep the faces both find?
+        "detector_score_percentiles": {name: score_percentiles(scores) for name, scores
+                                       in (("both", both_scores), ("detector_only", detector_only_scores))
+                                       if scores},
+        "detector_only_boxes": sorted(detector_only, key=lambda item: -item["score"]),
         "yunet_only_boxes": sorted(yunet_only, key=lambda item: -item["score"]),
     }
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(SHARED / "lfw" / "images"), help="folder of photos, searched recursively")
     parser.add_argument("--yunet-model", default=str(SHARED / "models" / "face_detection_yunet.onnx"))
+    parser.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn", help="set against YuNet")
     parser.add_argument("--limit", type=int, help="only this many photos, evenly spread over the folder")
     parser.add_argument("--iou", type=float, default=0.3, help="overlap above which two boxes are one face")
     parser.add_argument("--list", type=int, default=10, metavar="N", help="print the N best-scored boxes of each kind")
@@ -102,17 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"error: no photos under {root}", file=sys.stderr)
         return 1
-    result = compare(paths, HaarLandmarkDetector(), YuNetDetector(model), args.iou, progress=not args.json)
+    result = compare(paths, create_detector(args.detector), YuNetDetector(model), args.iou, progress=not args.json)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{result['images']} photos, {result['unreadable']} unreadable; faces found by both: {result['both']}; "
-          f"boxes only Haar reports: {result['haar_only']}, in {result['images_with_haar_only']} of the photos; "
-          f"only YuNet reports: {result['yunet_only']}")
-    for name, percentiles in result["haar_score_percentiles"].items():
+          f"boxes only {args.detector} reports: {result['detector_only']}, in {result['images_with_detector_only']} "
+          f"of the photos; only YuNet reports: {result['yunet_only']}")
+    for name, percentiles in result["detector_score_percentiles"].items():
         below = ", ".join(f"{q} % below {v}" for q, v in percentiles.items())
-        print(f"  Haar's score, {name.replace('_', ' ')}: {below}")
-    for kind in ("haar_only", "yunet_only"):
+        print(f"  {args.detector}'s score, {name.replace('_', ' ')}: {below}")
+    for kind in ("detector_only", "yunet_only"):
         for item in result[f"{kind}_boxes"][:args.list]:
             print(f"  {kind.replace('_', ' ')}: {item['image']} box {item['box']} score {item['score']}")
     return 0
