@@ -296,13 +296,14 @@ def test_class_centres_of_a_release_are_cached_by_its_weights(tmp_path, shared_d
                      for name in ("first", "second"))
     torch.testing.assert_close(second, torch.from_numpy(np.load(cache)))
     assert not torch.equal(first, second)  # the first run trained its centres on from the cached ones (lr 0.05)
-    # Other weights, or a cache of the wrong shape, are computed again.
+    # Other weights, or a cache of the wrong shape or not readable at all, are computed again.
     with pytest.raises(RuntimeError, match="recomputed"):
         train(TrainConfig(**{**vars(config), "output": str(tmp_path / "third"),
                              "init_from": str(tmp_path / "first" / "model.safetensors")}))
-    np.save(cache, np.zeros((2, 2), np.float32))
-    with pytest.raises(RuntimeError, match="recomputed"):
-        train(TrainConfig(**{**vars(config), "output": str(tmp_path / "fourth"), "init_from": release}))
+    for damaged in (lambda: np.save(cache, np.zeros((2, 2), np.float32)), lambda: cache.write_bytes(b"\x93NUMPY")):
+        damaged()
+        with pytest.raises(RuntimeError, match="recomputed"):
+            train(TrainConfig(**{**vars(config), "output": str(tmp_path / "fourth"), "init_from": release}))
 
 
 def test_distillation_from_a_partial_teacher(tmp_path, shared_data, tool_script):

@@ -244,10 +244,12 @@ def imprinted_centres(model: torch.nn.Module, weights: str, crops: CropSet, imag
     if cache_dir:
         parts = f"{model_fingerprint(weights)}|{model.config}|{crops.key}|{len(images)}|{use_bf16}"
         cache = Path(cache_dir) / f"centres-{hashlib.sha256(parts.encode()).hexdigest()[:16]}.npy"
-        if cache.exists():
+        try:
             cached = np.load(cache)  # allow_pickle stays False: the file is data only
-            if cached.shape == (crops.num_classes, model.config.embedding_size):
-                return torch.from_numpy(cached).to(device)
+        except (OSError, ValueError):  # absent or unreadable: computed again and rewritten
+            cached = None
+        if cached is not None and cached.shape == (crops.num_classes, model.config.embedding_size):
+            return torch.from_numpy(cached).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         centres = class_mean_embeddings(model, images, labels, crops.num_classes, device)
     if cache is not None:
