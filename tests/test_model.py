@@ -72,6 +72,9 @@ def test_shipped_model_card_is_complete():
     # Search in a gallery needs a stricter bar than one comparison; both come from `facekit eval lfw`.
     assert card["threshold"] < card["identify_threshold"] < 1.0
     assert card["identify_threshold"] == card["lfw"]["threshold_at_far"]["5e-3"]
+    # What each detector scores is on record, the default's (MTCNN) included.
+    detectors = {key: card[key]["detector"] for key in ("lfw", "lfw_mtcnn", "lfw_haar")}
+    assert detectors == {"lfw": "YuNetDetector", "lfw_mtcnn": "MTCNNDetector", "lfw_haar": "HaarLandmarkDetector"}
     # Every training stage is listed once and the totals the README quotes add them up.
     stages = [*card["training"].get("stages_before", []), card["training"]]
     record_keys = set(stages[0])

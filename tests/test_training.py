@@ -207,10 +207,19 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script
     with pytest.raises(ValueError, match="larger --width"):
         train(TrainConfig(**{**vars(released), "output": str(tmp_path / "narrower"), "width": 0.0625,
                              "init_from": str(tmp_path / "wider" / "model.safetensors")}))
-    # Releasing the fine-tune writes a card that accounts for both stages.
+    # Releasing the fine-tune writes a card that accounts for both stages and records each detector's
+    # `facekit eval lfw --json`; the default thresholds come from --lfw's run alone.
+    evaluations = {}
+    for key, threshold, at_far in (("lfw", 0.43, 0.55), ("lfw_mtcnn", 0.41, 0.52)):
+        evaluations[key] = {"accuracy": 0.9, "threshold": threshold, "impostor_pairs": 1000,
+                            "threshold_at_far": {"5e-3": at_far}}
+        (tmp_path / f"{key}.json").write_text(json.dumps(evaluations[key]))
     subprocess.run([sys.executable, tool_script("release_model"), str(tmp_path / "tuned"),
+                    "--lfw", str(tmp_path / "lfw.json"), "--lfw-mtcnn", str(tmp_path / "lfw_mtcnn.json"),
                     "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
     card = json.loads((tmp_path / "shipped" / "model.json").read_text())
+    assert {key: card[key] for key in evaluations} == evaluations and "lfw_haar" not in card
+    assert (card["threshold"], card["identify_threshold"]) == (0.43, 0.55)
     assert len(card["training"]["stages_before"]) == 1
     assert card["training"]["total_images_seen"] == (42 + 3) * 12
     # A third stage still accounts for the first when the middle card lacks a stage record (older cards)

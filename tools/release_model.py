@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turn a training run into the shipped model: weights, model card and ONNX file in facekit/weights/.
 
-    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-haar lfw_haar.json] [--average-with MODEL ...]
+    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-mtcnn lfw_mtcnn.json] [--lfw-haar lfw_haar.json]
+        [--average-with MODEL ...]
 
 The card's accuracy and default thresholds come only from `facekit eval lfw --json` output,
 so what the README and the card claim is what the official protocol measured.
@@ -33,7 +34,9 @@ MAX_FILE_BYTES = 60_000_000
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="training run folder (checkpoint.pt, model.json)")
-    parser.add_argument("--lfw", type=Path, help="`facekit eval lfw --json` output to record in the card")
+    parser.add_argument("--lfw", type=Path, help="`facekit eval lfw --json` output to record in the card; the "
+                                                 "default thresholds come from it (YuNet, the detector of the pool)")
+    parser.add_argument("--lfw-mtcnn", type=Path, help="the same with MTCNN, the detector a default install runs")
     parser.add_argument("--lfw-haar", type=Path, help="the same with the offline Haar+landmark detector")
     parser.add_argument("--average-with", type=Path, nargs="+", metavar="MODEL",
                         help="ship the uniform mean of the run's weights and these models' (fine-tunes of one "
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             card["training"][f"total_{key}"] = round(sum(s.get(key, 0) for s in [*stages, training]), 1)
     if averaged:
         card["training"]["weight_average"] = averaged
-    for key, path in (("lfw", args.lfw), ("lfw_haar", args.lfw_haar)):
+    for key, path in (("lfw", args.lfw), ("lfw_mtcnn", args.lfw_mtcnn), ("lfw_haar", args.lfw_haar)):
         if path:
             card[key] = json.loads(path.read_text())
     if "lfw" in card:
