@@ -33,7 +33,11 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                              "(default: auto)")
     parser.add_argument("--yunet-model", metavar="PATH", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
     parser.add_argument("--weights", metavar="PATH", help="embedding model (.safetensors + .json card)")
-    parser.add_argument("--min-face", type=int, default=20, metavar="PX", help="smallest face width (default: 20)")
+    parser.add_argument("--min-face", type=int, metavar="PX",
+                        help="smallest face width to find, in pixels; photos over 640 px are searched on a copy "
+                             "that large, so by default faces under about 1/30 of the longer side are missed; "
+                             "asking for smaller ones searches a larger copy, which takes longer (default: 20 "
+                             "in a copy of at most 640 px)")
     parser.add_argument("--no-flip", action="store_true", help="skip mirror test-time augmentation (faster)")
 
 

@@ -42,6 +42,12 @@ LARGE_FACE_SHARE = 0.25
 # not find; tools/detector_agreement.py).
 # Boxes overlapping more than this are one face, and the better scored one stays: YuNet's own NMS overlap.
 HAAR_NMS_IOU = 0.3
+# Faces narrower than this are dropped unless a smaller min_face is asked for.
+DEFAULT_MIN_FACE = 20
+# The narrowest face each detector finds in the copy it searches: P-Net's and YuNet's smallest anchors are
+# 12-16 px, the Haar cascade's window is 24 px.
+SEARCH_FLOOR = 20
+HAAR_SEARCH_FLOOR = 24
 
 
 @dataclass
@@ -56,7 +62,7 @@ class Face:
 
 
 class Detector(Protocol):
-    min_face: int
+    min_face: int | None
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         """Faces at least min_face pixels wide, largest first."""
@@ -73,25 +79,31 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Shrink so the longer side is at most max_side; returns the image and the factor applied."""
+def _downscale(image: np.ndarray, max_side: int, min_face: int | None = None,
+               floor: int = SEARCH_FLOOR) -> tuple[np.ndarray, float]:
+    """The copy a detector searches and the factor applied: the longer side shrunk to max_side, which bounds the
+    time a large photo takes but loses faces under floor / factor pixels (about 125 px in a 4,000 px photo).
+    Asking for smaller faces (min_face) keeps them at floor pixels in a larger copy, at the cost of more time."""
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
+    if min_face:
+        scale = min(1.0, max(scale, floor / min_face))
     if scale == 1.0:
         return image, 1.0
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
-def _keep_and_sort(faces: list[Face], min_face: int) -> list[Face]:
-    return sorted((f for f in faces if f.box[2] >= min_face), key=lambda f: f.area, reverse=True)
+def _keep_and_sort(faces: list[Face], min_face: int | None) -> list[Face]:
+    narrowest = DEFAULT_MIN_FACE if min_face is None else min_face
+    return sorted((f for f in faces if f.box[2] >= narrowest), key=lambda f: f.area, reverse=True)
 
 
 class YuNetDetector:
     """OpenCV FaceDetectorYN. Detects on a copy shrunk to max_side, reports full-resolution coordinates."""
 
     def __init__(self, model_path: str | os.PathLike, score_threshold: float = 0.7, nms_threshold: float = 0.3,
-                 min_face: int = 20, max_side: int = 640) -> None:
+                 min_face: int | None = None, max_side: int = 640) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"YuNet model not found: {model_path}")
@@ -103,7 +115,7 @@ class YuNetDetector:
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         image = _as_bgr(image_bgr)
-        small, scale = _downscale(image, self.max_side)
+        small, scale = _downscale(image, self.max_side, self.min_face)
         with self._lock:
             self._net.setInputSize((small.shape[1], small.shape[0]))
             _, rows = self._net.detect(small)
@@ -119,7 +131,7 @@ class YuNetDetector:
 class HaarLandmarkDetector:
     """Bundled Haar cascade for boxes plus facekit's landmark CNN; needs no external file."""
 
-    def __init__(self, min_face: int = 20, max_side: int = 480, weights: str | os.PathLike = DEFAULT_WEIGHTS,
+    def __init__(self, min_face: int | None = None, max_side: int = 480, weights: str | os.PathLike = DEFAULT_WEIGHTS,
                  scale_factor: float = 1.1, min_neighbors: int = 5, score_threshold: float = 0.3,
                  retry_scale_factor: float | None = 1.05, confirm_weak_faces: bool = True,
                  retry_angles: tuple[float, ...] = (15.0, -15.0)) -> None:
@@ -196,9 +208,10 @@ class HaarLandmarkDetector:
     def _prepare(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
         """The grey image, the copy the cascade searches, its scale, and the smallest face size worth asking for."""
         gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
-        small, scale = _downscale(gray, self.max_side)
-        # The cascade's own window is 24 px; asking for less only wastes time.
-        return gray, small, scale, max(24, math.floor(self.min_face * scale))
+        small, scale = _downscale(gray, self.max_side, self.min_face, HAAR_SEARCH_FLOOR)
+        # Asking the cascade for less than its own window only wastes time.
+        narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
+        return gray, small, scale, max(HAAR_SEARCH_FLOOR, math.floor(narrowest * scale))
 
     def _with_landmarks(self, gray: np.ndarray, kept: list[tuple[np.ndarray, float]], scale: float) -> list[Face]:
         """Faces from boxes in the downscaled image's pixels."""
@@ -276,7 +289,7 @@ class MTCNNDetector:
     targets were computed in; the landmarks come out 0-based, like every other backend's.
     """
 
-    def __init__(self, min_face: int = 20, max_side: int = 640,
+    def __init__(self, min_face: int | None = None, max_side: int = 640,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), pyramid_factor: float = 0.709) -> None:
         model_dir = mtcnn_model_dir()
         if model_dir is None:
@@ -326,8 +339,9 @@ class MTCNNDetector:
     def _prepare(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, float]:
         """The RGB copy searched (uint8: P-Net was fed a pyramid resized in 8 bits), its scale, and the smallest
         face size in it worth asking for (P-Net's pyramid below 20 px mostly adds time)."""
-        small, scale = _downscale(_as_bgr(image_bgr), self.max_side)
-        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB), scale, max(20.0, self.min_face * scale)
+        small, scale = _downscale(_as_bgr(image_bgr), self.max_side, self.min_face)
+        narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
+        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB), scale, max(float(SEARCH_FLOOR), narrowest * scale)
 
     def _find(self, rgb: np.ndarray, min_size: float) -> tuple[np.ndarray, np.ndarray]:
         """The three stages: boxes (x1, y1, x2, y2, score; 1-based corners) and their 5 points (0-based)."""
@@ -500,10 +514,14 @@ def _haar_score(level_weight: float) -> float:
     return 1.0 / (1.0 + math.exp(-(level_weight - 3.5)))
 
 
-def create_detector(backend: str = "auto", yunet_model: str | None = None, min_face: int = 20,
+def create_detector(backend: str = "auto", yunet_model: str | None = None, min_face: int | None = None,
                     live: bool = False) -> Detector:
     """"yunet", "mtcnn", "haar" or "auto": YuNet when a model is given or FACEKIT_YUNET_MODEL names a file, else
     MTCNN (installed with facekit), else Haar.
+
+    min_face: the narrowest face to find, in pixels. None finds faces from DEFAULT_MIN_FACE pixels in photos up to
+    640 px and from about 1/30 of the longer side in larger ones, which are searched on a 640 px copy; a number
+    is honoured in any photo, by searching a larger copy where needed (slower: see _downscale).
 
     live: for a video loop. Haar then skips its retries (finer pyramid, second cascade, turned copies), which
     make a frame without a face cost 8 times as much (about 340 ms against 40 at 640x480); the next frame is
@@ -512,6 +530,8 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     """
     if backend not in DETECTOR_BACKENDS:
         raise ValueError(f"unknown detector backend: {backend!r} (choose {', '.join(DETECTOR_BACKENDS)})")
+    if min_face is not None and min_face < 1:
+        raise ValueError(f"the smallest face width must be at least 1 pixel, not {min_face}")
 
     def haar() -> HaarLandmarkDetector:
         if live:
@@ -522,7 +542,7 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     if backend == "haar":
         return haar()
     def mtcnn() -> MTCNNDetector:
-        return MTCNNDetector(min_face=max(min_face, LIVE_MTCNN_MIN_FACE) if live else min_face)
+        return MTCNNDetector(min_face=max(min_face or 0, LIVE_MTCNN_MIN_FACE) if live else min_face)
 
     if backend == "mtcnn":
         return mtcnn()

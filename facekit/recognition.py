@@ -42,7 +42,7 @@ class FacePipeline:
 
     def __init__(self, detector: Detector | None = None, embedder: Embedder | None = None, *,
                  detector_backend: str = "auto", yunet_model: str | None = None, weights: str | None = None,
-                 min_face: int = 20, flip: bool = True, device: str | None = None) -> None:
+                 min_face: int | None = None, flip: bool = True, device: str | None = None) -> None:
         self.detector = detector or create_detector(detector_backend, yunet_model, min_face)
         self.embedder = embedder or Embedder(weights, device=device)
         self.flip = flip

