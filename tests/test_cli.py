@@ -104,12 +104,9 @@ def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
     assert code != 0 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
 
 
-def test_min_face_finds_small_faces_in_a_large_photo(tmp_path, capsys, astronaut_bgr):
-    # The face is about 45 px wide in a 3200x2400 photo: too small for the default 640 px search copy.
-    photo = np.full((2400, 3200, 3), 128, np.uint8)
-    photo[1000:1256, 1500:1756] = cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA)
+def test_min_face_finds_small_faces_in_a_large_photo(tmp_path, capsys, astronaut_bgr, small_face_photo):
     large, portrait = str(tmp_path / "large.jpg"), str(tmp_path / "portrait.jpg")
-    cv2.imwrite(large, photo)
+    cv2.imwrite(large, small_face_photo)
     cv2.imwrite(portrait, astronaut_bgr)
     code, _, err = run_cli(capsys, "verify", large, portrait)
     assert code == 1 and "no face" in err and len(err.strip().splitlines()) == 1
