@@ -41,8 +41,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true", help="skip mirror test-time augmentation (faster)")
 
 
-def _add_gallery_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gallery", metavar="PATH",
+def _add_gallery_option(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--gallery", metavar="PATH", default=default,
                         help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
 
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery = commands.add_parser("gallery", help="inspect and maintain a gallery")
     _add_gallery_option(gallery)
     actions = gallery.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="one identity per line")
+    list_action = actions.add_parser("list", help="one identity per line")
     stats = actions.add_parser("stats", help="counts, index type, size on disk")
     stats.add_argument("--json", action="store_true")
     remove = actions.add_parser("remove", help="remove an identity and all its faces")
@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     rename.add_argument("old")
     rename.add_argument("new")
     rename.add_argument("--merge", action="store_true", help="merge into NEW if it exists")
-    actions.add_parser("check", help="verify that the index and the database agree (exit 1 if not)")
+    check = actions.add_parser("check", help="verify that the index and the database agree (exit 1 if not)")
     rebuild = actions.add_parser("rebuild", help="remake the search index from the database")
     rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
+    for action in (list_action, stats, remove, rename, check, rebuild):
+        # `facekit gallery list --gallery G` as well as `facekit gallery --gallery G list`.
+        _add_gallery_option(action, default=argparse.SUPPRESS)
 
     from facekit import evaluation_cli, export, training_cli
 
@@ -130,11 +133,13 @@ def open_gallery(args: argparse.Namespace, create: bool, dim: int = 512):
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from facekit.recognition import enroll
+    from facekit.recognition import collect_people, enroll
 
     people = Path(args.people_dir)
     if not people.is_dir():
         raise CliError(f"not a folder: {people}" if people.exists() else f"folder not found: {people}")
+    if not collect_people(people)[0]:
+        raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person)", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
         report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json))
@@ -172,7 +177,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
     annotate_dir = Path(args.annotate) if args.annotate else None
     if annotate_dir:
-        annotate_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            annotate_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot write annotated copies to {annotate_dir}: {exc.strerror or exc}") from exc
+    annotated: set[Path] = set()
     writer = csv.writer(sys.stdout) if args.csv else None
     if writer:
         writer.writerow(["image", "face", "x", "y", "w", "h", "identity", "similarity"])
@@ -198,12 +207,29 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     name = face["identity"] or (f"unknown (closest: {best['identity']})" if best else "unknown")
                     print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  similarity {face['similarity']:.3f}")
             if annotate_dir:
-                out = annotate_dir / (Path(item.path).stem + ".jpg")
-                cv2.imwrite(str(out), draw_results(item.image, faces))
+                out = annotated_path(annotate_dir, item.path, annotated)
+                try:
+                    written = cv2.imwrite(str(out), draw_results(item.image, faces))
+                except cv2.error:
+                    written = False
+                if not written:
+                    raise CliError(f"cannot write {out}", EXIT_FAILED)
+                annotated.add(out)
     if processed == 0:
         print("error: no image could be read", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def annotated_path(annotate_dir: Path, image_path: str, taken: set[Path]) -> Path:
+    """OUT_DIR/<stem>.annotated.jpg: the suffix keeps the copy off any photo in OUT_DIR (the input itself, when
+    OUT_DIR is its own folder), and photos of one name in different folders are numbered rather than overwritten."""
+    stem, number = Path(image_path).stem, 1
+    out = annotate_dir / f"{stem}.annotated.jpg"
+    while out in taken or out.resolve() == Path(image_path).resolve():
+        number += 1
+        out = annotate_dir / f"{stem}-{number}.annotated.jpg"
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -288,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` and closed: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a folder that cannot be created or written (read-only, no permission, a file)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

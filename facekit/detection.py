@@ -69,7 +69,8 @@ class Detector(Protocol):
         ...
 
 
-def _as_bgr(image: np.ndarray) -> np.ndarray:
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """A uint8 BGR array as it is, a grey one as BGR; anything else is a ValueError."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.size == 0:
         raise ValueError("expected a non-empty uint8 image array (use facekit.imageio.load_image)")
     if image.ndim == 2:
@@ -114,7 +115,7 @@ class YuNetDetector:
         self._lock = threading.Lock()
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        image = _as_bgr(image_bgr)
+        image = as_bgr(image_bgr)
         small, scale = _downscale(image, self.max_side, self.min_face)
         with self._lock:
             self._net.setInputSize((small.shape[1], small.shape[0]))
@@ -207,7 +208,7 @@ class HaarLandmarkDetector:
 
     def _prepare(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
         """The grey image, the copy the cascade searches, its scale, and the smallest face size worth asking for."""
-        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
+        gray = cv2.cvtColor(as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
         small, scale = _downscale(gray, self.max_side, self.min_face, HAAR_SEARCH_FLOOR)
         # Asking the cascade for less than its own window only wastes time.
         narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
@@ -339,7 +340,7 @@ class MTCNNDetector:
     def _prepare(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, float]:
         """The RGB copy searched (uint8: P-Net was fed a pyramid resized in 8 bits), its scale, and the smallest
         face size in it worth asking for (P-Net's pyramid below 20 px mostly adds time)."""
-        small, scale = _downscale(_as_bgr(image_bgr), self.max_side, self.min_face)
+        small, scale = _downscale(as_bgr(image_bgr), self.max_side, self.min_face)
         narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
         return cv2.cvtColor(small, cv2.COLOR_BGR2RGB), scale, max(float(SEARCH_FLOOR), narrowest * scale)
 

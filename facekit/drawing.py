@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import cv2
 import numpy as np
 
@@ -19,7 +21,7 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
         cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
         for px, py in face.get("landmarks", []):
             cv2.circle(canvas, (int(px), int(py)), thickness + 1, (0, 220, 255), -1)
-        label = f"{face.get('identity') or 'unknown'} {face.get('similarity', 0.0):.2f}"
+        label = _drawable(f"{face.get('identity') or 'unknown'} {face.get('similarity', 0.0):.2f}")
         scale = max(0.4, w / 250)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(0, y - th - base - 4)
@@ -29,3 +31,11 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
     if fps is not None:
         cv2.putText(canvas, f"{fps:.1f} fps", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
     return canvas
+
+
+def _drawable(label: str) -> str:
+    """The label in the ASCII that OpenCV's fonts can write: accents are dropped ("José Núñez" is drawn as
+    "Jose Nunez", where OpenCV would draw "Jos? N??ez"), and letters with no ASCII form become "?". The JSON
+    and text output keep the name as enrolled."""
+    decomposed = unicodedata.normalize("NFKD", label)
+    return "".join(c if c.isascii() else "?" for c in decomposed if not unicodedata.combining(c))

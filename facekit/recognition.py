@@ -17,7 +17,7 @@ import numpy as np
 
 from facekit.alignment import align_face
 from facekit.datastore import Gallery, GalleryError, clean_identity
-from facekit.detection import Detector, Face, create_detector
+from facekit.detection import Detector, Face, as_bgr, create_detector
 from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image
 from facekit.representation import Embedder
 
@@ -62,6 +62,7 @@ class FacePipeline:
         return detect_largest(image) if detect_largest else self.detector.detect(image)
 
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        image = as_bgr(image)  # a grey array is detected in, so it must align too
         crops = np.stack([align_face(image, face.landmarks) for face in faces]) if faces else np.zeros((0, 112, 112, 3),
                                                                                                        np.uint8)
         return self.embedder.embed(crops, flip=self.flip)

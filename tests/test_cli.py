@@ -82,8 +82,27 @@ def test_round_trip_on_bundled_photos(tmp_path, people, capsys, astronaut_bgr, g
     annotated = tmp_path / "annotated"
     code, out, _ = run_cli(capsys, "identify", str(probes), "--gallery", gallery, "--annotate", str(annotated))
     assert code == 0 and "eileen_collins" in out
-    drawn = cv2.imread(str(annotated / "eileen.jpg"))
+    drawn = cv2.imread(str(annotated / "eileen.annotated.jpg"))
     assert drawn is not None and drawn.shape == astronaut_bgr.shape
+
+
+def test_annotated_copies_never_overwrite_a_photo_or_each_other(tmp_path, people, capsys):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    # Two photos of one name in two folders, annotated into the folder of one of them.
+    photos = [people / "eileen_collins" / "a.jpg", people / "grace_hopper" / "a.jpg"]
+    originals = [photo.read_bytes() for photo in photos]
+    out_dir = photos[0].parent
+    code, _, _ = run_cli(capsys, "identify", *map(str, photos), "--gallery", gallery, "--annotate", str(out_dir))
+    assert code == 0 and [photo.read_bytes() for photo in photos] == originals
+    copies = sorted(path.name for path in out_dir.glob("*.annotated.jpg"))
+    assert copies == ["a-2.annotated.jpg", "a.annotated.jpg"]
+    # A folder that cannot be made (a file is in the way) or written is one line and a non-zero exit.
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for target in (blocker, blocker / "sub"):
+        code, _, err = run_cli(capsys, "identify", str(photos[0]), "--gallery", gallery, "--annotate", str(target))
+        assert code == 2 and err.startswith("error: cannot write annotated copies to") and err.count("\n") == 1
 
 
 def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
@@ -181,6 +200,9 @@ def test_gallery_commands(tmp_path, people, capsys):
     assert code != 0 and "nobody" in err
     code, _, err = run_cli(capsys, "gallery", "--gallery", str(tmp_path / "nothing-here"), "list")
     assert code != 0 and err.startswith("error:")
+    # --gallery also goes after the action, as it does after every other command.
+    code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", gallery)
+    assert code == 0 and out.strip().splitlines() == ["Grace Hopper"]
 
 
 def _bad_files(root: Path, grace_hopper_bgr: np.ndarray) -> dict[str, Path]:
@@ -224,6 +246,14 @@ def test_bad_input_leaves_the_gallery_intact(tmp_path, people, capsys, grace_hop
     assert code == 1 and "not found" in err
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "missing_dir"), "--gallery", gallery)
     assert code == 2 and err.strip() == f"error: folder not found: {tmp_path / 'missing_dir'}"
+    # A folder without photos says so, and makes no empty gallery where none was.
+    (tmp_path / "empty_people" / "nobody").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "enroll", str(tmp_path / "empty_people"), "--gallery", str(tmp_path / "new"))
+    assert code == 1 and err.strip().startswith("error: no photos to enroll in") and not (tmp_path / "new").exists()
+    # A gallery that cannot be created (a file is in the way) is one line too.
+    (tmp_path / "a_file").write_text("")
+    code, _, err = run_cli(capsys, "enroll", str(people), "--gallery", str(tmp_path / "a_file" / "gallery"))
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1
     with Gallery.open(gallery, create=False) as opened:
         assert len(opened) == 4 and opened.check() == []
 

@@ -15,4 +15,4 @@ def test_demo_names_both_people_and_starts_a_fresh_gallery_each_run(tmp_path, to
         named = [line for line in result.stdout.splitlines() if "similarity" in line]
         assert len(named) == 2
         assert "Grace Hopper" in named[0] and "Eileen Collins" in named[1]
-    assert (tmp_path / "demo" / "annotated" / "both.jpg").is_file()
+    assert (tmp_path / "demo" / "annotated" / "both.annotated.jpg").is_file()

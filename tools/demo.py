@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         result = subprocess.run(command)
         if result.returncode != 0:
             return result.returncode
-    print(f"annotated image: {args.workdir / 'annotated' / 'both.jpg'}")
+    print(f"annotated image: {args.workdir / 'annotated' / 'both.annotated.jpg'}")
     return 0
 
 

@@ -1,0 +1,36 @@
+"""The tiny Python API (facekit.detect_faces, face_embeddings, compare, verify, identify) on bundled photos."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+import facekit
+from facekit.datastore import Gallery
+
+
+def test_embeddings_of_colour_grey_and_file_inputs_agree(astronaut_bgr, grace_hopper_path):
+    faces = facekit.face_embeddings(astronaut_bgr)
+    assert len(faces) == 1 and faces[0][1].shape == (512,)
+    # A grey array is detected in and aligned as a grey photo; it is still the same woman.
+    grey = facekit.face_embeddings(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY))
+    assert len(grey) == 1 and facekit.compare(faces[0][1], grey[0][1]) > 0.8
+    from_file = facekit.face_embeddings(grace_hopper_path)
+    assert len(from_file) == 1 and facekit.compare(faces[0][1], from_file[0][1]) < 0.5
+    assert [face.box for face in facekit.detect_faces(astronaut_bgr)] == [faces[0][0].box]
+
+
+def test_verify_and_identify(tmp_path, astronaut_bgr, grace_hopper_bgr):
+    mirrored = np.ascontiguousarray(astronaut_bgr[:, ::-1])
+    assert facekit.verify(astronaut_bgr, mirrored)["same"] is True
+    assert facekit.verify(astronaut_bgr, grace_hopper_bgr)["same"] is False
+    with pytest.raises(ValueError, match="no face"):
+        facekit.verify(astronaut_bgr, np.full((200, 200, 3), 127, np.uint8))
+    with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
+        gallery.bind_model(facekit.pipeline().embedder.model_id)
+        gallery.add("eileen_collins", facekit.face_embeddings(astronaut_bgr)[0][1][None],
+                    [{"path": "astronaut.png", "sha256": "0" * 64, "box": [0, 0, 1, 1]}])
+        found = facekit.identify(mirrored, gallery)
+        assert [face["identity"] for face in found] == ["eileen_collins"]
+        assert [face["identity"] for face in facekit.identify(grace_hopper_bgr, gallery)] == [None]
