@@ -63,3 +63,37 @@ def test_webcam_reports_a_bad_source(tmp_path, tool_script):
     result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source",
                              str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_track_is_identified_again_when_its_face_may_be_someone_else(load_tool):
+    webcam = load_tool("webcam")
+    tracker = webcam.FaceTracker()
+    (track,) = tracker.update([(100, 100, 100, 140)], frame=0)
+    assert webcam.needs_identifying(track, 0, every=15)  # new
+    track.result, track.last_identified, track.identified_width = {"identity": "obama"}, 0, 100
+    (same,) = tracker.update([(102, 100, 100, 140)], frame=1)
+    assert same is track and not webcam.needs_identifying(track, 1, every=15)
+    # A smaller face in the same place still overlaps the track's box by more than 0.3: the same track, but
+    # a size jump, so it is named afresh rather than inheriting the last name for up to 15 frames.
+    (smaller,) = tracker.update([(115, 120, 70, 95)], frame=2)
+    assert smaller is track and webcam.needs_identifying(track, 2, every=15)
+    # Identified again, then unseen for frames and found in the same place: it may be someone else.
+    track.last_identified, track.identified_width = 2, 70
+    assert not webcam.needs_identifying(tracker.update([(115, 120, 70, 95)], frame=3)[0], 3, every=15)
+    (back,) = tracker.update([(116, 120, 70, 95)], frame=8)
+    assert back is track and webcam.needs_identifying(track, 8, every=15)
+    assert webcam.needs_identifying(track, 3 + 15, every=15)
+
+
+def test_webcam_bad_output_or_gallery_is_one_error_line(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "gallery.sqlite").write_text("not a database")
+    for options in (["--output", str(tmp_path / "missing" / "out.mp4")], ["--gallery", str(broken)]):
+        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+                                 "--gallery", str(tmp_path / "none"), *options], capture_output=True, text=True,
+                                timeout=300)
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr

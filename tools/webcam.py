@@ -5,8 +5,9 @@
     python tools/webcam.py --source clip.mp4 --headless --output out.mp4 --max-frames 90
 
 Faces are detected every frame and matched to tracks by box overlap; a track is
-re-identified only when it is new or every --reidentify-every frames, because embedding
-is the expensive step and a face rarely changes identity between frames. With MTCNN (the
+re-identified only when it is new, every --reidentify-every frames, or when the face may be another
+person's (it comes back after frames unseen, or its size jumps), because embedding is the expensive
+step and a face rarely changes identity between frames. With MTCNN (the
 default) or Haar, whose full search is the loop's other expensive step, the whole frame is
 searched every --search-every frames and, in between, only around the faces being tracked.
 """
@@ -14,6 +15,7 @@ searched every --search-every frames and, in between, only around the faces bein
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import cv2
 
-from facekit.datastore import Gallery, default_gallery_path
+from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
@@ -34,6 +36,8 @@ class Track:
     result: dict = field(default_factory=dict)
     last_identified: int = -(10**9)
     last_seen: int = 0
+    identified_width: float = 0.0
+    resumed: bool = False  # matched after at least one frame unseen
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -61,6 +65,7 @@ class FaceTracker:
             if best is not None and iou(self.tracks[best].box, box) >= self.min_iou:
                 track = self.tracks[best]
                 free.discard(best)
+                track.resumed = track.resumed or frame - track.last_seen > 1
             else:
                 track = Track(self.next_id, box)
                 self.tracks[self.next_id] = track
@@ -70,6 +75,18 @@ class FaceTracker:
         for track_id in [t for t in free if frame - self.tracks[t].last_seen > self.max_missing]:
             del self.tracks[track_id]
         return assigned
+
+
+# A face whose width changes by more than this factor between identifications may be someone else who stepped
+# into the same place: an overlap of 0.3 between a near and a far face's boxes is easily met.
+SIZE_JUMP = 1.25
+
+
+def needs_identifying(track: Track, frame: int, every: int) -> bool:
+    """New, due, back after frames unseen, or a size jump: the face may not be whom the track last named."""
+    if not track.result or track.resumed or frame - track.last_identified >= every:
+        return True
+    return abs(math.log(track.box[2] / track.identified_width)) > math.log(SIZE_JUMP)
 
 
 def open_source(source: str) -> cv2.VideoCapture:
@@ -102,8 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     gallery_path = default_gallery_path(args.gallery)
-    gallery = Gallery.open(gallery_path, create=False) if (gallery_path / "gallery.sqlite").exists() else None
-    if gallery is None:
+    gallery = None
+    if (gallery_path / "gallery.sqlite").exists():
+        try:
+            gallery = Gallery.open(gallery_path, create=False)
+            gallery.bind_model(pipeline.embedder.model_id)  # another model's gallery: refused before the loop
+        except GalleryError as exc:
+            if gallery is not None:
+                gallery.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
         print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
     threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
     capture = open_source(args.source)
@@ -123,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 faces = detect_near(frame, [track.box for track in tracker.tracks.values()])
             faces_seen += len(faces)
             tracks = tracker.update([f.box for f in faces], frames)
-            stale = [i for i, t in enumerate(tracks)
-                     if not t.result or frames - t.last_identified >= args.reidentify_every]
+            stale = [i for i, t in enumerate(tracks) if needs_identifying(t, frames, args.reidentify_every)]
             if stale:
                 fresh = identify_image(pipeline, gallery, frame, threshold, top_k=1, faces=[faces[i] for i in stale])
                 for i, result in zip(stale, fresh):
                     tracks[i].result, tracks[i].last_identified = result, frames
+                    tracks[i].identified_width, tracks[i].resumed = tracks[i].box[2], False
             results = []
             for face, track in zip(faces, tracks):
                 results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
@@ -140,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                     fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.endswith(".mp4") else "MJPG"))
                     rate = capture.get(cv2.CAP_PROP_FPS) or 25.0
                     writer = cv2.VideoWriter(args.output, fourcc, rate, (frame.shape[1], frame.shape[0]))
+                    if not writer.isOpened():
+                        print(f"error: cannot write {args.output} (a missing folder, or not .mp4 or .avi?)",
+                              file=sys.stderr)
+                        return 2
                 writer.write(annotated)
             if not args.headless:
                 cv2.imshow("facekit", annotated)
