@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     rename.add_argument("--merge", action="store_true", help="merge into NEW if it exists")
     check = actions.add_parser("check", help="verify that the index and the database agree (exit 1 if not)")
     rebuild = actions.add_parser("rebuild", help="remake the search index from the database")
-    rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
+    rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"],
+                         help="the index kind to build, and keep from now on (default: the gallery's own)")
     for action in (list_action, stats, remove, rename, check, rebuild):
         # `facekit gallery list --gallery G` as well as `facekit gallery --gallery G list`.
         _add_gallery_option(action, default=argparse.SUPPRESS)
@@ -125,7 +126,7 @@ def make_pipeline(args: argparse.Namespace):
         raise CliError(str(exc)) from exc
 
 
-def open_gallery(args: argparse.Namespace, create: bool, dim: int = 512):
+def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None):
     from facekit.datastore import Gallery, default_gallery_path
 
     path = default_gallery_path(args.gallery)
@@ -279,8 +280,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
             print(f"ok: {len(gallery)} faces, index and database agree")
         elif args.action == "rebuild":
-            gallery.rebuild()
-            print(f"rebuilt the index from {len(gallery)} faces")
+            gallery.rebuild(args.index)
+            print(f"rebuilt the {gallery.stats()['index']} index from {len(gallery)} faces")
     return EXIT_OK
 
 
@@ -288,6 +289,8 @@ COMMANDS = {"enroll": cmd_enroll, "identify": cmd_identify, "verify": cmd_verify
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sqlite3
+
     from facekit.datastore import GalleryError, GalleryWarning
     from facekit.imageio import ImageError
 
@@ -306,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GalleryError, ImageError, FileNotFoundError, NotADirectoryError, ValueError,
             ModuleNotFoundError) as exc:  # the last: an optional extra not installed (facekit[train])
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except sqlite3.Error as exc:  # a full disk, or a database damaged where opening it did not look
+        print(f"error: gallery database: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; everything committed before this point is kept", file=sys.stderr)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DB_NAME = "gallery.sqlite"
+# The embedding size of a new gallery when none is given: the shipped model's.
+DEFAULT_DIM = 512
 LOCK_NAME = "lock"
 MODEL_KEY = "model"  # meta key: sha256 of the weights whose embeddings the gallery holds
 INDEX_KINDS = ("flat", "hnsw", "ivf")
@@ -95,7 +97,9 @@ set_threads()
 
 def default_gallery_path(explicit: str | os.PathLike | None = None) -> Path:
     """--gallery PATH if given, else $FACEKIT_GALLERY, else galleries/default/ under the current directory."""
-    if explicit:
+    if explicit is not None:
+        if not str(explicit).strip():
+            raise GalleryError("the gallery path is empty (an unset variable in --gallery \"$VAR\"?)")
         return Path(explicit)
     if os.environ.get("FACEKIT_GALLERY"):
         return Path(os.environ["FACEKIT_GALLERY"])
@@ -360,14 +364,18 @@ def _fsync_dir(path: Path) -> None:
 def _write_index_file(index: faiss.Index, path: Path) -> None:
     """Temp file, fsync, rename, fsync the folder: the name appears only with complete, durable contents."""
     tmp = path.with_name(path.name + ".tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # faiss keeps the mode of a file
-    faiss.write_index(index, str(tmp))
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # faiss keeps the mode of a file
+        faiss.write_index(index, str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # faiss reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise GalleryError(f"cannot write {path}: {' '.join(str(exc).split())[-200:]}") from exc
     _fsync_dir(path.parent)
 
 
@@ -438,7 +446,7 @@ class Gallery:
         cls,
         path: str | os.PathLike,
         create: bool = True,
-        dim: int = 512,
+        dim: int | None = None,
         index: str = "auto",
         *,
         shards: int | None = None,
@@ -446,11 +454,12 @@ class Gallery:
     ) -> Gallery:
         """Open (or create) the gallery at `path`, repairing its index from the database if needed.
 
-        `dim` must match an existing gallery. `index` ("auto", "flat", "hnsw", "ivf") and `shards` are
-        remembered; passing a different explicit value for an existing gallery rebuilds its index."""
+        `dim` must match an existing gallery (None: whatever it holds; DEFAULT_DIM for a new one). `index`
+        ("auto", "flat", "hnsw", "ivf") and `shards` are remembered; passing a different explicit value for an
+        existing gallery rebuilds its index."""
         if index not in ("auto", *INDEX_KINDS):
             raise GalleryError(f"unknown index type {index!r}; choose auto, {', '.join(INDEX_KINDS)}")
-        if not isinstance(dim, int) or dim < 1:
+        if dim is not None and (not isinstance(dim, int) or dim < 1):
             raise GalleryError(f"dim must be a positive integer, not {dim!r}")
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= 256):
             raise GalleryError(f"shards must be an integer from 1 to 256, not {shards!r}")
@@ -461,8 +470,9 @@ class Gallery:
                 raise GalleryError(f"no gallery at {root} (no {DB_NAME} there)")
             if root.exists() and not root.is_dir():
                 raise GalleryError(f"{root} exists and is not a folder")
-            root.mkdir(parents=True, exist_ok=True)
-            os.chmod(root, 0o700)  # biometric data: owner only (mkdir's mode is filtered by the umask)
+            if not root.exists():
+                root.mkdir(parents=True)
+                os.chmod(root, 0o700)  # biometric data: owner only (mkdir's mode is filtered by the umask)
             os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm the same mode
         try:
             gallery = cls(root, lock_timeout)
@@ -513,13 +523,21 @@ class Gallery:
                 self._lock.release()
                 raise
         self._writer_depth += 1
+        body_failed = True
         try:
             yield self
+            body_failed = False
         finally:
             self._writer_depth -= 1
             if self._writer_depth == 0:
                 try:
                     self._checkpoint()
+                except Exception:
+                    # The body's own error (a full disk, say) says more than the checkpoint's that followed it;
+                    # what was committed is in the database, and the next open rebuilds the index from it.
+                    if not body_failed:
+                        raise
+                    log.warning("gallery %s: index not saved after a failed write", self.root, exc_info=True)
                 finally:
                     self._lock.release()
 
@@ -545,8 +563,8 @@ class Gallery:
                 generation = self._bump_generation(conn)
             # Only after the commit: an id that was rolled back may be handed out again.
             id_array = np.array(ids, np.int64)
+            self._max_id = max(self._max_id, ids[-1])  # first: an interrupted add never saves an id past it
             self._index.add(vectors, id_array)
-            self._max_id = max(self._max_id, ids[-1])
             self._unsaved = True
             self._live_ids = np.concatenate([self._live_ids, id_array])
             self._live_identity = np.concatenate([self._live_identity, np.full(len(ids), identity_id, np.int64)])
@@ -586,9 +604,16 @@ class Gallery:
             self._load_live()
             self._data_generation = self._generation()
 
-    def rebuild(self) -> None:
-        """Remake the index from the database (the source of truth) and write it."""
+    def rebuild(self, index: str | None = None) -> None:
+        """Remake the index from the database (the source of truth) and write it; `index` ("auto", "flat",
+        "hnsw", "ivf") also changes the kind asked for, and is remembered."""
+        if index is not None and index not in ("auto", *INDEX_KINDS):
+            raise GalleryError(f"unknown index type {index!r}; choose auto, {', '.join(INDEX_KINDS)}")
         with self.writer():
+            if index is not None:
+                with self._transaction(write=True):
+                    self._set_meta("index", index)
+                self._request = index
             with self._transaction():
                 self._build_from_db()
             self._write_index()
@@ -720,7 +745,7 @@ class Gallery:
             raise GalleryError(f"no identity named {name!r} in {self.root}")
         return row[0]
 
-    def _init_schema(self, dim: int, index: str, shards: int | None) -> bool:
+    def _init_schema(self, dim: int | None, index: str, shards: int | None) -> bool:
         """Create tables on first use and read the settings; True if the caller changed index or shards."""
         ready = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
         wants_change = (index != "auto" and ready and index != self._meta("index")) or (
@@ -734,7 +759,8 @@ class Gallery:
             for statement in SCHEMA.split(";"):  # not executescript(): it would commit our transaction
                 if statement.strip():
                     conn.execute(statement)
-            defaults = {"format_version": FORMAT_VERSION, "dim": dim, "index": index, "shards": shards or 1}
+            defaults = {"format_version": FORMAT_VERSION, "dim": dim or DEFAULT_DIM, "index": index,
+                        "shards": shards or 1}
             for key, value in {**defaults, "data_generation": 0}.items():
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
             self._read_settings(dim)
@@ -748,11 +774,11 @@ class Gallery:
             self._read_settings(dim)
         return changed
 
-    def _read_settings(self, dim: int) -> None:
+    def _read_settings(self, dim: int | None) -> None:
         if int(self._meta("format_version")) > FORMAT_VERSION:
             raise GalleryError(f"{self.root} was written by a newer facekit (format {self._meta('format_version')})")
         self.dim = int(self._meta("dim"))
-        if self.dim != dim:
+        if dim is not None and self.dim != dim:
             raise GalleryError(f"gallery {self.root} holds {self.dim}-d embeddings, not {dim}-d (another model?)")
         self._request = self._meta("index")
         self._n_shards = int(self._meta("shards"))
@@ -892,7 +918,10 @@ class Gallery:
                 if not new:
                     why = self._index_problem or f"the index lacked {self._lag} embeddings (interrupted write?)"
                     warnings.warn(f"gallery {self.root}: {why}; rebuilt it from {DB_NAME}", GalleryWarning, 3)
-                self._write_index()
+                try:
+                    self._write_index()
+                except GalleryError as exc:  # a full disk must not stop reading: the rebuilt index is in memory
+                    warnings.warn(f"{exc}; the repaired index is kept in memory only", GalleryWarning, 3)
             self._remove_stray_files()
         finally:
             self._lock.release()

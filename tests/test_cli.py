@@ -203,6 +203,31 @@ def test_gallery_commands(tmp_path, people, capsys):
     # --gallery also goes after the action, as it does after every other command.
     code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", gallery)
     assert code == 0 and out.strip().splitlines() == ["Grace Hopper"]
+    # rebuild --index changes the kind of index, and the gallery keeps it.
+    code, out, _ = run_cli(capsys, "gallery", "rebuild", "--index", "hnsw", "--gallery", gallery)
+    assert code == 0 and "hnsw" in out
+    code, out, _ = run_cli(capsys, "gallery", "stats", "--json", "--gallery", gallery)
+    assert (json.loads(out)["index"], json.loads(out)["index_request"]) == ("hnsw", "hnsw")
+    # A gallery of another embedding size (a model trained with --embedding-size 128) is maintained as well.
+    with Gallery.open(tmp_path / "small", dim=128) as small:
+        small.add("ada", np.eye(1, 128, dtype=np.float32), [{"path": "a.jpg", "sha256": "1" * 64, "box": [0, 0, 9, 9]}])
+    code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", str(tmp_path / "small"))
+    assert code == 0 and out.split() == ["ada"]
+
+
+def test_a_database_error_after_opening_is_one_line(tmp_path, people, capsys, monkeypatch):
+    # A page damaged where opening does not read, or a full disk, surfaces from SQLite mid-command.
+    import sqlite3
+
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+
+    def damaged(*_args):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(Gallery, "identities", damaged)
+    code, out, err = run_cli(capsys, "gallery", "list", "--gallery", gallery)
+    assert code == 2 and out == "" and err == "error: gallery database: database disk image is malformed\n"
 
 
 def _bad_files(root: Path, grace_hopper_bgr: np.ndarray) -> dict[str, Path]:

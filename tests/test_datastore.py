@@ -69,6 +69,11 @@ def test_dim_mismatch_is_refused(path: Path) -> None:
     Gallery.open(path, dim=DIM).close()
     with pytest.raises(GalleryError, match="32-d"):
         Gallery.open(path, dim=512)
+    # Without a dim, a gallery opens at whatever size it holds (gallery maintenance needs no model).
+    with Gallery.open(path, create=False) as gallery:
+        assert gallery.dim == DIM
+    with Gallery.open(path.parent / "new") as gallery:
+        assert gallery.dim == datastore.DEFAULT_DIM
 
 
 def test_a_gallery_keeps_to_the_model_that_filled_it(path: Path) -> None:
@@ -249,6 +254,16 @@ def test_rebuild_restores_index(path: Path) -> None:
         gallery.rebuild()
         assert gallery.check() == []
         assert [m.identity for m in gallery.search(vectors(99)[0], k=5)[0]] == before
+        # A rebuild may change the kind of index, and the gallery keeps to it, "auto" included.
+        gallery.rebuild("flat")
+        assert (gallery.stats()["index"], gallery.stats()["index_request"]) == ("flat", "flat")
+        with pytest.raises(GalleryError, match="unknown index type"):
+            gallery.rebuild("annoy")
+    with Gallery.open(path, create=False) as gallery:
+        assert gallery.stats()["index"] == "flat" and gallery.check() == []
+        gallery.rebuild("auto")
+        assert gallery.stats()["index_request"] == "auto"
+        assert [m.identity for m in gallery.search(vectors(99)[0], k=5)[0]] == before
 
 
 def test_hnsw_tombstones_and_compaction(path: Path) -> None:
@@ -341,6 +356,47 @@ def test_owner_only_permissions(path: Path) -> None:
     assert set(modes) >= {"gallery.sqlite", "gallery.sqlite-wal", "gallery.sqlite-shm", "lock"}
     assert any(name.startswith("index-") for name in modes)
     assert all(mode == 0o600 for mode in modes.values()), modes
+    # A folder that was already there (shared, say) keeps its own mode; only the files are private.
+    existing = path.parent / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    Gallery.open(existing, dim=DIM).close()
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755
+    assert stat.S_IMODE((existing / "gallery.sqlite").stat().st_mode) == 0o600
+
+
+def test_a_full_disk_stops_writes_with_their_own_error_and_never_reads(path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        enroll(gallery, "bob", 2)
+    for file in index_files(path):
+        file.unlink()  # the next open must rebuild it, and cannot save it
+
+    def disk_full(*_args: object) -> None:
+        raise RuntimeError("Error: 'ret == (size)' failed: write error in index.faiss: No space left on device")
+
+    monkeypatch.setattr(datastore.faiss, "write_index", disk_full)
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        gallery = Gallery.open(path, create=False)
+    with gallery:
+        assert gallery.search(vectors(2)[0])[0][0].identity == "bob"
+        assert gallery.identities() == [("alice", 2), ("bob", 2)]
+        # The write's own error comes out, not the failed index save that followed it.
+        with pytest.raises(ValueError, match="the body's own"), gallery.writer():
+            enroll(gallery, "carol", 3)
+            raise ValueError("the body's own error")
+        with pytest.raises(GalleryError, match="cannot write .*No space left on device"):
+            enroll(gallery, "dave", 4)
+    told = " | ".join(str(w.message) for w in recorded)
+    assert "is missing; rebuilt it" in told and "kept in memory only" in told
+    assert not list(path.glob("*.tmp"))
+    monkeypatch.undo()
+    # Committed rows are all there once the disk has room; the index that could not be saved is rebuilt.
+    with pytest.warns(GalleryWarning, match="missing"), Gallery.open(path, create=False) as gallery:
+        assert [name for name, _ in gallery.identities()] == ["alice", "bob", "carol", "dave"]
+        assert gallery.check() == []
 
 
 @pytest.mark.parametrize(
@@ -421,3 +477,5 @@ def test_default_gallery_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("FACEKIT_GALLERY", "/somewhere/else")
     assert default_gallery_path() == Path("/somewhere/else")
     assert default_gallery_path("cli/path") == Path("cli/path")
+    with pytest.raises(GalleryError, match="empty"):
+        default_gallery_path("")  # --gallery "$UNSET": not silently the default gallery
