@@ -103,7 +103,12 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 def _decode_with_opencv(data: bytes) -> np.ndarray | None:
     """Fallback for formats Pillow only half supports (e.g. some 16-bit colour TIFFs). Size is checked already."""
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    # A file this fails on is reported as one error line; OpenCV would add its codec's own lines to stderr.
+    previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
     if pixels is None or pixels.ndim != 3:
         return None
     if pixels.dtype != np.uint8:

@@ -334,3 +334,15 @@ def test_console_script_help():
         assert sub.returncode == 0 and "usage:" in sub.stdout
     bad = subprocess.run([sys.executable, "-m", "facekit.cli", "identify"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_a_damaged_tiff_is_one_error_line_even_at_the_file_descriptor(tmp_path, capfd, astronaut_bgr):
+    # Pillow gives up on it and OpenCV is tried, whose TIFF codec logs to the process's stderr itself.
+    from PIL import Image
+
+    damaged, portrait = tmp_path / "damaged.tif", tmp_path / "portrait.jpg"
+    Image.fromarray(astronaut_bgr[:, :, ::-1]).save(damaged)  # Pillow puts the directory first: it still opens
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    cv2.imwrite(str(portrait), astronaut_bgr)
+    code, out, err = run_cli(capfd, "verify", str(damaged), str(portrait))
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
