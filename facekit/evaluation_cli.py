@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable
@@ -123,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
 def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[dict, np.ndarray, np.ndarray]:
     """Rank-1/rank-5 of probes against a gallery of people, plus verification metrics of probe-identity scores."""
     from facekit.cli import CliError
-    from facekit.evaluation import verification_metrics
+    from facekit.datastore import GalleryError, clean_identity
+    from facekit.evaluation import csv_rows, verification_metrics
     from facekit.recognition import collect_people
 
     enrolled, _ = collect_people(args.gallery_dir)
@@ -131,8 +131,12 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     if not probes_file.is_file():
         raise CliError(f"file not found: {probes_file}")
     root = Path(args.root) if args.root else probes_file.parent
-    with open(probes_file, newline="") as handle:
-        probes = [(str(root / row["path"]), row["identity"]) for row in csv.DictReader(handle)]
+    probes = []
+    for line, row in csv_rows(probes_file, {"path", "identity"}):
+        try:  # spelled as the gallery spells its people: NFC, no surrounding spaces
+            probes.append((str(root / row["path"].strip()), clean_identity(row["identity"])))
+        except GalleryError as exc:
+            raise CliError(f"{probes_file}: line {line}: {exc}") from exc
     gallery_table = embed_paths(pipeline, [p for _, p in enrolled], args.workers, progress, pick="largest")
     names = sorted({identity for identity, _ in enrolled})
     centre = {name: [] for name in names}
@@ -144,21 +148,23 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
         raise CliError("no face found in any gallery image")
     stacked = [np.stack(centre[n]) for n in names]
     probe_table = embed_paths(pipeline, [p for p, _ in probes], args.workers, progress)
-    ranks, genuine, scores, same = [], 0, [], []
+    if not any(probe_table.get(path) is not None for path, _ in probes):
+        raise CliError(f"no face found in any probe image of {probes_file}")
+    ranks, scores, same, failed = [], [], [], []
     for path, identity in probes:
         embedding = probe_table.get(path)
-        if embedding is None:
-            ranks.append(np.inf)
-            continue
-        per_identity = np.array([float((vectors @ embedding).max()) for vectors in stacked])
-        order = list(np.argsort(-per_identity))
-        ranks.append(order.index(names.index(identity)) + 1 if identity in names else np.inf)
+        # A probe without a face is a miss at every rank, and its comparisons count as failed ones.
+        per_identity = (np.full(len(names), -1.0) if embedding is None else
+                        np.array([float((vectors @ embedding).max()) for vectors in stacked]))
+        found = embedding is not None and identity in names
+        # Identities scoring as high as the right one rank above it: a tie is not counted in the probe's favour.
+        ranks.append(int((per_identity >= per_identity[names.index(identity)]).sum()) if found else np.inf)
         scores.extend(per_identity.tolist())
         same.extend([n == identity for n in names])
-        genuine += identity in names
+        failed.extend([embedding is None] * len(names))
     ranks_array = np.array(ranks)
     scores_array, same_array = np.array(scores), np.array(same, dtype=bool)
-    result = verification_metrics(scores_array, same_array) if len(scores) else {}
+    result = verification_metrics(scores_array, same_array, failed=np.array(failed, dtype=bool))
     result.update({"rank1": float((ranks_array <= 1).mean()), "rank5": float((ranks_array <= 5).mean()),
                    "probes": len(probes), "no_face": int(sum(probe_table.get(p) is None for p, _ in probes)),
                    "gallery_identities": len(names)})

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from test_cli import variant
 
@@ -83,3 +84,13 @@ def test_eval_identify(tmp_path, capsys, photos):
     assert result["rank1"] == 1.0 and result["rank5"] == 1.0 and result["gallery_identities"] == 2
     code = main(["eval", "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(tmp_path / "no.csv")])
     assert code != 0 and capsys.readouterr().err.startswith("error:")
+    # Probe names are spelled as the gallery's (a space after the comma is no other person); a probe without a
+    # face is a miss at every rank and its comparisons are failed ones; no probe face at all is an error.
+    cv2.imwrite(str(tmp_path / "photos" / "blank.jpg"), np.full((200, 200, 3), 127, np.uint8))
+    probes.write_text("\ufeffpath,identity\nphotos/eileen2.jpg, eileen\nphotos/blank.jpg,grace\n")
+    code, result = run_eval(capsys, "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes))
+    assert code == 0 and result["rank1"] == 0.5 and result["no_face"] == 1 and result["pairs"] == 4
+    probes.write_text("path,identity\nphotos/blank.jpg,grace\n")
+    code = main(["eval", "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error: no face found in any probe image") and err.count("\n") == 1
