@@ -484,3 +484,71 @@ def test_class_centres_under_bf16_autocast_agree_with_float32():
     assert approximate.dtype == torch.float32
     assert torch.allclose(approximate.norm(dim=1), torch.ones(3), atol=1e-5)
     assert (approximate * exact).sum(dim=1).min() > 0.99
+
+
+@pytest.mark.parametrize("triplet_weight", [0.0, 0.5])  # the shuffled-pass sampler, and the P x K one
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, shared_data, monkeypatch, triplet_weight):
+    import facekit.training.train as training
+
+    _crop_folder(tmp_path / "crops", shared_data)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "whole"), width=0.125,
+                         blocks=(1, 1, 1), embedding_size=32, batch_size=12, epochs=5, lr=0.05,
+                         triplet_weight=triplet_weight, pk_k=3, average_from=0.5, log_every=1, checkpoint_every=4,
+                         device="cpu")
+    train(config)
+    # The same run, killed after its step-4 checkpoint (during step 6) and started again.
+    calls = {"n": 0}
+
+    def killed_at_step_6(x):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return augment(x)
+
+    interrupted = TrainConfig(**{**vars(config), "output": str(tmp_path / "interrupted")})
+    monkeypatch.setattr(training, "augment", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    monkeypatch.undo()
+    train(interrupted)
+    whole, resumed = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+                      for name in ("whole", "interrupted"))
+    assert whole["step"] == resumed["step"] == 15
+    for part in ("model", "averaged", "margin_loss"):
+        for name, tensor in whole[part].items():
+            torch.testing.assert_close(resumed[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+    # Its log holds each step once: the step-5 row written before the kill is not repeated.
+    with open(tmp_path / "interrupted" / "log.csv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == list(range(1, 16))
+
+
+def test_a_run_that_cannot_be_trained_or_resumed_says_why(tmp_path, shared_data):
+    _crop_folder(tmp_path / "crops", shared_data)  # 36 crops of 6 identities
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=12, epochs=1, device="cpu")
+    for change, message in (({"batch_size": 64}, "a batch of 64 needs at least that many crops"),
+                            ({"triplet_weight": 0.5, "batch_size": 24, "pk_k": 2}, "needs 12 identities .* are 6"),
+                            ({"minutes": 0.0}, "--minutes must be above 0"),
+                            ({"minutes": -1.0}, "--minutes must be above 0")):
+        with pytest.raises(ValueError, match=message):
+            train(TrainConfig(**{**vars(config), **change, "output": str(tmp_path / "never")}))
+    train(config)
+    with pytest.raises(ValueError, match="does not fit this run .*--no-resume"):
+        train(TrainConfig(**{**vars(config), "embedding_size": 16}))
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        train(config)
+
+
+def test_the_crop_cache_follows_the_files(tmp_path, shared_data):
+    _crop_folder(tmp_path / "crops", shared_data)
+    first = load_crops(tmp_path / "crops", tmp_path / "cache")
+    assert np.bincount(first.labels).tolist() == [6] * 6 and len(list((tmp_path / "cache").iterdir())) == 1
+    assert load_crops(tmp_path / "crops", tmp_path / "cache").key == first.key  # read back, not decoded again
+    # One crop moved to another identity: same count of files, other labels.
+    people = sorted(p for p in (tmp_path / "crops").iterdir())
+    moved = sorted(people[0].iterdir())[0]
+    moved.rename(people[-1] / f"moved{moved.suffix}")
+    again = load_crops(tmp_path / "crops", tmp_path / "cache")
+    assert again.key != first.key and np.bincount(again.labels).tolist() == [5, 6, 6, 6, 6, 7]

@@ -79,7 +79,7 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
     if not rows:
         raise ValueError(f"no training crops with >= {min_per_class} images per identity under {root}")
     class_names = sorted({r[2] for r in rows})
-    key = hashlib.sha256(f"{root.resolve()}|{len(rows)}|{min_per_class}|{limit_classes}".encode()).hexdigest()[:16]
+    key = _pool_key(root, rows, min_per_class, limit_classes)
     cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as cached:
@@ -111,6 +111,20 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
         np.savez(tmp, images=images, labels=labels)
         tmp.replace(cache)
     return CropSet(images, labels, class_names, key)
+
+
+def _pool_key(root: Path, rows: list[tuple[str, str, str]], min_per_class: int, limit_classes: int | None) -> str:
+    """What the decoded crops depend on: every row (which file, whose), and the size and time of each file read
+    (the shards and manifest of a pool, or each crop of a folder), so a crop moved or replaced is decoded again."""
+    digest = hashlib.sha256(f"{root.resolve()}|{min_per_class}|{limit_classes}".encode())
+    files = {root / shard for shard, _, _ in rows if shard} | ({root / "manifest.tsv"} if any(r[0] for r in rows)
+                                                                else {Path(member) for _, member, _ in rows})
+    for path in sorted(files):
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for row in rows:
+        digest.update("|".join(row).encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 def load_teacher(path: str | Path, num_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,24 +162,55 @@ class PKSampler:
         order = np.argsort(labels, kind="stable")
         bounds = np.flatnonzero(np.diff(labels[order])) + 1
         self.groups = [g for g in np.split(order, bounds) if len(g) >= 2]
+        if not 1 <= p <= len(self.groups):
+            raise ValueError(f"a batch of {p} identities x {k} images needs {p} identities with 2 or more crops, "
+                             f"and there are {len(self.groups)}: lower --batch-size or --pk-k")
 
     def __iter__(self):
         while True:
             chosen = self.rng.choice(len(self.groups), self.p, replace=False)
-            batch = [self.rng.choice(self.groups[c], self.k, replace=len(self.groups[c]) < self.k) for c in chosen]
-            yield np.concatenate(batch)
+            yield np.concatenate([self._pick(self.groups[c]) for c in chosen])
+
+    def _pick(self, group: np.ndarray) -> np.ndarray:
+        """K of an identity's crops: all different where it has K, else each once and then repeats, so a
+        crop is its own positive only where the identity has nothing else to offer."""
+        if len(group) >= self.k:
+            return self.rng.choice(group, self.k, replace=False)
+        return np.concatenate([self.rng.permutation(group), self.rng.choice(group, self.k - len(group))])
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
 
 
 class RandomSampler:
+    """Batches of a shuffled pass over the crops; a new shuffle when fewer than a batch are left."""
+
     def __init__(self, size: int, batch_size: int, seed: int = 0) -> None:
+        if not 1 <= batch_size <= size:
+            raise ValueError(f"a batch of {batch_size} needs at least that many crops, and there are {size}: "
+                             "lower --batch-size")
         self.size, self.batch_size = size, batch_size
         self.rng = np.random.default_rng(seed)
+        self.order, self.position = self.rng.permutation(size), 0
 
     def __iter__(self):
         while True:
-            order = self.rng.permutation(self.size)
-            for start in range(0, self.size - self.batch_size + 1, self.batch_size):
-                yield order[start:start + self.batch_size]
+            if self.position + self.batch_size > self.size:
+                self.order, self.position = self.rng.permutation(self.size), 0
+            self.position += self.batch_size
+            yield self.order[self.position - self.batch_size:self.position]
+
+    def state_dict(self) -> dict:
+        """Where the pass stands, so a resumed run draws the batches an uninterrupted one would have."""
+        return {"rng": self.rng.bit_generator.state, "order": torch.from_numpy(self.order),
+                "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.position = state["order"].numpy(), int(state["position"])
 
 
 def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:

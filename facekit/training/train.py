@@ -7,14 +7,17 @@ there is one - and are augmented there, so the loop never waits on a data loader
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import hashlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -201,6 +204,36 @@ def shipped_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {name.removeprefix("module."): value for name, value in averaged.items() if name != "n_averaged"}
 
 
+def _read_checkpoint(path: str | Path, device: torch.device) -> dict:
+    """A training checkpoint, read as data only (weights_only: never code); unreadable is a ValueError."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"cannot read checkpoint {path} (truncated, or not one?): {exc}") from exc
+
+
+@contextlib.contextmanager
+def _fits(path: str | Path, remedy: str) -> Iterator[None]:
+    """load_state_dict's size mismatches as one ValueError naming the file, for a one-line CLI error."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} does not fit this run (another width, embedding size or set of identities?): "
+                         f"{first}; {remedy}") from exc
+
+
+def _open_log(path: Path, resumed_step: int):
+    """log.csv for appending: rows after the step a run resumes from (written before it was killed) are
+    dropped, and a run that starts afresh starts a new log."""
+    kept: list[str] = []
+    if resumed_step and path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0] or 0) <= resumed_step]
+    path.write_text("".join(kept))
+    return open(path, "a", newline="")
+
+
 def _load_released_weights(model: torch.nn.Module, path: str, config: ModelConfig) -> None:
     from facekit.representation import load_model
 
@@ -281,6 +314,8 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"--relation-closest takes a fraction of the pairs in (0, 1], not {config.relation_closest}")
     if config.average_from is not None and not 0.0 <= config.average_from < 1.0:
         raise ValueError(f"--average-from takes a fraction of the run in [0, 1), not {config.average_from}")
+    if config.minutes is not None and not config.minutes > 0:
+        raise ValueError(f"--minutes must be above 0, not {config.minutes}")
     rank, local_rank, world = _distributed()
     is_main = rank == 0
     if config.device:
@@ -326,7 +361,7 @@ def train(config: TrainConfig) -> dict:
         params += list(distill.parameters())
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, state = 0, 0.0, {}
     checkpoint_path = output / "checkpoint.pt"
     if config.init_from and not (config.resume and checkpoint_path.exists()):
         # Weights and class centres only: the new run gets its own schedule, steps and clock.
@@ -338,9 +373,10 @@ def train(config: TrainConfig) -> dict:
                                         config.cache_dir)
             margin_loss.weight.data.copy_(centres)
         else:
-            state = torch.load(config.init_from, map_location=device, weights_only=True)
-            model.load_state_dict(shipped_weights(state))  # what that run released, its mean if it kept one
-            margin_loss.load_state_dict(state["margin_loss"])
+            state = _read_checkpoint(config.init_from, device)
+            with _fits(config.init_from, "--init-from a run of the same architecture on the same identities"):
+                model.load_state_dict(shipped_weights(state))  # what that run released, its mean if it kept one
+                margin_loss.load_state_dict(state["margin_loss"])
         if is_main:
             print(f"initialised from {config.init_from}")
     # The tail of the schedule wanders around a minimum; the mean of the weights along it (stochastic weight
@@ -349,16 +385,16 @@ def train(config: TrainConfig) -> dict:
     if is_main and config.average_from is not None:
         averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
     if config.resume and checkpoint_path.exists():
-        # weights_only: a checkpoint is data, never code.
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        margin_loss.load_state_dict(state["margin_loss"])
-        if distill is not None and "distill" in state:
-            distill.load_state_dict(state["distill"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = _read_checkpoint(checkpoint_path, device)
+        with _fits(checkpoint_path, "--no-resume to start afresh there, or another --output"):
+            model.load_state_dict(state["model"])
+            margin_loss.load_state_dict(state["margin_loss"])
+            if distill is not None and "distill" in state:
+                distill.load_state_dict(state["distill"])
+            optimizer.load_state_dict(state["optimizer"])
+            if averaged is not None and "averaged" in state:
+                averaged.load_state_dict(state["averaged"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        if averaged is not None and "averaged" in state:
-            averaged.load_state_dict(state["averaged"])
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
 
@@ -371,6 +407,13 @@ def train(config: TrainConfig) -> dict:
     use_pk = config.triplet_weight > 0
     sampler = (PKSampler(crops.labels, per_rank_batch // config.pk_k, config.pk_k, seed=config.seed + rank + step)
                if use_pk else RandomSampler(len(images), per_rank_batch, seed=config.seed + rank + step))
+    if step and world == 1 and "sampler" in state:
+        # The batches and augmentations an uninterrupted run would have drawn next. (Under DDP only rank 0's
+        # state is saved, so every process re-seeds from the step instead.)
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if on_gpu and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     steps_per_epoch = max(1, len(images) // config.batch_size)
     total_steps = int(config.epochs * steps_per_epoch)
     budget_s = config.minutes * 60 if config.minutes else None
@@ -397,11 +440,14 @@ def train(config: TrainConfig) -> dict:
             state["distill"] = distill.state_dict()
         if averaged is not None:
             state["averaged"] = averaged.state_dict()
+        state["sampler"], state["torch_rng"] = sampler.state_dict(), torch.get_rng_state()
+        if on_gpu:
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, checkpoint_path)
 
-    log_file = open(output / "log.csv", "a", newline="")
+    log_file = _open_log(output / "log.csv", step) if is_main else open(os.devnull, "w")  # rank 0 keeps the log
     log = csv.writer(log_file)
     if log_file.tell() == 0:
         log.writerow(["step", "elapsed_s", "lr", "loss", "arcface", "triplet", "distill", "images_per_s",
