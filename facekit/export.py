@@ -48,14 +48,26 @@ def model_fingerprint(weights: str | os.PathLike | None = None) -> str:
     if not weights_file.is_file():
         raise FileNotFoundError(f"model file not found: {weights_file}")
     stat = weights_file.stat()
-    return _file_sha256(weights_file.resolve(), stat.st_size, stat.st_mtime_ns)
+    return _file_sha256(weights_file.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    # Keyed by size and mtime too, so a file rewritten in place is hashed again; one Embedder needs the
-    # digest twice (the gallery's model id and the ONNX file's key), and hashing is most of its start-up.
+def _file_sha256(path: Path, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+    # Keyed by what a rewrite changes, so a file rewritten or replaced is hashed again: weights of one architecture
+    # are all one size, and mtime can be set back, but not ctime, and a replaced file has a new inode. One Embedder
+    # needs the digest twice (the gallery's model id and the ONNX file's key); hashing is most of its start-up.
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_card(card_file: str | os.PathLike) -> dict:
+    """A model card: a JSON object with a "model" block (the architecture); anything else is a ValueError."""
+    try:
+        card = json.loads(Path(card_file).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"model card {card_file} is not JSON: {exc}") from exc
+    if not isinstance(card, dict) or not isinstance(card.get("model"), dict):
+        raise ValueError(f"model card {card_file} has no \"model\" block (the architecture)")
+    return card
 
 
 def weights_key(weights: str | os.PathLike | None = None) -> str:
@@ -66,7 +78,7 @@ def weights_key(weights: str | os.PathLike | None = None) -> str:
         if not required.is_file():
             raise FileNotFoundError(f"model file not found: {required}")
     digest = hashlib.sha256(bytes.fromhex(model_fingerprint(base)))
-    architecture = json.loads(card_file.read_text()).get("model", {})
+    architecture = read_card(card_file)["model"]
     digest.update(json.dumps({"model": architecture, "export": EXPORT_VERSION, "opset": OPSET},
                              sort_keys=True).encode())
     return digest.hexdigest()
@@ -304,7 +316,10 @@ def create_session(path: str | os.PathLike, threads: int | None = None):
     # The graph is one chain of blocks: parallel branches are too small to feed a second pool.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) for a damaged file
+        raise ValueError(f"cannot read ONNX model {path}: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def session_fingerprint(session) -> str | None:
@@ -331,7 +346,10 @@ def _exported_from(session, weights: str | os.PathLike | None) -> bool:
 def current_shipped_model(weights: str | os.PathLike | None = None) -> Path | None:
     """The fp32 ONNX file beside the weights, if it was exported from exactly them; else None."""
     shipped = shipped_model(weights)
-    return shipped if shipped and _exported_from(create_session(shipped, threads=1), weights) else None
+    try:
+        return shipped if shipped and _exported_from(create_session(shipped, threads=1), weights) else None
+    except ValueError:  # damaged: not current, so the cache is used
+        return None
 
 
 def open_session(weights: str | os.PathLike | None = None, threads: int | None = None, int8: bool = False):
@@ -339,8 +357,11 @@ def open_session(weights: str | os.PathLike | None = None, threads: int | None =
     exactly them and by this graph version, else the cached export (made on first use)."""
     shipped = None if int8 else shipped_model(weights)
     if shipped:
-        session = create_session(shipped, threads)  # opened once: checked, then used
-        if _exported_from(session, weights):
+        try:
+            session = create_session(shipped, threads)  # opened once: checked, then used
+        except ValueError:  # damaged: the cached export serves instead
+            session = None
+        if session is not None and _exported_from(session, weights):
             return session
     return create_session(cached_model(weights, int8), threads)
 

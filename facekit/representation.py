@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -18,6 +17,7 @@ from facekit.export import (
     model_fingerprint,
     open_session,
     preprocess,
+    read_card,
     session_fingerprint,
     weights_base,
 )
@@ -64,9 +64,13 @@ def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNet
     for required in (weights, card_path):
         if not required.is_file():
             raise FileNotFoundError(f"model file not found: {required}")
-    card = json.loads(card_path.read_text())
-    model = InceptionResNetV2(ModelConfig.from_dict(card.get("model", {})))
-    model.load_state_dict(load_file(str(weights)))
+    card = read_card(card_path)
+    model = InceptionResNetV2(ModelConfig.from_dict(card["model"]))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # safetensors' own error class for a damaged file; RuntimeError for a mismatch
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{weights} is damaged or does not match its card {card_path}: {first}") from exc
     return model.eval(), card
 
 
@@ -124,7 +128,7 @@ class Embedder:
         if self.backend != "torch":
             try:
                 self._open_onnx(weights, threads)
-            except PermissionError as exc:
+            except OSError as exc:  # no permission, or a read-only file system: the cache cannot be written
                 if backend != "auto":
                     raise
                 warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", stacklevel=2)
@@ -160,7 +164,7 @@ class Embedder:
         else:
             self._session = open_session(weights, threads, int8=self.backend == "onnx-int8")
             # The card beside the weights, not the copy in the cache: it may have been recalibrated since.
-            self.card = json.loads(weights_base(weights).with_suffix(".json").read_text())
+            self.card = read_card(weights_base(weights).with_suffix(".json"))
 
     @property
     def dim(self) -> int:

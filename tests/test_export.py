@@ -115,6 +115,57 @@ def test_the_shipped_onnx_file_is_used_as_is_and_a_stale_one_is_not(weights, fac
     assert cosines(shipped.embed(face_crops[:4]), expected).max() < 0.9
 
 
+def test_a_damaged_file_beside_the_weights_is_passed_over_and_a_damaged_model_is_one_error(
+        weights, face_crops, tmp_path, capsys, astronaut_bgr):
+    import torch
+
+    from facekit.training.train import save_weights
+
+    torch.manual_seed(2)
+    model = tmp_path / "model"
+    save_weights(build_model(width=0.125, blocks=(1, 1, 1)).eval(), ModelConfig(width=0.125, blocks=(1, 1, 1)), model,
+                 {"threshold": 0.3})
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07 cut off")
+    embedder = Embedder(model, backend="onnx")  # the cached export serves instead
+    expected = Embedder(model, backend="torch").embed(face_crops[:2])
+    assert cosines(embedder.embed(face_crops[:2]), expected).min() > 0.9999
+    # Damaged weights, a card without the architecture, a damaged .onnx given as the model: one line, exit 2.
+    photo = str(tmp_path / "a.png")
+    cv2.imwrite(photo, astronaut_bgr)
+    cut = tmp_path / "cut"
+    cut.with_suffix(".safetensors").write_bytes(model.with_suffix(".safetensors").read_bytes()[:5000])
+    cut.with_suffix(".json").write_text(model.with_suffix(".json").read_text())
+    bare = tmp_path / "bare"
+    bare.with_suffix(".safetensors").write_bytes(model.with_suffix(".safetensors").read_bytes())
+    bare.with_suffix(".json").write_text("[]")
+    for weights_option, message in ((cut, "damaged or does not match its card"), (bare, 'no "model" block'),
+                                    (tmp_path / "model.onnx", "cannot read ONNX model")):
+        for backend in ("torch", "onnx"):
+            if backend == "torch" and str(weights_option).endswith(".onnx"):
+                continue
+            with pytest.raises(ValueError, match=message):
+                Embedder(weights_option, backend=backend)
+        code = main(["verify", photo, photo, "--weights", str(weights_option)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error:") and message in err and err.count("\n") == 1, err
+
+
+def test_a_weights_file_rewritten_in_place_is_hashed_again(tmp_path):
+    import torch
+
+    from facekit.training.train import save_weights
+
+    config = ModelConfig(width=0.125, blocks=(1, 1, 1))
+    fingerprints = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        save_weights(build_model(width=0.125, blocks=(1, 1, 1)).eval(), config, tmp_path / "model", {})
+        weights_file = tmp_path / "model.safetensors"
+        os.utime(weights_file, ns=(1_000_000_000, 1_000_000_000))  # same size, and the same time set back
+        fingerprints.append(model_fingerprint(tmp_path / "model"))
+    assert fingerprints[0] != fingerprints[1]
+
+
 def test_onnx_backend_is_independent_of_batching(weights, face_crops):
     embedder = Embedder(weights, backend="onnx", batch_size=5)
     one_by_one = np.concatenate([embedder.embed(crop) for crop in face_crops[:6]])
