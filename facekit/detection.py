@@ -42,12 +42,15 @@ LARGE_FACE_SHARE = 0.25
 # not find; tools/detector_agreement.py).
 # Boxes overlapping more than this are one face, and the better scored one stays: YuNet's own NMS overlap.
 HAAR_NMS_IOU = 0.3
+# YuNet's input is padded to at least this on each side (see YuNetDetector.detect).
+YUNET_MIN_INPUT = 64
 # Faces narrower than this are dropped unless a smaller min_face is asked for.
 DEFAULT_MIN_FACE = 20
 # The narrowest face each detector finds in the copy it searches: P-Net's and YuNet's smallest anchors are
 # 12-16 px, the Haar cascade's window is 24 px.
 SEARCH_FLOOR = 20
 HAAR_SEARCH_FLOOR = 24
+HAAR_SIZE_SLACK = 1.25
 
 
 @dataclass
@@ -117,11 +120,20 @@ class YuNetDetector:
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         image = as_bgr(image_bgr)
         small, scale = _downscale(image, self.max_side, self.min_face)
+        height, width = small.shape[:2]
+        # On an input with a side of 32 px or less, FaceDetectorYN returns rows of unwritten memory (faces of
+        # score 1.0 in a flat grey strip, different on every call); black padding below and to the right keeps
+        # every coordinate and gives it a size it handles.
+        padded = cv2.copyMakeBorder(small, 0, max(0, YUNET_MIN_INPUT - height), 0, max(0, YUNET_MIN_INPUT - width),
+                                    cv2.BORDER_CONSTANT)
         with self._lock:
-            self._net.setInputSize((small.shape[1], small.shape[0]))
-            _, rows = self._net.detect(small)
+            self._net.setInputSize((padded.shape[1], padded.shape[0]))
+            _, rows = self._net.detect(padded)
         faces = []
         for row in rows if rows is not None else []:
+            centre_x, centre_y = row[0] + row[2] / 2, row[1] + row[3] / 2
+            if not (np.isfinite(row).all() and 0 <= centre_x < width and 0 <= centre_y < height):
+                continue
             x, y, w, h = (float(v) / scale for v in row[:4])
             # Pixel centres: small index i sits at full-resolution (i + 0.5) / scale - 0.5.
             landmarks = ((row[4:14].reshape(5, 2) + 0.5) / scale - 0.5).astype(np.float32)
@@ -210,9 +222,11 @@ class HaarLandmarkDetector:
         """The grey image, the copy the cascade searches, its scale, and the smallest face size worth asking for."""
         gray = cv2.cvtColor(as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
         small, scale = _downscale(gray, self.max_side, self.min_face, HAAR_SEARCH_FLOOR)
-        # Asking the cascade for less than its own window only wastes time.
+        # Asking the cascade for less than its own window only wastes time. It reports a face smaller than the
+        # least size asked for at that size, so it is asked for a fifth less, and the width filter then drops
+        # the faces narrower than min_face at their own size.
         narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
-        return gray, small, scale, max(HAAR_SEARCH_FLOOR, math.floor(narrowest * scale))
+        return gray, small, scale, max(HAAR_SEARCH_FLOOR, math.floor(narrowest * scale / HAAR_SIZE_SLACK))
 
     def _with_landmarks(self, gray: np.ndarray, kept: list[tuple[np.ndarray, float]], scale: float) -> list[Face]:
         """Faces from boxes in the downscaled image's pixels."""

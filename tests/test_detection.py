@@ -305,6 +305,9 @@ def test_min_face_drops_small_faces(astronaut_bgr: np.ndarray) -> None:
     # The retries frame the same face differently (a turned copy boxes the astronaut 1.42 times as wide), so the
     # upper bound sits clear of every search's box.
     assert HaarLandmarkDetector(min_face=int(1.6 * width)).detect(astronaut_bgr) == []
+    # A pyramid step (5-10 %) above the face's own width: the cascade used to report it stretched to the least
+    # size asked for (112 px for min_face 110), not drop it.
+    assert HaarLandmarkDetector(min_face=int(1.12 * width)).detect(astronaut_bgr) == []
 
 
 def test_min_face_drops_small_faces_yunet(yunet_model: Path, shared_data: Path) -> None:
@@ -314,6 +317,16 @@ def test_min_face_drops_small_faces_yunet(yunet_model: Path, shared_data: Path) 
     kept = YuNetDetector(yunet_model, min_face=int(threshold)).detect(image)
     assert len(kept) == sum(w >= int(threshold) for w in widths)
     assert 0 < len(kept) < len(widths)
+
+
+def test_yunet_finds_nothing_in_thin_strips(yunet_model: Path, shared_data: Path) -> None:
+    # FaceDetectorYN on an input 32 px or less across returned rows of unwritten memory: faces of score 1.0,
+    # different on every call (in about two calls of five).
+    group = cv2.imread(str(shared_data / "demo" / "facenet_pytorch" / "multiface.jpg"))
+    strips = [np.full((1, 5000, 3), 128, np.uint8), np.full((20, 640, 3), 128, np.uint8),
+              np.full((400, 32, 3), 128, np.uint8), np.ascontiguousarray(group[200:208])]
+    detector = YuNetDetector(yunet_model)
+    assert [len(detector.detect(strip)) for _ in range(8) for strip in strips] == [0] * 32
 
 
 @pytest.mark.parametrize("backend", ["mtcnn", "haar"])
