@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -289,10 +290,7 @@ COMMANDS = {"enroll": cmd_enroll, "identify": cmd_identify, "verify": cmd_verify
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sqlite3
-
-    from facekit.datastore import GalleryError, GalleryWarning
-    from facekit.imageio import ImageError
+    from facekit.datastore import GalleryWarning
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -301,8 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("always", category=GalleryWarning)
     warnings.showwarning = lambda message, *_args, **_kwargs: print(f"warning: {message}", file=sys.stderr)
     handler = COMMANDS.get(args.command) or args.handler
+    return report_errors(lambda: handler(args), "interrupted; everything committed before this point is kept")
+
+
+def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """run(), with bad input, a missing file or a full disk reported as one `error:` line on stderr and exit 2
+    (or a CliError's own code), never a traceback. The commands and the scripts in tools/ share it."""
+    import sqlite3
+
+    from facekit.datastore import GalleryError
+    from facekit.imageio import ImageError
+
     try:
-        return handler(args)
+        return run()
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
@@ -314,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: gallery database: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted; everything committed before this point is kept", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error worth a traceback.

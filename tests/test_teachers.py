@@ -103,6 +103,18 @@ def test_compute_resumes_where_an_interrupted_run_stopped(tmp_path, monkeypatch,
     with pytest.raises(SystemExit):
         teachers.compute(images, CountingTeacher(), output, {"teacher": "other", "crops": 7}, progress=False)
 
+    # The output deleted to compute it again, and that run killed before its first checkpoint: the state file
+    # of the finished run must not vouch for the fresh, zero-filled rows the next run resumes from.
+    output.unlink()
+
+    class Killed(CountingTeacher):
+        def embed(self, image: np.ndarray) -> np.ndarray:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        teachers.compute(images, Killed(), output, key, progress=False)
+    np.testing.assert_array_equal(teachers.compute(images, CountingTeacher(), output, key, progress=False), expected)
+
 
 def test_control_inputs_are_removed_from_a_graph_def(teachers):
     def field(number: int, payload: bytes) -> bytes:

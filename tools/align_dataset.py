@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     detector = create_detector(args.detector, args.yunet_model, args.min_face)
     paths = sorted(p for p in args.raw_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    written = missing = failed = 0
+    written = already = missing = failed = 0
     for path in tqdm(paths, desc="aligning", unit="img"):
         out = args.out_dir / path.relative_to(args.raw_dir).with_suffix(".png")
         if out.exists():
+            already += 1
             continue
         try:
             image = load_image(path)
@@ -54,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out), align_face(image, face.landmarks))
         written += 1
-    print(f"{written} crops written, {missing} photos without a face, {failed} unreadable")
-    return 0 if written or not paths else 1
+    print(f"{written} crops written, {already} there already, {missing} photos without a face, {failed} unreadable")
+    return 0 if written or already or not paths else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))

@@ -163,4 +163,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))

@@ -159,4 +159,6 @@ def _losses(training: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.sweep:
         def accepted(probe: Path, threshold: float) -> str | None:
+            if answers.get(str(probe)) == "<no face>":
+                return "<no face>"  # as in the figures above: neither named right nor reported unknown
             identity, similarity = best.get(str(probe), (None, -1.0))
             return identity if similarity >= threshold else None
 
@@ -102,4 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))

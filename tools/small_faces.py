@@ -76,4 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))

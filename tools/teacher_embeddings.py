@@ -264,14 +264,17 @@ def compute(images: np.ndarray, teacher, output: Path, run_key: dict, limit: int
             if len(finished) == total:  # not a --limit snapshot left by a run cut short while finishing
                 return finished[:stop]
         done = state["rows_done"] if partial.exists() else 0
+    def checkpoint(rows: np.memmap, rows_done: int) -> None:
+        rows.flush()  # the rows reach the disk before the state file claims them
+        write_json_atomically(state_file, {"run": run_key, "rows_done": rows_done, "total": total})
+
     if done:
         rows = np.lib.format.open_memmap(partial, mode="r+")
     else:
         rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(total, teacher.dim))
-
-    def checkpoint(rows: np.memmap, rows_done: int) -> None:
-        rows.flush()  # the rows reach the disk before the state file claims them
-        write_json_atomically(state_file, {"run": run_key, "rows_done": rows_done, "total": total})
+        # At once: a state file left by an earlier run (the output deleted to compute it again) must not vouch
+        # for the rows of this fresh, zero-filled one if it is killed before its first checkpoint.
+        checkpoint(rows, 0)
 
     started, first = time.perf_counter(), done
     with tqdm(total=stop, initial=min(done, stop), desc=f"{teacher.name} teacher", unit="crop",
@@ -324,4 +327,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))
