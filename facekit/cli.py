@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     rename.add_argument("old")
     rename.add_argument("new")
     rename.add_argument("--merge", action="store_true", help="merge into NEW if it exists")
-    check = actions.add_parser("check", help="verify that the index and the database agree (exit 1 if not)")
+    check = actions.add_parser("check", help="verify that the index and the database agree; exit 1 if not, or "
+                                                     "if opening it had to repair the index")
     rebuild = actions.add_parser("rebuild", help="remake the search index from the database")
     rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"],
                          help="the index kind to build, and keep from now on (default: the gallery's own)")
@@ -174,6 +175,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
+    for given in args.images:  # a typo in a path is a usage error, before any work is done
+        if not Path(given).exists():
+            raise CliError(f"not found: {given}")
     pipeline = make_pipeline(args)
     threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
     gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
@@ -256,7 +260,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    with open_gallery(args, create=False) as gallery:
+    from facekit.datastore import GalleryWarning
+
+    # Opening repairs a damaged index from the database; `check` must still report that it found damage.
+    with warnings.catch_warnings(record=True) as repairs:
+        warnings.simplefilter("always", GalleryWarning)
+        gallery = open_gallery(args, create=False)
+    repaired = [str(w.message) for w in repairs if issubclass(w.category, GalleryWarning)]
+    if args.action != "check":
+        for message in repaired:
+            print(f"warning: {message}", file=sys.stderr)
+    with gallery:
         if args.action == "list":
             for name, _count in gallery.identities():
                 print(name)
@@ -274,7 +288,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             gallery.rename(args.old, args.new, merge=args.merge)
             print(f"renamed {args.old} to {args.new}")
         elif args.action == "check":
-            problems = gallery.check()
+            problems = [f"{message} (repaired on opening)" for message in repaired] + gallery.check()
             for problem in problems:
                 print(f"problem: {problem}")
             if problems:
@@ -336,4 +350,8 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m facekit.cli`, this file is __main__, and the subcommands' modules import facekit.cli
+    # afresh: its main catches the CliError class they raise, this copy's would not.
+    from facekit.cli import main as package_main
+
+    sys.exit(package_main())

@@ -596,7 +596,8 @@ class Gallery:
             if target is None:
                 conn.execute("UPDATE identities SET name = ? WHERE id = ?", (new, old_id))
             elif not merge:
-                raise GalleryError(f"identity {new!r} already exists; remove it first or merge explicitly")
+                raise GalleryError(f"identity {new!r} already exists; remove it first, or merge into it "
+                                   "(merge=True; `facekit gallery rename --merge`)")
             else:
                 conn.execute("UPDATE embeddings SET identity_id = ? WHERE identity_id = ?", (target[0], old_id))
                 conn.execute("DELETE FROM identities WHERE id = ?", (old_id,))

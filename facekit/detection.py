@@ -562,13 +562,12 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     if backend == "mtcnn":
         return mtcnn()
     model = yunet_model or os.environ.get(YUNET_ENV_VAR)
-    if backend == "yunet":
-        if not model:
-            raise ValueError(f"the yunet backend needs a model path (yunet_model or ${YUNET_ENV_VAR})")
+    if backend == "yunet" and not model:
+        raise ValueError(f"the yunet detector needs a model file: --yunet-model PATH (yunet_model= in Python) "
+                         f"or ${YUNET_ENV_VAR}")
+    if backend == "yunet" or yunet_model:
         return YuNetDetector(model, min_face=min_face)
-    if yunet_model:
-        return YuNetDetector(yunet_model, min_face=min_face)
-    if model and Path(model).is_file():
+    if model and Path(model).is_file():  # a variable set for another machine's files: auto carries on without
         return YuNetDetector(model, min_face=min_face)
     if mtcnn_model_dir() is not None:
         return mtcnn()

@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError(f"file not found: {args.pairs_csv}")
             pairs = read_pairs_csv(args.pairs_csv, args.root)
         paths = sorted({p for pair in pairs for p in (pair.path1, pair.path2)})
+        missing = [path for path in paths if not Path(path).is_file()]
+        if missing:  # a wrong --root or a misspelt path, not a face the detector missed
+            raise CliError(f"{len(missing)} of the {len(paths)} images are missing, such as {missing[0]} "
+                           "(relative paths start from --root, or the list's folder)")
         table = embed_paths(pipeline, paths, args.workers, progress)
         scores, same, folds, failed = pair_scores(pairs, table)
         has_folds = args.protocol == "lfw" or any(p.fold is not None for p in pairs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -128,8 +129,10 @@ class Embedder:
         if self.backend != "torch":
             try:
                 self._open_onnx(weights, threads)
-            except OSError as exc:  # no permission, or a read-only file system: the cache cannot be written
-                if backend != "auto":
+            except OSError as exc:
+                # Only a cache that cannot be written (no permission, a read-only file system) falls back; a
+                # missing int8 model, say, is an error that says how to make one.
+                if backend != "auto" or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise
                 warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", stacklevel=2)
                 self.backend = "torch"

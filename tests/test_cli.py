@@ -200,6 +200,12 @@ def test_gallery_commands(tmp_path, people, capsys):
     assert code != 0 and "nobody" in err
     code, _, err = run_cli(capsys, "gallery", "--gallery", str(tmp_path / "nothing-here"), "list")
     assert code != 0 and err.startswith("error:")
+    # check reports damage it found, though opening the gallery repaired it.
+    for index_file in Path(gallery).glob("index-*.faiss"):
+        index_file.write_bytes(b"damaged")
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "check")
+    assert code == 1 and "(repaired on opening)" in out
+    assert run_cli(capsys, "gallery", "--gallery", gallery, "check")[0] == 0  # the repair was saved
     # --gallery also goes after the action, as it does after every other command.
     code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", gallery)
     assert code == 0 and out.strip().splitlines() == ["Grace Hopper"]
@@ -267,8 +273,9 @@ def test_bad_input_leaves_the_gallery_intact(tmp_path, people, capsys, grace_hop
             assert code == 0 and "0 faces" in out
         else:
             assert code == 1 and len(err.strip().splitlines()) == 2 and "Traceback" not in err
+    # A path that is not there is a usage error before any work, as for enroll.
     code, _, err = run_cli(capsys, "identify", str(tmp_path / "missing.jpg"), "--gallery", gallery)
-    assert code == 1 and "not found" in err
+    assert code == 2 and err == f"error: not found: {tmp_path / 'missing.jpg'}\n"
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "missing_dir"), "--gallery", gallery)
     assert code == 2 and err.strip() == f"error: folder not found: {tmp_path / 'missing_dir'}"
     # A folder without photos says so, and makes no empty gallery where none was.

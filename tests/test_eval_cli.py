@@ -68,6 +68,10 @@ def test_eval_pairs_csv(tmp_path, capsys, photos):
             writer.writerow([f"photos/{a}.jpg", f"photos/{b}.jpg", same])
     code, result = run_eval(capsys, "pairs", str(pairs_csv))
     assert code == 0 and PAIR_KEYS <= set(result) and result["pairs"] == 4 and result["no_face"] == 0
+    # A path that does not lead to an image is a mistake in the list, not a face the detector missed.
+    code = main(["eval", "pairs", str(pairs_csv), "--root", str(tmp_path / "elsewhere"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: 5 of the 5 images are missing") and err.count("\n") == 1
     # Without folds, one threshold is chosen on all pairs; two women this different separate fully.
     assert result["accuracy"] == 1.0
 

@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.search_every < 1 or args.reidentify_every < 1:
         parser.error("--search-every and --reidentify-every must be at least 1")
+    if not args.headless:
+        try:
+            cv2.namedWindow("facekit")
+        except cv2.error:  # facekit installs opencv-python-headless, which has no windows
+            print("error: this OpenCV cannot open a window (opencv-python-headless): use --headless --output "
+                  "out.mp4, or install opencv-python for a window", file=sys.stderr)
+            return 2
 
     try:
         pipeline = FacePipeline(create_detector(args.detector, args.yunet_model, live=True), flip=False)
