@@ -321,21 +321,11 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
     (or a CliError's own code), never a traceback. The commands and the scripts in tools/ share it."""
     import sqlite3
 
-    from facekit.datastore import GalleryError
-    from facekit.imageio import ImageError
-
     try:
         return run()
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except (GalleryError, ImageError, FileNotFoundError, NotADirectoryError, ValueError,
-            ModuleNotFoundError) as exc:  # the last: an optional extra not installed (facekit[train])
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except sqlite3.Error as exc:  # a full disk, or a database damaged where opening it did not look
-        print(f"error: gallery database: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
@@ -343,10 +333,25 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
         # Output piped into `head` and closed: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except OSError as exc:  # a folder that cannot be created or written (read-only, no permission, a file)
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+    except Exception as exc:
+        if isinstance(exc, _input_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+        elif isinstance(exc, sqlite3.Error):  # a full disk, or a database damaged where opening it did not look
+            print(f"error: gallery database: {exc}", file=sys.stderr)
+        elif isinstance(exc, OSError):  # a folder that cannot be created or written (read-only, no permission)
+            print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        else:
+            raise
         return EXIT_USAGE
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The errors that describe bad input. facekit's own classes are taken from their modules only if those were
+    imported, since a tool that never opens a gallery may run where faiss is not installed."""
+    own = [getattr(sys.modules.get(module), name, None)
+           for module, name in (("facekit.datastore", "GalleryError"), ("facekit.imageio", "ImageError"))]
+    # ModuleNotFoundError: an optional extra not installed (facekit[train]).
+    return (FileNotFoundError, NotADirectoryError, ValueError, ModuleNotFoundError, *(c for c in own if c))
 
 
 if __name__ == "__main__":

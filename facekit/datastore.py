@@ -641,8 +641,13 @@ class Gallery:
 
     def has_source(self, sha256: str) -> bool:
         """Whether a file with this content hash has already been enrolled."""
-        row = self._conn.execute(f"SELECT 1 {LIVE_ROWS} WHERE e.sha256 = ? LIMIT 1", (str(sha256).lower(),))
-        return row.fetchone() is not None
+        return self.source_identity(sha256) is not None
+
+    def source_identity(self, sha256: str) -> str | None:
+        """Who a file with this content hash was enrolled as; None if it was not."""
+        row = self._conn.execute(f"SELECT i.name {LIVE_ROWS} WHERE e.sha256 = ? LIMIT 1", (str(sha256).lower(),))
+        found = row.fetchone()
+        return None if found is None else found[0]
 
     def identities(self) -> list[tuple[str, int]]:
         """(name, number of embeddings) for every identity, sorted by name."""

@@ -222,6 +222,16 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     identity_of = {path: identity for identity, path in pairs}
     pending: list[tuple[str, LoadedImage, Face]] = []
 
+    def already_enrolled(item: LoadedImage, identity: str) -> bool:
+        """Counted as such; a photo enrolled as someone else is said so, as a folder may hold a wrong photo."""
+        holder = gallery.source_identity(item.sha256)
+        if holder is None:
+            return False
+        report.already_enrolled += 1
+        if holder != identity:
+            report.warnings.append(f"{item.path}: the same photo is enrolled as {holder}; not added to {identity}")
+        return True
+
     def flush() -> None:
         if not pending:
             return
@@ -230,8 +240,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         with gallery.writer():
             gallery.bind_model(pipeline.embedder.model_id)
             for (identity, item, face), embedding in zip(pending, embeddings):
-                if gallery.has_source(item.sha256):  # the same file may sit twice in one batch
-                    report.already_enrolled += 1
+                if already_enrolled(item, identity):  # the same file may sit twice in one batch
                     continue
                 gallery.add(identity, embedding[None], [{"path": item.path, "sha256": item.sha256,
                                                          "box": [float(v) for v in face.box]}])
@@ -245,8 +254,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         if item.error:
             report.skipped.append((item.path, item.error))
             continue
-        if gallery.has_source(item.sha256):
-            report.already_enrolled += 1
+        if already_enrolled(item, identity_of[item.path]):
             continue
         if not item.faces:
             report.skipped.append((item.path, "no face found"))

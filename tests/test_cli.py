@@ -183,6 +183,15 @@ def test_a_gallery_refuses_another_models_embeddings(tmp_path, people, capsys, a
     assert code == 0 and json.loads(out)["faces"][0]["identity"] == "eileen_collins"
 
 
+def test_a_photo_enrolled_as_someone_else_is_said_so(tmp_path, people, capsys):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    (people / "eileen_collins" / "b.jpg").rename(people / "grace_hopper" / "c.jpg")  # filed under the wrong name
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 0 and "4 already enrolled" in out
+    assert f"{people / 'grace_hopper' / 'c.jpg'}: the same photo is enrolled as eileen_collins" in err
+
+
 def test_gallery_commands(tmp_path, people, capsys):
     gallery = str(tmp_path / "gallery")
     assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
