@@ -23,8 +23,12 @@ if TYPE_CHECKING:
     from facekit.detection import Face
     from facekit.recognition import FacePipeline
 
-__all__ = ["Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "compare", "detect_faces",
+__all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "compare", "detect_faces",
            "face_embeddings", "identify", "load_image", "pipeline", "verify"]
+
+class FacekitWarning(UserWarning):
+    """Something facekit repaired or stood in for that the user should know of; the CLI prints it as one line."""
+
 
 # Imported on first use: torch takes seconds to load, and `facekit gallery list` should not wait for it.
 _LAZY = {"Gallery": "facekit.datastore", "GalleryError": "facekit.datastore", "Face": "facekit.detection",

@@ -304,13 +304,13 @@ COMMANDS = {"enroll": cmd_enroll, "identify": cmd_identify, "verify": cmd_verify
 
 
 def main(argv: list[str] | None = None) -> int:
-    from facekit.datastore import GalleryWarning
+    from facekit import FacekitWarning
 
     parser = build_parser()
     args = parser.parse_args(argv)
     # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
     warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("always", category=GalleryWarning)
+    warnings.filterwarnings("always", category=FacekitWarning)
     warnings.showwarning = lambda message, *_args, **_kwargs: print(f"warning: {message}", file=sys.stderr)
     handler = COMMANDS.get(args.command) or args.handler
     return report_errors(lambda: handler(args), "interrupted; everything committed before this point is kept")

@@ -31,6 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from facekit import FacekitWarning
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -70,7 +72,7 @@ class GalleryError(RuntimeError):
     """Anything wrong with a gallery or with what was asked of it; the message is one line for a human."""
 
 
-class GalleryWarning(UserWarning):
+class GalleryWarning(FacekitWarning):
     """The gallery repaired itself on open (e.g. rebuilt its index after a crash)."""
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facekit import FacekitWarning
 from facekit.export import (
     INPUT_NAME,
     create_session,
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "facekit-irv2"
 FALLBACK_THRESHOLD = 0.3
+
+
+class ModelWarning(FacekitWarning):
+    """The model could not be used as asked, or its card lacks a value, and facekit stood in for it."""
 
 
 TORCH_EXTRA = "pip install 'facekit[train]'"
@@ -134,7 +139,8 @@ class Embedder:
                 # missing int8 model, say, is an error that says how to make one.
                 if backend != "auto" or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise
-                warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", stacklevel=2)
+                warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", ModelWarning,
+                              stacklevel=2)
                 self.backend = "torch"
         if self.backend == "torch":
             torch = require_torch("the torch embedder backend")
@@ -142,6 +148,10 @@ class Embedder:
                 torch.set_num_threads(threads)
             model, self.card = load_model(weights)
             self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        if "threshold" not in self.card:  # a training run's own card, say, before tools/release_model.py --lfw
+            warnings.warn(f"the model card of {weights} has no calibrated threshold; {FALLBACK_THRESHOLD} stands in "
+                          "(pass --threshold, or release the run with tools/release_model.py --lfw)", ModelWarning,
+                          stacklevel=2)
 
     @staticmethod
     def _choose_backend(backend: str, weights: str | os.PathLike, device: str | None) -> str:

@@ -304,3 +304,19 @@ def test_float16_weights_halve_both_files_and_still_embed_in_float32(weights, fa
     dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     convolutions = [node for node in graph.node if node.op_type == "Conv"]
     assert sum(node.input[1] in dequantized for node in convolutions) > 0.6 * len(convolutions)
+
+
+def test_a_card_without_a_threshold_is_said_so(tmp_path, capsys, astronaut_bgr):
+    import torch
+
+    from facekit.training.train import save_weights
+
+    torch.manual_seed(5)
+    save_weights(build_model(width=0.125, blocks=(1, 1, 1)).eval(), ModelConfig(width=0.125, blocks=(1, 1, 1)),
+                 tmp_path / "run", {})  # a training run's card: no calibrated thresholds yet
+    photo = str(tmp_path / "a.png")
+    cv2.imwrite(photo, astronaut_bgr)
+    code = main(["verify", photo, photo, "--weights", str(tmp_path / "run"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["threshold"] == 0.3
+    assert "warning: the model card of" in captured.err and "no calibrated threshold" in captured.err
