@@ -76,7 +76,8 @@ def test_cached_crops_are_reused_for_the_same_detector_and_any_subset(tmp_path, 
             return [SimpleNamespace(image=None, faces=[]) for _ in paths]
 
     class YuNetDetector:
-        pass
+        def __init__(self, min_face: int | None = None) -> None:
+            self.min_face = min_face
 
     class HaarDetector:
         pass
@@ -84,7 +85,11 @@ def test_cached_crops_are_reused_for_the_same_detector_and_any_subset(tmp_path, 
     paths, cache = ["a.jpg", "b.jpg"], tmp_path / "crops.npz"
     cached = np.full((2, 112, 112, 3), 7, np.uint8)
     cached[1] = 9
-    np.savez(cache, paths=np.array(paths), crops=cached, found=np.ones(2, bool), detector="YuNetDetector")
+    np.savez(cache, paths=np.array(paths), crops=cached, found=np.ones(2, bool),
+             detector=tool.detector_key(YuNetDetector()))
+    # The same detector with other settings (or code, or landmark weights: the key holds their digest) aligns
+    # its own crops.
+    assert tool.detector_key(YuNetDetector(40)) != tool.detector_key(YuNetDetector())
     crops, found = tool.aligned_crops(NoFaces(YuNetDetector()), paths, cache)
     assert found.all() and (crops == cached).all()
     # A subset of the cached images is read from it too, each its own crop.

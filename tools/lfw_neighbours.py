@@ -21,6 +21,7 @@ what `facekit eval lfw` does with the same detector.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def aligned_crops(pipeline: FacePipeline, paths: list[str], cache: Path) -> tupl
 
     A cache that holds every path is reused, so a quick --limit-pairs run reads the full run's crops.
     """
-    detector = type(pipeline.detector).__name__  # crops from another detector must not be reused
+    detector = detector_key(pipeline.detector)  # crops another detector (or version of one) made are not reused
     if cache.is_file():
         with np.load(cache) as stored:
             row_of = {path: row for row, path in enumerate(stored["paths"])}
@@ -62,6 +63,19 @@ def aligned_crops(pipeline: FacePipeline, paths: list[str], cache: Path) -> tupl
             crops[index], found[index] = align_face(item.image, face.landmarks), True
     np.savez(cache, paths=np.array(paths), crops=crops, found=found, detector=detector)
     return crops, found
+
+
+def detector_key(detector: object) -> str:
+    """The detector's class and settings, and a digest of the code and weights that place its faces' points."""
+    import facekit.detection
+    import facekit.landmarks
+
+    settings = {name: value for name, value in vars(detector).items()
+                if not name.startswith("_") and isinstance(value, int | float | str | tuple | type(None))}
+    digest = hashlib.sha256()
+    for path in (facekit.detection.__file__, facekit.landmarks.__file__, facekit.landmarks.DEFAULT_WEIGHTS):
+        digest.update(Path(path).read_bytes())
+    return f"{type(detector).__name__}|{sorted(settings.items())}|{digest.hexdigest()[:16]}"
 
 
 def pair_metrics(pairs: list, paths: list[str], found: np.ndarray, embeddings: np.ndarray,
