@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "compare", "detect_faces",
            "face_embeddings", "identify", "load_image", "pipeline", "verify"]
 
+
 class FacekitWarning(UserWarning):
     """Something facekit repaired or stood in for that the user should know of; the CLI prints it as one line."""
 

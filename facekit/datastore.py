@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 
 from facekit import FacekitWarning
+from facekit.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ def set_threads(threads: int | None = None) -> int:
 
 
 set_threads()
+
+
+def _check_index_kind(index: str) -> None:
+    if index not in ("auto", *INDEX_KINDS):
+        raise GalleryError(f"unknown index type {index!r}; choose auto, {', '.join(INDEX_KINDS)}")
 
 
 def default_gallery_path(explicit: str | os.PathLike | None = None) -> Path:
@@ -377,7 +383,7 @@ def _write_index_file(index: faiss.Index, path: Path) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # faiss reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise GalleryError(f"cannot write {path}: {' '.join(str(exc).split())[-200:]}") from exc
+        raise GalleryError(f"cannot write {path}: {one_line(exc)[-200:]}") from exc  # faiss ends with the cause
     _fsync_dir(path.parent)
 
 
@@ -459,8 +465,7 @@ class Gallery:
         `dim` must match an existing gallery (None: whatever it holds; DEFAULT_DIM for a new one). `index`
         ("auto", "flat", "hnsw", "ivf") and `shards` are remembered; passing a different explicit value for an
         existing gallery rebuilds its index."""
-        if index not in ("auto", *INDEX_KINDS):
-            raise GalleryError(f"unknown index type {index!r}; choose auto, {', '.join(INDEX_KINDS)}")
+        _check_index_kind(index)
         if dim is not None and (not isinstance(dim, int) or dim < 1):
             raise GalleryError(f"dim must be a positive integer, not {dim!r}")
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= 256):
@@ -610,8 +615,8 @@ class Gallery:
     def rebuild(self, index: str | None = None) -> None:
         """Remake the index from the database (the source of truth) and write it; `index` ("auto", "flat",
         "hnsw", "ivf") also changes the kind asked for, and is remembered."""
-        if index is not None and index not in ("auto", *INDEX_KINDS):
-            raise GalleryError(f"unknown index type {index!r}; choose auto, {', '.join(INDEX_KINDS)}")
+        if index is not None:
+            _check_index_kind(index)
         with self.writer():
             if index is not None:
                 with self._transaction(write=True):

@@ -98,9 +98,13 @@ def _downscale(image: np.ndarray, max_side: int, min_face: int | None = None,
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
+def _narrowest(min_face: int | None) -> int:
+    """The narrowest face kept: min_face when asked for, else DEFAULT_MIN_FACE."""
+    return DEFAULT_MIN_FACE if min_face is None else min_face
+
+
 def _keep_and_sort(faces: list[Face], min_face: int | None) -> list[Face]:
-    narrowest = DEFAULT_MIN_FACE if min_face is None else min_face
-    return sorted((f for f in faces if f.box[2] >= narrowest), key=lambda f: f.area, reverse=True)
+    return sorted((f for f in faces if f.box[2] >= _narrowest(min_face)), key=lambda f: f.area, reverse=True)
 
 
 class YuNetDetector:
@@ -225,8 +229,8 @@ class HaarLandmarkDetector:
         # Asking the cascade for less than its own window only wastes time. It reports a face smaller than the
         # least size asked for at that size, so it is asked for a fifth less, and the width filter then drops
         # the faces narrower than min_face at their own size.
-        narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
-        return gray, small, scale, max(HAAR_SEARCH_FLOOR, math.floor(narrowest * scale / HAAR_SIZE_SLACK))
+        smallest = math.floor(_narrowest(self.min_face) * scale / HAAR_SIZE_SLACK)
+        return gray, small, scale, max(HAAR_SEARCH_FLOOR, smallest)
 
     def _with_landmarks(self, gray: np.ndarray, kept: list[tuple[np.ndarray, float]], scale: float) -> list[Face]:
         """Faces from boxes in the downscaled image's pixels."""
@@ -355,8 +359,8 @@ class MTCNNDetector:
         """The RGB copy searched (uint8: P-Net was fed a pyramid resized in 8 bits), its scale, and the smallest
         face size in it worth asking for (P-Net's pyramid below 20 px mostly adds time)."""
         small, scale = _downscale(as_bgr(image_bgr), self.max_side, self.min_face)
-        narrowest = DEFAULT_MIN_FACE if self.min_face is None else self.min_face
-        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB), scale, max(float(SEARCH_FLOOR), narrowest * scale)
+        smallest = max(float(SEARCH_FLOOR), _narrowest(self.min_face) * scale)
+        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB), scale, smallest
 
     def _find(self, rgb: np.ndarray, min_size: float) -> tuple[np.ndarray, np.ndarray]:
         """The three stages: boxes (x1, y1, x2, y2, score; 1-based corners) and their 5 points (0-based)."""

@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facekit.errors import one_line
+
 OPSET = 17
 # Part of the cache key: bump it when the exported graph changes for the same weights.
 EXPORT_VERSION = 1
@@ -319,7 +321,7 @@ def create_session(path: str | os.PathLike, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) for a damaged file
-        raise ValueError(f"cannot read ONNX model {path}: {' '.join(str(exc).split())[:300]}") from exc
+        raise ValueError(f"cannot read ONNX model {path}: {one_line(exc)[:300]}") from exc
 
 
 def session_fingerprint(session) -> str | None:
@@ -346,24 +348,25 @@ def _exported_from(session, weights: str | os.PathLike | None) -> bool:
 def current_shipped_model(weights: str | os.PathLike | None = None) -> Path | None:
     """The fp32 ONNX file beside the weights, if it was exported from exactly them; else None."""
     shipped = shipped_model(weights)
-    try:
-        return shipped if shipped and _exported_from(create_session(shipped, threads=1), weights) else None
-    except ValueError:  # damaged: not current, so the cache is used
-        return None
+    return shipped if shipped and _current_session(shipped, weights, threads=1) else None
 
 
 def open_session(weights: str | os.PathLike | None = None, threads: int | None = None, int8: bool = False):
     """An ONNX Runtime session for these weights: the file shipped beside them when it was exported from
     exactly them and by this graph version, else the cached export (made on first use)."""
     shipped = None if int8 else shipped_model(weights)
-    if shipped:
-        try:
-            session = create_session(shipped, threads)  # opened once: checked, then used
-        except ValueError:  # damaged: the cached export serves instead
-            session = None
-        if session is not None and _exported_from(session, weights):
-            return session
-    return create_session(cached_model(weights, int8), threads)
+    session = _current_session(shipped, weights, threads) if shipped else None  # opened once: checked, then used
+    return session or create_session(cached_model(weights, int8), threads)
+
+
+def _current_session(shipped: Path, weights: str | os.PathLike | None, threads: int | None):
+    """A session on the ONNX file beside the weights if it was exported from exactly them; None if it was not,
+    or is damaged (the cached export then serves)."""
+    try:
+        session = create_session(shipped, threads)
+    except ValueError:
+        return None
+    return session if _exported_from(session, weights) else None
 
 
 def model_card(session) -> dict:

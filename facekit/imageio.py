@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facekit.errors import one_line
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -69,7 +71,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         # Only TIFF: OpenCV would happily return the grey remainder of a truncated JPEG or PNG.
         pixels = _decode_with_opencv(data) if image.format == "TIFF" else None
         if pixels is None:
-            raise ImageError(f"corrupt or truncated image: {name} ({_one_line(error)})") from None
+            raise ImageError(f"corrupt or truncated image: {name} ({one_line(error)})") from None
         return pixels
     try:
         image = ImageOps.exif_transpose(image)
@@ -116,6 +118,3 @@ def _decode_with_opencv(data: bytes) -> np.ndarray | None:
     return pixels
 
 
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__

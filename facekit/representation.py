@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facekit import FacekitWarning
+from facekit.errors import first_line
 from facekit.export import (
     INPUT_NAME,
     create_session,
@@ -75,8 +76,7 @@ def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNet
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as exc:  # safetensors' own error class for a damaged file; RuntimeError for a mismatch
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{weights} is damaged or does not match its card {card_path}: {first}") from exc
+        raise ValueError(f"{weights} is damaged or does not match its card {card_path}: {first_line(exc)}") from exc
     return model.eval(), card
 
 

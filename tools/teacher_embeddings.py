@@ -264,6 +264,7 @@ def compute(images: np.ndarray, teacher, output: Path, run_key: dict, limit: int
             if len(finished) == total:  # not a --limit snapshot left by a run cut short while finishing
                 return finished[:stop]
         done = state["rows_done"] if partial.exists() else 0
+
     def checkpoint(rows: np.memmap, rows_done: int) -> None:
         rows.flush()  # the rows reach the disk before the state file claims them
         write_json_atomically(state_file, {"run": run_key, "rows_done": rows_done, "total": total})

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from facekit.errors import first_line
 from facekit.model import ModelConfig, build_model
 from facekit.training.data import (
     CropSet,
@@ -218,9 +219,8 @@ def _fits(path: str | Path, remedy: str) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path} does not fit this run (another width, embedding size or set of identities?): "
-                         f"{first}; {remedy}") from exc
+                         f"{first_line(exc)}; {remedy}") from exc
 
 
 def _open_log(path: Path, resumed_step: int):
