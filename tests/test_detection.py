@@ -487,3 +487,11 @@ def test_small_faces_tool_counts_faces_found_per_detector(tool_script, shared_da
     found = {(r["detector"], r["min_face"]): r["found"] for r in json.loads(run.stdout)}
     for backend in ("mtcnn", "haar", "yunet"):
         assert found[(backend, None)] <= 4 and found[(backend, 40)] >= 20, (backend, found)
+
+
+def test_small_faces_tool_measures_the_cost_of_a_full_size_search(tool_script) -> None:
+    run = subprocess.run([sys.executable, tool_script("small_faces"), "--full-size", "800", "--json"], check=True,
+                         capture_output=True, text=True)
+    costs = [json.loads(line) for line in run.stdout.splitlines()]
+    assert {c["detector"] for c in costs} >= {"mtcnn", "haar"}
+    assert all(c["side"] == 800 and c["faces"] == 0 and c["seconds"] >= 0 and c["peak_mb"] > 50 for c in costs)
