@@ -11,6 +11,8 @@ TEMPLATE_112 = np.array(
     dtype=np.float32,
 )
 CROP_SIZE = 112
+# Five points closer together than this cannot fix a scale: the warp would blow one pixel up into the whole crop.
+MIN_LANDMARK_SPREAD = 2.0
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray = TEMPLATE_112) -> np.ndarray:
@@ -35,8 +37,25 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray = TEMPLATE_112) -> np.
     return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
 
 
+def landmarks_problem(landmarks: np.ndarray) -> str | None:
+    """Why these landmarks cannot be aligned (not five finite points, or all within a pixel or two), else None."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (5, 2):
+        return f"expected 5 landmarks as a (5, 2) array, got shape {points.shape}"
+    if not np.isfinite(points).all():
+        return "landmarks are not finite"
+    if np.ptp(points, axis=0).max() < MIN_LANDMARK_SPREAD:
+        return f"landmarks lie within {MIN_LANDMARK_SPREAD:g} px of each other"
+    return None
+
+
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
-    """Warp a face so its five landmarks land on the template; returns a size x size crop."""
+    """Warp a face so its five landmarks land on the template; returns a size x size crop.
+
+    Landmarks that cannot fix the warp (landmarks_problem) are a ValueError rather than a one-colour crop."""
+    problem = landmarks_problem(landmarks)
+    if problem:
+        raise ValueError(problem)
     template = TEMPLATE_112 * (size / CROP_SIZE)
     matrix = similarity_transform(landmarks, template)
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekit.alignment import align_face
+from facekit.alignment import align_face, landmarks_problem
 from facekit.datastore import Gallery, GalleryError, clean_identity
 from facekit.detection import Detector, Face, as_bgr, create_detector
 from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image
@@ -59,7 +59,9 @@ class FacePipeline:
         """largest: only the largest face will be used (enrolment), so a detector that can look for large faces
         first (MTCNN's and Haar's detect_largest) may skip smaller ones."""
         detect_largest = getattr(self.detector, "detect_largest", None) if largest else None
-        return detect_largest(image) if detect_largest else self.detector.detect(image)
+        faces = detect_largest(image) if detect_largest else self.detector.detect(image)
+        # A detector (perhaps the caller's own) may give points no warp can use; such a face cannot be embedded.
+        return [face for face in faces if landmarks_problem(face.landmarks) is None]
 
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         image = as_bgr(image)  # a grey array is detected in, so it must align too

@@ -70,3 +70,14 @@ def test_align_face_moves_dots_onto_the_template(size: int) -> None:
     expected = TEMPLATE_112 * (size / CROP_SIZE)
     found = _dot_centres(cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY), expected)
     np.testing.assert_allclose(found, expected, atol=0.3)
+
+
+@pytest.mark.parametrize(("landmarks", "message"), [
+    (np.full((5, 2), 40.0), "within"),  # a detector that put every point on one pixel
+    (np.where(np.eye(5, 2, dtype=bool), np.nan, TEMPLATE_112), "not finite"),
+    (TEMPLATE_112[:4], "5 landmarks"),
+])
+def test_align_face_refuses_landmarks_no_warp_can_use(landmarks: np.ndarray, message: str) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (120, 120, 3), np.uint8)
+    with pytest.raises(ValueError, match=message):
+        align_face(image, landmarks)

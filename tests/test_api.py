@@ -34,3 +34,23 @@ def test_verify_and_identify(tmp_path, astronaut_bgr, grace_hopper_bgr):
         found = facekit.identify(mirrored, gallery)
         assert [face["identity"] for face in found] == ["eileen_collins"]
         assert [face["identity"] for face in facekit.identify(grace_hopper_bgr, gallery)] == [None]
+
+
+def test_a_face_with_unusable_landmarks_is_dropped_not_embedded(astronaut_bgr):
+    """A caller's own detector may give collapsed or NaN points; the pipeline skips that face, keeps the rest."""
+    from facekit.detection import Face
+
+    real = facekit.pipeline().detector
+
+    class SloppyDetector:
+        min_face = None
+
+        def detect(self, image):
+            faces = real.detect(image)
+            return faces + [Face((10, 10, 50, 50), 0.9, np.full((5, 2), 30.0, np.float32)),
+                            Face((70, 10, 50, 50), 0.9, np.full((5, 2), np.nan, np.float32))]
+
+    pipeline = facekit.FacePipeline(detector=SloppyDetector(), embedder=facekit.pipeline().embedder)
+    found = pipeline.analyze(astronaut_bgr)
+    assert len(found) == 1 and found[0].face.box == real.detect(astronaut_bgr)[0].box
+    assert np.isfinite(found[0].embedding).all()
