@@ -16,12 +16,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from facekit.errors import one_line
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 40_000_000
+TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
 
 
 class ImageError(ValueError):
@@ -48,15 +49,27 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         raise ImageError(f"empty file: {name}")
     try:
         with warnings.catch_warnings():
-            # Our own max_pixels check below replaces Pillow's warning.
+            # Our own max_pixels check below replaces Pillow's warning, and our one-line error its complaints
+            # about a damaged header (a photo that still decodes needs no complaint).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         found = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{int(found.group(1))} pixels" if found else "too many pixels"
         raise ImageError(f"image too large: {size} (limit {max_pixels / 1e6:g} megapixels): {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ImageError(f"not an image: {name}") from None
+        # Pillow cannot open some TIFFs at all (float32 colour); OpenCV can, once their size is known to fit.
+        pixels = None
+        if data[:4] in TIFF_SIGNATURES:
+            width, height = _tiff_size(data)
+            if width * height > max_pixels:
+                raise ImageError(f"image too large: {width}x{height} pixels "
+                                 f"(limit {max_pixels / 1e6:g} megapixels): {name}") from None
+            pixels = _decode_with_opencv(data) if width * height > 0 else None
+        if pixels is None:
+            raise ImageError(f"not an image: {name}") from None
+        return pixels
 
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -83,7 +96,8 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
 def _to_bgr(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        grey = _to_uint8(np.asarray(image))
+        # Mode I is 32 bits wide whatever the samples hold: a TIFF of 8-bit values in it must not come out black.
+        grey = _to_uint8(np.asarray(image), eight_bit_wide=mode == "I")
         return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
@@ -95,16 +109,34 @@ def _to_bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """16-bit and float samples to 8 bits, keeping relative brightness."""
+def _to_uint8(values: np.ndarray, eight_bit_wide: bool = False) -> np.ndarray:
+    """16-bit and float samples to 8 bits, keeping relative brightness.
+
+    eight_bit_wide: integer samples of unknown width; those that all fit in 8 bits are taken as 8-bit."""
     if values.dtype.kind == "f":
         values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+        return np.clip(values, 0, 255).astype(np.uint8)
+    if eight_bit_wide and values.max(initial=0) <= 255:
         return np.clip(values, 0, 255).astype(np.uint8)
     return np.clip(values.astype(np.int64) // 257, 0, 255).astype(np.uint8)
 
 
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a TIFF's first directory, without decoding it; (0, 0) if it cannot be read."""
+    try:
+        directory = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+        stream = io.BytesIO(data)
+        stream.seek(directory.next)
+        with warnings.catch_warnings():  # Pillow warns of a short directory; the caller's error says it once
+            warnings.simplefilter("ignore")
+            directory.load(stream)
+        return int(directory.get(256, 0)), int(directory.get(257, 0))
+    except Exception:  # a broken header is "not an image", however Pillow's parser fails on it
+        return 0, 0
+
+
 def _decode_with_opencv(data: bytes) -> np.ndarray | None:
-    """Fallback for formats Pillow only half supports (e.g. some 16-bit colour TIFFs). Size is checked already."""
+    """Fallback for TIFFs Pillow only half supports (some 16-bit and float colour ones). Size is checked already."""
     # A file this fails on is reported as one error line; OpenCV would add its codec's own lines to stderr.
     previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:

@@ -214,3 +214,28 @@ def test_max_pixels_is_configurable(grace_hopper_path: Path) -> None:
 
 def test_image_extensions() -> None:
     assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} == IMAGE_EXTENSIONS
+
+
+def test_eight_bit_values_in_a_32_bit_tiff_are_not_darkened(tmp_path: Path, photo_rgb: np.ndarray) -> None:
+    grey = cv2.cvtColor(_bgr(photo_rgb), cv2.COLOR_BGR2GRAY)
+    path = tmp_path / "wide.tif"
+    Image.fromarray(grey.astype(np.int32), mode="I").save(path)
+    image = load_image(path)
+    assert _mean_abs_diff(image, cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)) < 1.0
+
+
+def test_float_colour_tiff_pillow_cannot_open(tmp_path: Path, photo_rgb: np.ndarray) -> None:
+    path = tmp_path / "float.tiff"
+    assert cv2.imwrite(str(path), _bgr(photo_rgb).astype(np.float32) / 255.0)
+    image = load_image(path)
+    assert image.shape == (112, 96, 3) and image.dtype == np.uint8
+    assert _mean_abs_diff(image, _bgr(photo_rgb)) < 1.0
+    # Its size is read from the header, so the pixel limit holds before OpenCV decodes it.
+    with pytest.raises(ImageError) as excinfo:
+        load_image(path, max_pixels=5_000)
+    _assert_one_line_error(excinfo, "image too large: 96x112 pixels")
+    damaged = tmp_path / "damaged.tiff"
+    damaged.write_bytes(path.read_bytes()[:12])
+    with pytest.raises(ImageError) as excinfo:
+        load_image(damaged)
+    _assert_one_line_error(excinfo, "damaged.tiff")
