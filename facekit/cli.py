@@ -148,7 +148,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json))
         total = len(gallery)
     summary = {
-        "people": len(report.people), "images": report.images, "enrolled": report.enrolled,
+        "people": len(report.people), "files": report.files, "images": report.images, "enrolled": report.enrolled,
         "already_enrolled": report.already_enrolled, "skipped": len(report.skipped),
         "gallery_faces": total, "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped],
         "warnings": report.warnings,
@@ -160,7 +160,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         for path, reason in report.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
-        print(f"{summary['people']} people, {report.images} images: {report.enrolled} faces enrolled, "
+        print(f"{summary['people']} people, {report.files} files: {report.enrolled} faces enrolled, "
               f"{report.already_enrolled} already enrolled, {len(report.skipped)} skipped; "
               f"gallery now holds {total} faces")
     nothing_done = report.enrolled == 0 and report.already_enrolled == 0

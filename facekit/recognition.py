@@ -163,6 +163,7 @@ def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.nd
 class EnrollReport:
     people: set[str] = field(default_factory=set)
     images: int = 0
+    files: int = 0  # images and the other files passed over, so enrolled + already_enrolled + skipped add up to it
     enrolled: int = 0
     already_enrolled: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
@@ -219,7 +220,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
 
     gallery.bind_model(pipeline.embedder.model_id)  # before any detection: a refusal should come at once
     pairs, skipped = collect_people(people_dir)
-    report = EnrollReport(skipped=list(skipped))
+    report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = {identity for identity, _ in pairs}
     identity_of = {path: identity for identity, path in pairs}
     pending: list[tuple[str, LoadedImage, Face]] = []

@@ -362,3 +362,15 @@ def test_a_damaged_tiff_is_one_error_line_even_at_the_file_descriptor(tmp_path, 
     cv2.imwrite(str(portrait), astronaut_bgr)
     code, out, err = run_cli(capfd, "verify", str(damaged), str(portrait))
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
+
+
+def test_enroll_summary_counts_add_up_with_other_files(tmp_path, people, capsys):
+    (people / "grace_hopper" / "notes.txt").write_text("not a photo")
+    (people / "eileen_collins" / "blank.jpg").write_bytes(cv2.imencode(".jpg", np.full((200, 200, 3), 90, np.uint8))[1])
+    gallery = str(tmp_path / "gallery")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 0 and "2 people, 6 files: 4 faces enrolled, 0 already enrolled, 2 skipped" in out
+    assert "notes.txt: not an image file name" in err and "blank.jpg: no face found" in err
+    code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
+    summary = json.loads(out)
+    assert (summary["files"], summary["images"], summary["already_enrolled"], summary["skipped"]) == (6, 5, 4, 2)
