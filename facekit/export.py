@@ -144,12 +144,33 @@ def export_onnx(weights: str | os.PathLike | None, output: str | os.PathLike) ->
         graph = onnx.load(str(tmp))
         if card.get("weights_dtype") == "float16":
             store_weights_as_float16(graph.graph)
-        onnx.helper.set_model_props(graph, {CARD_KEY: json.dumps(card), "weights_key": weights_key(weights),
-                                            FINGERPRINT_KEY: model_fingerprint(weights),
-                                            "output": "embedding before L2 normalisation"})
+        _label(graph, card, weights)
         onnx.save(graph, str(tmp))
 
     return _write_atomically(Path(output), write)
+
+
+def copy_shipped_model(shipped: Path, weights: str | os.PathLike | None, output: str | os.PathLike) -> Path:
+    """The ONNX file shipped beside the weights, labelled with their current card: an export without torch.
+
+    The card beside the weights may have been re-measured since the file was made (a new detector's LFW run),
+    and the copy should say what the card says."""
+    import onnx
+
+    def write(tmp: Path) -> None:
+        graph = onnx.load(str(shipped))
+        _label(graph, read_card(weights_base(weights).with_suffix(".json")), weights)
+        onnx.save(graph, str(tmp))
+
+    return _write_atomically(Path(output), write)
+
+
+def _label(graph, card: dict, weights: str | os.PathLike | None) -> None:
+    import onnx
+
+    onnx.helper.set_model_props(graph, {CARD_KEY: json.dumps(card), "weights_key": weights_key(weights),
+                                        FINGERPRINT_KEY: model_fingerprint(weights),
+                                        "output": "embedding before L2 normalisation"})
 
 
 def store_weights_as_float16(graph) -> None:
@@ -417,7 +438,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         output = Path(args.output or ("facekit-irv2-int8.onnx" if args.int8 else "facekit-irv2.onnx"))
     if not args.int8:
-        export_onnx(args.weights, output)
+        shipped = current_shipped_model(args.weights)  # copied rather than re-exported, so torch is not needed
+        copy_shipped_model(shipped, args.weights, output) if shipped else export_onnx(args.weights, output)
         print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
         return 0
     crops = calibration_crops(args.calibration, args.calibration_count)

@@ -227,6 +227,14 @@ def test_enroll_and_identify_run_without_torch_installed(weights, cache, tmp_pat
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
         assert Embedder(tmp_path / "int8.onnx").model_id == model_fingerprint(weights)
+        # A plain export of the shipped weights is a copy of their ONNX file, labelled with today's card.
+        script = ("import sys; from facekit.cli import main; sys.exit(main(['export', 'onnx', "
+                  f"'--output', {str(tmp_path / 'fp32.onnx')!r}]))")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        copied = Embedder(tmp_path / "fp32.onnx")
+        assert copied.model_id == model_fingerprint(weights)
+        assert copied.card == json.loads(weights.with_suffix(".json").read_text())
     # What does need torch says so in one line, and how to install it.
     script = f"import sys; from facekit.cli import main; sys.exit(main(['train', {str(tmp_path)!r}]))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
