@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -86,8 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     list_action = actions.add_parser("list", help="one identity per line")
     stats = actions.add_parser("stats", help="counts, index type, size on disk")
     stats.add_argument("--json", action="store_true")
+    photos = actions.add_parser("photos", help="the photos enrolled, one per line: identity, date, sha256, path")
+    photos.add_argument("name", nargs="?", help="only this identity's")
+    photo_format = photos.add_mutually_exclusive_group()
+    photo_format.add_argument("--json", action="store_true", help="one JSON object per photo per line")
+    photo_format.add_argument("--csv", action="store_true")
     remove = actions.add_parser("remove", help="remove an identity and all its faces")
     remove.add_argument("name")
+    remove_photo = actions.add_parser(
+        "remove-photo", help="remove the faces enrolled from these photos, and no others of their people")
+    remove_photo.add_argument("photos", nargs="+", metavar="PHOTO",
+                              help="a photo file (matched by content), its path as enrolled, or its sha256")
     rename = actions.add_parser("rename", help="rename an identity")
     rename.add_argument("old")
     rename.add_argument("new")
@@ -97,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = actions.add_parser("rebuild", help="remake the search index from the database")
     rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"],
                          help="the index kind to build, and keep from now on (default: the gallery's own)")
-    for action in (list_action, stats, remove, rename, check, rebuild):
+    for action in (list_action, stats, photos, remove, remove_photo, rename, check, rebuild):
         # `facekit gallery list --gallery G` as well as `facekit gallery --gallery G list`.
         _add_gallery_option(action, default=argparse.SUPPRESS)
 
@@ -259,6 +270,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, ["identity", "created", "sha256", "path"], lineterminator="\n")
+        writer.writeheader()
+    for photo in photos:
+        created = datetime.fromtimestamp(photo["created"], timezone.utc).isoformat(timespec="seconds")
+        if args.json:
+            print(json.dumps({**photo, "created": created}))
+        elif args.csv:
+            writer.writerow({**photo, "created": created})
+        else:
+            print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {photo['path']}")
+
+
+def remove_photos(gallery, photos: list[str]) -> int:
+    keys: dict[str, str] = {}  # what the gallery is asked for -> the argument it came from
+    for photo in photos:
+        keys[photo] = photo
+        if Path(photo).is_file():  # by content too: the photo may have been enrolled from another path
+            keys[hashlib.sha256(Path(photo).read_bytes()).hexdigest()] = photo
+    removed = gallery.remove_photos(list(keys))
+    for face in removed:
+        print(f"removed {face['path']} from {face['identity']}")
+    matched = {keys.get(face["sha256"]) for face in removed} | {keys.get(face["path"]) for face in removed}
+    missing = [photo for photo in photos if photo not in matched]
+    for photo in missing:
+        print(f"error: not enrolled in {gallery.root}: {photo}", file=sys.stderr)
+    return EXIT_FAILED if missing else EXIT_OK
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
     from facekit.datastore import GalleryWarning
 
@@ -281,9 +322,13 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             else:
                 for key, value in stats.items():
                     print(f"{key}: {value}")
+        elif args.action == "photos":
+            print_photos(gallery.photos(args.name), args)
         elif args.action == "remove":
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({removed} faces)")
+        elif args.action == "remove-photo":
+            return remove_photos(gallery, args.photos)
         elif args.action == "rename":
             gallery.rename(args.old, args.new, merge=args.merge)
             print(f"renamed {args.old} to {args.new}")

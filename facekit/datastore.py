@@ -5,9 +5,10 @@ sha256, the face box) and the float32 vector itself, so the FAISS index can alwa
 The index files are a derived checkpoint: they are written after the database commit, under a new name
 each time, and recorded in the `manifest` row of the `meta` table with their CRC32 and the highest
 embedding id they hold. Embedding ids come from AUTOINCREMENT and are never reused, so rows with a larger
-id than the checkpoint's are exactly the ones it lacks, and opening replays them ("catch-up"). Removed rows
-stay in the index as tombstones, filtered out at query time, until they pass TOMBSTONE_LIMIT and the index
-is rebuilt. See galleries/README.md for the on-disk format.
+id than the checkpoint's are exactly the ones it lacks, and opening replays them ("catch-up"). A removal is a
+request to forget a face, so its rows are overwritten in the database (secure_delete) and the index is rebuilt
+without them when the write ends; until then, and in readers that loaded the index before, they are tombstones
+filtered out at query time. See galleries/README.md for the on-disk format.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ IVF_PROBE_SHARE = 0.5
 IVF_TRAIN_PER_CLUSTER = 32  # k-means sample size; enough to place routing centroids
 IVF_MIN_VECTORS = 100  # 4-bit PQ needs 16 training points; below 100 a flat index is exact and instant
 IVF_RERANK_FACTOR = 4  # candidates re-ranked with the exact vectors, per hit asked for
-TOMBSTONE_LIMIT = 0.2
 MAX_NAME_LENGTH = 128
 LOCK_TIMEOUT_S = 30.0
 _ROWS_PER_CHUNK = 16_384
@@ -433,6 +433,8 @@ class Gallery:
         # add() that has returned survive a power cut too; one fsync per enrolled file is cheap.
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        # A removed face must leave the disk: deleted rows are zeroed, not left in free pages.
+        self._conn.execute("PRAGMA secure_delete=ON")
         self._lock = FileLock(root / LOCK_NAME)
         self._writer_depth = 0
         self.dim = 0
@@ -591,6 +593,28 @@ class Gallery:
             self._data_generation = self._generation()
         return removed
 
+    def remove_photos(self, photos: list[str]) -> list[dict]:
+        """Delete the faces enrolled from these photos, each named by its content sha256 or its path as enrolled;
+        returns the faces removed ({identity, path, sha256, created}). An identity left without faces goes too.
+
+        For one wrong photo in a person's folder: the rest of that person stays enrolled."""
+        keys = [str(photo) for photo in photos]
+        with self.writer(), self._transaction(write=True) as conn:
+            marks = ", ".join("?" * len(keys))
+            rows = conn.execute(
+                f"SELECT e.id, i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} "
+                f"WHERE e.sha256 IN ({marks}) OR e.source_path IN ({marks}) ORDER BY e.id",
+                [key.lower() for key in keys] + keys).fetchall()
+            if not rows:
+                return []
+            conn.executemany("DELETE FROM embeddings WHERE id = ?", [(row[0],) for row in rows])
+            conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
+            self._bump_generation(conn)
+            self._load_live()  # the index keeps the vectors as tombstones until compaction
+            self._data_generation = self._generation()
+        return [{"identity": name, "path": path, "sha256": sha, "created": created}
+                for _, name, path, sha, created in rows]
+
     def rename(self, old: str, new: str, *, merge: bool = False) -> None:
         """Rename an identity. Renaming onto an existing name is refused unless merge=True, because merging
         two people's faces by a typo is silent and hard to undo; with merge=True the embeddings join `new`."""
@@ -655,6 +679,19 @@ class Gallery:
         row = self._conn.execute(f"SELECT i.name {LIVE_ROWS} WHERE e.sha256 = ? LIMIT 1", (str(sha256).lower(),))
         found = row.fetchone()
         return None if found is None else found[0]
+
+    def photos(self, identity: str | None = None) -> list[dict]:
+        """Every enrolled face's {identity, path, sha256, created} (created: Unix time), by identity then age;
+        only one identity's when named (an unknown name is a GalleryError)."""
+        where, values = "", ()
+        if identity is not None:
+            name = clean_identity(identity)
+            self._identity_id(self._conn, name)
+            where, values = "WHERE i.name = ?", (name,)
+        rows = self._conn.execute(
+            f"SELECT i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} {where} ORDER BY i.name, e.id", values)
+        return [{"identity": name, "path": path, "sha256": sha, "created": created}
+                for name, path, sha, created in rows]
 
     def identities(self) -> list[tuple[str, int]]:
         """(name, number of embeddings) for every identity, sorted by name."""
@@ -948,11 +985,16 @@ class Gallery:
         have = self._index.spec
         grown = wanted.kind == "ivf" and have.kind == "ivf" and wanted.nlist >= 2 * have.nlist
         rebuild = wanted.kind != have.kind or grown or len(self._index.shards) != self._n_shards
-        if rebuild or self._index.ntotal - live > TOMBSTONE_LIMIT * self._index.ntotal:
+        purge = self._index.ntotal > live  # removed faces: their vectors must not stay in the index files
+        if rebuild or purge:
             with self._transaction():
                 self._build_from_db()
         if self._unsaved:
             self._write_index()
+        if purge:
+            # The write-ahead log still holds the removed rows' old pages; move them out and truncate it
+            # (best effort: a reader's open snapshot defers it to a later write).
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _write_index(self) -> None:
         manifest = json.loads(self._meta("manifest") or "null")

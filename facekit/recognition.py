@@ -232,7 +232,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             return False
         report.already_enrolled += 1
         if holder != identity:
-            report.warnings.append(f"{item.path}: the same photo is enrolled as {holder}; not added to {identity}")
+            report.warnings.append(f"{item.path}: the same photo is enrolled as {holder}; not added to {identity} "
+                                   "(`facekit gallery remove-photo` takes it out of the gallery)")
         return True
 
     def flush() -> None:

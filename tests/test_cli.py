@@ -374,3 +374,42 @@ def test_enroll_summary_counts_add_up_with_other_files(tmp_path, people, capsys)
     code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
     summary = json.loads(out)
     assert (summary["files"], summary["images"], summary["already_enrolled"], summary["skipped"]) == (6, 5, 4, 2)
+
+
+def test_one_wrong_photo_is_listed_and_removed_without_its_person(tmp_path, people, capsys, astronaut_bgr):
+    """A folder that holds someone else's photo: photos shows it, remove-photo takes it out, the rest stays."""
+    wrong = people / "grace_hopper" / "c.jpg"
+    cv2.imwrite(str(wrong), variant(astronaut_bgr, 3))
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    code, out, _ = run_cli(capsys, "gallery", "photos", "grace_hopper", "--json", "--gallery", gallery)
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [Path(p["path"]).name for p in listed] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert {p["identity"] for p in listed} == {"grace_hopper"} and listed[0]["created"].startswith("20")
+    code, out, _ = run_cli(capsys, "gallery", "photos", "--csv", "--gallery", gallery)
+    assert out.splitlines()[0] == "identity,created,sha256,path" and len(out.splitlines()) == 6
+
+    # By content: the photo moved since it was enrolled.
+    moved = tmp_path / "moved.jpg"
+    wrong.rename(moved)
+    code, out, _ = run_cli(capsys, "gallery", "remove-photo", str(moved), "--gallery", gallery)
+    assert code == 0 and "from grace_hopper" in out
+    code, out, _ = run_cli(capsys, "gallery", "photos", "grace_hopper", "--gallery", gallery)
+    assert [Path(line.split()[-1]).name for line in out.splitlines()] == ["a.jpg", "b.jpg"]
+    probe = tmp_path / "probe.jpg"
+    cv2.imwrite(str(probe), variant(astronaut_bgr, 9))
+    code, out, _ = run_cli(capsys, "identify", str(probe), "--json", "--gallery", gallery)
+    assert json.loads(out)["faces"][0]["identity"] == "eileen_collins"
+
+    # By the path it was enrolled from, or its sha256; the last photo of a person takes the person along.
+    with Gallery.open(gallery) as opened:
+        eileen = opened.photos("eileen_collins")
+    code, out, err = run_cli(capsys, "gallery", "remove-photo", eileen[0]["path"], eileen[1]["sha256"], "nothing.jpg",
+                             "--gallery", gallery)
+    assert code == 1 and out.count("from eileen_collins") == 2
+    assert err.strip() == f"error: not enrolled in {gallery}: nothing.jpg"
+    code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", gallery)
+    assert out.split() == ["grace_hopper"]
+    assert run_cli(capsys, "gallery", "check", "--gallery", gallery)[0] == 0
+    code, _, err = run_cli(capsys, "gallery", "photos", "nobody", "--gallery", gallery)
+    assert code != 0 and "nobody" in err

@@ -266,24 +266,39 @@ def test_rebuild_restores_index(path: Path) -> None:
         assert [m.identity for m in gallery.search(vectors(99)[0], k=5)[0]] == before
 
 
-def test_hnsw_tombstones_and_compaction(path: Path) -> None:
+def test_hnsw_removal_is_purged_from_the_index_when_the_write_ends(path: Path) -> None:
     with Gallery.open(path, dim=DIM, index="hnsw") as gallery:
         with gallery.writer():
             for n in range(10):
                 enroll(gallery, f"p{n}", n, 3)
-        assert gallery.stats()["index"] == "hnsw"
-        gallery.remove("p0")  # 3 of 30: tombstones kept
+            assert gallery.stats()["index"] == "hnsw"
+            gallery.remove("p0")  # HNSW cannot delete: a tombstone, filtered at query time, until the block ends
+            stats = gallery.stats()
+            assert (stats["tombstones"], stats["index_vectors"], stats["embeddings"]) == (3, 30, 27)
+            assert all(m.identity != "p0" for m in gallery.search(vectors(0, 3), k=10)[0])
         stats = gallery.stats()
-        assert (stats["tombstones"], stats["index_vectors"], stats["embeddings"]) == (3, 30, 27)
-        assert all(m.identity != "p0" for m in gallery.search(vectors(0, 3), k=10)[0])
-        assert gallery.check() == []
-        with gallery.writer():
-            gallery.remove("p1")
-            gallery.remove("p2")  # 9 of 30 > 20%: compacted when the writer block ends
-        stats = gallery.stats()
-        assert (stats["tombstones"], stats["index_vectors"], stats["embeddings"]) == (0, 21, 21)
+        assert (stats["tombstones"], stats["index_vectors"], stats["embeddings"]) == (0, 27, 27)
         assert gallery.search(vectors(3, 3)[2])[0][0].identity == "p3"
         assert gallery.check() == []
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_removed_face_leaves_no_trace_on_disk(path: Path, kind: str) -> None:
+    """Removal is a request to forget a face: neither its vector nor its file's hash may stay in any file."""
+    with Gallery.open(path, dim=DIM, index=kind) as gallery:
+        with gallery.writer():
+            for n in range(6):
+                enroll(gallery, f"p{n}", n, 2)
+        with sqlite3.connect(path / "gallery.sqlite") as conn:
+            stored = dict(conn.execute("SELECT source_path, vector FROM embeddings").fetchall())
+        gallery.remove("p5")
+        gallery.remove_photos([sources("p4-4-0")[0]["sha256"]])
+    data = b"".join(file.read_bytes() for file in sorted(path.iterdir()) if file.is_file())
+    for name in ("p5-5-0", "p5-5-1", "p4-4-0"):
+        assert stored[f"{name}.jpg"] not in data
+        assert sources(name)[0]["sha256"].encode() not in data and f"{name}.jpg".encode() not in data
+    # The rest of p4 stays, and is found where it was written.
+    assert stored["p4-4-1.jpg"] in data and sources("p4-4-1")[0]["sha256"].encode() in data
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
