@@ -64,6 +64,10 @@ def test_coins_are_a_haar_misfire_and_not_an_mtcnn_one(tmp_path, load_tool, astr
     assert {item["image"] for item in haar["detector_only_boxes"]} == {str(photos / "coins.png")}
     assert set(haar["detector_score_percentiles"]) == {"both", "detector_only"}
     assert mtcnn["detector_only"] == 0  # MTCNN does not take the coins for faces
+    assert tool.main(["--root", str(photos), "--yunet-model", str(yunet_model), "--detector", "haar",
+                      "--list", "1"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  detector only:")]
+    assert len(listed) == 1 and "coins.png box [" in listed[0] and "np." not in listed[0]
 
 
 def test_missing_inputs_are_usage_errors(tmp_path, load_tool, capsys):

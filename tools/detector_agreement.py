@@ -50,6 +50,10 @@ def score_percentiles(scores: list[float]) -> dict[str, float]:
     return {str(q): round(float(np.percentile(scores, q)), 3) for q in (5, 25, 50)}
 
 
+def listed(path: Path, face: Face) -> dict:
+    return {"image": str(path), "box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3)}
+
+
 def compare(paths: list[Path], detector: Detector, yunet: YuNetDetector, min_iou: float,
             progress: bool = True) -> dict:
     images = unreadable = 0
@@ -64,11 +68,9 @@ def compare(paths: list[Path], detector: Detector, yunet: YuNetDetector, min_iou
             continue
         images += 1
         found_by_both, only_detector, only_yunet = match_boxes(detector.detect(image), yunet.detect(image), min_iou)
-        both_scores += [face.score for face in found_by_both]
-        detector_only += [{"image": str(path), "box": [round(v, 1) for v in f.box], "score": round(f.score, 3)}
-                          for f in only_detector]
-        yunet_only += [{"image": str(path), "box": [round(v, 1) for v in f.box], "score": round(f.score, 3)}
-                       for f in only_yunet]
+        both_scores += [float(face.score) for face in found_by_both]
+        detector_only += [listed(path, face) for face in only_detector]
+        yunet_only += [listed(path, face) for face in only_yunet]
     detector_only_scores = [item["score"] for item in detector_only]
     return {
         "detector": type(detector).__name__, "images": images, "unreadable": unreadable, "both": len(both_scores),
