@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from facekit import FacekitWarning
 from facekit.landmarks import DEFAULT_WEIGHTS, LandmarkPredictor
 
 YUNET_ENV_VAR = "FACEKIT_YUNET_MODEL"
@@ -587,8 +589,11 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
                          f"or ${YUNET_ENV_VAR}")
     if backend == "yunet" or yunet_model:
         return YuNetDetector(model, min_face=min_face)
-    if model and Path(model).is_file():  # a variable set for another machine's files: auto carries on without
+    if model and Path(model).is_file():
         return YuNetDetector(model, min_face=min_face)
+    if model:  # a variable set for another machine's files: auto carries on without it, but says so
+        warnings.warn(f"${YUNET_ENV_VAR} names no file ({model}); detecting with "
+                      f"{'MTCNN' if mtcnn_model_dir() is not None else 'Haar'} instead", FacekitWarning, stacklevel=2)
     if mtcnn_model_dir() is not None:
         return mtcnn()
     return haar()

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facekit import detection
+from facekit import FacekitWarning, detection
 from facekit.detection import (
     YUNET_ENV_VAR,
     Face,
@@ -430,7 +430,8 @@ def test_create_detector_backends(yunet_model: Path, tmp_path: Path, monkeypatch
     assert create_detector("yunet", str(yunet_model), min_face=40).min_face == 40
 
     monkeypatch.setenv(YUNET_ENV_VAR, str(tmp_path / "absent.onnx"))
-    assert isinstance(create_detector(), MTCNNDetector)  # auto quietly falls back
+    with pytest.warns(FacekitWarning, match="names no file .*absent.onnx.*MTCNN"):
+        assert isinstance(create_detector(), MTCNNDetector)  # auto falls back, and says so
     monkeypatch.setenv(YUNET_ENV_VAR, str(yunet_model))
     assert isinstance(create_detector(), YuNetDetector)
     monkeypatch.delenv(YUNET_ENV_VAR)
