@@ -26,6 +26,8 @@ class CropSet:
     labels: np.ndarray  # (N,) int64
     class_names: list[str]
     key: str = ""  # names the pool and its filters, for caches of what is computed from it
+    undecodable: int = 0  # crops left out because they did not decode
+    classes_dropped: int = 0  # identities left out because too few of their crops decoded (min_per_class)
 
     @property
     def num_classes(self) -> int:
@@ -78,19 +80,19 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
         raise FileNotFoundError(f"training data not found: {root}")
     if not rows:
         raise ValueError(f"no training crops with >= {min_per_class} images per identity under {root}")
-    class_names = sorted({r[2] for r in rows})
     key = _pool_key(root, rows, min_per_class, limit_classes)
     cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as cached:
-            return CropSet(cached["images"], cached["labels"], class_names, key)
+            if "class_names" in cached.files:  # older caches lack it, and the second filter below: decoded again
+                return CropSet(cached["images"], cached["labels"], cached["class_names"].tolist(), key,
+                               int(cached["undecodable"]), int(cached["classes_dropped"]))
 
-    label_of = {name: i for i, name in enumerate(class_names)}
     images = np.empty((len(rows), 112, 112, 3), np.uint8)
-    labels = np.empty(len(rows), np.int64)
-    kept = 0
+    decoded: list[tuple[str, str, str]] = []
     open_shards: dict[str, zipfile.ZipFile] = {}
-    for shard, member, identity in tqdm(rows, desc="decoding crops", unit="img"):
+    for row in tqdm(rows, desc="decoding crops", unit="img"):
+        shard, member, _ = row
         if shard:
             if shard not in open_shards:
                 open_shards[shard] = zipfile.ZipFile(root / shard)
@@ -98,19 +100,31 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
         else:
             data = Path(member).read_bytes()
         image = _decode_rgb(data)
-        if image is None:
-            continue
-        images[kept], labels[kept] = image, label_of[identity]
-        kept += 1
+        if image is not None:
+            images[len(decoded)] = image
+            decoded.append(row)
     for handle in open_shards.values():
         handle.close()
-    images, labels = images[:kept], labels[:kept]
+    # Crops that do not decode can leave an identity with fewer than min_per_class: the filter again, on what did.
+    class_names = sorted({r[2] for r in _filter_classes(decoded, min_per_class, limit_classes)})
+    if not class_names:
+        raise ValueError(f"no training crops with >= {min_per_class} images per identity under {root} "
+                         f"({len(rows) - len(decoded)} of {len(rows)} did not decode)")
+    label_of = {name: i for i, name in enumerate(class_names)}
+    kept = [index for index, (_, _, identity) in enumerate(decoded) if identity in label_of]
+    for slot, index in enumerate(kept):  # moved up in place: the pool is gigabytes, too much to copy
+        if slot != index:
+            images[slot] = images[index]
+    images = images[:len(kept)]
+    labels = np.array([label_of[decoded[index][2]] for index in kept], np.int64)
+    undecodable, classes_dropped = len(rows) - len(decoded), len({r[2] for r in rows}) - len(class_names)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
+        np.savez(tmp, images=images, labels=labels, class_names=np.array(class_names), undecodable=undecodable,
+                 classes_dropped=classes_dropped)
         tmp.replace(cache)
-    return CropSet(images, labels, class_names, key)
+    return CropSet(images, labels, class_names, key, undecodable, classes_dropped)
 
 
 def _pool_key(root: Path, rows: list[tuple[str, str, str]], min_per_class: int, limit_classes: int | None) -> str:
@@ -210,7 +224,7 @@ class RandomSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
-        self.order, self.position = state["order"].numpy(), int(state["position"])
+        self.order, self.position = state["order"].cpu().numpy(), int(state["position"])  # read onto a GPU
 
 
 def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:

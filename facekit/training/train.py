@@ -104,6 +104,29 @@ def _average_head_gradients(params: list[torch.nn.Parameter], world: int) -> Non
         param.grad.div_(world)
 
 
+def _gather_rng_states(sampler: PKSampler | RandomSampler, device: torch.device, world: int) -> list[dict] | None:
+    """Every process's sampler and generator states in rank order, for rank 0 to checkpoint (None elsewhere):
+    each process draws its own share of every batch and its own augmentations. Under DDP every process must
+    call it at the same step."""
+    mine = {"sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if world == 1:
+        return [mine]
+    states = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(mine, states, dst=0)
+    return states
+
+
+def _saved_rng_state(checkpoint: dict, rank: int, world: int) -> dict | None:
+    """This process's states in a checkpoint (_gather_rng_states); None where it holds none for it: one written by
+    another number of processes, whose batches were shared out otherwise, or an older one written under DDP."""
+    states = checkpoint.get("rng")
+    if states is None and world == 1 and "sampler" in checkpoint:
+        states = [checkpoint]  # before the list, a single process's states were kept at the top
+    return states[rank] if states is not None and len(states) == world else None
+
+
 def _replicas_agree(modules: list[torch.nn.Module], device: torch.device) -> bool:
     """Whether every process ends with the same weights: a cheap end-of-run check that DDP did its job."""
     norms = torch.stack([p.detach().double().square().sum() for m in modules for p in m.parameters()]).to(device)
@@ -121,9 +144,11 @@ def cpu_has_native_bf16() -> bool:
     return not checks or any(check() for check in checks)
 
 
-def _lr_at(progress: float, config: TrainConfig) -> float:
+def _lr_at(progress: float, config: TrainConfig, step_share: float = 0.0) -> float:
+    """The rate of the step that starts at progress and takes step_share of the run. Warm-up follows the progress
+    at the step's end, so step k of W runs at (k + 1) / W of the rate: the first step, at 0, would learn nothing."""
     if progress < config.warmup_fraction:
-        return config.lr * progress / config.warmup_fraction
+        return config.lr * min(1.0, (progress + step_share) / config.warmup_fraction)
     rest = (progress - config.warmup_fraction) / max(1e-8, 1.0 - config.warmup_fraction)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(rest, 1.0)))
 
@@ -318,13 +343,11 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"--minutes must be above 0, not {config.minutes}")
     rank, local_rank, world = _distributed()
     is_main = rank == 0
-    if config.device:
-        device = torch.device(config.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if device.index is None:  # `--device cuda` under torchrun: one GPU per process, not all on GPU 0
+            device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     on_gpu = device.type == "cuda"
     use_bf16 = on_gpu or config.bf16
     if config.bf16 and device.type == "cpu" and is_main and not cpu_has_native_bf16():
@@ -335,6 +358,9 @@ def train(config: TrainConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
 
     crops = load_crops(config.data, config.cache_dir, config.min_per_class, config.limit_classes)
+    if crops.undecodable and is_main:
+        print(f"warning: left out {crops.undecodable} crops under {config.data} that did not decode, and "
+              f"{crops.classes_dropped} identities that kept fewer than {config.min_per_class}", file=sys.stderr)
     images = torch.from_numpy(crops.images)
     labels = torch.from_numpy(crops.labels)
     if on_gpu:
@@ -407,13 +433,15 @@ def train(config: TrainConfig) -> dict:
     use_pk = config.triplet_weight > 0
     sampler = (PKSampler(crops.labels, per_rank_batch // config.pk_k, config.pk_k, seed=config.seed + rank + step)
                if use_pk else RandomSampler(len(images), per_rank_batch, seed=config.seed + rank + step))
-    if step and world == 1 and "sampler" in state:
-        # The batches and augmentations an uninterrupted run would have drawn next. (Under DDP only rank 0's
-        # state is saved, so every process re-seeds from the step instead.)
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        if on_gpu and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+    saved_rng = _saved_rng_state(state, rank, world) if step else None
+    if saved_rng is not None:
+        # The batches and augmentations an uninterrupted run would have drawn next, in every process. (Where the
+        # checkpoint has no states for this process, it re-seeds from the step instead.) The checkpoint was read
+        # onto the device, and generator states are set from the CPU.
+        sampler.load_state_dict(saved_rng["sampler"])
+        torch.set_rng_state(saved_rng["torch_rng"].cpu())
+        if on_gpu and "cuda_rng" in saved_rng:
+            torch.cuda.set_rng_state(saved_rng["cuda_rng"].cpu(), device)
     steps_per_epoch = max(1, len(images) // config.batch_size)
     total_steps = int(config.epochs * steps_per_epoch)
     budget_s = config.minutes * 60 if config.minutes else None
@@ -432,7 +460,19 @@ def train(config: TrainConfig) -> dict:
             elapsed = float(clock.item())
         return min(1.0, elapsed / budget_s)
 
+    def step_share() -> float:
+        """The share of the run this step takes, for _lr_at's warm-up. Under a time budget it is known once the
+        step is computed (so the rate is set just before the update), and asked for in warm-up alone: progress()
+        is a collective under DDP, and every process is in warm-up at the same steps."""
+        if not budget_s:
+            return 1.0 / max(1, total_steps)
+        return progress() - fraction if fraction < config.warmup_fraction else 0.0
+
     def save_checkpoint() -> None:
+        """Called by every process, whose generator states it gathers; rank 0 writes the file."""
+        rng_states = _gather_rng_states(sampler, device, world)
+        if not is_main:
+            return
         state = {"model": model.state_dict(), "margin_loss": margin_loss.state_dict(),
                  "optimizer": optimizer.state_dict(), "step": step,
                  "elapsed": elapsed_before + time.time() - start}
@@ -440,9 +480,7 @@ def train(config: TrainConfig) -> dict:
             state["distill"] = distill.state_dict()
         if averaged is not None:
             state["averaged"] = averaged.state_dict()
-        state["sampler"], state["torch_rng"] = sampler.state_dict(), torch.get_rng_state()
-        if on_gpu:
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        state["rng"] = rng_states
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, checkpoint_path)
@@ -465,9 +503,6 @@ def train(config: TrainConfig) -> dict:
         batch_labels = labels[index].to(device)
         x = augment(to_model_input(images[index].to(device, non_blocking=True)))
         x = x.contiguous(memory_format=torch.channels_last)
-        lr = _lr_at(fraction, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         margin_scale = min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction else 1.0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             raw = forward(x, normalize=False)
@@ -494,6 +529,9 @@ def train(config: TrainConfig) -> dict:
         if world > 1:
             _average_head_gradients(head_params, world)
         torch.nn.utils.clip_grad_norm_(params, 5.0)
+        lr = _lr_at(fraction, config, step_share())
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.step()
         step += 1
         images_since_log += len(index) * world
@@ -515,7 +553,7 @@ def train(config: TrainConfig) -> dict:
                           latest_val.get("accuracy", ""), round(parts["relation"].item(), 4)])
             log_file.flush()
             last_log, images_since_log = now, 0
-        if is_main and step % config.checkpoint_every == 0:
+        if step % config.checkpoint_every == 0:
             save_checkpoint()
     bar.close()
     result: dict = {"steps": step, "minutes": round((elapsed_before + time.time() - start) / 60, 1),
@@ -527,8 +565,8 @@ def train(config: TrainConfig) -> dict:
     if world > 1:
         result["replicas_in_sync"] = _replicas_agree([m for m in (model, margin_loss, distill) if m is not None],
                                                      device)
+    save_checkpoint()
     if is_main:
-        save_checkpoint()
         shipped = averaged.module if averaged is not None and averaged.n_averaged > 0 else model
         if callback is not None:
             latest_val = callback(shipped)
