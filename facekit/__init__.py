@@ -7,6 +7,8 @@
     facekit.verify("a.jpg", "b.jpg")                  # {"same": bool, "similarity": ..., "threshold": ...}
 
     with facekit.Gallery.open("galleries/default") as gallery:
+        facekit.enroll("people/", gallery)              # one sub-folder of photos per person
+        facekit.add_face(gallery, "ada", "ada.jpg")     # or one photo at a time
         facekit.identify("group.jpg", gallery)          # [{"box", "identity", "similarity", ...}, ...]
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,10 +24,10 @@ import numpy as np
 if TYPE_CHECKING:
     from facekit.datastore import Gallery
     from facekit.detection import Face
-    from facekit.recognition import FacePipeline
+    from facekit.recognition import EnrollReport, FacePipeline
 
-__all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "compare", "detect_faces",
-           "face_embeddings", "identify", "load_image", "pipeline", "verify"]
+__all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "add_face", "compare",
+           "detect_faces", "enroll", "face_embeddings", "identify", "load_image", "pipeline", "verify"]
 
 
 class FacekitWarning(UserWarning):
@@ -94,3 +97,30 @@ def identify(image: np.ndarray | str | os.PathLike, gallery: Gallery, threshold:
 
     threshold = pipeline().identify_threshold if threshold is None else threshold
     return identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
+
+
+def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False) -> EnrollReport:
+    """`facekit enroll`: the largest face of each photo in a folder of per-person folders; photos enrolled
+    already (by content) are skipped. The report lists what was enrolled, skipped and why."""
+    from facekit.recognition import enroll as enroll_folder
+
+    return enroll_folder(pipeline(), gallery, people_dir, progress=progress)
+
+
+def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathLike) -> int:
+    """Enrol the largest face of one image as `identity`; returns its id in the gallery. No face is a ValueError.
+
+    A file is recorded by its path and content hash, an array by the hash of its pixels."""
+    import hashlib
+
+    array = _as_image(image)
+    source = "<array>" if isinstance(image, np.ndarray) else str(image)
+    data = np.ascontiguousarray(array).tobytes() if isinstance(image, np.ndarray) else Path(image).read_bytes()
+    faces = face_embeddings(array)
+    if not faces:
+        raise ValueError(f"no face found in {source if source != '<array>' else 'the image'}")
+    face, embedding = faces[0]
+    with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
+        gallery.bind_model(pipeline().embedder.model_id)
+        return gallery.add(identity, embedding[None], [{"path": source, "sha256": hashlib.sha256(data).hexdigest(),
+                                                        "box": [float(v) for v in face.box]}])[0]

@@ -1,6 +1,8 @@
-"""The tiny Python API (facekit.detect_faces, face_embeddings, compare, verify, identify) on bundled photos."""
+"""The tiny Python API (detect_faces, face_embeddings, compare, verify, enroll, add_face, identify), bundled photos."""
 
 from __future__ import annotations
+
+import hashlib
 
 import cv2
 import numpy as np
@@ -54,3 +56,26 @@ def test_a_face_with_unusable_landmarks_is_dropped_not_embedded(astronaut_bgr):
     found = pipeline.analyze(astronaut_bgr)
     assert len(found) == 1 and found[0].face.box == real.detect(astronaut_bgr)[0].box
     assert np.isfinite(found[0].embedding).all()
+
+
+def test_enroll_and_add_face_then_identify(tmp_path, astronaut_bgr, grace_hopper_path, grace_hopper_bgr):
+    people = tmp_path / "people" / "eileen_collins"
+    people.mkdir(parents=True)
+    cv2.imwrite(str(people / "a.png"), astronaut_bgr)
+    (people / "notes.txt").write_text("not a photo")
+    with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
+        report = facekit.enroll(tmp_path / "people", gallery)
+        assert (report.enrolled, [reason for _, reason in report.skipped]) == (1, ["not an image file name"])
+        face_id = facekit.add_face(gallery, "grace_hopper", grace_hopper_path)
+        [photo] = gallery.photos("grace_hopper")
+        assert (photo["path"], photo["sha256"]) == (str(grace_hopper_path),
+                                                    hashlib.sha256(grace_hopper_path.read_bytes()).hexdigest())
+        assert facekit.enroll(tmp_path / "people", gallery).already_enrolled == 1
+        with pytest.raises(ValueError, match="no face"):
+            facekit.add_face(gallery, "nobody", np.full((200, 200, 3), 127, np.uint8))
+        assert [face["identity"] for face in facekit.identify(cv2.flip(grace_hopper_bgr, 1), gallery)] == [
+            "grace_hopper"]
+        assert isinstance(face_id, int) and len(gallery) == 2
+    # The model was recorded on the first write: another model's embeddings are refused.
+    with Gallery.open(tmp_path / "gallery") as gallery, pytest.raises(facekit.GalleryError, match="another model"):
+        gallery.bind_model("0" * 64)
