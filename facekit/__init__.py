@@ -104,6 +104,7 @@ def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = Fal
     already (by content) are skipped. The report lists what was enrolled, skipped and why."""
     from facekit.recognition import enroll as enroll_folder
 
+    _check_size(gallery)
     return enroll_folder(pipeline(), gallery, people_dir, progress=progress)
 
 
@@ -113,6 +114,7 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
     A file is recorded by its path and content hash, an array by the hash of its pixels."""
     import hashlib
 
+    _check_size(gallery)
     array = _as_image(image)
     source = "<array>" if isinstance(image, np.ndarray) else str(image)
     data = np.ascontiguousarray(array).tobytes() if isinstance(image, np.ndarray) else Path(image).read_bytes()
@@ -124,3 +126,14 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
         gallery.bind_model(pipeline().embedder.model_id)
         return gallery.add(identity, embedding[None], [{"path": source, "sha256": hashlib.sha256(data).hexdigest(),
                                                         "box": [float(v) for v in face.box]}])[0]
+
+
+def _check_size(gallery: Gallery) -> None:
+    """Checked before anything is written. Gallery.open checks the size only when given a dim (the CLI gives it);
+    without this, a failed add to an empty gallery made for a model of another size would still record this model
+    as the gallery's, and the model it was made for would be refused from then on."""
+    from facekit.datastore import GalleryError
+
+    dim = pipeline().embedder.dim
+    if gallery.dim != dim:
+        raise GalleryError(f"gallery {gallery.root} holds {gallery.dim}-d embeddings, not {dim}-d (another model?)")

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class CliError(Exception):
@@ -92,13 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     photos.add_argument("name", nargs="?", help="only this identity's")
     photo_format = photos.add_mutually_exclusive_group()
     photo_format.add_argument("--json", action="store_true", help="one JSON object per photo per line")
-    photo_format.add_argument("--csv", action="store_true")
+    photo_format.add_argument("--csv", action="store_true", help="CSV, one row per photo")
     remove = actions.add_parser("remove", help="remove an identity and all its faces")
     remove.add_argument("name")
     remove_photo = actions.add_parser(
         "remove-photo", help="remove the faces enrolled from these photos, and no others of their people")
     remove_photo.add_argument("photos", nargs="+", metavar="PHOTO",
-                              help="a photo file (matched by content), its path as enrolled, or its sha256")
+                              help="a photo file (matched by content and path), its path as enrolled (relative or "
+                                   "absolute), or its sha256")
     rename = actions.add_parser("rename", help="rename an identity")
     rename.add_argument("old")
     rename.add_argument("new")
@@ -272,7 +275,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
     if args.csv:
-        writer = csv.DictWriter(sys.stdout, ["identity", "created", "sha256", "path"], lineterminator="\n")
+        # The csv module's own dialect, as identify --csv writes: one CSV style for the whole CLI.
+        writer = csv.DictWriter(sys.stdout, ["identity", "created", "sha256", "path"])
         writer.writeheader()
     for photo in photos:
         created = datetime.fromtimestamp(photo["created"], timezone.utc).isoformat(timespec="seconds")
@@ -284,17 +288,54 @@ def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
             print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {photo['path']}")
 
 
+def photo_keys(photo: str) -> set[str]:
+    """What one remove-photo argument may be enrolled as: its sha256 (the gallery stores it in lower case), its
+    path spelt as given, absolute or relative to here (enroll records a path as it was given one), and a file's
+    content."""
+    if not photo:
+        raise CliError('a PHOTO argument is empty (an unset variable in "$VAR"?)')
+    path = Path(photo)
+    if path.is_dir():
+        raise CliError(f"a folder, not a photo: {photo}")
+    keys = {photo, photo.lower()} if SHA256.fullmatch(photo) else {photo}
+    keys |= {os.path.abspath(photo), os.path.relpath(photo)}
+    if path.is_file():  # by content too: the photo may have been enrolled from another path
+        try:
+            keys.add(file_sha256(path))
+        except OSError as exc:
+            raise CliError(f"cannot read {photo}: {exc.strerror or exc}") from exc
+    # The gallery stores UTF-8 text: a name that is not (a stray Latin-1 byte) was never enrolled as it is.
+    return {key for key in keys if _is_utf8(key)}
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of the file name that Python keeps as a lone surrogate
+        return False
+    return True
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):  # a piece at a time: the argument may be a file of any size
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def remove_photos(gallery, photos: list[str]) -> int:
-    keys: dict[str, str] = {}  # what the gallery is asked for -> the argument it came from
+    # Every argument is looked at before anything is removed: a folder or an unreadable file stops the command.
+    asked: dict[str, set[str]] = {}  # what the gallery is asked for -> the arguments it stands for
     for photo in photos:
-        keys[photo] = photo
-        if Path(photo).is_file():  # by content too: the photo may have been enrolled from another path
-            keys[hashlib.sha256(Path(photo).read_bytes()).hexdigest()] = photo
-    removed = gallery.remove_photos(list(keys))
+        for key in photo_keys(photo):
+            asked.setdefault(key, set()).add(photo)
+    removed = gallery.remove_photos(list(asked))
+    matched: set[str] = set()
     for face in removed:
         print(f"removed {face['path']} from {face['identity']}")
-    matched = {keys.get(face["sha256"]) for face in removed} | {keys.get(face["path"]) for face in removed}
-    missing = [photo for photo in photos if photo not in matched]
+        matched |= asked.get(face["sha256"], set()) | asked.get(face["path"], set())
+    missing = [photo for photo in dict.fromkeys(photos) if photo not in matched]
     for photo in missing:
         print(f"error: not enrolled in {gallery.root}: {photo}", file=sys.stderr)
     return EXIT_FAILED if missing else EXIT_OK

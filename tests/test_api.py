@@ -79,3 +79,39 @@ def test_enroll_and_add_face_then_identify(tmp_path, astronaut_bgr, grace_hopper
     # The model was recorded on the first write: another model's embeddings are refused.
     with Gallery.open(tmp_path / "gallery") as gallery, pytest.raises(facekit.GalleryError, match="another model"):
         gallery.bind_model("0" * 64)
+
+
+def test_add_face_and_enroll_refuse_bad_input_and_store_nothing(tmp_path, astronaut_bgr):
+    (tmp_path / "not_an_image.jpg").write_text("hello")
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        with pytest.raises(facekit.ImageError, match="file not found"):
+            facekit.add_face(gallery, "eileen_collins", tmp_path / "missing.jpg")
+        with pytest.raises(facekit.ImageError, match="not an image"):
+            facekit.add_face(gallery, "eileen_collins", tmp_path / "not_an_image.jpg")
+        with pytest.raises(facekit.ImageError, match="not a file"):
+            facekit.add_face(gallery, "eileen_collins", tmp_path)
+        for bad_name in ("", "a/b", "a\x1b[2Jb"):
+            with pytest.raises(facekit.GalleryError, match="identity name"):
+                facekit.add_face(gallery, bad_name, astronaut_bgr)
+        with pytest.raises(FileNotFoundError, match="folder not found"):
+            facekit.enroll(tmp_path / "no_people", gallery)
+        assert len(gallery) == 0 and gallery.check() == []
+        # A grey photo is enrolled as what it is.
+        facekit.add_face(gallery, "eileen_collins", cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY))
+        assert [name for name, _ in gallery.identities()] == ["eileen_collins"]
+
+
+def test_add_face_and_enroll_leave_a_gallery_of_another_size_to_its_own_model(tmp_path, astronaut_bgr):
+    """An empty gallery made for a 128-d model: a failed add must not record the shipped model as its own, or the
+    model it was made for would be refused from then on."""
+    people = tmp_path / "people" / "eileen_collins"
+    people.mkdir(parents=True)
+    cv2.imwrite(str(people / "a.png"), astronaut_bgr)
+    with Gallery.open(tmp_path / "small", dim=128) as gallery:
+        with pytest.raises(facekit.GalleryError, match="128"):
+            facekit.add_face(gallery, "eileen_collins", astronaut_bgr)
+        with pytest.raises(facekit.GalleryError, match="128"):
+            facekit.enroll(tmp_path / "people", gallery)
+        with gallery.writer():
+            gallery.bind_model("f" * 64)  # its own model's fingerprint: still welcome
+        assert len(gallery) == 0
