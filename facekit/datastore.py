@@ -6,9 +6,10 @@ The index files are a derived checkpoint: they are written after the database co
 each time, and recorded in the `manifest` row of the `meta` table with their CRC32 and the highest
 embedding id they hold. Embedding ids come from AUTOINCREMENT and are never reused, so rows with a larger
 id than the checkpoint's are exactly the ones it lacks, and opening replays them ("catch-up"). A removal is a
-request to forget a face, so its rows are overwritten in the database (secure_delete) and the index is rebuilt
-without them when the write ends; until then, and in readers that loaded the index before, they are tombstones
-filtered out at query time. See galleries/README.md for the on-disk format.
+request to forget a face, so its rows are overwritten in the database (secure_delete), the index is rebuilt
+without them and the write-ahead log emptied when the write ends (or, if the writer died first, by the next open
+or write); until then, and in readers that loaded the index before, they are tombstones filtered out at query
+time. See galleries/README.md for the on-disk format.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class GalleryError(RuntimeError):
 
 
 class GalleryWarning(FacekitWarning):
-    """The gallery repaired itself on open (e.g. rebuilt its index after a crash)."""
+    """The gallery repaired itself on open (e.g. rebuilt its index after a crash), or could not yet clear a
+    removed face's old database pages from its files."""
 
 
 @dataclass
@@ -446,6 +448,7 @@ class Gallery:
         self._max_id = 0  # highest embedding id in the in-memory index
         self._lag = 0  # rows the index files lacked when they were loaded
         self._unsaved = False  # in-memory index holds vectors the files do not
+        self._forgetting = False  # this write removed faces: the write-ahead log must be emptied when it ends
         self._data_generation = -1
         self._live_ids = np.zeros(0, np.int64)  # sorted
         self._live_identity = np.zeros(0, np.int64)
@@ -589,29 +592,34 @@ class Gallery:
             removed = conn.execute("DELETE FROM embeddings WHERE identity_id = ?", (identity_id,)).rowcount
             conn.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             self._bump_generation(conn)
-            self._load_live()  # the index keeps the vectors as tombstones until compaction
+            self._load_live()  # the index keeps the vectors as tombstones until the write ends
             self._data_generation = self._generation()
+            self._forgetting = True
         return removed
 
-    def remove_photos(self, photos: list[str]) -> list[dict]:
+    def remove_photos(self, photos: list[str] | str | os.PathLike) -> list[dict]:
         """Delete the faces enrolled from these photos, each named by its content sha256 or its path as enrolled;
         returns the faces removed ({identity, path, sha256, created}). An identity left without faces goes too.
 
-        For one wrong photo in a person's folder: the rest of that person stays enrolled."""
-        keys = [str(photo) for photo in photos]
+        For one wrong photo in a person's folder: the rest of that person stays enrolled. A digest matches in either
+        case, a path only exactly as enrolled; one photo may be given alone, as a string or path."""
+        if isinstance(photos, (str, os.PathLike)):
+            photos = [photos]
+        paths = {str(photo) for photo in photos}
+        digests = {path.lower() for path in paths}
         with self.writer(), self._transaction(write=True) as conn:
-            marks = ", ".join("?" * len(keys))
-            rows = conn.execute(
-                f"SELECT e.id, i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} "
-                f"WHERE e.sha256 IN ({marks}) OR e.source_path IN ({marks}) ORDER BY e.id",
-                [key.lower() for key in keys] + keys).fetchall()
+            # Matched here, not with IN (?, ...): any number of keys (SQLite caps the parameters of a statement),
+            # in one pass; source_path has no index, so SQLite would read the whole table for them anyway.
+            every = conn.execute(f"SELECT e.id, i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} ORDER BY e.id")
+            rows = [row for row in every if row[3] in digests or row[2] in paths]
             if not rows:
                 return []
             conn.executemany("DELETE FROM embeddings WHERE id = ?", [(row[0],) for row in rows])
             conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
             self._bump_generation(conn)
-            self._load_live()  # the index keeps the vectors as tombstones until compaction
+            self._load_live()  # the index keeps the vectors as tombstones until the write ends
             self._data_generation = self._generation()
+            self._forgetting = True
         return [{"identity": name, "path": path, "sha256": sha, "created": created}
                 for _, name, path, sha, created in rows]
 
@@ -714,7 +722,7 @@ class Gallery:
             "dim": self.dim,
             "shards": len(index.shards),
             "index_vectors": index.ntotal,
-            "tombstones": index.ntotal - len(self._live_ids),
+            "tombstones": self._tombstones(),
             "index_generation": self._index_generation,
             "bytes_on_disk": _folder_bytes(self.root),
             "threads": faiss.omp_get_max_threads(),
@@ -844,11 +852,13 @@ class Gallery:
         generation = self._generation()
         self._request = self._meta("index")
         self._n_shards = int(self._meta("shards"))
-        if self._index is not None and generation == self._data_generation:
-            return True
         manifest = json.loads(self._meta("manifest") or "null")
         manifest_generation = manifest["generation"] if manifest else 0
+        # A new checkpoint alone (a removal's purge, a rebuild) leaves the data generation as it was, and must be
+        # loaded all the same: the old index still holds the removed faces' vectors.
         reloaded = self._index is None or manifest_generation != self._index_generation
+        if not reloaded and generation == self._data_generation:
+            return True
         if reloaded:
             try:
                 self._index, self._index_problem = self._read_index_files(manifest), None
@@ -954,30 +964,42 @@ class Gallery:
         self._unsaved = True
 
     def _repair_on_open(self) -> None:
-        """If nobody is writing: persist a rebuilt or caught-up index and clear files left by a crash."""
+        """If nobody is writing: persist a rebuilt or caught-up index, finish a removal whose writer died before
+        it purged the index (the user asked for those faces to be forgotten; they must not wait for some later
+        write), and clear files left by a crash."""
         if not self._lock.try_acquire():
-            if self._index_problem or self._lag:
+            if self._index_problem or self._lag or self._tombstones():
                 log.info("gallery %s: index repaired in memory only; another process is writing", self.root)
             return
         try:
-            if self._index_problem or self._lag:
+            if self._index_problem or self._lag or self._tombstones():
                 self._index = None  # look again now that no writer can be half way through
                 self._refresh()
-            if self._index_problem or self._lag:
+            removed = self._tombstones()
+            if removed:
+                with self._transaction():
+                    self._build_from_db()
+            if self._index_problem or self._lag or removed:
                 new = self._index_problem == "the gallery has no index yet" and not len(self._live_ids)
                 if not new:
-                    why = self._index_problem or f"the index lacked {self._lag} embeddings (interrupted write?)"
+                    why = "; ".join(filter(None, [
+                        self._index_problem,
+                        self._lag and f"the index lacked {self._lag} embeddings (interrupted write?)",
+                        removed and f"the index still held {removed} removed embeddings (interrupted removal?)"]))
                     warnings.warn(f"gallery {self.root}: {why}; rebuilt it from {DB_NAME}", GalleryWarning, 3)
                 try:
                     self._write_index()
                 except GalleryError as exc:  # a full disk must not stop reading: the rebuilt index is in memory
                     warnings.warn(f"{exc}; the repaired index is kept in memory only", GalleryWarning, 3)
             self._remove_stray_files()
+            # The dead writer's log may hold the removed rows' old pages; otherwise this is cheap, and never waits.
+            self._empty_wal(forgetting=bool(removed))
         finally:
             self._lock.release()
 
     def _checkpoint(self) -> None:
-        """End of a write: compact or re-type the index if due, and write it if it has changed."""
+        """End of a write: purge removed faces' vectors, re-type the index if due, write it if it has changed,
+        and empty the write-ahead log."""
         if self._conn is None or self._index is None:
             return
         live = len(self._live_ids)
@@ -985,16 +1007,39 @@ class Gallery:
         have = self._index.spec
         grown = wanted.kind == "ivf" and have.kind == "ivf" and wanted.nlist >= 2 * have.nlist
         rebuild = wanted.kind != have.kind or grown or len(self._index.shards) != self._n_shards
-        purge = self._index.ntotal > live  # removed faces: their vectors must not stay in the index files
+        purge = self._tombstones() > 0  # removed faces: their vectors must not stay in the index files
         if rebuild or purge:
             with self._transaction():
                 self._build_from_db()
         if self._unsaved:
             self._write_index()
-        if purge:
-            # The write-ahead log still holds the removed rows' old pages; move them out and truncate it
-            # (best effort: a reader's open snapshot defers it to a later write).
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._empty_wal(forgetting=self._forgetting or purge)
+        self._forgetting = False
+
+    def _empty_wal(self, forgetting: bool) -> None:
+        """Copy the write-ahead log into the database and truncate it: until then the log (and the database file
+        the log has not been copied into yet) keeps the old versions of changed pages, a removed face's row
+        among them. A reader's open snapshot blocks this; after a removal we wait for it up to lock_timeout and
+        warn if that was not enough, otherwise we do not wait: every later write tries again."""
+        why = f"a reader held a snapshot from before the removal for over {self.lock_timeout:g} s"
+        if not forgetting:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            (busy, _, _) = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError as exc:  # a full disk, say: what was committed stands, and reading goes on
+            busy, why = 1, f"the write-ahead log could not be emptied ({exc})"
+        finally:
+            if not forgetting:
+                self._conn.execute(f"PRAGMA busy_timeout = {round(self.lock_timeout * 1000)}")
+        if busy and forgetting:
+            warnings.warn(
+                f"gallery {self.root}: {why}, so {DB_NAME} and its -wal file may still hold the removed faces' old "
+                "rows; every later write tries again, and closing the last connection to the gallery clears them",
+                GalleryWarning, 2)
+
+    def _tombstones(self) -> int:
+        """Vectors in the in-memory index whose rows are gone (all live rows are in it)."""
+        return self._index.ntotal - len(self._live_ids) if self._index is not None else 0
 
     def _write_index(self) -> None:
         manifest = json.loads(self._meta("manifest") or "null")
@@ -1094,6 +1139,10 @@ class Gallery:
         behind = len(live) - len(covered)
         if len(missing):
             problems.append(f"index lacks {len(missing)} embeddings it should hold (e.g. id {missing[0]})")
+        removed = np.setdiff1d(index_ids, live)
+        if len(removed):  # no writer is half way through (we hold the lock): one died before it purged them
+            problems.append(f"index still holds {len(removed)} removed embeddings (an interrupted removal; opening "
+                            "the gallery while nobody writes purges them)")
         if behind:
             problems.append(
                 f"index is stale: {behind} embeddings were added after index generation {manifest['generation']}"

@@ -6,6 +6,7 @@ import hashlib
 import sqlite3
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -282,23 +283,184 @@ def test_hnsw_removal_is_purged_from_the_index_when_the_write_ends(path: Path) -
         assert gallery.check() == []
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def stored_vectors(path: Path) -> dict[str, bytes]:
+    """source path -> vector bytes of every enrolled face, read behind the gallery's back."""
+    conn = sqlite3.connect(path / "gallery.sqlite")
+    try:
+        return dict(conn.execute("SELECT source_path, vector FROM embeddings"))
+    finally:
+        conn.close()
+
+
+def folder_bytes(path: Path) -> bytes:
+    return b"".join(file.read_bytes() for file in sorted(path.iterdir()) if file.is_file())
+
+
+def traces(path: Path, stored: dict[str, bytes], *faces: str) -> list[str]:
+    """Those of these faces (enroll's "identity-seed-i") whose vector, file hash or path is in a gallery file.
+
+    Look while the gallery is open: closing the last connection deletes the write-ahead log, whatever it held."""
+    data = folder_bytes(path)
+    return [face for face in faces if stored[f"{face}.jpg"] in data or f"{face}.jpg".encode() in data
+            or sources(face)[0]["sha256"].encode() in data]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_a_removed_face_leaves_no_trace_on_disk(path: Path, kind: str) -> None:
-    """Removal is a request to forget a face: neither its vector nor its file's hash may stay in any file."""
+    """Removal is a request to forget a face: neither its vector nor its file's hash or path may stay in any file."""
     with Gallery.open(path, dim=DIM, index=kind) as gallery:
         with gallery.writer():
-            for n in range(6):
-                enroll(gallery, f"p{n}", n, 2)
-        with sqlite3.connect(path / "gallery.sqlite") as conn:
-            stored = dict(conn.execute("SELECT source_path, vector FROM embeddings").fetchall())
-        gallery.remove("p5")
-        gallery.remove_photos([sources("p4-4-0")[0]["sha256"]])
-    data = b"".join(file.read_bytes() for file in sorted(path.iterdir()) if file.is_file())
-    for name in ("p5-5-0", "p5-5-1", "p4-4-0"):
-        assert stored[f"{name}.jpg"] not in data
-        assert sources(name)[0]["sha256"].encode() not in data and f"{name}.jpg".encode() not in data
-    # The rest of p4 stays, and is found where it was written.
-    assert stored["p4-4-1.jpg"] in data and sources("p4-4-1")[0]["sha256"].encode() in data
+            for n in range(60):  # IVF needs 100 vectors
+                enroll(gallery, f"person{n:02d}", n, 2)
+        assert gallery.stats()["index"] == kind
+        stored = stored_vectors(path)
+        gallery.remove("person05")
+        gallery.remove_photos([sources("person04-4-0")[0]["sha256"]])
+        assert traces(path, stored, "person05-5-0", "person05-5-1", "person04-4-0") == []
+        assert b"person05" not in folder_bytes(path)
+        # The rest of person04 stays, and is found where it was written.
+        assert traces(path, stored, "person04-4-1") == ["person04-4-1"]
+
+
+def test_remove_photos_by_path_or_sha256_in_any_number(path: Path) -> None:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1, 3)
+        enroll(gallery, "bob", 2, 1)
+        unknown = [f"/not/enrolled/{n}.jpg" for n in range(200_000)]  # more than SQLite binds in one statement
+        sha = sources("alice-1-1")[0]["sha256"].upper()  # a digest in either case; a path exactly as enrolled
+        removed = gallery.remove_photos([*unknown, "alice-1-0.jpg", sha, "BOB-2-0.JPG", "alice-1-0.jpg"])
+        assert [(face["identity"], face["path"]) for face in removed] == [("alice", "alice-1-0.jpg"),
+                                                                           ("alice", "alice-1-1.jpg")]
+        assert gallery.identities() == [("alice", 1), ("bob", 1)]
+        assert gallery.remove_photos(["nothing.jpg"]) == []
+        assert gallery.check() == []
+
+
+def test_remove_photos_takes_one_photo_as_a_string(path: Path) -> None:
+    """Not as the list of its characters, which would remove nothing, or faces enrolled from a file named "a"."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1, 1)
+        enroll(gallery, "bob", 2, 1)
+        assert [face["identity"] for face in gallery.remove_photos("bob-2-0.jpg")] == ["bob"]
+        assert [face["identity"] for face in gallery.remove_photos(Path("alice-1-0.jpg"))] == ["alice"]
+        assert gallery.identities() == []  # a person left without faces goes too
+        assert gallery.check() == []
+
+
+def test_a_reader_with_the_old_index_never_returns_a_removed_face(path: Path) -> None:
+    """Another Gallery (or process) loaded the index before a removal. Searched while the writer purges, and
+    after the old index files are gone, it answers from the live faces only."""
+    with Gallery.open(path, dim=DIM) as writer, Gallery.open(path, dim=DIM) as reader:
+        with writer.writer():
+            for n in range(8):
+                enroll(writer, f"p{n}", n, 2)
+        assert reader.search(vectors(3, 2)[0])[0][0].identity == "p3"  # the reader holds this index now
+        old_files = index_files(path)
+        answers = []
+
+        def look() -> None:
+            answers.append({m.identity for m in reader.search(vectors(3, 2), k=8)[0]})
+
+        def watched(step: Callable) -> Callable:  # the reader searches before and after a step of the purge
+            def run(*args: object) -> None:
+                look()
+                step(*args)
+                look()
+            return run
+
+        writer._checkpoint = watched(writer._checkpoint)  # committed, not yet purged; then purged
+        writer._remove_stray_files = watched(writer._remove_stray_files)  # new index recorded, old files kept
+        writer.remove("p3")
+        assert len(answers) == 4
+        assert all(answer == {f"p{n}" for n in range(8)} - {"p3"} for answer in answers), answers
+        assert not set(old_files) & set(index_files(path))
+        assert reader.stats()["tombstones"] == 0
+        assert reader.check() == []
+
+
+def test_an_interrupted_removal_is_purged_when_the_gallery_is_next_opened(path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer killed between the removal's commit and the index rewrite leaves the removed vectors in the index
+    files: check() says so, and the next open that can take the writer lock purges them (with a warning)."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        for n in range(3):
+            enroll(gallery, f"p{n}", n)
+        stored = stored_vectors(path)
+        monkeypatch.setattr(Gallery, "_checkpoint", lambda self: None)  # "killed" right after the commit
+        gallery.remove("p1")
+        monkeypatch.undo()
+        assert traces(path, stored, "p1-1-0", "p1-1-1") == ["p1-1-0", "p1-1-1"]
+    writer_lock = datastore.FileLock(path / datastore.LOCK_NAME)
+    assert writer_lock.try_acquire()  # somebody is writing: opening must not touch the files
+    try:
+        reader = Gallery.open(path, dim=DIM)
+    finally:
+        writer_lock.release()
+        writer_lock.close()
+    with reader:
+        assert all(m.identity != "p1" for m in reader.search(vectors(1, 2)[0], k=3)[0])
+        assert any("2 removed embeddings" in problem for problem in reader.check())
+    with pytest.warns(GalleryWarning, match="held 2 removed embeddings"), Gallery.open(path, dim=DIM) as gallery:
+        assert traces(path, stored, "p1-1-0", "p1-1-1") == []
+        assert gallery.check() == []
+        assert {m.identity for m in gallery.search(vectors(1, 2)[0], k=3)[0]} == {"p0", "p2"}
+        with gallery.writer():
+            gallery.remove("p2")
+            assert gallery.check() == []  # the caller's own unfinished removal is purged first, not reported
+        assert gallery.identities() == [("p0", 2)]
+
+
+def test_a_removal_that_a_reader_blocks_warns_and_the_next_write_finishes_it(path: Path) -> None:
+    """Emptying the write-ahead log waits for readers' snapshots. One kept open past the lock timeout leaves the
+    removed rows' old pages in the database files: the removal says so, and the next write clears them."""
+    with Gallery.open(path, dim=DIM, lock_timeout=0.2) as gallery:
+        for n in range(3):
+            enroll(gallery, f"p{n}", n)
+        stored = stored_vectors(path)
+        reader = sqlite3.connect(path / "gallery.sqlite", isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM embeddings").fetchone()  # a snapshot from before the removal
+            with pytest.warns(GalleryWarning, match="snapshot"):
+                gallery.remove("p1")
+            assert traces(path, stored, "p1-1-0", "p1-1-1") != []
+            reader.execute("COMMIT")
+            enroll(gallery, "p9", 9)
+            assert traces(path, stored, "p1-1-0", "p1-1-1") == []
+        finally:
+            reader.close()
+
+
+class _LogCannotBeEmptied:
+    """A gallery's connection whose write-ahead log cannot be copied into the database (a full disk)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+
+def test_a_log_that_cannot_be_emptied_stops_neither_a_removal_nor_reading(path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The removal is committed and purged from the index by then: it warns, where a raw sqlite3 error came out."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        enroll(gallery, "bob", 2)
+    connect = sqlite3.connect
+    monkeypatch.setattr(datastore.sqlite3, "connect", lambda *args, **kw: _LogCannotBeEmptied(connect(*args, **kw)))
+    with Gallery.open(path, dim=DIM) as gallery:  # an open that takes the writer lock tries too, without a word
+        with pytest.warns(GalleryWarning, match=r"could not be emptied \(database or disk is full\)"):
+            gallery.remove("bob")
+        enroll(gallery, "carol", 3)
+        assert [name for name, _ in gallery.identities()] == ["alice", "carol"]
+        assert gallery.search(vectors(2, 2)[0])[0][0].identity != "bob"
+        assert gallery.stats()["tombstones"] == 0
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
