@@ -407,6 +407,9 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
     (or a CliError's own code), never a traceback. The commands and the scripts in tools/ share it."""
     import sqlite3
 
+    from facekit.errors import escape_unencodable_output
+
+    escape_unencodable_output()
     try:
         return run()
     except CliError as exc:

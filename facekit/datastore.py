@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from facekit import FacekitWarning
-from facekit.errors import one_line
+from facekit.errors import one_line, printable_path
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ def clean_identity(name: object) -> str:
         raise GalleryError(f"identity name {name!r} contains a path separator")
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS for c in name):
         raise GalleryError(f"identity name {name!r} contains control characters")
+    if any(unicodedata.category(c) == "Cs" for c in name):  # how Python reads a non-UTF-8 byte of a file name
+        raise GalleryError(f"identity name {name!r} is not valid UTF-8 (a folder name in another encoding?)")
     return name
 
 
@@ -168,6 +170,9 @@ def _clean_sources(sources: object, count: int) -> list[tuple[str, str, str | No
         path, sha, box = source.get("path"), source.get("sha256"), source.get("box")
         if not isinstance(path, str) or not path:
             raise GalleryError("source 'path' must be a non-empty string")
+        # SQLite cannot store a non-UTF-8 file name's bytes as Python reads them: kept as \xNN, the photo is still
+        # listed, and found (and removed) by its content.
+        path = printable_path(path)
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
             raise GalleryError(f"source 'sha256' must be 64 hex digits; got {sha!r}")
         if box is not None:

@@ -509,3 +509,25 @@ def test_gallery_photos_lists_any_path_as_csv_and_json(tmp_path, capsys, astrona
     for option, expected_out in (("--json", ""), ("--csv", "identity,created,sha256,path\r\n")):
         code, out, err = run_cli(capsys, "gallery", "photos", option, "--gallery", str(tmp_path / "empty"))
         assert (code, out, err) == (0, expected_out, "")
+
+
+def test_file_and_folder_names_that_are_not_utf8_are_enrolled_or_skipped_not_fatal(tmp_path, people, capsys):
+    """A name in another encoding (Latin-1 é) reaches Python as a lone surrogate, which SQLite cannot store."""
+    latin1 = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(people / "grace_hopper" / "a.jpg", people / "grace_hopper" / latin1)
+    cv2.imwrite(str(people / "grace_hopper" / "c.jpg"), cv2.flip(cv2.imread(str(people / "grace_hopper" / "a.jpg")), 1))
+    (people / os.fsdecode(b"Jos\xe9")).mkdir()
+    shutil.copy(people / "eileen_collins" / "b.jpg", people / os.fsdecode(b"Jos\xe9") / "1.jpg")
+    gallery = str(tmp_path / "gallery")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    # The Latin-1 file is a.jpg's twin, so already enrolled; c.jpg after it was still enrolled.
+    assert code == 0 and "5 faces enrolled, 1 already enrolled, 1 skipped" in out, err
+    assert "not valid UTF-8" in err
+    code, out, _ = run_cli(capsys, "gallery", "photos", "grace_hopper", "--gallery", gallery)
+    assert "c.jpg" in out
+    os.remove(people / "grace_hopper" / "a.jpg")
+    code, out, _ = run_cli(capsys, "gallery", "remove-photo", str(people / "grace_hopper" / latin1),
+                           "--gallery", gallery)
+    assert code == 0 and "a.jpg from grace_hopper" in out  # by content: the Latin-1 name was never enrolled
+    code, out, err = run_cli(capsys, "identify", str(people / "grace_hopper"), "--gallery", gallery)
+    assert code == 0 and "caf\\xe9.jpg" in out and "grace_hopper" in out
