@@ -3,15 +3,18 @@
 Pillow reads the header first, so oversized images are refused before any pixel
 buffer is allocated; it also applies the EXIF orientation and understands the many
 pixel modes (palette, grey+alpha, CMYK, 16-bit) that real photo folders contain.
-OpenCV is only a fallback for files whose header Pillow read but could not decode.
+OpenCV is only a fallback for TIFFs that Pillow cannot open at all (float colour, for one).
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import logging
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -23,10 +26,34 @@ from facekit.errors import one_line
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 40_000_000
 TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
+BIGTIFF_SIGNATURES = (b"II+\0", b"MM\0+")
+TIFF_WIDTH, TIFF_LENGTH, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 256, 257, 322, 323  # tag numbers
 
 
 class ImageError(ValueError):
     """A file that cannot be used as an image; the message is a one-line reason."""
+
+
+def _silence_pillow_libtiff() -> None:
+    """Pillow reports a damaged compressed TIFF as an exception, and its libtiff prints the same failure to stderr.
+
+    Pillow mutes libtiff's warnings itself but not its errors; only Pillow's own libtiff is muted here (OpenCV
+    has its own copy, silenced per call). Where libtiff is linked in statically its symbols are not found."""
+    try:
+        from PIL import _imaging
+
+        set_handler = ctypes.CDLL(_imaging.__file__).TIFFSetErrorHandler
+    except (ImportError, OSError, AttributeError):
+        return
+    set_handler.restype = ctypes.c_void_p
+    set_handler.argtypes = [ctypes.c_void_p]
+    set_handler(None)
+
+
+_silence_pillow_libtiff()
+# Pillow logs some refusals as errors too (a TIFF with absurd samples per pixel); with no logging configured they would
+# reach stderr through logging's last resort. An application that configures logging still receives them.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -47,45 +74,39 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
     """Decode encoded image bytes as an HxWx3 uint8 BGR array; see load_image."""
     if not data:
         raise ImageError(f"empty file: {name}")
+    with warnings.catch_warnings():
+        # Our own max_pixels check replaces Pillow's bomb warning, and our one-line error its complaints about a
+        # damaged header or EXIF block, which come while it opens, decodes and turns the photo (one that still
+        # decodes needs no complaint).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        return _decode(data, name, max_pixels)
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            # Our own max_pixels check below replaces Pillow's warning, and our one-line error its complaints
-            # about a damaged header (a photo that still decodes needs no complaint).
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         found = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{int(found.group(1))} pixels" if found else "too many pixels"
         raise ImageError(f"image too large: {size} (limit {max_pixels / 1e6:g} megapixels): {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        # Pillow cannot open some TIFFs at all (float32 colour); OpenCV can, once their size is known to fit.
-        pixels = None
-        if data[:4] in TIFF_SIGNATURES:
-            width, height = _tiff_size(data)
-            if width * height > max_pixels:
-                raise ImageError(f"image too large: {width}x{height} pixels "
-                                 f"(limit {max_pixels / 1e6:g} megapixels): {name}") from None
-            pixels = _decode_with_opencv(data) if width * height > 0 else None
-        if pixels is None:
-            raise ImageError(f"not an image: {name}") from None
-        return pixels
+        # Pillow cannot open some TIFFs at all (float colour, big-endian BigTIFF); OpenCV can, once their size is
+        # known to fit.
+        return _decode_tiff_pillow_cannot_open(data, name, max_pixels)
 
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"corrupt or truncated image: {name} (size {width}x{height})")
-    if width * height > max_pixels:
-        raise ImageError(
-            f"image too large: {width}x{height} pixels (limit {max_pixels / 1e6:g} megapixels): {name}"
-        )
+    _check_pixels(width, height, max_pixels, name)
+    if image.format == "TIFF":
+        _check_tiles(image.tag_v2, max_pixels, name)
     try:
         image.load()
     except Exception as error:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error ...)
-        # Only TIFF: OpenCV would happily return the grey remainder of a truncated JPEG or PNG.
-        pixels = _decode_with_opencv(data) if image.format == "TIFF" else None
-        if pixels is None:
-            raise ImageError(f"corrupt or truncated image: {name} ({one_line(error)})") from None
-        return pixels
+        # No OpenCV fallback here: it returns the black remainder of a truncated JPEG or PNG, and an all-black
+        # image for a TIFF whose compressed data is damaged (it does not check libtiff's read errors).
+        raise ImageError(f"corrupt or truncated image: {name} ({one_line(error)})") from None
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # A broken EXIF block should not cost the photo itself.
@@ -93,11 +114,67 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
     return _to_bgr(image)
 
 
+def _decode_tiff_pillow_cannot_open(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    tags = _first_tiff_tags(data) or {}
+    width, height = _tag_number(tags, TIFF_WIDTH), _tag_number(tags, TIFF_LENGTH)
+    # Both sizes are checked: two negative ones (signed tags) would multiply to a small count libtiff reads as huge.
+    if width <= 0 or height <= 0:
+        raise ImageError(f"not an image: {name}")
+    _check_pixels(width, height, max_pixels, name)
+    _check_tiles(tags, max_pixels, name)
+    pixels = _decode_with_opencv(data)
+    if pixels is None:
+        # Its header was read, so "not an image" would mislead: float RGBA, CMYK or two samples, or damaged data.
+        raise ImageError(f"unsupported or damaged TIFF ({width}x{height} pixels): {name}")
+    return pixels
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"image too large: {width}x{height} pixels (limit {max_pixels / 1e6:g} megapixels): {name}")
+
+
+def _check_tiles(tags: Mapping[int, object], max_pixels: int, name: str) -> None:
+    """Refuse a TIFF tile larger than max_pixels, whatever the image's own size.
+
+    libtiff decodes a whole tile at a time, so a 16x16 image in one well-compressed 16384x16384 tile
+    (a file under a megabyte) would fill hundreds of megabytes. A strip never exceeds the image."""
+    tile_width, tile_length = _tag_number(tags, TIFF_TILE_WIDTH), _tag_number(tags, TIFF_TILE_LENGTH)
+    if tile_width * tile_length > max_pixels:
+        raise ImageError(f"image too large: {tile_width}x{tile_length} pixel tiles "
+                         f"(limit {max_pixels / 1e6:g} megapixels): {name}")
+
+
+def _tag_number(tags: Mapping[int, object], tag: int) -> int:
+    """A tag's single integer value; 0 if it is missing or anything else (libtiff refuses those too)."""
+    value = tags.get(tag, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _first_tiff_tags(data: bytes) -> dict[int, object] | None:
+    """Size and tiling of a TIFF's first image, without decoding it; None if its header cannot be read."""
+    if data[:4] in TIFF_SIGNATURES:
+        header = data[:8]
+    elif data[:4] in BIGTIFF_SIGNATURES:
+        # Pillow looks for a BigTIFF's 43 in the third byte, so it reads a big-endian one ("MM\0+") as a classic
+        # TIFF and fails; the little-endian form of the header, with the file's own byte order, reads right.
+        header = b"II+\0" + data[4:16]
+    else:
+        return None
+    try:
+        tags = TiffImagePlugin.ImageFileDirectory_v2(ifh=header, prefix=data[:2])
+        stream = io.BytesIO(data)
+        stream.seek(tags.next)
+        tags.load(stream)
+        return {tag: tags.get(tag, 0) for tag in (TIFF_WIDTH, TIFF_LENGTH, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH)}
+    except Exception:  # a broken header is "not an image", however Pillow's parser fails on it
+        return None
+
+
 def _to_bgr(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        # Mode I is 32 bits wide whatever the samples hold: a TIFF of 8-bit values in it must not come out black.
-        grey = _to_uint8(np.asarray(image), eight_bit_wide=mode == "I")
+        grey = _to_uint8(np.asarray(image))
         return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
@@ -109,44 +186,45 @@ def _to_bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def _to_uint8(values: np.ndarray, eight_bit_wide: bool = False) -> np.ndarray:
-    """16-bit and float samples to 8 bits, keeping relative brightness.
-
-    eight_bit_wide: integer samples of unknown width; those that all fit in 8 bits are taken as 8-bit."""
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Samples of any depth to 8 bits, keeping relative brightness; negative ones are black."""
     if values.dtype.kind == "f":
-        values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+        return _float_to_uint8(values)
+    if values.dtype.itemsize == 1:
         return np.clip(values, 0, 255).astype(np.uint8)
-    if eight_bit_wide and values.max(initial=0) <= 255:
-        return np.clip(values, 0, 255).astype(np.uint8)
-    return np.clip(values.astype(np.int64) // 257, 0, 255).astype(np.uint8)
+    if values.dtype.itemsize == 2:
+        return (np.clip(values, 0, None) // 257).astype(np.uint8)
+    # 32-bit samples (Pillow's mode I, OpenCV's int32) are a container: files put 8- or 16-bit values in it as
+    # often as full-width ones, so the largest value decides which (8-bit ones must not come out black, full-width
+    # ones not white).
+    top = int(values.max(initial=0))
+    full = 255 if top <= 255 else 65535 if top <= 65535 else int(np.iinfo(values.dtype).max)
+    return (np.clip(values, 0, None) // ((full + 254) // 255)).astype(np.uint8)
 
 
-def _tiff_size(data: bytes) -> tuple[int, int]:
-    """Width and height from a TIFF's first directory, without decoding it; (0, 0) if it cannot be read."""
-    try:
-        directory = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
-        stream = io.BytesIO(data)
-        stream.seek(directory.next)
-        with warnings.catch_warnings():  # Pillow warns of a short directory; the caller's error says it once
-            warnings.simplefilter("ignore")
-            directory.load(stream)
-        return int(directory.get(256, 0)), int(directory.get(257, 0))
-    except Exception:  # a broken header is "not an image", however Pillow's parser fails on it
-        return 0, 0
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Float samples hold 0..1 (OpenCV, HDR and scientific tools) or 0..255 (Pillow's mode F from 8 bits).
+
+    The typical sample decides which: resampling overshoot and highlights take a few past 1, and one stray
+    value must not turn a photo black. NaN is black, infinity white."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        unit_range = np.count_nonzero(values > 1.0) * 2 <= values.size
+        scaled = values * 255.0 if unit_range else values.copy()
+        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 def _decode_with_opencv(data: bytes) -> np.ndarray | None:
-    """Fallback for TIFFs Pillow only half supports (some 16-bit and float colour ones). Size is checked already."""
+    """Fallback for TIFFs Pillow cannot open (float colour, big-endian BigTIFF). Size is checked already."""
     # A file this fails on is reported as one error line; OpenCV would add its codec's own lines to stderr.
     previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        # ANYCOLOR keeps a grey float image grey: asked for colour, OpenCV refuses it. Either applies the orientation.
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     finally:
         cv2.utils.logging.setLogLevel(previous)
-    if pixels is None or pixels.ndim != 3:
+    if pixels is None or not (pixels.ndim == 2 or pixels.shape[2] == 3):
         return None
     if pixels.dtype != np.uint8:
         pixels = _to_uint8(pixels)
-    return pixels
-
-
+    return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if pixels.ndim == 2 else pixels

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facekit.alignment import CROP_SIZE, TEMPLATE_112, align_face, similarity_transform
+from facekit.alignment import CROP_SIZE, TEMPLATE_112, align_face, landmarks_problem, similarity_transform
 
 
 def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
@@ -72,12 +72,46 @@ def test_align_face_moves_dots_onto_the_template(size: int) -> None:
     np.testing.assert_allclose(found, expected, atol=0.3)
 
 
+@pytest.mark.filterwarnings("error")  # 1e308 overflowed in the warp's arithmetic, with RuntimeWarnings
 @pytest.mark.parametrize(("landmarks", "message"), [
     (np.full((5, 2), 40.0), "within"),  # a detector that put every point on one pixel
     (np.where(np.eye(5, 2, dtype=bool), np.nan, TEMPLATE_112), "not finite"),
     (TEMPLATE_112[:4], "5 landmarks"),
+    (TEMPLATE_112 * 1e30, "from the image origin"),  # gave a crop of the border colour
+    (np.full((5, 2), 1e308) * [[1], [-1], [1], [-1], [1]], "from the image origin"),
+    ([[38, 51], [73, 51], [56], [41, 92], [70, 92]], "not numbers"),  # numpy's own ValueError, not a reason
 ])
 def test_align_face_refuses_landmarks_no_warp_can_use(landmarks: np.ndarray, message: str) -> None:
     image = np.random.default_rng(0).integers(0, 256, (120, 120, 3), np.uint8)
+    assert message in landmarks_problem(landmarks)  # the pipeline drops such a face with this, so it must not raise
     with pytest.raises(ValueError, match=message):
+        align_face(image, landmarks)
+
+
+@pytest.mark.parametrize(("height", "width", "scale", "angle", "shift"), [
+    (300, 400, 2.0, 15.0, (100.0, 50.0)),
+    (128, 40_000, 0.5, -10.0, (39_000.0, 20.0)),  # a 5 MP panorama: cv2.warpAffine refuses 32767 px or more
+])
+def test_align_face_samples_where_its_warp_says(
+    height: int, width: int, scale: float, angle: float, shift: tuple[float, float]
+) -> None:
+    # Each pixel holds its own (x, y), so the crop shows where it sampled, to a fraction of a pixel.
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    image = np.dstack([xs, ys])
+    landmarks = _apply(_similarity(angle, scale, shift), TEMPLATE_112)
+
+    aligned = align_face(image, landmarks)
+
+    inverse = cv2.invertAffineTransform(similarity_transform(landmarks).astype(np.float64))
+    v, u = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE]
+    sampled = np.dstack([u, v, np.ones_like(u)]) @ inverse.T
+    inside = ((sampled > 1) & (sampled < [width - 2, height - 2])).all(axis=2)
+    assert inside.sum() > 20
+    np.testing.assert_allclose(aligned[inside], sampled[inside], atol=0.06)
+
+
+def test_a_face_wider_than_the_warp_limit_is_refused() -> None:
+    image = np.zeros((128, 40_000, 3), np.uint8)
+    landmarks = _apply(_similarity(5.0, 320.0, (2_000.0, -10_000.0)), TEMPLATE_112)
+    with pytest.raises(ValueError, match="too large to align"):
         align_face(image, landmarks)

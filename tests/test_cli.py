@@ -356,7 +356,7 @@ def test_console_script_help():
 
 
 def test_a_damaged_tiff_is_one_error_line_even_at_the_file_descriptor(tmp_path, capfd, astronaut_bgr):
-    # Pillow gives up on it and OpenCV is tried, whose TIFF codec logs to the process's stderr itself.
+    # Pillow opens it and fails to decode it; neither its libtiff nor OpenCV's may add lines of their own.
     from PIL import Image
 
     damaged, portrait = tmp_path / "damaged.tif", tmp_path / "portrait.jpg"

@@ -70,6 +70,16 @@ def corpus(tmp_path, astronaut_bgr, grace_hopper_bgr) -> dict[str, Path]:
     buffer = io.BytesIO()
     Image.fromarray(astronaut_bgr[:, :, ::-1]).convert("RGBA").save(buffer, format="PNG")
     cases["rgba/a.png"] = buffer.getvalue()
+    scene = grace_hopper_bgr.astype(np.float32) / 255  # a float TIFF, which only OpenCV reads
+    scene[0, 0] = np.nan  # one bad sample must not turn the photo black
+    scene[:60] *= 1.6  # nor a band of highlights above 1
+    cases["float_tiff/a.tif"] = cv2.imencode(".tiff", scene)[1].tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut_bgr[:, :, ::-1]).save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    damaged = bytearray(buffer.getvalue())
+    strip = Image.open(io.BytesIO(buffer.getvalue())).tag_v2[273][0]
+    damaged[strip:strip + 2] = b"\xff\xff"  # no zlib stream starts so
+    cases["damaged_tiff/a.tif"] = bytes(damaged)
     for orientation in range(1, 9):
         cases[f"exif_{orientation}/a.jpg"] = with_orientation(grace_hopper_bgr, orientation)
     for relative, data in cases.items():
@@ -100,10 +110,12 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
 
     summary = json.loads(out)
     skipped = {Path(item["path"]).parent.name: item["reason"] for item in summary["skipped_files"]}
-    for broken in ("truncated_jpeg", "truncated_png", "empty_jpeg", "empty_png", "text_as_jpeg", "no_face", "bomb"):
+    for broken in ("truncated_jpeg", "truncated_png", "empty_jpeg", "empty_png", "text_as_jpeg", "no_face", "bomb",
+                   "damaged_tiff"):
         assert broken in skipped, f"{broken} was not reported as skipped"
         assert "\n" not in skipped[broken] and skipped[broken]
     assert "too large" in skipped["bomb"] or "pixels" in skipped["bomb"]
+    assert "corrupt" in skipped["damaged_tiff"]  # not decoded as an all-black photo with "no face" in it
     assert any("control" in item["path"] for item in summary["skipped_files"])
     assert any("loop" in item["path"] for item in summary["skipped_files"])
     assert any("fifty_faces" in warning for warning in summary["warnings"])
@@ -111,7 +123,7 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
         enrolled = dict(opened.identities())
         before = len(opened)
         assert opened.check() == []
-    for readable in ("greyscale", "sixteen_bit", "cmyk", "rgba", "José María Ñúñez",
+    for readable in ("greyscale", "sixteen_bit", "cmyk", "rgba", "float_tiff", "José María Ñúñez",
                      *[f"exif_{o}" for o in range(1, 9)]):
         assert readable in enrolled, f"{readable} was not enrolled"
 
@@ -127,7 +139,7 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
             record = json.loads(out)
             if name == "fifty_faces":
                 assert len(record["faces"]) >= 20  # small faces in a 1200x600 grid; most must be found
-            if name.startswith("exif_") or name in ("greyscale", "sixteen_bit", "cmyk", "rgba"):
+            if name.startswith("exif_") or name in ("greyscale", "sixteen_bit", "cmyk", "rgba", "float_tiff"):
                 assert len(record["faces"]) >= 1, f"{name}: no face after decoding"
         else:
             counts["refused"] += 1
@@ -135,7 +147,7 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
             assert len([line for line in err.splitlines() if line.startswith("error:")]) >= 1
     print(f"fuzz corpus: {counts}")
     assert counts["tracebacks"] == 0
-    assert counts["refused"] == 6  # truncated x2, empty x2, text, bomb
+    assert counts["refused"] == 7  # truncated x2, empty x2, text, bomb, damaged TIFF
     with Gallery.open(gallery, create=False) as opened:
         assert len(opened) == before and opened.check() == []
 

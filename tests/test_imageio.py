@@ -3,6 +3,9 @@ from __future__ import annotations
 import io
 import resource
 import struct
+import subprocess
+import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image, load_image
+from facekit import imageio
+from facekit.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image, load_image
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +243,190 @@ def test_float_colour_tiff_pillow_cannot_open(tmp_path: Path, photo_rgb: np.ndar
     with pytest.raises(ImageError) as excinfo:
         load_image(damaged)
     _assert_one_line_error(excinfo, "damaged.tiff")
+
+
+def _tiff(tags: dict[int, tuple[int, list[int]]], pixels: bytes, byteorder: str = "<", big: bool = False) -> bytes:
+    """A TIFF (a BigTIFF if big) of one image with these tags, {tag: (type, values)}; its pixels follow the
+    directory, and the strip or tile offset (tag 273 or 324, given as [0]) is pointed at them."""
+    formats = {3: "H", 4: "L", 9: "l"}
+    entry, count, slot = (byteorder + "HHQ", byteorder + "Q", 8) if big else (byteorder + "HHL", byteorder + "H", 4)
+    header = (b"II" if byteorder == "<" else b"MM") + struct.pack(byteorder + "H", 43 if big else 42)
+    header += struct.pack(byteorder + "HHQ", 8, 0, 16) if big else struct.pack(byteorder + "L", 8)
+    packed = {tag: b"".join(struct.pack(byteorder + formats[kind], v) for v in values)
+              for tag, (kind, values) in tags.items()}
+    outside = len(header) + struct.calcsize(count) + len(tags) * (struct.calcsize(entry) + slot) + slot
+    pixel_offset = outside + sum(len(raw) for raw in packed.values() if len(raw) > slot)
+    directory, extra = struct.pack(count, len(tags)), b""
+    for tag, (kind, values) in sorted(tags.items()):
+        raw = struct.pack(byteorder + formats[kind], pixel_offset) if tag in (273, 324) else packed[tag]
+        if len(raw) > slot:  # stored after the directory, which holds its offset
+            raw, extra = struct.pack(byteorder + ("Q" if big else "L"), outside + len(extra)), extra + raw
+        directory += struct.pack(entry, tag, kind, len(values)) + raw.ljust(slot, b"\0")
+    return header + directory + bytes(slot) + extra + pixels
+
+
+def _image_tags(width: int, height: int, samples: int, bits: int, float_samples: bool, pixel_bytes: int,
+                tile: int | None = None, deflate: bool = False) -> dict[int, tuple[int, list[int]]]:
+    """Tags of a chunky RGB (3 samples) or grey (1) image in one strip, or in one tile x tile tile."""
+    tags = {256: (4, [width]), 257: (4, [height]), 258: (3, [bits] * samples), 259: (3, [8 if deflate else 1]),
+            262: (3, [2 if samples == 3 else 1]), 277: (3, [samples]), 284: (3, [1]),
+            339: (3, [3 if float_samples else 1] * samples)}
+    if tile:
+        tags |= {322: (4, [tile]), 323: (4, [tile]), 324: (4, [0]), 325: (4, [pixel_bytes])}
+    else:
+        tags |= {273: (4, [0]), 278: (4, [height]), 279: (4, [pixel_bytes])}
+    return tags
+
+
+def _deflated_zeros(size: int) -> bytes:
+    """zlib data for size zero bytes, compressed a chunk at a time (a hostile file is small, its pixels are not)."""
+    compressor, chunk, parts = zlib.compressobj(1), bytes(1 << 22), []
+    for start in range(0, size, len(chunk)):
+        parts.append(compressor.compress(chunk[: size - start]))
+    return b"".join(parts) + compressor.flush()
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_bigtiff(photo_rgb: np.ndarray, byteorder: str, dtype: type) -> None:
+    # Pillow reads only little-endian 8-bit ones; the rest went to OpenCV unrecognised, as "not an image".
+    pixels = photo_rgb.astype(np.float32) / 255 if dtype == np.float32 else photo_rgb
+    raw = pixels.astype(pixels.dtype.newbyteorder(byteorder)).tobytes()
+    tags = _image_tags(96, 112, 3, pixels.itemsize * 8, dtype == np.float32, len(raw))
+    data = _tiff(tags, raw, byteorder, big=True)
+    image = decode_image(data)
+    assert image.shape == (112, 96, 3) and _mean_abs_diff(image, _bgr(photo_rgb)) < 1.0
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(data, name="big.tif", max_pixels=5_000)
+    _assert_one_line_error(excinfo, "image too large: 96x112 pixels", "big.tif")
+
+
+@pytest.mark.parametrize(("samples", "bits", "max_pixels"), [(3, 8, DEFAULT_MAX_PIXELS), (3, 32, 1_000_000)])
+def test_a_tiff_tile_larger_than_the_limit_is_refused(samples: int, bits: int, max_pixels: int) -> None:
+    """16x16 pixels in one vast tile of zeros: a file of kilobytes that libtiff would decode into the whole tile.
+
+    8-bit goes through Pillow, float colour through OpenCV (a smaller tile and limit keep the test quick)."""
+    tile = 8192 if max_pixels == DEFAULT_MAX_PIXELS else 2048
+    pixels = _deflated_zeros(tile * tile * samples * bits // 8)
+    data = _tiff(_image_tags(16, 16, samples, bits, bits == 32, len(pixels), tile=tile, deflate=True), pixels)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(data, name="tiles.tif", max_pixels=max_pixels)
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _assert_one_line_error(excinfo, f"image too large: {tile}x{tile} pixel tiles", "tiles.tif")
+    assert peak_after - peak_before < 50_000  # the 8-bit tile alone is 192 MiB
+
+
+def test_tiff_sizes_that_multiply_to_a_small_count_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two negative (signed) sizes pass a width * height check; libtiff would read them as 4 billion each.
+    tags = _image_tags(1, 1, 3, 32, True, 12) | {256: (9, [-100_000]), 257: (9, [-100])}
+    monkeypatch.setattr(imageio, "_decode_with_opencv", lambda data: pytest.fail("OpenCV was asked to decode it"))
+    with pytest.raises(ImageError, match="not an image"):
+        decode_image(_tiff(tags, bytes(12)))
+
+
+def test_float_tiffs_pillow_cannot_open_say_so(tmp_path: Path, photo_rgb: np.ndarray) -> None:
+    grey = tmp_path / "grey64.tif"  # OpenCV decodes a grey float TIFF when not asked for colour
+    assert cv2.imwrite(str(grey), cv2.cvtColor(_bgr(photo_rgb), cv2.COLOR_BGR2GRAY).astype(np.float64) / 255)
+    image = load_image(grey)
+    assert image.shape == (112, 96, 3)
+    assert _mean_abs_diff(image, cv2.cvtColor(cv2.cvtColor(_bgr(photo_rgb), cv2.COLOR_BGR2GRAY),
+                                              cv2.COLOR_GRAY2BGR)) < 1.0
+    rgba = tmp_path / "rgba.tif"  # a valid file neither library decodes is not "not an image"
+    assert cv2.imwrite(str(rgba), np.dstack([_bgr(photo_rgb), np.full((112, 96), 255, np.uint8)]).astype(np.float32))
+    with pytest.raises(ImageError) as excinfo:
+        load_image(rgba)
+    _assert_one_line_error(excinfo, "unsupported or damaged TIFF (96x112 pixels)", "rgba.tif")
+
+
+def _float_with(photo_rgb: np.ndarray, case: str) -> np.ndarray:
+    values = _bgr(photo_rgb).astype(np.float32) / 255
+    if case == "nan":
+        values[0, 0] = np.nan
+    elif case == "inf":
+        values[0, 0] = np.inf
+    else:  # highlights: a blown-out band, as scene-referred exports have
+        values[:10] = 1.5
+    return values
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "highlights"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_float_tiff_with_a_few_values_out_of_range(
+    tmp_path: Path, photo_rgb: np.ndarray, case: str, channels: int
+) -> None:
+    # One NaN or infinity made the whole photo black (and numpy warned); so did highlights above 1.
+    values = _float_with(photo_rgb, case)
+    path = tmp_path / f"{case}.tif"
+    if channels == 1:  # Pillow's mode F
+        values = values[:, :, 1]
+        Image.fromarray(values, mode="F").save(path)
+    else:
+        assert cv2.imwrite(str(path), values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = load_image(path)
+    expected = (np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0), 0, 1) * 255).astype(np.uint8)
+    if channels == 1:
+        expected = cv2.cvtColor(expected, cv2.COLOR_GRAY2BGR)
+    assert _mean_abs_diff(image, expected) < 1.0
+
+
+@pytest.mark.parametrize("case", ["int32 colour of 8-bit values", "int32 grey of full range"])
+def test_32_bit_integer_tiffs_keep_their_brightness(tmp_path: Path, photo_rgb: np.ndarray, case: str) -> None:
+    # 8-bit values in OpenCV's int32 came out black (divided by 257); full-range mode I came out white.
+    path = tmp_path / "wide.tif"
+    if case.startswith("int32 colour"):
+        assert cv2.imwrite(str(path), _bgr(photo_rgb).astype(np.int32))
+        expected = _bgr(photo_rgb)
+    else:
+        grey = cv2.cvtColor(_bgr(photo_rgb), cv2.COLOR_BGR2GRAY)
+        Image.fromarray(grey.astype(np.int32) * (2**31 // 256), mode="I").save(path)
+        expected = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    assert _mean_abs_diff(load_image(path), expected) < 1.0
+
+
+def test_a_damaged_compressed_tiff_is_an_error_and_prints_nothing(
+    tmp_path: Path, photo_rgb: np.ndarray, capfd
+) -> None:
+    # OpenCV, tried after Pillow failed, returned it as an all-black photo; and Pillow's libtiff wrote its own error
+    # line to stderr ("ZIPDecode: Decoding error ...").
+    path = tmp_path / "damaged.tif"
+    Image.fromarray(photo_rgb).save(path, compression="tiff_adobe_deflate")
+    with Image.open(path) as image:
+        strip = image.tag_v2[273][0]
+    data = bytearray(path.read_bytes())
+    data[strip:strip + 2] = b"\xff\xff"  # a zlib header no stream has
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError) as excinfo:
+        load_image(path)
+    _assert_one_line_error(excinfo, "damaged.tif")
+    assert capfd.readouterr() == ("", "")
+
+
+def test_pillow_logging_an_absurd_tiff_prints_nothing(tmp_path: Path) -> None:
+    """Pillow logs "More samples per pixel than can be decoded" as an error, which logging prints to stderr when
+    nothing is configured; pytest configures logging, so this runs in a fresh interpreter."""
+    path = tmp_path / "samples.tif"
+    path.write_bytes(_tiff(_image_tags(4, 4, 3, 8, False, 48) | {277: (3, [40_000])}, bytes(48)))
+    script = ("import sys\nfrom facekit.imageio import ImageError, load_image\n"
+              "try:\n    load_image(sys.argv[1])\nexcept ImageError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "samples.tif" in result.stdout
+    assert result.stderr == ""
+
+
+def test_a_damaged_exif_block_gives_no_warning(tmp_path: Path, photo_rgb: np.ndarray) -> None:
+    # Pillow warned "Corrupt EXIF data" while turning the photo, outside the block that silenced it while opening.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010E] = "stored after the directory"  # whose length decides where the directory runs out
+    block = exif.tobytes()  # b"Exif\0\0", a big-endian TIFF header, then the directory's entry count
+    block = block[:14] + struct.pack(">H", 5) + block[16:]  # five entries, where there are two
+    path = tmp_path / "exif.jpg"
+    Image.fromarray(photo_rgb).save(path, quality=95, exif=block)
+    with warnings.catch_warnings(record=True) as caught:  # as errors they would be swallowed with the EXIF turn
+        warnings.simplefilter("always")
+        image = load_image(path)
+    assert image.shape == (96, 112, 3)  # the orientation was still read
+    assert [str(warning.message) for warning in caught] == []
