@@ -25,6 +25,8 @@ from facekit.errors import one_line
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 40_000_000
+# Uncompressed float32 RGBA: no image within the pixel limit needs a larger file.
+MAX_BYTES_PER_PIXEL = 16
 TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
 BIGTIFF_SIGNATURES = (b"II+\0", b"MM\0+")
 TIFF_WIDTH, TIFF_LENGTH, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 256, 257, 322, 323  # tag numbers
@@ -58,16 +60,29 @@ logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as an HxWx3 uint8 BGR array, upright according to its EXIF orientation."""
+    return decode_image(read_image_file(path, max_pixels), name=str(path), max_pixels=max_pixels)
+
+
+def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A file's bytes, or ImageError: missing, a folder, unreadable, or larger than any image within max_pixels
+    could be (a video or disk image named .jpg would otherwise be read whole into memory)."""
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"file not found: {path}")
-    if not path.is_file():
-        raise ImageError(f"not a file: {path}")
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(f"file not found: {path}") from None
     except OSError as error:
         raise ImageError(f"cannot read {path}: {error.strerror or error}") from None
-    return decode_image(data, name=str(path), max_pixels=max_pixels)
+    if not path.is_file():
+        raise ImageError(f"not a file: {path}")
+    # A smaller pixel limit is the header's to enforce: it says the image's size, where this can only guess.
+    limit = max(max_pixels, DEFAULT_MAX_PIXELS) * MAX_BYTES_PER_PIXEL
+    if size > limit:
+        raise ImageError(f"file too large for an image: {size / 1e6:.0f} MB (limit {limit / 1e6:.0f} MB): {path}")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ImageError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from facekit.alignment import align_face, landmarks_problem
 from facekit.datastore import Gallery, GalleryError, clean_identity
 from facekit.detection import Detector, Face, as_bgr, create_detector
-from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image
+from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image, read_image_file
 from facekit.representation import Embedder
 
 
@@ -77,13 +77,9 @@ class FacePipeline:
         """Read, hash, decode and detect one file; a bad file becomes an error string, never an exception."""
         path = str(path)
         try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            return LoadedImage(path, "", None, [], f"file not found: {path}")
-        except IsADirectoryError:
-            return LoadedImage(path, "", None, [], f"is a directory: {path}")
-        except OSError as exc:
-            return LoadedImage(path, "", None, [], f"cannot read {path}: {exc.strerror or exc}")
+            data = read_image_file(path)
+        except ImageError as exc:
+            return LoadedImage(path, "", None, [], str(exc))
         sha256 = hashlib.sha256(data).hexdigest()
         try:
             image = decode_image(data, name=path)

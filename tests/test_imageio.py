@@ -430,3 +430,17 @@ def test_a_damaged_exif_block_gives_no_warning(tmp_path: Path, photo_rgb: np.nda
         image = load_image(path)
     assert image.shape == (96, 112, 3)  # the orientation was still read
     assert [str(warning.message) for warning in caught] == []
+
+
+def test_a_file_larger_than_any_image_is_refused_unread(tmp_path: Path) -> None:
+    """A video or disk image named .jpg: refused from its size, before it is read into memory."""
+    path = tmp_path / "movie.jpg"
+    with open(path, "wb") as handle:
+        handle.truncate(700_000_000)  # sparse: no disk used
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError) as excinfo:
+        load_image(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100_000
+    _assert_one_line_error(excinfo, "file too large for an image: 700 MB", "movie.jpg")
+    with pytest.raises(ImageError, match="not a file"):
+        load_image(tmp_path)
