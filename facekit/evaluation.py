@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -26,32 +27,65 @@ class Pair:
 
 
 def read_lfw_pairs(pairs_file: str | Path, image_root: str | Path) -> list[Pair]:
-    """Parse LFW's pairs.txt ("10\\t300", then per fold 300 same and 300 different pairs)."""
-    lines = Path(pairs_file).read_text().split("\n")
-    header = lines[0].split()
+    """Parse LFW's pairs.txt ("10\\t300", then per fold 300 same and 300 different pairs).
+
+    A pair's fold is known only from its place in the file, so the header must describe the file: a same pair
+    where the header puts a different one, a line that is no pair, a name that is not one folder or a pair
+    listed twice is a ValueError naming its line."""
+    lines = Path(pairs_file).read_text(encoding="utf-8-sig").splitlines()
+    header = lines[0].split() if lines else []
+    if len(header) not in (1, 2) or not all(_is_number(count) and int(count) > 0 for count in header):
+        raise ValueError(f"{pairs_file}: line 1 must give the folds and the pairs of each kind in a fold "
+                         f"(\"10<tab>300\"), not {lines[0] if lines else ''!r}")
     folds, per_fold = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
     root = Path(image_root)
 
     def image(name: str, number: str) -> str:
+        # A name is one folder: "../x" or "a/b" would lead out of the LFW folder, so the line is no LFW pair.
+        if name in ("", ".", "..") or "/" in name or "\\" in name or not _is_number(number):
+            raise ValueError(name, number)
         return str(root / name / f"{name}_{int(number):04d}.jpg")
 
-    pairs: list[Pair] = []
-    rows = [line.split("\t") if "\t" in line else line.split() for line in lines[1:] if line.strip()]
+    rows = [(number, [field.strip() for field in (line.split("\t") if "\t" in line else line.split())])
+            for number, line in enumerate(lines[1:], 2) if line.strip()]
     if len(rows) != folds * per_fold * 2:
         raise ValueError(f"{pairs_file}: expected {folds * per_fold * 2} pairs, found {len(rows)}")
-    for index, row in enumerate(rows):
-        fold = index // (2 * per_fold)
+    numbered: list[tuple[int, Pair]] = []
+    for index, (number, row) in enumerate(rows):
+        fold, place = divmod(index, 2 * per_fold)
         try:
             if len(row) == 3:
-                pairs.append(Pair(image(row[0], row[1]), image(row[0], row[2]), True, fold))
-                continue
-            if len(row) == 4:
-                pairs.append(Pair(image(row[0], row[1]), image(row[2], row[3]), False, fold))
-                continue
-        except ValueError:  # an image number that is not a number
-            pass
-        raise ValueError(f"{pairs_file}: malformed pair line {index + 2}: {row!r}")
-    return pairs
+                pair = Pair(image(row[0], row[1]), image(row[0], row[2]), True, fold)
+            elif len(row) == 4:
+                pair = Pair(image(row[0], row[1]), image(row[2], row[3]), False, fold)
+            else:
+                raise ValueError(row)
+        except ValueError:
+            raise ValueError(f"{pairs_file}: malformed pair line {number}: {row!r}") from None
+        if pair.same != (place < per_fold):
+            raise ValueError(f"{pairs_file}: line {number}: a {'same' if pair.same else 'different'} pair where "
+                             f"the header ({folds} folds of {per_fold} same, then {per_fold} different pairs) "
+                             f"puts a {'different' if pair.same else 'same'} one")
+        numbered.append((number, pair))
+    _refuse_repeated_pairs(pairs_file, numbered)
+    return [pair for _, pair in numbered]
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # int() would also take "+1", "1_0" and other scripts' digits
+
+
+def _refuse_repeated_pairs(source: str | Path, numbered: list[tuple[int, Pair]]) -> None:
+    """A pair listed twice counts twice in every figure, and where its copies lie in different folds one is
+    scored with a threshold tuned on the other; an image paired with itself measures nothing."""
+    seen: dict[frozenset[str], int] = {}
+    for line, pair in numbered:
+        key = frozenset(os.path.normpath(path) for path in (pair.path1, pair.path2))
+        if len(key) == 1:
+            raise ValueError(f"{source}: line {line}: an image paired with itself: {pair.path1}")
+        if key in seen:
+            raise ValueError(f"{source}: line {line} repeats the pair of line {seen[key]} (in either order)")
+        seen[key] = line
 
 
 def spread_subset(items: list[T], limit: int | None) -> list[T]:
@@ -59,7 +93,9 @@ def spread_subset(items: list[T], limit: int | None) -> list[T]:
     fold)."""
     if not limit or limit >= len(items):
         return items
-    return items[:: len(items) // limit][:limit]
+    # Evenly spaced indices: a stride of len // limit is 1 for any limit over half the list, which kept only its
+    # head (the first 7 of LFW's 10 folds for 4,000 of the 6,000 pairs).
+    return [items[index * len(items) // limit] for index in range(limit)]
 
 
 SAME_VALUES = {"1", "true", "yes", "same"}
@@ -91,9 +127,10 @@ def csv_rows(csv_file: str | Path, columns: set[str]) -> list[tuple[int, dict[st
 def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list[Pair]:
     """Pairs from a CSV with the columns path1,path2,same[,fold]; relative paths resolve against root.
 
-    same: 1/true/yes/same or 0/false/no/different. fold: an integer on every row, or on none."""
+    same: 1/true/yes/same or 0/false/no/different. fold: an integer on every row, or on none. A path may lead
+    out of root ("../x.jpg", or an absolute one): the list is the caller's own, and its images are only read."""
     base = Path(root) if root else Path(csv_file).parent
-    pairs = []
+    numbered: list[tuple[int, Pair]] = []
     for line, row in csv_rows(csv_file, {"path1", "path2", "same"}):
         label = row["same"].strip().lower()
         if label not in SAME_VALUES | DIFFERENT_VALUES:
@@ -103,10 +140,14 @@ def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list
             fold = int(fold_text) if fold_text else None
         except ValueError:
             raise ValueError(f"{csv_file}: line {line}: fold must be an integer, not {fold_text!r}") from None
-        pairs.append(Pair(str(base / row["path1"].strip()), str(base / row["path2"].strip()), label in SAME_VALUES,
-                          fold))
+        numbered.append((line, Pair(str(base / row["path1"].strip()), str(base / row["path2"].strip()),
+                                    label in SAME_VALUES, fold)))
+    pairs = [pair for _, pair in numbered]
+    if not pairs:
+        raise ValueError(f"{csv_file}: no pairs")
     if len({pair.fold is None for pair in pairs}) > 1:
         raise ValueError(f"{csv_file}: give a fold on every row or on none")
+    _refuse_repeated_pairs(csv_file, numbered)
     return pairs
 
 
@@ -118,7 +159,8 @@ def _accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float, failed:
 
 
 def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
-    """The threshold maximising accuracy, placed midway between neighbouring scores."""
+    """The threshold maximising accuracy (a pair is accepted at or above it), placed midway between neighbouring
+    scores; every such gap is a candidate, no fixed grid. Where several are as accurate, the lowest wins."""
     order = np.sort(np.unique(scores))
     candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
     # Vectorised accuracy over all candidate thresholds via sorted cumulative counts.
@@ -133,7 +175,8 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
 
 
 def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False accept rate, true accept rate and thresholds, from the strictest threshold down."""
+    """False accept rate, true accept rate and thresholds, from the strictest threshold down. Tied scores are
+    one point, so the curve runs straight across a tie, as a threshold cannot split one."""
     order = np.argsort(-scores, kind="stable")
     sorted_scores, sorted_same = scores[order], same[order].astype(np.float64)
     distinct = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
@@ -145,25 +188,52 @@ def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def tar_at_far(far: np.ndarray, tar: np.ndarray, target_far: float) -> float:
+    """The highest TAR of a threshold whose measured FAR is at most the target. Below one false accept in the
+    negatives (1 / 3,000 on LFW) that is the TAR at no false accept at all, whatever the target."""
     allowed = far <= target_far
     return float(tar[allowed].max()) if allowed.any() else 0.0
+
+
+def equal_error_rate(far: np.ndarray, tar: np.ndarray) -> float:
+    """Where the ROC curve, straight between its points, crosses FAR = FRR. The point nearest the crossing was
+    off by up to half a step of the curve: 0.42 where 0.5 is right, for 3 same and 2 different pairs."""
+    gap = far - (1.0 - tar)  # rises from -1 at the strictest threshold to 1 at the most lenient
+    after = int(np.argmax(gap >= 0))
+    share = -gap[after - 1] / (gap[after] - gap[after - 1])
+    return float(far[after - 1] + share * (far[after] - far[after - 1]))
 
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray | None = None,
                          failed: np.ndarray | None = None) -> dict:
     """Accuracy (k-fold when folds are given), AUC, EER, TAR at FAR 1e-3 and 1e-4, and the threshold.
 
+    With folds, each fold is scored at the threshold chosen on the others. `accuracy_std` is the population
+    standard deviation (ddof 0) of the folds' accuracies, as FaceNet's and InsightFace's LFW code and most
+    papers' "±" compute it; `accuracy_sem` is LFW's own figure (Huang et al. 2007), the standard error of the
+    mean: the sample deviation (ddof 1) over the square root of the folds, a third of the std for 10 folds.
+    Without folds (or with one), one threshold is chosen on all pairs and scored on them too, an optimistic
+    accuracy; both spreads are then 0 and `folds` is 1.
+
     `failed` marks pairs where a face was not found. They count as errors in the accuracy, whatever their
-    label. In the ROC figures they score -1, never accepted, as a system that finds no face answers: a miss for
-    a same pair, a correct rejection for a different one (ISO/IEC 19795-1 counts a failure to acquire so).
+    label. In the ROC figures they score below every pair, never accepted, as a system that finds no face
+    answers: a miss for a same pair, a correct rejection for a different one (ISO/IEC 19795-1 counts a failure
+    to acquire so). A TAR at a FAR under 1 / `different_pairs` is the TAR at no false accept (tar_at_far).
     """
     scores = np.asarray(scores, dtype=np.float64)
     same = np.asarray(same, dtype=bool)
     failed = np.zeros(len(scores), bool) if failed is None else np.asarray(failed, dtype=bool)
-    scores = np.where(failed, -1.0, scores)
+    if same.all() or not same.any():
+        # No ROC without both kinds: AUC came out 0 and EER 0 or 1, where they mean nothing.
+        raise ValueError(f"the {len(scores)} pairs are all {'same' if same.any() else 'different'}-person pairs: "
+                         "verification needs both kinds")
     if failed.all():
         raise ValueError(f"no pair of the {len(scores)} has a face found in both images")
-    if folds is not None and len(np.unique(folds)) > 1:
+    if not np.isfinite(scores[~failed]).all():
+        raise ValueError(f"{int((~np.isfinite(scores[~failed])).sum())} scores are not finite numbers")
+    # -1 is below any cosine, but not below every score a caller may pass (a negated distance, say).
+    scores = np.where(failed, min(-1.0, scores[~failed].min() - 1.0), scores)
+    fold_count = len(np.unique(folds)) if folds is not None else 1
+    if fold_count > 1:
         accuracies, thresholds = [], []
         for fold in np.unique(folds):
             test = folds == fold
@@ -174,24 +244,26 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
             thresholds.append(threshold)
             accuracies.append(_accuracy_at(scores[test], same[test], threshold, failed[test]))
         accuracy, accuracy_std = float(np.mean(accuracies)), float(np.std(accuracies))
+        accuracy_sem = float(np.std(accuracies, ddof=1) / math.sqrt(fold_count))
         threshold = float(np.mean(thresholds))
     else:
         threshold = best_threshold(scores[~failed], same[~failed])
-        accuracy, accuracy_std = _accuracy_at(scores, same, threshold, failed), 0.0
+        accuracy, accuracy_std, accuracy_sem = _accuracy_at(scores, same, threshold, failed), 0.0, 0.0
     far, tar, _ = roc_curve(scores, same)
-    auc = float(np.trapezoid(tar, far))
-    frr = 1.0 - tar
-    crossing = int(np.argmin(np.abs(far - frr)))
-    eer = float((far[crossing] + frr[crossing]) / 2)
+    # The trapezoid rule by hand: np.trapezoid is numpy 2's, and numpy 1.24 is enough for the rest of facekit.
+    auc = float(np.sum(np.diff(far) * (tar[1:] + tar[:-1]) / 2))
     return {
         "accuracy": accuracy,
         "accuracy_std": accuracy_std,
+        "accuracy_sem": accuracy_sem,
+        "folds": fold_count,
         "auc": auc,
-        "eer": eer,
+        "eer": equal_error_rate(far, tar),
         "tar_at_far_1e-3": tar_at_far(far, tar, 1e-3),
         "tar_at_far_1e-4": tar_at_far(far, tar, 1e-4),
         "threshold": threshold,
         "pairs": int(len(scores)),
+        "different_pairs": int((~same).sum()),
         "no_face": int(failed.sum()),
     }
 
@@ -246,12 +318,26 @@ def plot_roc(scores: np.ndarray, same: np.ndarray, path: str | Path, label: str 
 
 def format_metrics(result: dict) -> list[str]:
     """The human-readable lines of a verification result, as `facekit eval` prints them."""
+    if result["folds"] > 1:
+        accuracy = (f"{result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %  (std over the "
+                    f"{result['folds']} folds, ddof 0; standard error of the mean {result['accuracy_sem'] * 100:.2f})")
+    else:
+        accuracy = f"{result['accuracy'] * 100:.2f} %  (no folds: the threshold was chosen on the pairs it scores)"
+
+    def tar(far: str) -> str:
+        line = f"TAR @ FAR={far}  {result[f'tar_at_far_{far}']:.4f}"
+        negatives = result["different_pairs"]
+        if float(far) < 1 / negatives:  # no threshold can be shown to allow this rate
+            line += (f"  (at no false accept: {negatives:,} different pairs cannot measure a FAR under "
+                     f"{1 / negatives:.1e})")
+        return line
+
     lines = [
-        f"accuracy        {result['accuracy'] * 100:.2f} +- {result['accuracy_std'] * 100:.2f} %",
+        f"accuracy        {accuracy}",
         f"AUC             {result['auc']:.4f}",
         f"EER             {result['eer'] * 100:.2f} %",
-        f"TAR @ FAR=1e-3  {result['tar_at_far_1e-3']:.4f}",
-        f"TAR @ FAR=1e-4  {result['tar_at_far_1e-4']:.4f}",
+        tar("1e-3"),
+        tar("1e-4"),
         f"threshold       {result['threshold']:.4f}",
         f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)",
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         verification_metrics,
     )
 
+    if args.plot:
+        check_plot_path(args.plot)
     pipeline = make_pipeline(args)
     progress = not (args.quiet or args.json)
     extra: dict = {}
@@ -111,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
     result.update(extra)
     result["detector"] = type(pipeline.detector).__name__
     result["flip_tta"] = pipeline.flip
-    if args.plot:
-        plot_roc(scores, same, args.plot)
     if args.json:
         print(json.dumps(result))
     else:
@@ -120,7 +121,39 @@ def run(args: argparse.Namespace) -> int:
         if "rank1" in result:
             print(f"rank-1          {result['rank1'] * 100:.2f} %")
             print(f"rank-5          {result['rank5'] * 100:.2f} %")
+            print(f"probes          {result['probes']} ({result['probes_without_face']} with a face not found, "
+                  "a miss at every rank)")
+    if args.plot:
+        # After the results: a plot that fails now (a folder removed meanwhile) no longer loses the evaluation.
+        sys.stdout.flush()
+        try:
+            plot_roc(scores, same, args.plot)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"the results are above, but the ROC plot was not saved to {args.plot}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from exc
     return 0
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a --plot that cannot be saved before the evaluation (an hour on LFW), not after it."""
+    from facekit.cli import CliError
+
+    try:  # an optional dependency
+        import matplotlib  # noqa: F401
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise CliError("--plot needs matplotlib (pip install matplotlib)") from None
+    target = Path(path)
+    folder = target.parent
+    kind = target.suffix.lower().lstrip(".")
+    if kind and kind not in FigureCanvasBase.get_supported_filetypes():
+        raise CliError(f"--plot {path}: matplotlib cannot write .{kind} files (use .png, .svg or .pdf)")
+    if target.is_dir():
+        raise CliError(f"--plot {path}: a folder, not a file name")
+    if not folder.is_dir():
+        raise CliError(f"--plot {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CliError(f"--plot {path}: not writable")
 
 
 def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -131,6 +164,9 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     from facekit.recognition import collect_people
 
     enrolled, _ = collect_people(args.gallery_dir)
+    if not enrolled:
+        raise CliError(f"no photos in {args.gallery_dir} (one sub-folder of photos per person)")
+    people = {identity for identity, _ in enrolled}
     probes_file = Path(args.probes)
     if not probes_file.is_file():
         raise CliError(f"file not found: {probes_file}")
@@ -138,11 +174,21 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     probes = []
     for line, row in csv_rows(probes_file, {"path", "identity"}):
         try:  # spelled as the gallery spells its people: NFC, no surrounding spaces
-            probes.append((str(root / row["path"].strip()), clean_identity(row["identity"])))
+            identity = clean_identity(row["identity"])
         except GalleryError as exc:
             raise CliError(f"{probes_file}: line {line}: {exc}") from exc
+        # Rank-k is closed-set: a person the gallery lacks (or misspelt) was a miss at every rank, unannounced.
+        if identity not in people:
+            raise CliError(f"{probes_file}: line {line}: {identity!r} has no folder in {args.gallery_dir}")
+        probes.append((str(root / row["path"].strip()), identity))
+    if not probes:
+        raise CliError(f"no probes in {probes_file}")
+    missing = sorted({path for path, _ in probes if not Path(path).is_file()})
+    if missing:  # a wrong --root or a misspelt path, not a face the detector missed
+        raise CliError(f"{len(missing)} of the probe images are missing, such as {missing[0]} "
+                       "(relative paths start from --root, or the list's folder)")
     gallery_table = embed_paths(pipeline, [p for _, p in enrolled], args.workers, progress, pick="largest")
-    names = sorted({identity for identity, _ in enrolled})
+    names = sorted(people)
     centre = {name: [] for name in names}
     for identity, path in enrolled:
         if gallery_table[path] is not None:
@@ -150,6 +196,8 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     names = [n for n in names if centre[n]]
     if not names:
         raise CliError("no face found in any gallery image")
+    if len(names) < 2:  # every probe would be first among one, and no comparison would be of different people
+        raise CliError(f"identification needs 2 or more people with a face found in the gallery, not only {names[0]!r}")
     stacked = [np.stack(centre[n]) for n in names]
     probe_table = embed_paths(pipeline, [p for p, _ in probes], args.workers, progress)
     if not any(probe_table.get(path) is not None for path, _ in probes):
@@ -169,7 +217,9 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     ranks_array = np.array(ranks)
     scores_array, same_array = np.array(scores), np.array(same, dtype=bool)
     result = verification_metrics(scores_array, same_array, failed=np.array(failed, dtype=bool))
+    # no_face stays the verification figure's (comparisons, like "pairs"); the probes have their own count.
     result.update({"rank1": float((ranks_array <= 1).mean()), "rank5": float((ranks_array <= 5).mean()),
-                   "probes": len(probes), "no_face": int(sum(probe_table.get(p) is None for p, _ in probes)),
-                   "gallery_identities": len(names)})
+                   "probes": len(probes), "probes_without_face": sum(probe_table.get(p) is None for p, _ in probes),
+                   "gallery_identities": len(names),
+                   "gallery_images_without_face": sum(vector is None for vector in gallery_table.values())})
     return result, scores_array, same_array

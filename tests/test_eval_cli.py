@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -93,8 +95,150 @@ def test_eval_identify(tmp_path, capsys, photos):
     cv2.imwrite(str(tmp_path / "photos" / "blank.jpg"), np.full((200, 200, 3), 127, np.uint8))
     probes.write_text("\ufeffpath,identity\nphotos/eileen2.jpg, eileen\nphotos/blank.jpg,grace\n")
     code, result = run_eval(capsys, "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes))
-    assert code == 0 and result["rank1"] == 0.5 and result["no_face"] == 1 and result["pairs"] == 4
+    assert code == 0 and result["rank1"] == 0.5 and result["probes_without_face"] == 1
+    assert result["pairs"] == 4 and result["no_face"] == 2  # the blank probe's two comparisons
     probes.write_text("path,identity\nphotos/blank.jpg,grace\n")
     code = main(["eval", "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes), "--quiet"])
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("error: no face found in any probe image") and err.count("\n") == 1
+
+
+# --- the command's own checks, with the pipeline replaced: each image file holds its embedding --------------
+
+
+@pytest.fixture()
+def fake_pipeline(monkeypatch) -> list[str]:
+    """No detector or model: an image file's text is its embedding ("1,0"), an empty file has no face. Returns
+    the paths embedded, in order."""
+    import facekit.cli
+    import facekit.evaluation_cli
+
+    embedded: list[str] = []
+
+    def embed_paths(pipeline, paths, workers=1, progress=True, pick="primary"):
+        embedded.extend(paths)
+        table = {}
+        for path in paths:
+            text = Path(path).read_text().strip()
+            vector = np.array([float(x) for x in text.split(",")]) if text else None
+            table[path] = vector / np.linalg.norm(vector) if vector is not None else None
+        return table
+
+    monkeypatch.setattr(facekit.evaluation_cli, "embed_paths", embed_paths)
+    monkeypatch.setattr(facekit.cli, "make_pipeline", lambda args: SimpleNamespace(detector=object(), flip=True))
+    return embedded
+
+
+def gallery_and_probes(tmp_path, people: dict[str, list[str]], probes: list[tuple[str, str, str]]) -> list[str]:
+    """people: name -> embeddings of their gallery photos; probes: (file, embedding, identity)."""
+    for name, vectors in people.items():
+        (tmp_path / "people" / name).mkdir(parents=True)
+        for index, vector in enumerate(vectors):
+            (tmp_path / "people" / name / f"{index}.jpg").write_text(vector)
+    for file, vector, _ in probes:
+        (tmp_path / file).write_text(vector)
+    (tmp_path / "probes.csv").write_text("path,identity\n" + "".join(f"{f},{who}\n" for f, _, who in probes))
+    return ["eval", "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(tmp_path / "probes.csv"),
+            "--quiet"]
+
+
+def test_identify_refuses_a_probe_of_a_person_the_gallery_lacks(tmp_path, capsys, fake_pipeline):
+    # Rank-1 is closed-set: "Eve" (or a misspelt "Grace") was a miss at every rank, and rank-1 fell unannounced.
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": ["0,1"]},
+                              [("p1.jpg", "1,0.1", "ada"), ("p2.jpg", "0.1,1", "eve")])
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {tmp_path / 'probes.csv'}: line 3: 'eve' has no folder in " \
+                                f"{tmp_path / 'people'}\n"
+    assert fake_pipeline == []  # refused before any image was embedded
+
+
+def test_identify_refuses_missing_probe_images_and_empty_galleries(tmp_path, capsys, fake_pipeline):
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": ["0,1"]}, [("p1.jpg", "1,0", "ada")])
+    # A wrong --root is a mistake in the command, not a probe without a face (a miss at every rank).
+    assert main([*args, "--root", str(tmp_path / "elsewhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: 1 of the probe images are missing, such as ")
+    (tmp_path / "empty").mkdir()
+    assert main([*args[:3], str(tmp_path / "empty"), *args[4:]]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no photos in {tmp_path / 'empty'}")
+    (tmp_path / "probes.csv").write_text("path,identity\n")
+    assert main(args) == 2 and capsys.readouterr().err.startswith("error: no probes in")
+    assert fake_pipeline == []
+
+
+def test_identify_needs_two_people_with_a_face(tmp_path, capsys, fake_pipeline):
+    # One person found: every probe was first of one (rank-1 1.0) and the ROC figures had no impostor to count.
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": [""]}, [("p1.jpg", "1,0", "ada")])
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: identification needs 2 or more people")
+
+
+def test_identify_counts_comparisons_and_probes_without_a_face_apart(tmp_path, capsys, fake_pipeline):
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0", ""], "grace": ["0,1"], "hedy": ["0.6,0.8"]},
+                              [("p1.jpg", "1,0.1", "ada"), ("p2.jpg", "", "grace"), ("p3.jpg", "0.5,0.9", "grace")])
+    code, result = run_eval(capsys, *args[1:])
+    assert code == 0 and result["probes"] == 3 and result["probes_without_face"] == 1
+    # "pairs" are the probe-person comparisons, so "no_face" counts those too: p2's three.
+    assert result["pairs"] == 9 and result["no_face"] == 3
+    assert result["gallery_images_without_face"] == 1 and result["gallery_identities"] == 3
+    # p3 is nearer hedy than grace: second; p2 is a miss at every rank.
+    assert result["rank1"] == pytest.approx(1 / 3) and result["rank5"] == pytest.approx(2 / 3)
+
+
+def pairs_command(tmp_path) -> list[str]:
+    for name, vector in (("a1", "1,0"), ("a2", "1,0.2"), ("b1", "0,1"), ("b2", "0.2,1")):
+        (tmp_path / f"{name}.jpg").write_text(vector)
+    (tmp_path / "pairs.csv").write_text("path1,path2,same\na1.jpg,a2.jpg,1\nb1.jpg,b2.jpg,yes\na1.jpg,b1.jpg,0\n"
+                                        "a2.jpg,b2.jpg,no\n")
+    return ["eval", "pairs", str(tmp_path / "pairs.csv"), "--quiet"]
+
+
+def test_plot_without_matplotlib_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch, fake_pipeline):
+    # An optional dependency: missing, it ended an evaluation (an hour on LFW) after the fact, its results unsaid.
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what an earlier test imported is gone too
+    assert main([*pairs_command(tmp_path), "--plot", str(tmp_path / "roc.png")]) == 2
+    assert capsys.readouterr().err == "error: --plot needs matplotlib (pip install matplotlib)\n"
+    assert fake_pipeline == []
+
+
+@pytest.mark.parametrize("plot, message", [
+    ("no-such-folder/roc.png", "no folder"),
+    (".", "a folder, not a file name"),
+    ("roc.docx", "matplotlib cannot write .docx files"),
+])
+def test_plot_that_cannot_be_saved_is_refused_before_the_evaluation(tmp_path, capsys, fake_pipeline, plot, message):
+    assert main([*pairs_command(tmp_path), "--plot", str(tmp_path / plot)]) == 2
+    assert message in capsys.readouterr().err and fake_pipeline == []
+
+
+def test_plot_that_fails_late_keeps_the_results(tmp_path, capsys, monkeypatch, fake_pipeline):
+    import facekit.evaluation
+
+    def fail(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(facekit.evaluation, "plot_roc", fail)
+    code = main([*pairs_command(tmp_path), "--plot", str(tmp_path / "roc.png"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and json.loads(out)["accuracy"] == 1.0
+    assert err.startswith("error: the results are above, but the ROC plot was not saved") and "Permission" in err
+
+
+def test_eval_pairs_of_one_kind_is_an_error(tmp_path, capsys, fake_pipeline):
+    # All "same": AUC came out 0 and EER 0 with exit 0.
+    args = pairs_command(tmp_path)
+    (tmp_path / "pairs.csv").write_text("path1,path2,same\na1.jpg,a2.jpg,1\nb1.jpg,b2.jpg,1\n")
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: the 2 pairs are all same-person pairs")
+
+
+def test_eval_pairs_text_says_what_its_figures_are(tmp_path, capsys, fake_pipeline):
+    (tmp_path / "folds.csv").write_text("path1,path2,same,fold\na1.jpg,a2.jpg,1,5\nb1.jpg,b2.jpg,1,9\n"
+                                        "a1.jpg,b1.jpg,0,5\na2.jpg,b2.jpg,0,9\n")
+    assert main(pairs_command(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "(no folds: the threshold was chosen on the pairs it scores)" in out
+    assert "at no false accept: 2 different pairs cannot measure a FAR under 5.0e-01" in out
+    code, result = run_eval(capsys, "pairs", str(tmp_path / "folds.csv"))
+    assert code == 0 and result["folds"] == 2 and result["different_pairs"] == 2 and result["accuracy"] == 1.0

@@ -9,6 +9,7 @@ from facekit.evaluation import (
     OPEN_SET_FARS,
     Pair,
     best_threshold,
+    format_metrics,
     impostor_thresholds,
     read_lfw_pairs,
     read_pairs_csv,
@@ -153,3 +154,220 @@ def test_pair_subset_keeps_both_kinds_in_every_fold():
         kinds = {p.same for p in subset if p.fold == fold}
         assert kinds == {True, False}
     assert spread_subset(pairs, None) is pairs
+
+
+# --- the statistics against plain reference code ----------------------------------------------------------
+
+
+def reference_kfold(scores, same, folds, failed):
+    """Each fold's accuracy at the threshold most accurate on the others (the lowest of equally accurate ones),
+    the candidates being every midpoint between distinct training scores and one beyond each end."""
+    accuracies, thresholds = [], []
+    for fold in sorted(set(folds.tolist())):
+        train = (folds != fold) & ~failed
+        values = sorted(set(scores[train].tolist()))
+        candidates = [values[0] - 1e-6] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-6]
+        correct = [int(((scores[train] >= t) == same[train]).sum()) for t in candidates]
+        threshold = candidates[correct.index(max(correct))]
+        test = folds == fold
+        accuracies.append(float((((scores[test] >= threshold) == same[test]) & ~failed[test]).mean()))
+        thresholds.append(threshold)
+    return accuracies, thresholds
+
+
+def reference_auc(scores, same):
+    """Mann-Whitney: the share of (same, different) pairs ordered rightly, a tie counting half."""
+    positive, negative = scores[same][:, None], scores[~same][None, :]
+    return float(((positive > negative) + 0.5 * (positive == negative)).mean())
+
+
+def reference_eer(scores, same):
+    """Bisection for FAR = FRR on the ROC curve drawn straight between the rates at each distinct threshold."""
+    thresholds = np.r_[np.inf, np.unique(scores)[::-1]]
+    far = np.array([(scores[~same] >= t).mean() for t in thresholds])
+    tar = np.array([(scores[same] >= t).mean() for t in thresholds])
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        # FRR at FAR = middle; on a vertical stretch of the curve np.interp takes either end, and the bisection
+        # closes on that FAR all the same.
+        if 1 - np.interp(middle, far, tar) > middle:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def tied_scores(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    same = rng.random(size) < 0.5
+    # Rounded to a coarse grid, so many scores tie, across the classes too.
+    return np.round(np.where(same, rng.normal(0.5, 0.2, size), rng.normal(0.2, 0.2, size)), 1), same
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kfold_accuracy_matches_a_plain_reimplementation(seed):
+    scores, same = tied_scores(seed, 300)
+    folds = np.random.default_rng(seed).choice([3, 7, 11, 42], 300)  # fold labels need not be 1..10
+    failed = np.random.default_rng(seed + 100).random(300) < 0.05
+    metrics = verification_metrics(scores, same, folds, failed=failed)
+    accuracies, thresholds = reference_kfold(scores, same, folds, failed)
+    mean = sum(accuracies) / 4
+    assert metrics["accuracy"] == pytest.approx(mean)
+    assert metrics["threshold"] == pytest.approx(sum(thresholds) / 4)
+    # accuracy_std: the population deviation (FaceNet's and InsightFace's np.std); accuracy_sem: LFW's standard
+    # error of the mean, the sample deviation over the square root of the fold count.
+    squares = sum((a - mean) ** 2 for a in accuracies)
+    assert metrics["accuracy_std"] == pytest.approx((squares / 4) ** 0.5)
+    assert metrics["accuracy_sem"] == pytest.approx((squares / 3) ** 0.5 / 4 ** 0.5)
+    assert metrics["folds"] == 4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_figures_match_plain_reimplementations_with_ties(seed):
+    scores, same = tied_scores(seed, 200)
+    metrics = verification_metrics(scores, same)
+    assert metrics["auc"] == pytest.approx(reference_auc(scores, same))
+    assert metrics["eer"] == pytest.approx(reference_eer(scores, same), abs=1e-9)
+
+
+def test_eer_is_where_the_curve_crosses_not_its_nearest_point():
+    # 3 same and 2 different pairs: the curve meets FAR = FRR on its vertical stretch at FAR 0.5; the nearest
+    # point's mean gave 0.42.
+    scores, same = np.array([0.9, 0.8, 0.7, 0.3, 0.2]), np.array([1, 0, 1, 1, 0], bool)
+    assert verification_metrics(scores, same)["eer"] == pytest.approx(0.5) == reference_eer(scores, same)
+    scores, same = np.array([0.9, 0.6, 0.5, 0.1]), np.array([1, 0, 1, 0], bool)
+    assert verification_metrics(scores, same)["eer"] == pytest.approx(0.5)
+
+
+def test_auc_without_numpy_2(monkeypatch):
+    # np.trapezoid is numpy 2's; pyproject allows numpy 1.24.
+    monkeypatch.delattr(np, "trapezoid", raising=False)
+    scores, same = tied_scores(9, 100)
+    assert verification_metrics(scores, same)["auc"] == pytest.approx(reference_auc(scores, same))
+
+
+def test_tar_at_a_far_finer_than_the_negatives_can_measure_is_labelled_so():
+    # LFW's shape: 3,000 different pairs resolve a FAR of 1/3,000 = 3.3e-4 at best, so "TAR at FAR 1e-4" is the
+    # TAR at no false accept at all, and is printed as such.
+    rng = np.random.default_rng(5)
+    same = np.r_[np.ones(3000, bool), np.zeros(3000, bool)]
+    scores = np.where(same, rng.normal(0.7, 0.1, 6000), rng.normal(0.1, 0.1, 6000))
+    metrics = verification_metrics(scores, same, np.tile(np.repeat(np.arange(10), 300), 2))
+    negatives = np.sort(scores[~same])
+    assert metrics["different_pairs"] == 3000
+    assert metrics["tar_at_far_1e-4"] == (scores[same] > negatives[-1]).mean()  # no false accept
+    assert metrics["tar_at_far_1e-3"] == (scores[same] > negatives[-4]).mean()  # 3 false accepts of 3,000
+    lines = format_metrics(metrics)
+    assert "at no false accept" in next(line for line in lines if line.startswith("TAR @ FAR=1e-4"))
+    assert "false accept" not in next(line for line in lines if line.startswith("TAR @ FAR=1e-3"))
+    assert "std over the 10 folds, ddof 0; standard error of the mean" in lines[0]
+
+
+def test_metrics_refuse_pairs_of_one_kind():
+    # AUC came out 0 and EER 0 or 1: figures that say nothing about a list of one kind.
+    scores = np.array([0.9, 0.8, 0.7])
+    for label in (True, False):
+        with pytest.raises(ValueError, match="all (same|different)-person pairs"):
+            verification_metrics(scores, np.full(3, label))
+
+
+def test_failed_pairs_rank_below_every_score_not_only_below_minus_one():
+    # Negated distances as scores: a different pair without a face, scored -1, was the first accepted.
+    scores = np.array([-0.5, -0.8, -2.0, -3.0, 0.0])
+    same = np.array([1, 1, 0, 0, 0], bool)
+    failed = np.array([False, False, False, False, True])
+    metrics = verification_metrics(scores, same, failed=failed)
+    assert metrics["tar_at_far_1e-3"] == 1.0 and metrics["auc"] == 1.0 and metrics["eer"] == 0.0
+
+
+def test_metrics_refuse_scores_that_are_not_numbers():
+    with pytest.raises(ValueError, match="1 scores are not finite"):
+        verification_metrics(np.array([0.9, np.nan, 0.1, 0.2]), np.array([1, 1, 0, 0], bool))
+
+
+def test_without_folds_the_accuracy_says_its_threshold_saw_its_pairs():
+    metrics = verification_metrics(np.array([0.9, 0.1]), np.array([True, False]))
+    assert metrics["folds"] == 1 and metrics["accuracy_std"] == 0.0
+    assert "no folds" in format_metrics(metrics)[0]
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+
+
+def lfw_file(tmp_path, header: str, rows: list[str], prefix: bytes = b"", newline: str = "\n"):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(prefix + newline.join([header, *rows, ""]).encode())
+    return path
+
+
+TWO_FOLDS = ["A\t1\t2", "B\t1\tC\t3", "D\t4\t5", "E\t1\tF\t2"]
+
+
+def test_lfw_pairs_with_a_bom_and_windows_line_ends(tmp_path):
+    pairs = read_lfw_pairs(lfw_file(tmp_path, "2\t1", TWO_FOLDS, "\ufeff".encode(), "\r\n"), "/lfw")
+    assert [p.fold for p in pairs] == [0, 0, 1, 1] and pairs[1].path2 == "/lfw/C/C_0003.jpg"
+
+
+def test_lfw_header_must_describe_the_file(tmp_path):
+    # 2 folds of 2 same and 2 different pairs under "4 folds of 1", "1 fold of 4" or "4": each was the right
+    # count, and the pairs were put in folds of one kind, or in one fold, without a word.
+    rows = ["A\t1\t2", "G\t1\t2", "B\t1\tC\t3", "B\t1\tC\t4", "D\t4\t5", "H\t1\t2", "E\t1\tF\t2", "E\t1\tF\t3"]
+    assert [p.fold for p in read_lfw_pairs(lfw_file(tmp_path, "2\t2", rows), "/lfw")] == [0] * 4 + [1] * 4
+    for header, line in (("4\t1", 3), ("1\t4", 4), ("4", 4)):
+        with pytest.raises(ValueError, match=f"line {line}: a (same|different) pair where the header"):
+            read_lfw_pairs(lfw_file(tmp_path, header, rows), "/lfw")
+    with pytest.raises(ValueError, match="expected 12 pairs, found 8"):
+        read_lfw_pairs(lfw_file(tmp_path, "3\t2", rows), "/lfw")
+    for header in ("ten\t300", "10\t0", "", "1\t2\t3"):
+        with pytest.raises(ValueError, match="line 1 must give the folds"):
+            read_lfw_pairs(lfw_file(tmp_path, header, rows), "/lfw")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("D\t4", "malformed pair line 5"),  # counted in the file's lines, blank ones too
+    ("../../etc\t4\t5", "malformed pair line 5"),  # a name is one folder of the LFW folder
+    ("D\t4\tC/x\t5", "malformed pair line 5"),
+    ("D\t1_0\t5", "malformed pair line 5"),  # int() takes "1_0" as 10
+    ("A\t2\t1", "line 5 repeats the pair of line 2"),
+    ("D\t4\t4", "line 5: an image paired with itself"),
+])
+def test_lfw_lines_that_are_no_pair(tmp_path, line, message):
+    rows = [TWO_FOLDS[0], "", TWO_FOLDS[1], line, TWO_FOLDS[3]]
+    with pytest.raises(ValueError, match=message):
+        read_lfw_pairs(lfw_file(tmp_path, "2\t1", rows), "/lfw")
+
+
+def test_pair_subset_spreads_over_the_whole_list_above_half_its_length():
+    # A stride of len // limit is 1 over half the list: 4,000 of LFW's 6,000 pairs were its first 7 folds.
+    pairs = [Pair(f"{fold}-{i}", "x", i < 300, fold) for fold in range(10) for i in range(600)]
+    subset = spread_subset(pairs, 4000)
+    assert len(subset) == len(set(subset)) == 4000
+    for fold in range(10):
+        assert 390 <= sum(p.fold == fold for p in subset) <= 410
+
+
+@pytest.mark.parametrize("value, same", [("yes", True), ("No", False), ("True", True), ("FALSE", False),
+                                         ("1", True), ("0", False), (" same ", True), ("different", False)])
+def test_pairs_csv_same_values(tmp_path, value, same):
+    (tmp_path / "pairs.csv").write_text(f"path1,path2,same\na.jpg,b.jpg,{value}\n")
+    assert read_pairs_csv(tmp_path / "pairs.csv")[0].same is same
+
+
+def test_pairs_csv_from_windows_with_any_fold_numbers(tmp_path):
+    (tmp_path / "pairs.csv").write_bytes("\ufeffpath1,path2,same,fold\r\na.jpg,b.jpg,1,7\r\na.jpg,c.jpg,0,-3\r\n"
+                                         .encode())
+    pairs = read_pairs_csv(tmp_path / "pairs.csv", "/root")
+    assert [(p.path2, p.same, p.fold) for p in pairs] == [("/root/b.jpg", True, 7), ("/root/c.jpg", False, -3)]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("", "no pairs"),
+    ("a.jpg,b.jpg,1\nb.jpg,./a.jpg,0\n", "line 3 repeats the pair of line 2"),
+    ("a.jpg,b.jpg,1\nx/../a.jpg,b.jpg,1\n", "line 3 repeats the pair of line 2"),
+    ("a.jpg,a.jpg,1\n", "line 2: an image paired with itself"),
+])
+def test_pairs_csv_lists_that_measure_nothing_or_count_twice(tmp_path, body, message):
+    (tmp_path / "pairs.csv").write_text("path1,path2,same\n" + body)
+    with pytest.raises(ValueError, match=message):
+        read_pairs_csv(tmp_path / "pairs.csv")

@@ -659,3 +659,25 @@ def test_identities_left_short_by_crops_that_do_not_decode_are_dropped(tmp_path,
     assert "warning: left out 5 crops under" in capsys.readouterr().err
     with pytest.raises(ValueError, match="did not decode"):  # none left at all
         load_crops(tmp_path / "crops", min_per_class=6, limit_classes=2)
+
+
+def test_the_in_training_check_counts_a_pair_without_its_crop_as_an_error(tmp_path, astronaut_bgr, grace_hopper_bgr):
+    """As `facekit eval` counts a pair without a face: an error, and no say in the threshold."""
+    from facekit.training.train import VerificationCallback
+
+    rng = np.random.default_rng(0)
+    for name, image in (("Ann", astronaut_bgr), ("Bea", grace_hopper_bgr)):
+        (tmp_path / name).mkdir()
+        for number in (1, 2, 3):
+            if (name, number) == ("Ann", 3):
+                continue  # lost when the crops were made
+            y, x = rng.integers(0, 40, 2)
+            crop = cv2.resize(image[y:y + 400, x:x + 400], (112, 112), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(tmp_path / name / f"{name}_{number:04d}.png"), crop)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t2\nAnn\t1\t2\nBea\t1\t2\nAnn\t1\tBea\t1\nAnn\t2\tBea\t2\n"
+                     "Ann\t1\t3\nBea\t2\t3\nAnn\t3\tBea\t3\nAnn\t2\tBea\t3\n")
+    torch.manual_seed(0)
+    result = VerificationCallback(str(pairs), str(tmp_path), torch.device("cpu"))(build_model(width=0.25))
+    assert result["missing_crops"] == 2 and result["no_face"] == 2
+    assert result["accuracy"] <= 6 / 8

@@ -189,16 +189,16 @@ class VerificationCallback:
             x = x.contiguous(memory_format=torch.channels_last)
             embeddings.append(torch.nn.functional.normalize(model(x) + model(x.flip(3))).float().cpu())
         table = torch.cat(embeddings).numpy() if embeddings else np.zeros((0, 1), np.float32)
-        scores = np.array([
-            float(table[self.index[p.path1]] @ table[self.index[p.path2]])
-            if p.path1 in self.index and p.path2 in self.index else -1.0
-            for p in self.pairs
-        ])
+        # A pair without both crops is an error, as a pair without a face is in `facekit eval`; scored as -1 it
+        # took part in choosing the threshold and could count as a correct rejection.
+        missing = np.array([p.path1 not in self.index or p.path2 not in self.index for p in self.pairs])
+        scores = np.array([0.0 if gone else float(table[self.index[p.path1]] @ table[self.index[p.path2]])
+                           for p, gone in zip(self.pairs, missing)])
         same = np.array([p.same for p in self.pairs])
         folds = np.array([p.fold for p in self.pairs])
         model.train(was_training)
-        result = verification_metrics(scores, same, folds)
-        result["missing_crops"] = sum(1 for p in self.pairs if p.path1 not in self.index or p.path2 not in self.index)
+        result = verification_metrics(scores, same, folds, failed=missing)
+        result["missing_crops"] = int(missing.sum())
         return result
 
 
