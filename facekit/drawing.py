@@ -9,11 +9,31 @@ import numpy as np
 
 KNOWN = (60, 200, 60)
 UNKNOWN = (40, 40, 220)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Latin letters and punctuation that NFKD leaves whole, common in names ("Łukasz", "Strauß", "O’Brien"): written
+# "?" they would make most of a Polish or Scandinavian name unreadable.
+_ASCII_FORMS = str.maketrans({
+    "ß": "ss", "ẞ": "SS", "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Ø": "O", "ø": "o", "Ł": "L", "ł": "l",
+    "Đ": "D", "đ": "d", "Ð": "D", "ð": "d", "Þ": "Th", "þ": "th", "ı": "i", "Ħ": "H", "ħ": "h", "Ŋ": "N",
+    "ŋ": "n", "·": ".", "‘": "'", "’": "'", "‚": ",", "“": '"', "”": '"', "‐": "-", "‑": "-", "–": "-",
+    "—": "-",
+})
 
 
 def draw_results(image: np.ndarray, results: list[dict], fps: float | None = None) -> np.ndarray:
-    """results as identify_image returns them: dicts with box, landmarks, identity, similarity."""
-    canvas = image.copy()
+    """results as identify_image returns them: dicts with box, landmarks, identity, similarity.
+
+    A grey (or BGRA) image is drawn on as a BGR copy: in grey, the green of a known face and the red of an
+    unknown one are two dark greys that cannot be told apart."""
+    canvas = _bgr_copy(image)
+    if fps is not None:
+        # Sized to the frame (0.7 at 640 px, as before) and outlined, to be read on a 4K frame and a white wall;
+        # drawn first, so that a face's label near the corner covers it rather than the other way round.
+        scale = max(0.4, max(canvas.shape[:2]) / 900)
+        bold = max(2, round(scale * 2.8))
+        origin = (round(8 * scale / 0.7), round(24 * scale / 0.7))
+        cv2.putText(canvas, f"{fps:.1f} fps", origin, FONT, scale, (0, 0, 0), bold + 2, cv2.LINE_AA)
+        cv2.putText(canvas, f"{fps:.1f} fps", origin, FONT, scale, (255, 255, 255), bold, cv2.LINE_AA)
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for face in results:
         x, y, w, h = (int(round(v)) for v in face["box"])
@@ -21,21 +41,44 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
         cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
         for px, py in face.get("landmarks", []):
             cv2.circle(canvas, (int(px), int(py)), thickness + 1, (0, 220, 255), -1)
-        label = _drawable(f"{face.get('identity') or 'unknown'} {face.get('similarity', 0.0):.2f}")
-        scale = max(0.4, w / 250)
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = max(0, y - th - base - 4)
-        cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
-        cv2.putText(canvas, label, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    if fps is not None:
-        cv2.putText(canvas, f"{fps:.1f} fps", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
+        name = _drawable(face.get("identity") or "unknown")
+        _draw_label(canvas, name, f" {face.get('similarity', 0.0):.2f}", x, y, max(0.4, w / 250), colour)
     return canvas
+
+
+def _bgr_copy(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image.copy()
+
+
+def _draw_label(canvas: np.ndarray, name: str, score: str, x: int, y: int, scale: float,
+                colour: tuple[int, int, int]) -> None:
+    """name and score on a band of colour just above (x, y), kept inside the frame: moved in where the box reaches
+    past an edge, and the name cut short ("...") where the frame is too narrow for all of it."""
+    width = canvas.shape[1]
+    weight = max(1, round(scale * 1.6))  # a 1 px stroke in letters 70 px tall is lost once a 4K frame is shown
+    label = name + score
+    (tw, th), base = cv2.getTextSize(label, FONT, scale, weight)
+    while tw + 4 > width and name:
+        name = name[:-1]
+        label = name.rstrip() + "..." + score
+        (tw, th), base = cv2.getTextSize(label, FONT, scale, weight)
+    band = th + base + 4
+    left = min(max(0, x), max(0, width - tw - 4))
+    top = max(0, y - band)  # a box at the frame's top edge: the band covers the box's top instead
+    cv2.rectangle(canvas, (left, top), (left + tw + 4, top + band), colour, -1)
+    # Dark letters on a light band: white on the green of a known face has a contrast of about 2 to 1.
+    ink = (0, 0, 0) if 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2] > 128 else (255, 255, 255)
+    cv2.putText(canvas, label, (left + 2, top + th + 2), FONT, scale, ink, weight, cv2.LINE_AA)
 
 
 def _drawable(label: str) -> str:
     """The label in the ASCII that OpenCV's fonts can write: accents are dropped ("José Núñez" is drawn as
-    "Jose Nunez", where OpenCV would draw "Jos? N??ez"), and letters with no ASCII form become "?". The JSON
-    and text output keep the name as enrolled."""
-    decomposed = unicodedata.normalize("NFKD", label)
+    "Jose Nunez", where OpenCV would draw "Jos? N??ez"), letters such as ß, Ł and Ø and typographic quotes and
+    dashes take their usual ASCII forms, and letters with no ASCII form become "?". The JSON and text output
+    keep the name as enrolled."""
+    decomposed = unicodedata.normalize("NFKD", label.translate(_ASCII_FORMS))
     return "".join(c if c.isascii() else "?" for c in decomposed if not unicodedata.combining(c))

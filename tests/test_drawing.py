@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from facekit.drawing import _drawable, draw_results
+from facekit.drawing import KNOWN, UNKNOWN, _drawable, draw_results
 
 
 def test_labels_are_drawn_in_ascii_without_touching_the_photo(astronaut_bgr):
@@ -19,3 +20,46 @@ def test_labels_are_drawn_in_ascii_without_touching_the_photo(astronaut_bgr):
     changed = np.any(drawn != astronaut_bgr, axis=2)
     # The box edges and the label above each face are drawn; the middle of the photo's far corner is not.
     assert changed[60, 180:290].any() and changed[300, 20:120].any() and not changed[450:, 400:].any()
+
+
+def test_common_latin_letters_and_quotes_keep_an_ascii_form():
+    # NFKD leaves these whole; drawn as "?" they made "Łukasz Strauß" "?ukasz Strau?".
+    assert _drawable("Łukasz Strauß O’Brien Ørsted–Æbeltoft") == "Lukasz Strauss O'Brien Orsted-AEbeltoft"
+
+
+def _face(x: int, y: int, name: str | None, similarity: float = 0.9) -> dict:
+    return {"box": [x, y, 110, 120], "identity": name, "similarity": similarity}
+
+
+def test_the_whole_label_is_drawn_inside_the_frame():
+    # A label that runs past an edge loses its start (a box partly off the left) or its score (a box at the right,
+    # a name longer than the frame is wide): two faces that differ there must still be drawn differently.
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    long_name = "Maximilian Alexander von Hohenzollern-Sigmaringen"
+    for first, second in (
+        (_face(-80, 100, "Ann"), _face(-80, 100, "Ada")),  # the name (as wide as the other), off the left edge
+        (_face(300, 100, "Ann"), _face(300, 100, "Ann", similarity=0.4)),  # the score, off the right edge
+        (_face(20, 100, long_name), _face(20, 100, long_name, similarity=0.4)),  # the score, past a narrow frame
+    ):
+        assert not np.array_equal(draw_results(frame, [first]), draw_results(frame, [second])), first
+    # Where it fits, the label is where it always was: on the box's top left corner, above it.
+    drawn = draw_results(frame, [_face(100, 100, "Ann")])
+    band = np.all(drawn == KNOWN, axis=2)
+    assert band[88:99, 100].all() and not band[:, :100].any() and not band[:80].any()
+
+
+def test_labels_are_readable_on_grey_and_large_frames(astronaut_bgr):
+    grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    known, unknown = _face(180, 60, "José"), _face(20, 300, None)
+    drawn = draw_results(grey, [known, unknown])
+    # In grey, a known face's green and an unknown one's red were two dark greys (60 and 40): now in colour.
+    assert drawn.shape == astronaut_bgr.shape
+    assert tuple(drawn[120, 180]) == KNOWN and tuple(drawn[350, 20]) == UNKNOWN
+    # Dark letters on the light green band: white ones had a contrast of about 2 to 1.
+    rows, columns = np.nonzero(np.all(drawn[:60, 180:] == KNOWN, axis=2))
+    band = drawn[rows.min():rows.max() + 1, 180 + columns.min():180 + columns.max() + 1].reshape(-1, 3)
+    assert band.min(axis=1).max() < 150 and band.max(axis=1).min() < 40
+    # The frame rate is written to the frame's size: at 0.7 it was 16 px tall on a 4K frame.
+    large = np.full((2160, 3840, 3), 90, np.uint8)
+    rows = np.flatnonzero(np.any(draw_results(large, [], fps=12.5)[:, :800] != 90, axis=(1, 2)))
+    assert rows.size and rows[-1] - rows[0] > 60

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
 import re
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import cv2
@@ -97,3 +104,162 @@ def test_webcam_bad_output_or_gallery_is_one_error_line(tmp_path, astronaut_bgr,
                                 timeout=300)
         lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+
+
+def test_webcam_refuses_an_output_it_would_not_write_or_its_own_source(tmp_path, astronaut_bgr, grace_hopper_bgr,
+                                                                       tool_script):
+    # Refused before the models load: the same file as --source was emptied by the writer while being read (a
+    # 90-frame clip became 2 frames, exit 0), .jpg wrote one frame and said "written", 0 frames read "no frames".
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
+    original = clip.read_bytes()
+    (tmp_path / "link.avi").symlink_to(clip)
+    for options in (["--output", str(clip)], ["--output", str(tmp_path / "link.avi")],
+                    ["--output", str(tmp_path / "out.jpg")], ["--output", str(tmp_path)], ["--max-frames", "0"]):
+        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+                                 "--gallery", str(tmp_path / "none"), *options], capture_output=True, text=True,
+                                timeout=300)
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2 and lines[-1].startswith(("error:", "webcam.py: error:")), (options, lines)
+        assert clip.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "link.avi"]
+
+
+def test_webcam_finishes_the_video_when_terminated(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+    # SIGTERM (kill, timeout, a service manager) ended the process before the writer was released: an .mp4
+    # without its index, which nothing can play.
+    clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=150)
+    process = subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+                                "--output", str(out), "--gallery", str(tmp_path / "none")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few frames into the loop
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    video = cv2.VideoCapture(str(out))
+    count = 0
+    while video.read()[0]:
+        count += 1
+    assert 0 < count < 150
+
+
+class FakeCapture:
+    """cv2.VideoCapture's part that the loop uses, over given frames; delay: seconds each read takes."""
+
+    def __init__(self, frames: list[np.ndarray], fps: float = 25.0, delay: float = 0.0) -> None:
+        self.frames, self.fps, self.delay, self.reads = list(frames), fps, delay, []
+
+    def isOpened(self) -> bool:  # OpenCV's name
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        time.sleep(self.delay)
+        self.reads.append(time.perf_counter())
+        return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: 0.0}.get(prop, 0.0)
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch):
+    # A camera drops the frames a slow loop misses: each annotated frame written once at the camera's rate
+    # played the recording too fast (here 100 fps claimed, about 20 processed: 5 times too fast).
+    webcam = load_tool("webcam")
+    camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 15, fps=100.0, delay=0.05)
+    monkeypatch.setattr(webcam, "open_source", lambda source: camera)
+    out = tmp_path / "out.avi"
+    assert webcam.main(["--headless", "--source", "0", "--output", str(out), "--gallery", str(tmp_path / "none")]) == 0
+    video = cv2.VideoCapture(str(out))
+    count = 0
+    while video.read()[0]:
+        count += 1
+    elapsed = camera.reads[-1] - camera.reads[0]
+    assert abs(count / video.get(cv2.CAP_PROP_FPS) - elapsed) < 0.25 * elapsed
+
+
+def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkeypatch, astronaut_bgr,
+                                                     grace_hopper_bgr):
+    # Live MTCNN looks for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:
+    # 530-830 ms a search, against about 60 on the copy searched now.
+    webcam = load_tool("webcam")
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
+    source = cv2.VideoCapture(str(clip))
+    frames = [cv2.resize(source.read()[1], (3840, 2880), interpolation=cv2.INTER_LINEAR) for _ in range(3)]
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames))
+    searched: list[int] = []
+
+    class Recorder:
+        def __init__(self, detector) -> None:
+            self.detector, self.min_face = detector, detector.min_face
+
+        def detect(self, image):
+            searched.append(max(image.shape[:2]))
+            return self.detector.detect(image)
+
+        def detect_near(self, image, boxes):
+            searched.append(max(image.shape[:2]))
+            return self.detector.detect_near(image, boxes)
+
+    create_detector = webcam.create_detector
+    monkeypatch.setattr(webcam, "create_detector", lambda *args, **kwargs: Recorder(create_detector(*args, **kwargs)))
+    drawn: list[list[dict]] = []
+    monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
+    assert webcam.main(["--headless", "--source", "clip", "--detector", "mtcnn",
+                        "--gallery", str(tmp_path / "none")]) == 0
+    assert len(searched) == 3 and max(searched) <= 1280
+    # Found all the same, in the frame's coordinates: Grace Hopper's face lies in x 420-620 of the 640 px clip.
+    assert [len(results) for results in drawn] == [2, 2, 2]
+    for results in drawn:
+        hopper = max(results, key=lambda face: face["box"][0])
+        x, y, w, h = hopper["box"]
+        assert 420 * 6 < x and x + w < 620 * 6 and w > 200 and 0 < hopper["landmarks"][0][0] - x < w
+
+
+def test_webcam_shows_progress_on_a_terminal(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+    # In --headless, a long clip ran without a word until its summary; a pipe or a log still gets none.
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=10)
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a pty is 0 wide until told
+    with subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+                           "--gallery", str(tmp_path / "none")], stdout=subprocess.PIPE, stderr=secondary) as run:
+        os.close(secondary)
+        shown = b""
+        while chunk := _read_pty(primary):
+            shown += chunk
+        assert run.wait(timeout=120) == 0
+    os.close(primary)
+    assert re.search(rb"\d+/10 \[", shown), shown
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the other end closed
+        return b""
+
+
+def test_webcam_checks_the_gallery_before_the_first_frame(tmp_path, load_tool, monkeypatch, capsys):
+    # A gallery of 128-d embeddings stored without a model fingerprint passed the check and ended the run at the
+    # first face ("queries must have shape (n, 128)"); an empty one said nothing, as if faces were strangers.
+    from facekit.datastore import Gallery
+
+    webcam = load_tool("webcam")
+    narrow, empty = tmp_path / "narrow", tmp_path / "empty"
+    with Gallery.open(narrow, dim=128) as gallery, gallery.writer():
+        gallery.add("someone", np.eye(1, 128, dtype=np.float32), [{"path": "a.jpg", "sha256": "0" * 64}])
+    Gallery.open(empty).close()
+    camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 2)
+    monkeypatch.setattr(webcam, "open_source", lambda source: camera)
+    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(narrow)]) == 2
+    assert "128-d" in capsys.readouterr().err and not camera.reads
+    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(empty)]) == 0
+    assert "is empty" in capsys.readouterr().err

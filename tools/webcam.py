@@ -10,23 +10,39 @@ person's (it comes back after frames unseen, or its size jumps), because embeddi
 step and a face rarely changes identity between frames. With MTCNN (the
 default) or Haar, whose full search is the loop's other expensive step, the whole frame is
 searched every --search-every frames and, in between, only around the faces being tracked.
+
+Frames wider or taller than DETECT_SIDE are searched on a smaller copy and embedded from the frame itself. From a
+camera, each annotated frame is written as often as keeps --output in step with the clock. SIGTERM and SIGHUP stop
+the loop as Ctrl-C does, after the video is finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numpy as np
+from tqdm import tqdm
 
+from facekit.alignment import landmarks_problem
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
-from facekit.detection import DETECTOR_BACKENDS, create_detector
+from facekit.detection import DETECTOR_BACKENDS, Face, create_detector
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
+
+# The longest side of the copy searched for faces. The detectors shrink large images themselves, but not live
+# MTCNN, whose smallest face (32 px of the frame) would have it search a 4K frame on a 2,400 px copy: 530-830 ms a
+# frame, against about 60 on a 1,280 px one. A 720p webcam's frames are searched as they are.
+DETECT_SIDE = 1280
+# What --output can hold, by extension, and the codec written to it.
+CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 
 
 @dataclass
@@ -89,11 +105,48 @@ def needs_identifying(track: Track, frame: int, every: int) -> bool:
     return abs(math.log(track.box[2] / track.identified_width)) > math.log(SIZE_JUMP)
 
 
-def open_source(source: str) -> cv2.VideoCapture:
+def detect_faces(pipeline: FacePipeline, frame: np.ndarray,
+                 near: list[tuple[float, float, float, float]] | None = None) -> list[Face]:
+    """The faces in frame, in its coordinates: all of them, or (near) only those around these boxes."""
+    scale = min(1.0, DETECT_SIDE / max(frame.shape[:2]))
+    small = frame if scale == 1.0 else cv2.resize(
+        frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA)
+    if near is None:
+        faces = pipeline.detect(small)
+    else:  # pipeline.detect's check too: landmarks no warp can use would end the loop in embed_faces
+        faces = [face for face in pipeline.detector.detect_near(small, [tuple(v * scale for v in b) for b in near])
+                 if landmarks_problem(face.landmarks) is None]
+    if scale == 1.0:
+        return faces
+    # Pixel centres, as the detectors map their own copies: small index i sits at (i + 0.5) / scale - 0.5.
+    return [Face(tuple(v / scale for v in face.box), face.score,
+                 ((face.landmarks + 0.5) / scale - 0.5).astype(np.float32)) for face in faces]
+
+
+def output_problem(output: str, source: str) -> str | None:
+    """Why the annotated video cannot go to output, found before the models load; None if it may."""
+    path = Path(output)
+    if path.suffix.lower() not in CODECS:
+        # OpenCV takes most other names (.jpg, no extension), then writes one frame or none without a word.
+        return f"--output must be an .mp4 or .avi file, not {output}"
+    if not path.parent.is_dir():
+        return f"cannot write {output}: folder {path.parent} not found"
+    if not source.isdigit() and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+        # The writer would empty the file the capture is still reading: the video would be lost.
+        return f"--output {output} is the video being read; choose another file"
+    return None
+
+
+def open_source(source: str) -> cv2.VideoCapture | None:
     capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise SystemExit(f"error: cannot open video source {source!r}")
-    return capture
+    return capture if capture.isOpened() else None
+
+
+def frame_rate(capture: cv2.VideoCapture) -> float:
+    """The source's frames per second; 25 where it gives none (many cameras) or an absurd one."""
+    rate = capture.get(cv2.CAP_PROP_FPS)
+    return rate if 0 < rate <= 1000 else 25.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.search_every < 1 or args.reidentify_every < 1:
         parser.error("--search-every and --reidentify-every must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error("--max-frames must be at least 1")
+    problem = args.output and output_problem(args.output, args.source)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not args.headless:
         try:
             cv2.namedWindow("facekit")
@@ -129,31 +188,49 @@ def main(argv: list[str] | None = None) -> int:
     gallery = None
     if (gallery_path / "gallery.sqlite").exists():
         try:
-            gallery = Gallery.open(gallery_path, create=False)
-            gallery.bind_model(pipeline.embedder.model_id)  # another model's gallery: refused before the loop
+            # Another model's gallery is refused before the loop: by its fingerprint, or (one stored before
+            # galleries kept it) by its width, which gallery.search would otherwise refuse at the first face.
+            gallery = Gallery.open(gallery_path, create=False, dim=pipeline.embedder.dim)
+            gallery.bind_model(pipeline.embedder.model_id)
         except GalleryError as exc:
             if gallery is not None:
                 gallery.close()
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if len(gallery) == 0:
+            print(f"warning: the gallery at {gallery_path} is empty; every face will be unknown until people are "
+                  "enrolled", file=sys.stderr)
     else:
         print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
     threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
     capture = open_source(args.source)
-    writer = None
+    if capture is None:
+        if gallery is not None:
+            gallery.close()
+        print(f"error: cannot open video source {args.source!r}", file=sys.stderr)
+        return 2
+    # A camera drops the frames a slow loop misses; a file waits for the loop, so its own rate holds.
+    camera = args.source.isdigit()
+    rate = frame_rate(capture)
+    writer, recorded = None, 0
     tracker = FaceTracker()
     # YuNet searches a whole frame about as fast as the others search around one face, so it has no detect_near.
-    detect_near = getattr(pipeline.detector, "detect_near", None)
+    searches_near = hasattr(pipeline.detector, "detect_near")
+    total = 0 if camera else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    if args.max_frames:
+        total = min(total, args.max_frames) if total else args.max_frames
+    # On a terminal only (disable=None): otherwise a long clip in --headless runs without a word until the end.
+    progress = tqdm(total=total or None, unit="frame", disable=None, leave=False, file=sys.stderr)
     frames, faces_seen, started, fps = 0, 0, time.perf_counter(), 0.0
     try:
         while args.max_frames is None or frames < args.max_frames:
             ok, frame = capture.read()
             if not ok:
                 break
-            if detect_near is None or frames % args.search_every == 0:
-                faces = pipeline.detect(frame)
+            if not searches_near or frames % args.search_every == 0:
+                faces = detect_faces(pipeline, frame)
             else:
-                faces = detect_near(frame, [track.box for track in tracker.tracks.values()])
+                faces = detect_faces(pipeline, frame, [track.box for track in tracker.tracks.values()])
             faces_seen += len(faces)
             tracks = tracker.update([f.box for f in faces], frames)
             stale = [i for i, t in enumerate(tracks) if needs_identifying(t, frames, args.reidentify_every)]
@@ -166,23 +243,28 @@ def main(argv: list[str] | None = None) -> int:
             for face, track in zip(faces, tracks):
                 results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
             frames += 1
+            progress.update()
             fps = frames / (time.perf_counter() - started)
             annotated = draw_results(frame, results, fps=fps)
             if args.output:
                 if writer is None:
-                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.endswith(".mp4") else "MJPG"))
-                    rate = capture.get(cv2.CAP_PROP_FPS) or 25.0
+                    fourcc = cv2.VideoWriter_fourcc(*CODECS[Path(args.output).suffix.lower()])
                     writer = cv2.VideoWriter(args.output, fourcc, rate, (frame.shape[1], frame.shape[0]))
                     if not writer.isOpened():
-                        print(f"error: cannot write {args.output} (a missing folder, or not .mp4 or .avi?)",
-                              file=sys.stderr)
+                        print(f"error: cannot write {args.output}", file=sys.stderr)
                         return 2
-                writer.write(annotated)
+                    recording = time.perf_counter()
+                # From a camera, a loop at 10 fps recorded at the camera's 30 would play three times too fast.
+                copies = int((time.perf_counter() - recording) * rate) + 1 - recorded if camera else 1
+                for _ in range(copies):
+                    writer.write(annotated)
+                recorded += max(0, copies)
             if not args.headless:
                 cv2.imshow("facekit", annotated)
                 if cv2.waitKey(1) & 0xFF == ord("q"):
                     break
     finally:
+        progress.close()
         capture.release()
         if writer is not None:
             writer.release()
@@ -201,4 +283,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from facekit.cli import report_errors
 
+    # kill, timeout and service managers stop a process with SIGTERM, a closed terminal with SIGHUP: left to their
+    # default, they end it before the writer is released, and an .mp4 without its index cannot be played.
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda signum, _: sys.exit(128 + signum))
     sys.exit(report_errors(main))
