@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -22,7 +23,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from facekit.errors import one_line
@@ -34,21 +34,42 @@ INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 CARD_KEY = "facekit_card"
 FINGERPRINT_KEY = "weights_sha256"
 CALIBRATION_CROPS = 200
+# Why the cache may refuse a file: no permission, a read-only or full file system, or a FACEKIT_CACHE that names
+# a file rather than a folder. The Embedder's "auto" backend then falls back to torch.
+CACHE_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
+                    errno.ENOTDIR)
 
 
 def weights_base(weights: str | os.PathLike | None) -> Path:
+    """The <base> of <base>.safetensors and its card <base>.json: the path given, less either suffix."""
     from facekit.representation import DEFAULT_MODEL
 
     base = Path(weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL)
     return base.with_suffix("") if base.suffix in {".safetensors", ".json"} else base
 
 
+def beside(weights: str | os.PathLike | None, suffix: str) -> Path:
+    """<base><suffix>: the weights (.safetensors), their card (.json) or their ONNX file (.onnx).
+
+    Appended, not with_suffix(): that takes the ".0" of "model-1.0" for a suffix and opens model-1's files."""
+    base = weights_base(weights)
+    return base.with_name(base.name + suffix)
+
+
+def model_file(weights: str | os.PathLike | None, suffix: str) -> Path:
+    """beside(weights, suffix), which must be a file; else a FileNotFoundError naming it."""
+    path = beside(weights, suffix)
+    if not path.is_file():
+        base = weights_base(weights)
+        hint = f" ({base} is a folder: name the model's {suffix} file in it)" if base.is_dir() else ""
+        raise FileNotFoundError(f"model file not found: {path}{hint}")
+    return path
+
+
 def model_fingerprint(weights: str | os.PathLike | None = None) -> str:
     """sha256 of the weights file. Embeddings are comparable only between models with the same one, so a
     gallery records it (facekit.datastore.Gallery.bind_model)."""
-    weights_file = weights_base(weights).with_suffix(".safetensors")
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"model file not found: {weights_file}")
+    weights_file = model_file(weights, ".safetensors")
     stat = weights_file.stat()
     return _file_sha256(weights_file.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
@@ -74,13 +95,8 @@ def read_card(card_file: str | os.PathLike) -> dict:
 
 def weights_key(weights: str | os.PathLike | None = None) -> str:
     """sha256 of the weights, the architecture in the card, and the export version: the cache key."""
-    base = weights_base(weights)
-    weights_file, card_file = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    for required in (weights_file, card_file):
-        if not required.is_file():
-            raise FileNotFoundError(f"model file not found: {required}")
-    digest = hashlib.sha256(bytes.fromhex(model_fingerprint(base)))
-    architecture = read_card(card_file)["model"]
+    digest = hashlib.sha256(bytes.fromhex(model_fingerprint(weights)))
+    architecture = read_card(model_file(weights, ".json"))["model"]
     digest.update(json.dumps({"model": architecture, "export": EXPORT_VERSION, "opset": OPSET},
                              sort_keys=True).encode())
     return digest.hexdigest()
@@ -99,8 +115,13 @@ def cached_model_path(weights: str | os.PathLike | None = None, int8: bool = Fal
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """write(tmp_path) then rename: a reader (or a second process exporting too) never sees half a file."""
+    if path.is_dir():  # else the error would name the temporary file, gone by the time it is read
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # named by the folder: its own error names a temporary file that was never made
+        raise OSError(exc.errno, exc.strerror, str(path.parent)) from exc
     os.close(handle)
     try:
         write(Path(tmp))
@@ -159,7 +180,7 @@ def copy_shipped_model(shipped: Path, weights: str | os.PathLike | None, output:
 
     def write(tmp: Path) -> None:
         graph = onnx.load(str(shipped))
-        _label(graph, read_card(weights_base(weights).with_suffix(".json")), weights)
+        _label(graph, read_card(model_file(weights, ".json")), weights)
         onnx.save(graph, str(tmp))
 
     return _write_atomically(Path(output), write)
@@ -256,8 +277,11 @@ def _image_sources(root: Path) -> list[tuple[Path, str | None]]:
     sources: list[tuple[Path, str | None]] = []
     for path in files:
         if path.suffix.lower() == ".zip":
-            with zipfile.ZipFile(path) as archive:
-                sources += [(path, m) for m in archive.namelist() if Path(m).suffix.lower() in IMAGE_EXTENSIONS]
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    sources += [(path, m) for m in archive.namelist() if Path(m).suffix.lower() in IMAGE_EXTENSIONS]
+            except zipfile.BadZipFile as exc:
+                raise ValueError(f"calibration data: {path}: {exc}") from None
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             sources.append((path, None))
     return sources
@@ -270,7 +294,10 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
     detector and its largest face is aligned, the same way the pipeline would.
     """
     from facekit.alignment import align_face
+    from facekit.imageio import DEFAULT_MAX_PIXELS, MAX_BYTES_PER_PIXEL, ImageError, decode_image, load_image
 
+    if count < 1:  # else the loop below never stops early and quantisation takes every image found
+        raise ValueError(f"the calibration crop count must be at least 1, not {count}")
     root = Path(source)
     if not root.exists():
         raise FileNotFoundError(f"calibration data not found: {root}")
@@ -284,14 +311,18 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
         # A seeded shuffle, so the crops cover many identities rather than the first folder's.
         for index in np.random.default_rng(0).permutation(len(sources)):
             path, member = sources[index]
-            if member is None:
-                data = path.read_bytes()
-            else:
-                if path not in archives:
-                    archives[path] = stack.enter_context(zipfile.ZipFile(path))
-                data = archives[path].read(member)
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if image is None:
+            # Read as the pipeline reads photos (OpenCV skipped float TIFFs, which enroll reads); an image that
+            # cannot be read is skipped, and one too large for any image within the pixel limit is not inflated.
+            try:
+                if member is None:
+                    image = load_image(path)
+                else:
+                    if path not in archives:
+                        archives[path] = stack.enter_context(zipfile.ZipFile(path))
+                    if archives[path].getinfo(member).file_size > DEFAULT_MAX_PIXELS * MAX_BYTES_PER_PIXEL:
+                        continue
+                    image = decode_image(archives[path].read(member), name=f"{path}:{member}")
+            except (ImageError, zipfile.BadZipFile):  # BadZipFile: a member whose data fails its checksum
                 continue
             if image.shape[:2] == (112, 112):
                 crops.append(image)
@@ -357,7 +388,7 @@ def session_weights_key(session) -> str | None:
 
 def shipped_model(weights: str | os.PathLike | None = None) -> Path | None:
     """The fp32 ONNX file beside the weights (<base>.onnx), if there is one; it may be stale."""
-    path = weights_base(weights).with_suffix(".onnx")
+    path = beside(weights, ".onnx")
     return path if path.is_file() else None
 
 
@@ -395,6 +426,26 @@ def model_card(session) -> dict:
     return json.loads(card) if card else {}
 
 
+def check_embedder(session, path: str | os.PathLike, dim: int) -> None:
+    """A ValueError unless the model maps `input` (N, 3, 112, 112) to (N, dim) embeddings, as our exports do:
+    another model is refused here, by name, rather than at the first embed() or with embeddings of some other
+    shape."""
+    def fits(node, shape: tuple) -> bool:  # None: the batch, which must be free ("batch", or None in ORT's terms)
+        return node.type == "tensor(float)" and len(node.shape) == len(shape) and all(
+            not isinstance(got, int) or got == wanted for got, wanted in zip(node.shape, shape))
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) == 1 and inputs[0].name == INPUT_NAME and fits(inputs[0], (None, 3, 112, 112)) \
+            and outputs and fits(outputs[0], (None, dim)):
+        return
+
+    def described(nodes: list) -> str:
+        return ", ".join(f"{node.name} {tuple(node.shape)} {node.type}" for node in nodes) or "nothing"
+
+    raise ValueError(f"{path} is not a facekit embedder: it takes {described(inputs)} and gives {described(outputs)}, "
+                     f"where one takes {INPUT_NAME} ('batch', 3, 112, 112) tensor(float) and gives ('batch', {dim})")
+
+
 def cached_model(weights: str | os.PathLike | None = None, int8: bool = False) -> Path:
     """The cached ONNX file for these weights, exported on first use (fp32 only: int8 needs calibration data)."""
     path = cached_model_path(weights, int8)
@@ -404,7 +455,14 @@ def cached_model(weights: str | os.PathLike | None = None, int8: bool = False) -
         raise FileNotFoundError(
             f"no int8 model for these weights in {path.parent}; make one with "
             "`facekit export onnx --int8 --calibration CROPS_OR_PHOTOS --cache`")
-    return export_onnx(weights, path)
+    try:
+        return export_onnx(weights, path)
+    except OSError as exc:
+        if exc.errno not in CACHE_UNWRITABLE:
+            raise
+        # Named by the folder and the fix: the error itself names a temporary file, or nothing (a full disk).
+        raise OSError(exc.errno, f"cannot write facekit's ONNX cache ({exc.strerror}; FACEKIT_CACHE sets another)",
+                      str(path.parent)) from exc
 
 
 # --- `facekit export` -----------------------------------------------------------------------------------
@@ -433,10 +491,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.int8 and not args.calibration:
         raise CliError("--int8 needs --calibration: a folder or zip of real face images")
+    if args.int8 and args.calibration_count < 1:
+        raise CliError("--calibration-count must be at least 1")
     if args.cache:
         output = cached_model_path(args.weights, args.int8)
     else:
         output = Path(args.output or ("facekit-irv2-int8.onnx" if args.int8 else "facekit-irv2.onnx"))
+    # The ONNX file beside the weights is the one their fp32 backend runs: an int8 model there would serve as
+    # fp32, labelled as exported from these weights (copying it onto itself, as fp32, only relabels it).
+    kept = [".safetensors", ".json", *([".onnx"] if args.int8 else [])]
+    if output.resolve() in {beside(args.weights, suffix).resolve() for suffix in kept}:
+        raise CliError(f"--output {output} would overwrite the model it is made from; name another file")
     if not args.int8:
         shipped = current_shipped_model(args.weights)  # copied rather than re-exported, so torch is not needed
         copy_shipped_model(shipped, args.weights, output) if shipped else export_onnx(args.weights, output)

@@ -13,6 +13,7 @@ blocks a 4x4 grid, close to the proportions of the original network.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +23,9 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The architecture, as a model card's "model" block records it. dropout acts in training only, and
+    input_size records the crops' size: the network pools whatever size it is given."""
+
     width: float = 1.0
     blocks: tuple[int, int, int] = (5, 10, 5)
     embedding_size: int = 512
@@ -34,14 +38,37 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**kwargs)
+        """The architecture in a model card's "model" block; keys it does not know are ignored.
+
+        A value of the wrong kind is a ValueError that names it, not a TypeError from deep inside the model."""
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
+        config = cls(**known)
+        wrong = [f"{name}={getattr(config, name)!r}" for name, right in (
+            ("width", _number(config.width) and config.width > 0),
+            ("blocks", _numbers(config.blocks, int) and min(config.blocks) >= 0),
+            ("embedding_size", _number(config.embedding_size, int) and config.embedding_size > 0),
+            ("dropout", _number(config.dropout) and 0 <= config.dropout < 1),
+            ("input_size", _number(config.input_size, int) and config.input_size > 0),
+            ("scales", _numbers(config.scales)),
+        ) if not right]
+        if wrong:
+            raise ValueError(f"not an architecture facekit can build: {', '.join(wrong)}")
+        return config
+
+
+def _number(value: object, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """A finite number of that kind; JSON's true and false are not numbers here, though Python's bool is an int."""
+    return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(values: object, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """Three numbers, one per stage (A, B, C)."""
+    return isinstance(values, tuple) and len(values) == 3 and all(_number(value, kind) for value in values)
 
 
 def _ch(channels: int, width: float) -> int:
     """Scale a channel count, keeping it a multiple of 8 for fast kernels."""
-    return max(8, int(round(channels * width / 8)) * 8)
+    return max(8, round(channels * width / 8) * 8)
 
 
 class ConvBN(nn.Sequential):
@@ -55,7 +82,8 @@ class ConvBN(nn.Sequential):
 
 
 class Stem(nn.Module):
-    """Stem plus Mixed_5b; outputs 320*width channels at 1/8 resolution."""
+    """Stem plus Mixed_5b, at 1/8 resolution: 320 channels at width 1, and at other widths the sum of its four
+    branches' counts, each rounded to a multiple of 8 (out_channels)."""
 
     def __init__(self, w: float) -> None:
         super().__init__()
@@ -191,6 +219,6 @@ class InceptionResNetV2(nn.Module):
 
 def build_model(width: float = 1.0, blocks: tuple[int, int, int] = (5, 10, 5),
                 embedding_size: int = 512, dropout: float = 0.2) -> InceptionResNetV2:
-    """The one backbone factory."""
+    """InceptionResNetV2 from training's options; the residual scales stay the paper's."""
     return InceptionResNetV2(ModelConfig(width=width, blocks=tuple(blocks), embedding_size=embedding_size,
                                          dropout=dropout))

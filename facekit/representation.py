@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import warnings
@@ -12,17 +11,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facekit import FacekitWarning
+from facekit.alignment import CROP_SIZE
 from facekit.errors import first_line
 from facekit.export import (
+    CACHE_UNWRITABLE,
     INPUT_NAME,
+    check_embedder,
     create_session,
     model_card,
+    model_file,
     model_fingerprint,
     open_session,
     preprocess,
     read_card,
     session_fingerprint,
-    weights_base,
 )
 
 if TYPE_CHECKING:
@@ -59,25 +61,47 @@ def require_torch(purpose: str):
 
 def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNetV2, dict]:
     """Load <path>.safetensors and its model card <path>.json (safetensors: no code runs on load)."""
-    require_torch("loading weights into the torch model")
+    torch = require_torch("loading weights into the torch model")
     from safetensors.torch import load_file
 
     from facekit.model import InceptionResNetV2, ModelConfig
 
-    base = Path(path)
-    if base.suffix in {".safetensors", ".json"}:
-        base = base.with_suffix("")
-    weights, card_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    for required in (weights, card_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"model file not found: {required}")
+    weights, card_path = model_file(path, ".safetensors"), model_file(path, ".json")
     card = read_card(card_path)
-    model = InceptionResNetV2(ModelConfig.from_dict(card["model"]))
     try:
-        model.load_state_dict(load_file(str(weights)))
-    except Exception as exc:  # safetensors' own error class for a damaged file; RuntimeError for a mismatch
+        config = ModelConfig.from_dict(card["model"])
+    except ValueError as exc:
+        raise ValueError(f"model card {card_path}: {exc}") from exc
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors' own error class for a damaged file
         raise ValueError(f"{weights} is damaged or does not match its card {card_path}: {first_line(exc)}") from exc
+    # The card is checked against the tensors on a model that allocates nothing: one that says width 16 built
+    # 33 GB of weights before load_state_dict objected, and its objection listed every tensor.
+    with torch.device("meta"):
+        expected = {name: tuple(tensor.shape) for name, tensor in InceptionResNetV2(config).state_dict().items()}
+    mismatch = _first_difference({name: tuple(tensor.shape) for name, tensor in state.items()}, expected)
+    if mismatch:
+        raise ValueError(f"{weights} is damaged or does not match its card {card_path}: {mismatch}")
+    # A training run that diverged saves NaNs as readily as numbers, and every embedding would then be NaN: a
+    # verification that never matches, and a gallery search that names no one, with no error anywhere.
+    broken = next((name for name, tensor in state.items() if not tensor.isfinite().all()), None)
+    if broken is not None:
+        raise ValueError(f"{weights} is damaged: {broken} holds values that are not numbers (NaN or infinity)")
+    model = InceptionResNetV2(config)
+    model.load_state_dict(state)
     return model.eval(), card
+
+
+def _first_difference(found: dict[str, tuple], expected: dict[str, tuple]) -> str | None:
+    """The first tensor that the file and the card's architecture disagree on, in words; None if none."""
+    for name, shape in expected.items():
+        if name not in found:
+            return f"the file lacks {name}"
+        if found[name] != shape:
+            return f"{name} is {found[name]} in the file, {shape} by the card"
+    extra = sorted(set(found) - set(expected))
+    return f"the file holds {extra[0]}, which the card's architecture has no place for" if extra else None
 
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -108,6 +132,29 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def as_crops(crops_bgr: np.ndarray) -> np.ndarray:
+    """One crop or a batch as (N, 112, 112, 3) uint8 BGR, grey ones as BGR; anything else is a ValueError.
+
+    Both backends would take some wrong crops without a word: float pixels in [0, 1] give nonsense embeddings,
+    and torch pools a crop of any size; ONNX Runtime's own refusals are several lines about input indices.
+    """
+    crops = np.asarray(crops_bgr)
+    if crops.ndim >= 1 and len(crops) == 0:
+        return np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    if crops.dtype != np.uint8:
+        raise ValueError(f"expected uint8 crops (as align_face returns them), not {crops.dtype}")
+    if crops.shape == (CROP_SIZE, CROP_SIZE):
+        crops = crops[..., None]
+    if crops.ndim == 3 and crops.shape[0] == CROP_SIZE:  # one crop: (112, 112, C)
+        crops = crops[None]
+    # Grey batches need their channel axis, (N, 112, 112, 1): as (N, 112, 112), three grey crops would be
+    # indistinguishable from one colour crop in torch's channel-first layout.
+    if crops.ndim != 4 or crops.shape[1:3] != (CROP_SIZE, CROP_SIZE) or crops.shape[3] not in (1, 3):
+        raise ValueError(f"expected aligned {CROP_SIZE}x{CROP_SIZE} crops, one (112, 112, 3) or a batch "
+                         f"(N, 112, 112, 3), grey ones (N, 112, 112, 1), not an array of shape {crops.shape}")
+    return np.repeat(crops, 3, axis=3) if crops.shape[3] == 1 else crops
+
+
 class Embedder:
     """Batched embedding of aligned crops with optional mirror test-time augmentation.
 
@@ -126,6 +173,8 @@ class Embedder:
         if backend not in BACKENDS:
             raise ValueError(f"unknown embedder backend: {backend!r} (choose one of {', '.join(BACKENDS)})")
         weights = weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
         # Which weights made an embedding; a gallery refuses to mix two models' embeddings.
         self.model_id: str | None = None if str(weights).endswith(".onnx") else model_fingerprint(weights)
@@ -135,12 +184,12 @@ class Embedder:
             try:
                 self._open_onnx(weights, threads)
             except OSError as exc:
-                # Only a cache that cannot be written (no permission, a read-only file system) falls back; a
-                # missing int8 model, say, is an error that says how to make one.
-                if backend != "auto" or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                # Only a cache that cannot be written falls back; a missing int8 model, say, is an error that
+                # says how to make one.
+                if backend != "auto" or exc.errno not in CACHE_UNWRITABLE:
                     raise
-                warnings.warn(f"cannot cache the ONNX model ({exc}); set FACEKIT_CACHE. Using torch.", ModelWarning,
-                              stacklevel=2)
+                reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+                warnings.warn(f"{reason}; using torch", ModelWarning, stacklevel=2)
                 self.backend = "torch"
         if self.backend == "torch":
             torch = require_torch("the torch embedder backend")
@@ -174,10 +223,11 @@ class Embedder:
             self._session = create_session(weights, threads)
             self.card = model_card(self._session)
             self.model_id = session_fingerprint(self._session)
+            check_embedder(self._session, weights, self.dim)  # any .onnx file may be named, not only our exports
         else:
             self._session = open_session(weights, threads, int8=self.backend == "onnx-int8")
             # The card beside the weights, not the copy in the cache: it may have been recalibrated since.
-            self.card = read_card(weights_base(weights).with_suffix(".json"))
+            self.card = read_card(model_file(weights, ".json"))
 
     @property
     def dim(self) -> int:
@@ -198,9 +248,11 @@ class Embedder:
         return float(self.card.get("identify_threshold", self.threshold))
 
     def embed(self, crops_bgr: np.ndarray, flip: bool = True) -> np.ndarray:
-        crops_bgr = np.asarray(crops_bgr)
-        if crops_bgr.ndim == 3:
-            crops_bgr = crops_bgr[None]
+        """(N, dim) unit embeddings of N aligned crops (N, 112, 112, 3), or of one crop (112, 112, 3).
+
+        BGR uint8, as align_face returns them; grey crops ((112, 112) or (..., 1)) are taken as BGR ones.
+        """
+        crops_bgr = as_crops(crops_bgr)
         if len(crops_bgr) == 0:
             return np.zeros((0, self.dim), np.float32)
         embed_batch = self._embed_torch if self.backend == "torch" else self._embed_onnx

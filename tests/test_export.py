@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +22,14 @@ from facekit.cli import main  # noqa: E402
 from facekit.export import (  # noqa: E402
     OUTPUT_NAME,
     cached_model_path,
+    calibration_crops,
     create_session,
     model_fingerprint,
     session_weights_key,
     weights_key,
 )
 from facekit.model import ModelConfig, build_model  # noqa: E402
-from facekit.representation import DEFAULT_MODEL, Embedder  # noqa: E402
+from facekit.representation import DEFAULT_MODEL, Embedder, ModelWarning  # noqa: E402
 
 # Five landmarks (YuNet's) of the two bundled portraits, so the crops need no detector model.
 ASTRONAUT_LANDMARKS = [[200.1, 101.8], [247.1, 102.6], [220.4, 124.5], [198.6, 142.8], [239.7, 143.6]]
@@ -60,6 +63,27 @@ def weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "facekit-irv2"
     save_weights(model, config, path, {"threshold": 0.3})
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A seeded random model of the smallest architecture: quick to export and to quantise."""
+    import torch
+
+    from facekit.training.train import save_weights
+
+    torch.manual_seed(6)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    save_weights(build_model(width=0.125, blocks=(1, 1, 1)).eval(), ModelConfig(width=0.125, blocks=(1, 1, 1)), path,
+                 {"threshold": 0.3})
+    return path
+
+
+def copy_model(weights: Path, base: Path) -> Path:
+    """The weights and card at <base>.safetensors and <base>.json (the name appended: base may hold a dot)."""
+    for suffix in (".safetensors", ".json"):
+        Path(f"{base}{suffix}").write_bytes(Path(f"{weights}{suffix}").read_bytes())
+    return base
 
 
 @pytest.fixture(scope="session")
@@ -328,3 +352,111 @@ def test_a_card_without_a_threshold_is_said_so(tmp_path, capsys, astronaut_bgr):
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["threshold"] == 0.3
     assert "warning: the model card of" in captured.err and "no calibrated threshold" in captured.err
+
+
+def test_a_version_in_the_weights_name_is_part_of_the_name(tiny, tmp_path):
+    """model-1.0 is model-1.0.safetensors: with_suffix() took its ".0" for a suffix and opened model-1's files."""
+    import torch
+
+    from facekit.training.train import save_weights
+
+    torch.manual_seed(7)
+    config = ModelConfig(width=0.125, blocks=(1, 1, 1), embedding_size=128)
+    save_weights(build_model(width=0.125, blocks=(1, 1, 1), embedding_size=128).eval(), config, tmp_path / "model-1",
+                 {"threshold": 0.3})
+    versioned = copy_model(tiny, tmp_path / "model-1.0")
+    for weights in (versioned, Path(f"{versioned}.safetensors")):
+        assert model_fingerprint(weights) == model_fingerprint(tiny)
+        for backend in ("torch", "onnx"):
+            assert Embedder(weights, backend=backend).dim == 512
+
+
+def test_an_onnx_file_of_another_model_is_refused_by_name(tmp_path):
+    from onnx import TensorProto, helper
+
+    def save(name: str, node, input_shape: list, output_shape: list) -> Path:
+        graph = helper.make_graph([node], name, [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT,
+                                                                               input_shape)],
+                                  [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, output_shape)])
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    # Another input (it failed at the first embed()), and the right input with 3 numbers per face, not 512 (they
+    # came out as 3-number "embeddings").
+    for path in (save("vector", helper.make_node("Identity", ["x"], ["y"]), [None, 10], [None, 10]),
+                 save("means", helper.make_node("ReduceMean", ["input"], ["embedding"], axes=[2, 3], keepdims=0),
+                      [None, 3, 112, 112], [None, 3])):
+        with pytest.raises(ValueError, match=f"{re.escape(str(path))} is not a facekit embedder"):
+            Embedder(path)
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_torch_or_says_where_it_is(tiny, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("FACEKIT_CACHE", str(not_a_folder))
+    with pytest.warns(ModelWarning, match=f"cannot write facekit's ONNX cache .*: {re.escape(str(not_a_folder))}; "):
+        assert Embedder(tiny, device="cpu").backend == "torch"
+    with pytest.raises(OSError, match="FACEKIT_CACHE sets another") as raised:
+        Embedder(tiny, backend="onnx")
+    assert raised.value.filename == str(not_a_folder)
+    # A full disk, likewise.
+    monkeypatch.setenv("FACEKIT_CACHE", str(tmp_path / "full"))
+
+    def full(*_args) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("facekit.export.export_onnx", full)
+    with pytest.warns(ModelWarning, match="No space left on device"):
+        assert Embedder(tiny, device="cpu").backend == "torch"
+
+
+def test_export_does_not_overwrite_the_model_it_is_made_from(tiny, face_crops, tmp_path, capsys):
+    model = copy_model(tiny, tmp_path / "model")
+    beside = tmp_path / "model.onnx"
+    assert main(["export", "onnx", "--weights", str(model), "--output", str(beside)]) == 0
+    originals = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    (tmp_path / "crops").mkdir()
+    cv2.imwrite(str(tmp_path / "crops" / "0.png"), face_crops[0])
+    # An int8 model in the fp32 file's place ran as fp32, labelled as exported from these weights; the agreement
+    # printed was the int8 model's with itself (1.0000).
+    for output, int8 in ((beside, ["--int8", "--calibration", str(tmp_path / "crops")]),
+                         (tmp_path / "model.safetensors", [])):
+        assert main(["export", "onnx", "--weights", str(model), "--output", str(output), *int8]) == 2
+        assert "would overwrite the model it is made from" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in originals} == originals
+
+
+def test_export_errors_name_the_file_or_folder_asked_for(tiny, tmp_path, capsys, monkeypatch):
+    """They named a temporary file: one gone by the time the error was read, or one that was never made."""
+    assert main(["export", "onnx", "--weights", str(tiny), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: Is a directory: {tmp_path}\n"
+
+    def forbidden(*_args, dir: str, prefix: str, suffix: str) -> None:  # a folder this user may not write in
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, f"{prefix}1234{suffix}"))
+
+    monkeypatch.setattr("facekit.export.tempfile.mkstemp", forbidden)
+    assert main(["export", "onnx", "--weights", str(tiny), "--output", str(tmp_path / "model.onnx")]) == 2
+    assert capsys.readouterr().err == f"error: Permission denied: {tmp_path}\n"
+
+
+def test_a_calibration_count_below_one_is_refused(tiny, face_crops, tmp_path, capsys):
+    for number, crop in enumerate(face_crops[:3]):
+        cv2.imwrite(str(tmp_path / f"{number}.png"), crop)
+    for count in ("0", "-1"):  # both quantised on every image found, however many
+        code = main(["export", "onnx", "--weights", str(tiny), "--int8", "--calibration", str(tmp_path),
+                     "--calibration-count", count, "--output", str(tmp_path / "int8.onnx")])
+        assert code == 2 and "--calibration-count must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_calibration_reads_images_as_the_pipeline_does_and_names_a_damaged_zip(tiny, face_crops, tmp_path, capsys):
+    # Float TIFF crops, which enroll reads, were skipped (OpenCV cannot read them in colour).
+    for number, crop in enumerate(face_crops[:2]):
+        cv2.imwrite(str(tmp_path / f"{number}.tiff"), crop.astype(np.float32) / 255)
+    assert sorted(crop.tobytes() for crop in calibration_crops(tmp_path)) == sorted(c.tobytes() for c in face_crops[:2])
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")  # a traceback
+    code = main(["export", "onnx", "--weights", str(tiny), "--int8", "--calibration", str(junk),
+                 "--output", str(tmp_path / "int8.onnx")])
+    assert code == 2 and capsys.readouterr().err == f"error: calibration data: {junk}: File is not a zip file\n"

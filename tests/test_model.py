@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -95,3 +96,48 @@ def test_shipped_embedder_flip_augmentation_and_batching(astronaut_bgr):
     assert np.allclose(single[0], batch[0], atol=1e-4)
     # Mirror TTA sums the face and its mirror, so a mirrored input gives the same embedding.
     assert float(batch[0] @ batch[1]) > 0.999
+
+
+def test_a_card_that_does_not_describe_the_tensors_is_one_error_naming_the_difference(tmp_path):
+    model = build_model(width=0.125, blocks=(1, 1, 1)).eval()
+    save_weights(model, model.config, tmp_path / "model", {})
+    card = json.loads((tmp_path / "model.json").read_text())
+    # The first mismatch, where load_state_dict's summary said only "Error(s) in loading state_dict"; values of
+    # the wrong kind, where they were a TypeError (a traceback) or "not enough values to unpack"; and a card
+    # that says width 16, which built 33 GB of weights before the mismatch was seen.
+    for change, message in (({"embedding_size": 128}, r"embedding.weight is \(512, 192\) in the file, \(128, 192\)"),
+                            ({"width": "0.125"}, "width='0.125'"), ({"blocks": [1, 1]}, r"blocks=\(1, 1\)"),
+                            ({"width": 16}, "stem.convs.0.0.weight is")):
+        (tmp_path / "model.json").write_text(json.dumps({**card, "model": {**card["model"], **change}}))
+        with pytest.raises(ValueError, match=message):
+            load_model(tmp_path / "model")
+
+
+def test_weights_that_are_not_numbers_are_refused(tmp_path, monkeypatch):
+    """A diverged training run saves NaNs; every embedding was NaN: no match, no name, and no error."""
+    monkeypatch.setenv("FACEKIT_CACHE", str(tmp_path / "cache"))
+    model = build_model(width=0.125, blocks=(1, 1, 1)).eval()
+    with torch.no_grad():
+        model.embedding.weight[3, 4] = float("nan")
+    save_weights(model, model.config, tmp_path / "diverged", {"threshold": 0.3})
+    for backend in ("torch", "onnx"):
+        with pytest.raises(ValueError, match="embedding.weight holds values that are not numbers"):
+            Embedder(tmp_path / "diverged", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_embed_takes_grey_crops_and_refuses_what_it_would_misread(backend, astronaut_bgr):
+    embedder = Embedder(backend=backend)
+    crop = np.ascontiguousarray(astronaut_bgr[60:172, 180:292])
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    expected = embedder.embed(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    for same in (grey, grey[..., None], grey[None, ..., None]):
+        assert np.allclose(embedder.embed(same), expected, atol=1e-5)
+    # Pixels in [0, 1] gave a nonsense embedding and torch pooled a crop of any size, without a word; three grey
+    # crops without their channel axis would read as one crop in torch's layout.
+    for wrong, message in ((crop / 255.0, "expected uint8 crops"), (crop[:100, :100], "shape"),
+                           (crop[None].transpose(0, 3, 1, 2), "shape"), (np.stack([grey] * 3), "shape")):
+        with pytest.raises(ValueError, match=message):
+            embedder.embed(wrong)
+    with pytest.raises(ValueError, match="batch_size"):
+        Embedder(backend=backend, batch_size=0)
