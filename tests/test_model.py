@@ -141,3 +141,12 @@ def test_embed_takes_grey_crops_and_refuses_what_it_would_misread(backend, astro
             embedder.embed(wrong)
     with pytest.raises(ValueError, match="batch_size"):
         Embedder(backend=backend, batch_size=0)
+
+
+def test_weights_named_with_a_version_are_saved_under_that_name(tmp_path):
+    """save_weights("model-1.0") wrote model-1.safetensors: with_suffix() takes ".0" for a suffix."""
+    model = build_model(width=0.125, blocks=(1, 1, 1)).eval()
+    save_weights(model, model.config, tmp_path / "model-1.0", {"threshold": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-1.0.json", "model-1.0.safetensors"]
+    loaded, card = load_model(tmp_path / "model-1.0")
+    assert card["threshold"] == 0.5 and loaded.config == model.config

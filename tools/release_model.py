@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from facekit.alignment import TEMPLATE_112
-from facekit.export import export_onnx
+from facekit.export import beside, export_onnx
 from facekit.representation import DEFAULT_MODEL
 from facekit.training.train import earlier_stages, save_weights, shipped_weights
 
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     float32_bytes = sum(tensor.numel() * 4 for tensor in model.state_dict().values())
     save_weights(model.eval(), model.config, args.output, card, half=float32_bytes > MAX_FILE_BYTES)
     # The ONNX file beside the weights is what inference runs on: users need neither torch nor an export.
-    export_onnx(args.output, args.output.with_suffix(".onnx"))
+    export_onnx(args.output, beside(args.output, ".onnx"))
     for extra in ("log.csv",):
         if (args.run / extra).exists():
             shutil.copy(args.run / extra, args.output.parent / f"{args.output.name}.{extra}")
-    sizes = [args.output.with_suffix(suffix).stat().st_size / 1e6 for suffix in (".safetensors", ".onnx")]
+    sizes = [beside(args.output, suffix).stat().st_size / 1e6 for suffix in (".safetensors", ".onnx")]
     print(f"wrote {args.output}.safetensors ({sizes[0]:.1f} MB), its card and {args.output}.onnx "
           f"({sizes[1]:.1f} MB)")
     return 0

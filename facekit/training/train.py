@@ -215,10 +215,11 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
     if half:
         state = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path.with_suffix(".safetensors")), metadata={"format": "pt"})
+    # Appended, not with_suffix(), which would save "model-1.0" as model-1.safetensors.
+    save_file(state, str(path.with_name(path.name + ".safetensors")), metadata={"format": "pt"})
     card = {"architecture": "inception_resnet_v2", "model": config.to_dict(), **card,
             "weights_dtype": "float16" if half else "float32"}
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    path.with_name(path.name + ".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 def shipped_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
