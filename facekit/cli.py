@@ -20,6 +20,9 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# Characters that end a line or steer a terminal (a newline or an ESC in a file name), and Unicode's line breaks.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+INTERRUPTED = "interrupted; everything committed before this point is kept"
 
 
 class CliError(Exception):
@@ -133,11 +136,14 @@ def _version() -> str:
 
 
 def make_pipeline(args: argparse.Namespace):
-    from facekit.recognition import FacePipeline
+    from facekit.recognition import FacePipeline, HeldInterrupts
 
     try:
-        return FacePipeline(detector_backend=args.detector, yunet_model=args.yunet_model, weights=args.weights,
-                            min_face=args.min_face, flip=not args.no_flip)
+        # Ctrl-C is held while the models load: ONNX Runtime's import turns one that lands in it into an ImportError,
+        # so facekit took ONNX Runtime for missing, ran on torch (ten times slower) and went on to the end.
+        with HeldInterrupts(hold=True):
+            return FacePipeline(detector_backend=args.detector, yunet_model=args.yunet_model, weights=args.weights,
+                                min_face=args.min_face, flip=not args.no_flip)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
 
@@ -152,11 +158,16 @@ def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None)
 def cmd_enroll(args: argparse.Namespace) -> int:
     from facekit.recognition import collect_people, enroll
 
+    if args.workers < 0:
+        raise CliError("--workers must be 0 or more")
     people = Path(args.people_dir)
     if not people.is_dir():
         raise CliError(f"not a folder: {people}" if people.exists() else f"folder not found: {people}")
-    if not collect_people(people)[0]:
-        raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person)", EXIT_FAILED)
+    photos, skipped = collect_people(people)
+    if not photos:
+        # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
+        why = f"; skipped {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person){why}", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
         report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json))
@@ -171,9 +182,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         for warning in report.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {printable(warning)}", file=sys.stderr)
         for path, reason in report.skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+            print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
         print(f"{summary['people']} people, {report.files} files: {report.enrolled} faces enrolled, "
               f"{report.already_enrolled} already enrolled, {len(report.skipped)} skipped; "
               f"gallery now holds {total} faces")
@@ -206,10 +217,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if writer:
         writer.writerow(["image", "face", "x", "y", "w", "h", "identity", "similarity"])
     processed = 0
+
+    def unreadable(error: OSError) -> None:
+        print(printable(f"error: cannot read folder {error.filename}: {error.strerror or error}"), file=sys.stderr)
+
     with gallery:
-        for item in pipeline.load_many(iter_image_paths(args.images)):
+        for item in pipeline.load_many(iter_image_paths(args.images, unreadable)):
             if item.error:
-                print(f"error: {item.error}", file=sys.stderr)
+                print(f"error: {printable(item.error)}", file=sys.stderr)
                 continue
             processed += 1
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
@@ -220,7 +235,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     writer.writerow([item.path, number, *face["box"], face["identity"] or "unknown",
                                      face["similarity"]])
             else:
-                print(f"{item.path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+                print(f"{printable(item.path)}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
                 for face in faces:
                     x, y, w, h = face["box"]
                     best = face["candidates"][0] if face["candidates"] else None
@@ -273,6 +288,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def printable(text: str) -> str:
+    """text for a human's line of output: a control character in it (a newline in a file name, say) as an escape
+    (\\n), so that an error stays one line and a record cannot be taken for two. JSON and CSV escape their own."""
+    return CONTROL_CHARACTERS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
     if args.csv:
         # The csv module's own dialect, as identify --csv writes: one CSV style for the whole CLI.
@@ -285,7 +306,7 @@ def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
         elif args.csv:
             writer.writerow({**photo, "created": created})
         else:
-            print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {photo['path']}")
+            print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {printable(photo['path'])}")
 
 
 def photo_keys(photo: str) -> set[str]:
@@ -392,14 +413,18 @@ COMMANDS = {"enroll": cmd_enroll, "identify": cmd_identify, "verify": cmd_verify
 def main(argv: list[str] | None = None) -> int:
     from facekit import FacekitWarning
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("always", category=FacekitWarning)
-    warnings.showwarning = lambda message, *_args, **_kwargs: print(f"warning: {message}", file=sys.stderr)
-    handler = COMMANDS.get(args.command) or args.handler
-    return report_errors(lambda: handler(args), "interrupted; everything committed before this point is kept")
+    def run() -> int:
+        # Built in here: a Ctrl-C while the parser imports what its choices come from is one line too.
+        args = build_parser().parse_args(argv)
+        # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("always", category=FacekitWarning)
+        warnings.showwarning = lambda message, *_args, **_kwargs: print(printable(f"warning: {message}"),
+                                                                         file=sys.stderr)
+        handler = COMMANDS.get(args.command) or args.handler
+        return handler(args)
+
+    return report_errors(run, INTERRUPTED)
 
 
 def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> int:
@@ -413,7 +438,7 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
     try:
         return run()
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
@@ -424,13 +449,14 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
         return EXIT_OK
     except Exception as exc:
         if isinstance(exc, _input_errors()):
-            print(f"error: {exc}", file=sys.stderr)
+            message = str(exc)
         elif isinstance(exc, sqlite3.Error):  # a full disk, or a database damaged where opening it did not look
-            print(f"error: gallery database: {exc}", file=sys.stderr)
+            message = f"gallery database: {exc}"
         elif isinstance(exc, OSError):  # a folder that cannot be created or written (read-only, no permission)
-            print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+            message = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
         else:
             raise
+        print(f"error: {printable(message)}", file=sys.stderr)
         return EXIT_USAGE
 
 

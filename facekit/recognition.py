@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,39 @@ def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.nd
 # --- enrolment ------------------------------------------------------------------------------------------
 
 
+class HeldInterrupts:
+    """A block in which Ctrl-C (SIGINT), once hold() has been called, is noted and raised as KeyboardInterrupt only
+    when the block has ended, so that the work held runs whole; before hold() it stops the block at once.
+
+    Outside the main thread, or where SIGINT is ignored or has a handler of the program's own, it changes nothing."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.holding = hold
+        self.interrupted = False
+        self._previous: object = None
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def _note(self, _signum: int, _frame: object) -> None:
+        if not self.holding or self.interrupted:  # a second Ctrl-C: whoever pressed it will not wait
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def __enter__(self) -> HeldInterrupts:
+        if threading.current_thread() is threading.main_thread() and (
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self.interrupted and exc_type is None:  # an error of the block's own says more, and stops the run too
+            raise KeyboardInterrupt
+
+
 @dataclass
 class EnrollReport:
     people: set[str] = field(default_factory=set)
@@ -169,8 +204,8 @@ class EnrollReport:
 def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
 
-    Returns the pairs and the entries skipped with a reason. Symlinked folders are not followed,
-    so a link loop cannot trap the walk.
+    Returns the pairs and the entries skipped with a reason (a folder that cannot be read among them). Symlinked
+    folders are not followed, so a link loop cannot trap the walk.
     """
     root = Path(people_dir)
     if not root.exists():
@@ -186,9 +221,12 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
         except GalleryError as exc:
             skipped.append((str(path), str(exc)))
 
+    def unreadable(error: OSError) -> None:  # os.walk passes over a folder it cannot list without a word
+        skipped.append((str(error.filename), f"cannot read folder: {error.strerror or error}"))
+
     for entry in sorted(root.iterdir()):
         if entry.is_dir() and not entry.is_symlink():
-            for dirpath, dirnames, filenames in os.walk(entry, followlinks=False):
+            for dirpath, dirnames, filenames in os.walk(entry, onerror=unreadable, followlinks=False):
                 dirnames.sort()
                 for name in sorted(filenames):
                     path = Path(dirpath) / name
@@ -209,8 +247,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
            progress: bool = True, batch_images: int = 16) -> EnrollReport:
     """Enrol one face (the largest) per image. Files whose content hash is enrolled already are skipped.
 
-    Faces are embedded in batches across images, and each batch is committed in one transaction:
-    a kill loses at most the batch in flight, never anything committed before it.
+    Faces are embedded in batches across images, and each batch is added under one hold of the gallery's writer
+    lock, a photo per transaction, then checkpointed: a kill loses at most the batch in flight, never anything
+    committed before it, and a Ctrl-C (KeyboardInterrupt) waits for the batch's commits and checkpoint to end.
     """
     from tqdm import tqdm
 
@@ -237,7 +276,11 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             return
         crops = np.stack([align_face(item.image, face.landmarks) for _, item, face in pending])
         embeddings = pipeline.embedder.embed(crops, flip=pipeline.flip)
-        with gallery.writer():
+        # Ctrl-C stops the wait for the lock at once, but not the batch's commits and the index checkpoint after
+        # them: landing between the two, it left index files that lacked committed faces, which the next open
+        # repaired and `gallery check` reported.
+        with HeldInterrupts() as interrupts, gallery.writer():
+            interrupts.hold()
             gallery.bind_model(pipeline.embedder.model_id)
             for (identity, item, face), embedding in zip(pending, embeddings):
                 if already_enrolled(item, identity):  # the same file may sit twice in one batch
@@ -247,34 +290,35 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 report.enrolled += 1
         pending.clear()
 
-    bar = tqdm(total=len(pairs), desc="enrolling", unit="img", disable=not progress, file=sys.stderr)
-    for item in pipeline.load_many([path for _, path in pairs], workers=workers, largest=True):
-        bar.update(1)
-        report.images += 1
-        if item.error:
-            report.skipped.append((item.path, item.error))
-            continue
-        if already_enrolled(item, identity_of[item.path]):
-            continue
-        if not item.faces:
-            report.skipped.append((item.path, "no face found"))
-            continue
-        if len(item.faces) > 1:
-            report.warnings.append(f"{item.path}: {len(item.faces)} faces, enrolled the largest")
-        pending.append((identity_of[item.path], item, item.faces[0]))
-        if len(pending) >= batch_images:
-            flush()
-    flush()
-    bar.close()
+    # Closed however the loop ends: a Ctrl-C's or an error's line must not be written onto the bar's.
+    with tqdm(total=len(pairs), desc="enrolling", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for item in pipeline.load_many([path for _, path in pairs], workers=workers, largest=True):
+            bar.update(1)
+            report.images += 1
+            if item.error:
+                report.skipped.append((item.path, item.error))
+                continue
+            if already_enrolled(item, identity_of[item.path]):
+                continue
+            if not item.faces:
+                report.skipped.append((item.path, "no face found"))
+                continue
+            if len(item.faces) > 1:
+                report.warnings.append(f"{item.path}: {len(item.faces)} faces, enrolled the largest")
+            pending.append((identity_of[item.path], item, item.faces[0]))
+            if len(pending) >= batch_images:
+                flush()
+        flush()
     return report
 
 
-def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
-    """Expand files and folders (recursively, not following symlinks) into image paths, in order."""
+def iter_image_paths(inputs: Iterable[str], unreadable: Callable[[OSError], None] | None = None) -> Iterator[str]:
+    """Expand files and folders (recursively, not following symlinks) into image paths, in order. A folder that
+    cannot be listed is passed to `unreadable` (by default, passed over as os.walk does)."""
     for value in inputs:
         path = Path(value)
         if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            for dirpath, dirnames, filenames in os.walk(path, onerror=unreadable, followlinks=False):
                 dirnames.sort()
                 for name in sorted(filenames):
                     if Path(name).suffix.lower() in IMAGE_EXTENSIONS:

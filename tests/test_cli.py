@@ -531,3 +531,31 @@ def test_file_and_folder_names_that_are_not_utf8_are_enrolled_or_skipped_not_fat
     assert code == 0 and "a.jpg from grace_hopper" in out  # by content: the Latin-1 name was never enrolled
     code, out, err = run_cli(capsys, "identify", str(people / "grace_hopper"), "--gallery", gallery)
     assert code == 0 and "caf\\xe9.jpg" in out and "grace_hopper" in out
+
+
+def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line(tmp_path, people, capsys):
+    gallery = str(tmp_path / "gallery")
+    folder = people / "grace_hopper"
+    (folder / "not\na photo.jpg").write_text("text named .jpg")
+    shutil.copy(folder / "a.jpg", folder / "two\nlines\x1b[2J.jpg")  # \x1b[2J: a terminal's clear-screen
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 0 and "1 skipped" in out
+    assert err.splitlines() == [f"skipped {folder}/not\\na photo.jpg: not an image: {folder}/not\\na photo.jpg"]
+    code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery)
+    assert code == 0 and err == f"error: not an image: {folder}/not\\na photo.jpg\n"
+    assert f"{folder}/two\\nlines\\x1b[2J.jpg: 1 face\n" in out and "\x1b" not in out
+    assert len(out.splitlines()) == 6  # three photos, one face each: a line per photo, a line per face
+    code, _, err = run_cli(capsys, "identify", str(tmp_path / "gone\n.jpg"), "--gallery", gallery)
+    assert code == 2 and err == f"error: not found: {tmp_path}/gone\\n.jpg\n"
+    # JSON and CSV escape or quote a name themselves: one record per photo still.
+    code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--json")
+    assert [json.loads(line)["image"] for line in out.splitlines()] == [
+        str(folder / name) for name in ("a.jpg", "b.jpg", "two\nlines\x1b[2J.jpg")]
+    code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--csv")
+    assert [row[0] for row in csv.reader(io.StringIO(out))][1:] == [
+        str(folder / name) for name in ("a.jpg", "b.jpg", "two\nlines\x1b[2J.jpg")]
+
+
+def test_a_negative_number_of_workers_is_a_usage_error(tmp_path, people, capsys):
+    code, _, err = run_cli(capsys, "enroll", str(people), "--gallery", str(tmp_path / "gallery"), "--workers", "-2")
+    assert code == 2 and err == "error: --workers must be 0 or more\n" and not (tmp_path / "gallery").exists()

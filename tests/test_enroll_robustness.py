@@ -1,0 +1,305 @@
+"""`facekit enroll` and `facekit identify` end to end, each in a process of its own, on real photos: stopped by Ctrl-C
+or SIGKILL part way and run again, run twice at once beside an identify, and given folders they cannot read.
+
+Where a Ctrl-C must land at one moment, a short script sends it from inside the real CLI (signal.raise_signal), as the
+terminal would; everything else is the `facekit` command as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_cli import variant
+
+FACEKIT = [sys.executable, "-m", "facekit.cli"]
+INTERRUPTED = "interrupted; everything committed before this point is kept"
+PHOTOS = 40
+# Runs facekit.cli's main after the patch given as argv[1], a statement that may use os, signal, sys and facekit.
+PATCHED_CLI = """
+import os, signal, sys
+import facekit.cli, facekit.datastore, facekit.recognition
+exec(sys.argv[1])
+sys.exit(facekit.cli.main(sys.argv[2:]))
+"""
+# A Ctrl-C in the first index checkpoint after a batch was committed: between the commit and the index files.
+CTRL_C_IN_CHECKPOINT = """
+write_index, pressed = facekit.datastore.Gallery._write_index, []
+def interrupted(self):
+    if len(self) and not pressed:
+        pressed.append(True)
+        signal.raise_signal(signal.SIGINT)
+    write_index(self)
+facekit.datastore.Gallery._write_index = interrupted
+"""
+# A Ctrl-C while the models load, landing in a library that turns it into an error of its own and goes on, as ONNX
+# Runtime's import does (an ImportError, "initialization failed"; facekit then took the runtime for missing).
+CTRL_C_SWALLOWED_WHILE_LOADING = """
+load = facekit.recognition.FacePipeline.__init__
+def swallowing(self, *args, **kwargs):
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pass
+    load(self, *args, **kwargs)
+facekit.recognition.FacePipeline.__init__ = swallowing
+"""
+# A Ctrl-C while the parser is built, which imports OpenCV for the detectors' names.
+CTRL_C_IN_PARSER = """
+def interrupted():
+    raise KeyboardInterrupt
+facekit.cli.build_parser = interrupted
+"""
+
+
+def facekit(*args: str | Path, patch: str | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", PATCHED_CLI, patch] if patch else FACEKIT
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def enrolled(gallery: Path) -> list[tuple[str, str, str]]:
+    """(identity, path, sha256) of every face, as the database holds them; duplicates stay."""
+    with sqlite3.connect(f"file:{gallery / 'gallery.sqlite'}?mode=ro", uri=True) as db:
+        return sorted(db.execute("SELECT i.name, e.source_path, e.sha256 FROM embeddings e "
+                                 "JOIN identities i ON i.id = e.identity_id"))
+
+
+def vectors(gallery: Path) -> dict[str, np.ndarray]:
+    with sqlite3.connect(f"file:{gallery / 'gallery.sqlite'}?mode=ro", uri=True) as db:
+        return {sha: np.frombuffer(blob, "<f4") for sha, blob in db.execute("SELECT sha256, vector FROM embeddings")}
+
+
+def assert_checks_clean(gallery: Path, faces: int) -> None:
+    check = facekit("gallery", "check", "--gallery", gallery)
+    assert (check.returncode, check.stdout, check.stderr) == (
+        0, f"ok: {faces} faces, index and database agree\n", ""), check.stdout + check.stderr
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory, astronaut_bgr, grace_hopper_bgr) -> Path:
+    """40 photos, alternately of Eileen Collins and Grace Hopper, each a different variant."""
+    root = tmp_path_factory.mktemp("robustness") / "people"
+    for number in range(PHOTOS):
+        name = ("eileen", "grace")[number % 2]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name / f"{number:02d}.jpg"),
+                    variant((astronaut_bgr, grace_hopper_bgr)[number % 2], number))
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(people, tmp_path_factory) -> Path:
+    """The gallery an enroll of `people` makes when nothing stops it (one photo decoded ahead, the default)."""
+    gallery = tmp_path_factory.mktemp("uninterrupted") / "gallery"
+    result = facekit("enroll", people, "--gallery", gallery, "--quiet")
+    assert result.returncode == 0 and f"{PHOTOS} faces enrolled" in result.stdout, result.stderr
+    assert len(enrolled(gallery)) == PHOTOS
+    return gallery
+
+
+def test_ctrl_c_between_a_commit_and_its_index_checkpoint_leaves_a_clean_gallery(tmp_path, people, uninterrupted):
+    gallery = tmp_path / "gallery"
+    result = facekit("enroll", people, "--gallery", gallery, patch=CTRL_C_IN_CHECKPOINT)  # the progress bar shown
+    assert result.returncode == 130 and result.stdout == "", result.stderr
+    # The bar is closed first, so the message is a line of its own, and the last.
+    assert result.stderr.endswith(f"\n{INTERRUPTED}\n") and "Traceback" not in result.stderr
+    # The batch held when the key was pressed was committed and checkpointed whole: nothing to repair.
+    committed = enrolled(gallery)
+    assert 0 < len(committed) < PHOTOS and set(committed) < set(enrolled(uninterrupted))
+    assert_checks_clean(gallery, len(committed))
+    rerun = facekit("enroll", people, "--gallery", gallery, "--quiet")
+    assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr
+    assert f"{PHOTOS - len(committed)} faces enrolled, {len(committed)} already enrolled" in rerun.stdout
+    assert enrolled(gallery) == enrolled(uninterrupted)
+    assert_checks_clean(gallery, PHOTOS)
+
+
+@pytest.mark.parametrize("patch", [CTRL_C_SWALLOWED_WHILE_LOADING, CTRL_C_IN_PARSER], ids=["loading", "parser"])
+def test_a_ctrl_c_before_any_photo_is_read_ends_the_command_in_one_line(tmp_path, people, patch):
+    gallery = tmp_path / "gallery"
+    result = facekit("enroll", people, "--gallery", gallery, "--quiet", patch=patch)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", f"{INTERRUPTED}\n")
+    assert not gallery.exists()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_an_enroll_stopped_part_way_and_run_again_makes_the_uninterrupted_gallery(tmp_path, people, uninterrupted,
+                                                                                 stop):
+    gallery = tmp_path / "gallery"
+    command = [*FACEKIT, "enroll", str(people), "--gallery", str(gallery), "--quiet", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    committed: list = []
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and len(committed) < 16:
+        try:
+            committed = enrolled(gallery)
+        except sqlite3.Error:  # not created yet, or its tables not yet
+            pass
+        time.sleep(0.02)
+    assert process.poll() is None, "enroll ended before it could be stopped; give it more photos"
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=120)
+    if stop == signal.SIGINT:
+        assert (process.returncode, out, err) == (130, "", f"{INTERRUPTED}\n")
+        assert_checks_clean(gallery, len(enrolled(gallery)))  # a Ctrl-C waits for the batch it lands in
+    assert set(committed) <= set(enrolled(gallery)) < set(enrolled(uninterrupted))
+    rerun = facekit("enroll", people, "--gallery", gallery, "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert enrolled(gallery) == enrolled(uninterrupted)  # the same photos as the same people, none twice
+    assert_checks_clean(gallery, PHOTOS)
+
+
+def test_photos_decoded_ahead_or_not_make_the_same_gallery(tmp_path, people, uninterrupted):
+    expected = vectors(uninterrupted)
+    for workers in ("0", "2"):
+        gallery = tmp_path / f"workers-{workers}"
+        result = facekit("enroll", people, "--gallery", gallery, "--quiet", "--workers", workers)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert enrolled(gallery) == enrolled(uninterrupted)
+        found = vectors(gallery)
+        assert all(np.allclose(found[sha], expected[sha], atol=1e-6) for sha in expected)
+
+
+def test_two_enrolls_at_once_and_an_identify_beside_them(tmp_path, people, uninterrupted, astronaut_bgr):
+    # Other photos of the same two people, filed under other names, for a second folder enrolled at the same time.
+    others = tmp_path / "others"
+    for number in range(8):
+        (others / f"person{number % 2}").mkdir(parents=True, exist_ok=True)
+        source = people / ("eileen", "grace")[number % 2] / f"{number:02d}.jpg"
+        cv2.imwrite(str(others / f"person{number % 2}" / f"{number}.jpg"), cv2.flip(cv2.imread(str(source)), 1))
+    probe = tmp_path / "seed" / "collins" / "probe.jpg"
+    probe.parent.mkdir(parents=True)
+    cv2.imwrite(str(probe), variant(astronaut_bgr, 100))
+    gallery = tmp_path / "gallery"
+    # Made first: processes that all find no gallery and make one at once are another matter (datastore's).
+    first = facekit("enroll", tmp_path / "seed", "--gallery", gallery, "--quiet")
+    assert first.returncode == 0, first.stderr
+    before = enrolled(gallery)
+
+    enrolls = [subprocess.Popen([*FACEKIT, "enroll", str(folder), "--gallery", str(gallery), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for folder in (people, people, others)]
+    identified = []
+    deadline = time.monotonic() + 240
+    while any(process.poll() is None for process in enrolls) and time.monotonic() < deadline:
+        result = facekit("identify", probe, "--gallery", gallery, "--json")
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        identified.extend(json.loads(line) for line in result.stdout.splitlines())
+    finished = [(process.returncode, *process.communicate()) for process in enrolls]
+    assert all(code == 0 and err == "" for code, _, err in finished), finished
+    assert identified and all(len(record["faces"]) == 1 for record in identified)
+    # Each photo once, under the name of the first folder that held it: nothing lost, nothing twice.
+    faces = enrolled(gallery)
+    assert set(before) < set(faces) and len(faces) == len({sha for _, _, sha in faces}) == len(before) + PHOTOS + 8
+    assert {(path, sha) for _, path, sha in enrolled(uninterrupted)} <= {(path, sha) for _, path, sha in faces}
+    assert sum(int(out.split(" faces enrolled")[0].split()[-1]) for _, out, _ in finished) == PHOTOS + 8
+    assert_checks_clean(gallery, len(faces))
+
+
+def test_identify_on_a_folder_of_good_and_bad_files_gives_one_record_per_readable_photo(
+        tmp_path, uninterrupted, astronaut_bgr, grace_hopper_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = grace_hopper_path.read_bytes()
+    cv2.imwrite(str(folder / "a_eileen.jpg"), astronaut_bgr)
+    (folder / "b_grace.jpg").write_bytes(good)
+    (folder / "c_truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "d_text.jpg").write_text("not a photo\n")
+    (folder / "e_empty.jpg").write_bytes(b"")
+    cv2.imwrite(str(folder / "f_no_face.png"), np.full((300, 400, 3), 120, np.uint8))
+    cv2.imwrite(str(folder / "g_grey.png"), cv2.imread(str(grace_hopper_path), cv2.IMREAD_GRAYSCALE))
+    cv2.imwrite(str(folder / "h_16_bit.png"), astronaut_bgr.astype(np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side, shown upright
+    Image.fromarray(astronaut_bgr[:, :, ::-1]).transpose(Image.Transpose.ROTATE_90).save(folder / "i_exif.jpg",
+                                                                                          exif=exif)
+    (folder / "notes.txt").write_text("passed over: not an image file name")
+    (folder / "loop").symlink_to(".")  # a folder link loop: not followed
+    (folder / "j_self.jpg").symlink_to("j_self.jpg")  # a file link loop
+    readable = {"a_eileen.jpg": "eileen", "b_grace.jpg": "grace", "f_no_face.png": None, "g_grey.png": "grace",
+                "h_16_bit.png": "eileen", "i_exif.jpg": "eileen"}
+    bad = ["c_truncated.jpg", "d_text.jpg", "e_empty.jpg", "j_self.jpg"]
+
+    runs = {form: facekit("identify", folder, "--gallery", uninterrupted, *option)
+            for form, option in (("text", []), ("json", ["--json"]), ("csv", ["--csv"]))}
+    for result in runs.values():
+        assert result.returncode == 0
+        errors = result.stderr.splitlines()
+        assert len(errors) == len(bad) and all(line.startswith("error: ") for line in errors), result.stderr
+        assert [name for name in bad if any(name in line for line in errors)] == bad
+    records = [json.loads(line) for line in runs["json"].stdout.splitlines()]
+    assert [Path(record["image"]).name for record in records] == list(readable)
+    for record in records:
+        expected = readable[Path(record["image"]).name]
+        assert [face["identity"] for face in record["faces"]] == ([expected] if expected else [])
+    rows = list(csv.reader(io.StringIO(runs["csv"].stdout)))
+    assert rows[0] == ["image", "face", "x", "y", "w", "h", "identity", "similarity"]
+    assert [(Path(row[0]).name, row[6]) for row in rows[1:]] == [(name, who) for name, who in readable.items() if who]
+    summaries = [line for line in runs["text"].stdout.splitlines() if not line.startswith("  at ")]
+    assert summaries == [f"{folder / name}: {'1 face' if who else '0 faces'}" for name, who in readable.items()]
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """The command, run where file permissions hold: root reads every folder, so as root it runs with no
+    capabilities (as the owner of the test's files, it then meets their permission bits like anyone else)."""
+    if os.geteuid() != 0:
+        return command
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and cannot drop root's capabilities (setpriv) to meet file permissions")
+    return [*drop, *command]
+
+
+def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, people):
+    folder = tmp_path / "people"
+    shutil.copytree(people / "eileen", folder / "eileen", ignore=lambda _dir, names: names[2:])
+    for locked in (folder / "carol", folder / "eileen" / "older"):
+        locked.mkdir()
+        shutil.copy(people / "grace" / "01.jpg", locked / "1.jpg")
+    gallery = tmp_path / "gallery"
+    (folder / "carol").chmod(0)
+    (folder / "eileen" / "older").chmod(0)
+    try:
+        def run(*args: str | Path) -> subprocess.CompletedProcess:
+            return subprocess.run(unprivileged([*FACEKIT, *map(str, args)]), capture_output=True, text=True,
+                                  timeout=300)
+
+        result = run("enroll", folder, "--gallery", gallery, "--quiet")
+        assert result.returncode == 0 and "1 people, 4 files: 2 faces enrolled" in result.stdout, result.stderr
+        assert result.stderr.splitlines() == [f"skipped {folder / 'carol'}: cannot read folder: Permission denied",
+                                              f"skipped {folder / 'eileen' / 'older'}: cannot read folder: "
+                                              "Permission denied"]
+        result = run("identify", folder, "--gallery", gallery)
+        assert result.returncode == 0 and result.stdout.count(": 1 face\n") == 2
+        assert result.stderr.splitlines() == [f"error: cannot read folder {folder / 'carol'}: Permission denied",
+                                              f"error: cannot read folder {folder / 'eileen' / 'older'}: "
+                                              "Permission denied"]
+        result = run("identify", folder / "carol", "--gallery", gallery)
+        assert result.returncode == 1 and result.stderr.splitlines() == [
+            f"error: cannot read folder {folder / 'carol'}: Permission denied", "error: no image could be read"]
+        # A people folder that cannot be listed at all is a usage error, as a missing one is.
+        result = run("enroll", folder / "carol", "--gallery", gallery)
+        assert result.returncode == 2 and result.stderr == f"error: Permission denied: {folder / 'carol'}\n"
+        (folder / "eileen" / "older").chmod(0o700)
+        shutil.rmtree(folder / "eileen")
+        result = run("enroll", folder, "--gallery", gallery)
+        assert result.returncode == 1 and result.stderr == (
+            f"error: no photos to enroll in {folder} (one sub-folder of photos per person); skipped "
+            f"{folder / 'carol'}: cannot read folder: Permission denied\n")
+    finally:
+        for locked in (folder / "carol", folder / "eileen" / "older"):
+            if locked.exists():
+                locked.chmod(0o700)
