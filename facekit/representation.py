@@ -127,7 +127,11 @@ def cuda_available() -> bool:
 def onnxruntime_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
-    except ImportError:
+    except ImportError as exc:
+        # A Ctrl-C that lands in its native initialisation comes out as "ImportError: initialization failed":
+        # taken for a missing runtime, it would switch the run to torch instead of stopping it.
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
         return False
     return True
 

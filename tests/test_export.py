@@ -460,3 +460,24 @@ def test_calibration_reads_images_as_the_pipeline_does_and_names_a_damaged_zip(t
     code = main(["export", "onnx", "--weights", str(tiny), "--int8", "--calibration", str(junk),
                  "--output", str(tmp_path / "int8.onnx")])
     assert code == 2 and capsys.readouterr().err == f"error: calibration data: {junk}: File is not a zip file\n"
+
+
+def test_a_ctrl_c_inside_onnxruntimes_import_is_not_taken_for_a_missing_runtime(monkeypatch):
+    import builtins
+
+    from facekit import representation
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "onnxruntime":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:
+                raise ImportError("initialization failed") from interrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        representation.onnxruntime_available()
