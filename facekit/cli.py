@@ -170,6 +170,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person){why}", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
+        gallery.require_writable()  # a read-only gallery: said before any photo is read, not after a batch
         report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json))
         total = len(gallery)
     summary = {

@@ -310,26 +310,53 @@ class LockTimeout(TimeoutError):
 
 class FileLock:
     """flock on one open file description: two FileLock objects exclude each other even inside one process,
-    and the kernel drops the lock when the holder dies, so a SIGKILLed writer never leaves a stale lock."""
+    and the kernel drops the lock when the holder dies, so a SIGKILLed writer never leaves a stale lock.
+
+    flock needs no write access, so a lock file this process may only read (another user's gallery) serves as
+    well. One it cannot open at all is left unopened, with the reason in `error` (FileNotFoundError: there is
+    none, and none can be made here); acquiring it raises that error, and it is tried again each time."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = -1
+        self.error: OSError | None = None
         self.held = False
+        self._open()
 
-    def try_acquire(self) -> bool:
+    def _open(self) -> None:
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                self._fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                self.error = exc
+            else:
+                self.error = None
+                return
+
+    def opened(self) -> bool:
+        """Whether the lock file is open; one that could not be opened is tried again (it may have been made since)."""
+        if self._fd < 0 and self.error is not None:
+            self._open()
+        return self._fd >= 0
+
+    def try_acquire(self, shared: bool = False) -> bool:
+        if not self.opened():
+            return False
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         self.held = True
         return True
 
-    def acquire(self, timeout: float) -> None:
+    def acquire(self, timeout: float, shared: bool = False) -> None:
+        """Exclusive (a writer), or shared (a reader that must keep writers out while it reads)."""
+        if not self.opened():
+            raise self.error or ValueError(f"{self.path} is closed")
         # Polling rather than a blocking flock: a blocking call cannot be given a timeout without signals.
         deadline = time.monotonic() + timeout
         delay = 0.005
-        while not self.try_acquire():
+        while not self.try_acquire(shared):
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"{self.path} is held by another process (waited {timeout:g} s)")
             time.sleep(delay)
@@ -366,6 +393,24 @@ def _folder_bytes(folder: Path) -> int:
         with contextlib.suppress(FileNotFoundError):  # a writer may delete an old index file meanwhile
             total += entry.stat().st_size if entry.is_file() else 0
     return total
+
+
+def _unwritable(root: Path) -> str | None:
+    """Why this process cannot write the gallery at root (a read-only mount, another user's files), or None."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return f"{root} is on a read-only file system"
+    for path in (root, root / DB_NAME):  # SQLite and the index files need to make files in the folder too
+        if not os.access(path, os.W_OK):
+            return f"no write permission on {path}"
+    return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 def _fsync_dir(path: Path) -> None:
@@ -429,19 +474,17 @@ class Gallery:
     Mutations (add, remove, rename, rebuild) run under writer(), the exclusive gallery lock, and take it
     themselves for a single call; wrap many calls in one `with gallery.writer():` so the index file is
     written once, when the block ends. Readers never take the lock: every search reads one SQLite snapshot
-    and sees a writer's committed changes whole or not at all. A Gallery object is not thread-safe."""
+    and sees a writer's committed changes whole or not at all. A gallery this process may only read (read_only)
+    is searched and listed all the same, and refuses every write with one line. A Gallery object is not
+    thread-safe."""
 
     def __init__(self, root: Path, lock_timeout: float) -> None:
         self.root = root
         self.lock_timeout = lock_timeout
-        self._conn = sqlite3.connect(root / DB_NAME, timeout=lock_timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL, not NORMAL: with WAL, NORMAL already survives a killed process, but only FULL makes an
-        # add() that has returned survive a power cut too; one fsync per enrolled file is cheap.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        # A removed face must leave the disk: deleted rows are zeroed, not left in free pages.
-        self._conn.execute("PRAGMA secure_delete=ON")
+        self._unwritable = _unwritable(root)  # why this process may not write the folder or database, if it may not
+        self._immutable = False  # SQLite reads gallery.sqlite as a file nobody writes: see _read_only_mode()
+        self._files_seen: tuple = ()  # gallery.sqlite as it was when an immutable connection was opened
+        self._conn = self._connect()
         self._lock = FileLock(root / LOCK_NAME)
         self._writer_depth = 0
         self.dim = 0
@@ -487,8 +530,11 @@ class Gallery:
                 raise GalleryError(f"no gallery at {root} (no {DB_NAME} there)")
             if root.exists() and not root.is_dir():
                 raise GalleryError(f"{root} exists and is not a folder")
-            if not root.exists():
+            try:
                 root.mkdir(parents=True)
+            except FileExistsError:
+                pass  # made a moment ago by another process creating this gallery, or there before: left as it is
+            else:
                 os.chmod(root, 0o700)  # biometric data: owner only (mkdir's mode is filtered by the umask)
             os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm the same mode
         try:
@@ -522,12 +568,32 @@ class Gallery:
             self._conn = None
             self._lock.close()
 
+    @property
+    def read_only(self) -> bool:
+        """Whether this process may only read the gallery: searching and listing work, writes raise GalleryError."""
+        return self._why_read_only() is not None
+
+    def require_writable(self) -> None:
+        """GalleryError, one line, if this process cannot write the gallery; writes call it before anything else."""
+        why = self._why_read_only()
+        if why:
+            raise GalleryError(f"gallery {self.root} is read-only: {why}")
+
+    def _why_read_only(self) -> str | None:
+        return self._unwritable or self._lock_problem()
+
+    def _lock_problem(self) -> str | None:
+        if self._lock.opened():
+            return None
+        return f"its lock file {self._lock.path} cannot be opened ({self._lock.error.strerror or self._lock.error})"
+
     # --- writing ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[Gallery]:
         """Hold the exclusive gallery lock; on leaving the outermost block, write the index checkpoint."""
         if self._writer_depth == 0:
+            self.require_writable()
             try:
                 self._lock.acquire(self.lock_timeout)
             except LockTimeout as exc:
@@ -689,30 +755,34 @@ class Gallery:
 
     def source_identity(self, sha256: str) -> str | None:
         """Who a file with this content hash was enrolled as; None if it was not."""
-        row = self._conn.execute(f"SELECT i.name {LIVE_ROWS} WHERE e.sha256 = ? LIMIT 1", (str(sha256).lower(),))
-        found = row.fetchone()
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT i.name {LIVE_ROWS} WHERE e.sha256 = ? LIMIT 1", (str(sha256).lower(),))
+            found = row.fetchone()
         return None if found is None else found[0]
 
     def photos(self, identity: str | None = None) -> list[dict]:
         """Every enrolled face's {identity, path, sha256, created} (created: Unix time), by identity then age;
         only one identity's when named (an unknown name is a GalleryError)."""
         where, values = "", ()
-        if identity is not None:
-            name = clean_identity(identity)
-            self._identity_id(self._conn, name)
-            where, values = "WHERE i.name = ?", (name,)
-        rows = self._conn.execute(
-            f"SELECT i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} {where} ORDER BY i.name, e.id", values)
-        return [{"identity": name, "path": path, "sha256": sha, "created": created}
-                for name, path, sha, created in rows]
+        with self._transaction() as conn:
+            if identity is not None:
+                name = clean_identity(identity)
+                self._identity_id(conn, name)
+                where, values = "WHERE i.name = ?", (name,)
+            rows = conn.execute(
+                f"SELECT i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} {where} ORDER BY i.name, e.id", values)
+            return [{"identity": name, "path": path, "sha256": sha, "created": created}
+                    for name, path, sha, created in rows]
 
     def identities(self) -> list[tuple[str, int]]:
         """(name, number of embeddings) for every identity, sorted by name."""
-        rows = self._conn.execute(f"SELECT i.name, COUNT(*) {LIVE_ROWS} GROUP BY i.id ORDER BY i.name")
-        return [(name, count) for name, count in rows]
+        with self._transaction() as conn:
+            rows = conn.execute(f"SELECT i.name, COUNT(*) {LIVE_ROWS} GROUP BY i.id ORDER BY i.name")
+            return [(name, count) for name, count in rows]
 
     def __len__(self) -> int:
-        return self._conn.execute(f"SELECT COUNT(*) {LIVE_ROWS}").fetchone()[0]
+        with self._transaction() as conn:
+            return conn.execute(f"SELECT COUNT(*) {LIVE_ROWS}").fetchone()[0]
 
     def stats(self) -> dict:
         self._refresh()
@@ -759,11 +829,14 @@ class Gallery:
         held = self._lock.held
         if held:
             self._checkpoint()  # our own pending adds are not a problem on disk
-        else:
+        elif self._lock.opened():
             try:
                 self._lock.acquire(self.lock_timeout)
             except LockTimeout as exc:
                 raise GalleryError(f"gallery {self.root} is busy; cannot check it while it is written") from exc
+        elif not isinstance(self._lock.error, FileNotFoundError):  # none at all: no writer has opened the gallery
+            raise GalleryError(f"cannot check gallery {self.root}: {self._lock_problem()}, so writers cannot be "
+                               "waited for")
         try:
             with self._transaction():
                 return self._problems()
@@ -780,13 +853,105 @@ class Gallery:
         if self._conn.in_transaction:  # nested: part of the enclosing transaction
             yield self._conn
             return
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        with self._steady():
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = self.root / DB_NAME
+        if self._unwritable:
+            uri = f"{db.absolute().as_uri()}?{self._read_only_mode()}"
+            conn = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, isolation_level=None)
+        else:
+            conn = sqlite3.connect(db, timeout=self.lock_timeout, isolation_level=None)
+            # Two processes creating one gallery both switch its new file to WAL, and SQLite answers the second at
+            # once with "database is locked" (its busy timeout does not apply: waiting could deadlock), so it retries.
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        conn.close()
+                        raise
+                    time.sleep(0.01)
+        # FULL, not NORMAL: with WAL, NORMAL already survives a killed process, but only FULL makes an
+        # add() that has returned survive a power cut too; one fsync per enrolled file is cheap.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # A removed face must leave the disk: deleted rows are zeroed, not left in free pages.
+        conn.execute("PRAGMA secure_delete=ON")
+        return conn
+
+    def _read_only_mode(self) -> str:
+        """How SQLite can read a gallery this process cannot write, without making any file there.
+
+        Readers of a WAL database meet in gallery.sqlite-shm, which SQLite makes when it is missing. While a writer
+        has the gallery open, or after one died, -wal and -shm are both there, and SQLite reads the log through a
+        -shm it may only read. Otherwise there is no log to read (the last connection to close folds it into
+        gallery.sqlite and deletes it), so gallery.sqlite alone is whole, and immutable=1 reads it without -shm.
+        SQLite then takes no locks and trusts what it has cached for ever: _steady() keeps writers out instead."""
+        db = self.root / DB_NAME
+        wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
+        for path in (db, wal, shm):
+            if path.exists() and not os.access(path, os.R_OK):
+                raise GalleryError(f"cannot read gallery {self.root}: no read permission on {path}")
+        files = self._files()
+        self._immutable = not (wal.exists() and shm.exists())
+        if not self._immutable:
+            return "mode=ro"
+        if _size(wal) > 0:  # read without it, gallery.sqlite would be an older version of the gallery
+            raise GalleryError(
+                f"cannot read gallery {self.root}: {wal.name} holds changes that SQLite reads only through {shm.name}, "
+                f"which is missing and cannot be made ({self._unwritable}); opening the gallery once with write "
+                "access folds them into the database")
+        self._files_seen = files
+        return "mode=ro&immutable=1"
+
+    def _files(self) -> tuple:
+        """What changes when anyone writes gallery.sqlite or opens it for writing (which makes its -wal file)."""
+        db = self.root / DB_NAME
+        stat = db.stat()
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns, Path(f"{db}-wal").exists()
+
+    @contextlib.contextmanager
+    def _steady(self) -> Iterator[None]:
+        """Around each transaction of an immutable connection (see _read_only_mode): a shared flock keeps facekit's
+        writers (the gallery's owner, a host behind a read-only mount) from changing gallery.sqlite under it, and
+        if it changed since the connection was opened, a fresh one reads it, so no stale cached page is mixed in.
+        A writer that has the gallery open has made its -wal file: the fresh connection then reads through -shm,
+        as any WAL reader does, and needs neither."""
+        deadline = time.monotonic() + self.lock_timeout
+        shared = False
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            while self._immutable:
+                if self._files() != self._files_seen:
+                    self._reconnect()
+                    continue
+                # No lock file (and none can be made here): no writer to keep out, as every writer makes one first.
+                if shared or self._lock.held or not self._lock.opened():
+                    break
+                shared = self._lock.try_acquire(shared=True)
+                if not shared:
+                    if time.monotonic() > deadline:
+                        raise GalleryError(f"gallery {self.root} is busy: another process has been writing to it "
+                                           f"for {self.lock_timeout:g} s")
+                    time.sleep(0.01)
+            yield
+        finally:
+            if shared:
+                self._lock.release()
+
+    def _reconnect(self) -> None:
+        fresh = self._connect()
+        self._conn.close()
+        self._conn = fresh
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -810,14 +975,15 @@ class Gallery:
 
     def _init_schema(self, dim: int | None, index: str, shards: int | None) -> bool:
         """Create tables on first use and read the settings; True if the caller changed index or shards."""
-        ready = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
-        wants_change = (index != "auto" and ready and index != self._meta("index")) or (
-            shards is not None and ready and str(shards) != self._meta("shards")
-        )
-        if ready and not wants_change:  # the common case, a plain read: readers never queue behind writers
-            with self._transaction():
+        with self._transaction() as conn:
+            ready = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+            wants_change = (index != "auto" and ready and index != self._meta("index")) or (
+                shards is not None and ready and str(shards) != self._meta("shards")
+            )
+            if ready and not wants_change:  # the common case, a plain read: readers never queue behind writers
                 self._read_settings(dim)
-            return False
+                return False
+        self.require_writable()
         with self._transaction(write=True) as conn:
             for statement in SCHEMA.split(";"):  # not executescript(): it would commit our transaction
                 if statement.strip():
@@ -972,9 +1138,10 @@ class Gallery:
         """If nobody is writing: persist a rebuilt or caught-up index, finish a removal whose writer died before
         it purged the index (the user asked for those faces to be forgotten; they must not wait for some later
         write), and clear files left by a crash."""
-        if not self._lock.try_acquire():
+        if self.read_only or not self._lock.try_acquire():
             if self._index_problem or self._lag or self._tombstones():
-                log.info("gallery %s: index repaired in memory only; another process is writing", self.root)
+                why = "the gallery is read-only" if self.read_only else "another process is writing"
+                log.info("gallery %s: index repaired in memory only; %s", self.root, why)
             return
         try:
             if self._index_problem or self._lag or self._tombstones():

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+import shutil
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -656,3 +664,318 @@ def test_default_gallery_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert default_gallery_path("cli/path") == Path("cli/path")
     with pytest.raises(GalleryError, match="empty"):
         default_gallery_path("")  # --gallery "$UNSET": not silently the default gallery
+
+
+# --- several processes creating one gallery ----------------------------------------------------------------
+
+# Opens and adds to gallery ROUND under BASE at the same instant as the other workers (they spin to a shared clock
+# time: a file or pipe to wait on wakes them too far apart), and prints what went wrong, if anything.
+CREATOR = """
+import hashlib, sys, time
+import numpy as np
+from facekit.datastore import Gallery
+
+base, worker, rounds, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for number in range(rounds):
+    go = start + 0.25 * number
+    time.sleep(max(0.0, go - time.time() - 0.002))
+    while time.time() < go:
+        pass
+    try:
+        with Gallery.open(f"{base}/round-{number}/gallery", dim=32) as gallery:
+            gallery.add(f"worker {worker}", np.ones((1, 32), np.float32),
+                        [{"path": f"{worker}.jpg", "sha256": hashlib.sha256(bytes([worker])).hexdigest(), "box": None}])
+    except Exception as exc:
+        print(f"round {number}: {type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+def test_processes_creating_one_new_gallery_at_once_all_succeed(tmp_path: Path) -> None:
+    """Three processes create the same new gallery (and its parent folder) at once, 16 times over. Before, 20 of the
+    48 opens failed with FileExistsError from mkdir; with only that fixed, 6 to 9 failed with "database is locked"
+    from switching the new file to WAL mode, which SQLite refuses at once rather than wait for the other process."""
+    workers, rounds = 3, 16
+    start = time.time() + 2.0  # time for the interpreters to start and import faiss
+    children = [subprocess.Popen([sys.executable, "-c", CREATOR, str(tmp_path), str(worker), str(rounds), str(start)],
+                                 stdout=subprocess.PIPE, text=True) for worker in range(workers)]
+    failures = [line for child in children for line in child.communicate(timeout=120)[0].splitlines()]
+    assert failures == []
+    for number in range(rounds):
+        with Gallery.open(tmp_path / f"round-{number}" / "gallery", create=False) as gallery:
+            assert len(gallery) == workers and gallery.check() == []
+        assert stat.S_IMODE((tmp_path / f"round-{number}" / "gallery").stat().st_mode) == 0o700
+
+
+# --- a gallery this process may only read ------------------------------------------------------------------
+
+# Runs the commands given on stdin, one a line, against the gallery at argv[1] and answers each with a line of JSON.
+READER = """
+import json, sys
+import numpy as np
+from facekit.datastore import Gallery, GalleryError
+
+def attempt(action):
+    try:
+        action()
+    except GalleryError as exc:
+        return str(exc)
+    return "written"
+
+def query(seed):
+    row = np.random.default_rng(seed).standard_normal(32)
+    return row / np.linalg.norm(row)
+
+def answer(command, gallery):
+    if command == "report":
+        try:
+            problems = gallery.check()
+        except GalleryError as exc:
+            problems = str(exc)
+        return {"read_only": gallery.read_only, "identities": gallery.identities(), "photos": len(gallery.photos()),
+                "faces": gallery.stats()["embeddings"], "problems": problems}
+    if command.startswith("search "):
+        found = gallery.search(query(int(command.split()[1])))[0]
+        return found[0].identity if found else None
+    if command == "writes":
+        face = [{"path": "x.jpg", "sha256": "0" * 64, "box": None}]
+        return [attempt(lambda: gallery.add("x", query(0), face)), attempt(lambda: gallery.rename("x", "y")),
+                attempt(lambda: gallery.remove("y")), attempt(gallery.rebuild),
+                attempt(lambda: Gallery.open(sys.argv[1], index="hnsw").close())]
+    if command == "locking":  # two gallery objects: the second waits for the first's lock
+        with Gallery.open(sys.argv[1], lock_timeout=0.2) as other, gallery.writer():
+            return attempt(lambda: other.add("x", query(0), [{"path": "x.jpg", "sha256": "0" * 64, "box": None}]))
+    raise ValueError(command)
+
+try:
+    gallery = Gallery.open(sys.argv[1], create=False)
+except GalleryError as exc:
+    print(json.dumps({"error": str(exc)}), flush=True)
+    sys.exit()
+with gallery:
+    for line in sys.stdin:
+        print(json.dumps(answer(line.strip(), gallery)), flush=True)
+"""
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from facekit.datastore import Gallery
+
+Gallery._checkpoint = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+identity, seed = sys.argv[2], int(sys.argv[3])
+with Gallery.open(sys.argv[1]) as gallery:
+    gallery.add(identity, np.random.default_rng(seed).standard_normal((2, 32)),
+                [{"path": f"{identity}-{n}.jpg", "sha256": str(n) * 64, "box": None} for n in range(2)])
+"""
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """The command, run where file permissions hold: as root it runs with no capabilities, so as the owner of the
+    test's files it meets their permission bits (no need to open the test's folders to another user)."""
+    if os.geteuid() != 0:
+        return command
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and cannot drop root's capabilities (setpriv) to meet file permissions")
+    return [*drop, *command]
+
+
+def read(path: Path, *commands: str, run_as: Callable[[list[str]], list[str]] = unprivileged) -> list:
+    result = subprocess.run(run_as([sys.executable, "-c", READER, str(path)]), input="\n".join(commands) + "\n",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """The gallery folder and its files made read-only for their owner."""
+    for file in path.iterdir():
+        file.chmod(0o400)
+    path.chmod(0o500)
+    try:
+        yield
+    finally:
+        path.chmod(0o700)
+        for file in path.iterdir():
+            file.chmod(0o600)
+
+
+def listing(path: Path) -> dict[str, tuple[int, int, int]]:
+    return {f.name: (f.stat().st_size, f.stat().st_mtime_ns, stat.S_IMODE(f.stat().st_mode)) for f in path.iterdir()}
+
+
+def killed_writer(path: Path, identity: str, seed: int) -> None:
+    """A writer SIGKILLed after committing `identity` and before its index checkpoint: -wal holds the new rows, and
+    -wal and -shm are left behind with nobody connected."""
+    command = [sys.executable, "-c", KILLED_WRITER, str(path), identity, str(seed)]
+    assert subprocess.run(command).returncode == -signal.SIGKILL
+    assert (path / "gallery.sqlite-wal").stat().st_size > 0 and (path / "gallery.sqlite-shm").exists()
+
+
+@pytest.fixture
+def filled(path: Path) -> Path:
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        enroll(gallery, "bob", 2)
+    return path
+
+
+@pytest.mark.parametrize("state", ["closed", "no lock file", "writer killed"])
+def test_a_read_only_gallery_is_searched_listed_and_checked_and_never_written(filled: Path, state: str) -> None:
+    """A folder and files this process may only read (another user's gallery): reading works, each write is one
+    line saying why it cannot be, and nothing in the folder is made or changed. It failed with "attempt to write
+    a readonly database" (SQLite could make no -wal file there), or with "Permission denied: .../lock"."""
+    path, refused = filled, f"gallery {filled} is read-only: no write permission on {filled}"
+    if state == "no lock file":
+        (path / datastore.LOCK_NAME).unlink()
+    if state == "writer killed":
+        killed_writer(path, "carol", 3)
+    people = ["alice", "bob"] + (["carol"] if state == "writer killed" else [])
+    with read_only(path):
+        before = listing(path)
+        report, best, writes = read(path, "report", "search 3" if people[-1] == "carol" else "search 2", "writes")
+        assert listing(path) == before
+    assert report["read_only"] and report["identities"] == [[name, 2] for name in people]
+    assert report["faces"] == report["photos"] == 2 * len(people) and best == people[-1]
+    # The index the killed writer did not save is caught up in memory only; check() reports it as it is on disk.
+    assert report["problems"] == ([] if state != "writer killed" else
+                                  ["index is stale: 2 embeddings were added after index generation 3"])
+    assert writes == [refused] * 5
+    # The owner again: the killed writer's rows are all there, and the index is repaired on disk now.
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with Gallery.open(path, create=False) as gallery:
+            assert len(gallery) == 2 * len(people) and gallery.check() == []
+    assert no_repair_warning(recorded) == (state != "writer killed")
+
+
+def test_the_command_line_reads_a_read_only_gallery_and_refuses_to_change_it(filled: Path) -> None:
+    def facekit(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "facekit.cli", "gallery", *args, "--gallery", str(filled)]
+        return subprocess.run(unprivileged(command), capture_output=True, text=True, timeout=120)
+
+    with read_only(filled):
+        assert facekit("list").stdout == "alice\nbob\n"
+        assert [line.split()[0] for line in facekit("photos", "bob").stdout.splitlines()] == ["bob", "bob"]
+        assert '"embeddings": 4' in facekit("stats", "--json").stdout
+        assert facekit("check").stdout == "ok: 4 faces, index and database agree\n"
+        removal = facekit("remove", "bob")
+        assert removal.returncode == 2 and removal.stderr == f"error: gallery {filled} is read-only: no write " \
+                                                             f"permission on {filled}\n"
+
+
+def test_a_log_that_cannot_be_read_without_its_shm_file_is_refused_not_skipped(filled: Path) -> None:
+    """A -wal with rows in it and no -shm in a folder where SQLite cannot make one: reading gallery.sqlite alone
+    would silently leave out the rows in the log, so opening says why it cannot read the gallery."""
+    killed_writer(filled, "carol", 3)
+    (filled / "gallery.sqlite-shm").unlink()
+    with read_only(filled):
+        (answer,) = read(filled, "report")
+    assert answer["error"].startswith(f"cannot read gallery {filled}: gallery.sqlite-wal holds changes that SQLite "
+                                      "reads only through gallery.sqlite-shm, which is missing and cannot be made")
+    with pytest.warns(GalleryWarning, match="lacked 2"), Gallery.open(filled, create=False) as gallery:
+        assert [name for name, _ in gallery.identities()] == ["alice", "bob", "carol"]
+
+
+def test_a_read_only_reader_sees_what_the_owner_writes_meanwhile(filled: Path) -> None:
+    """The reader first reads gallery.sqlite as immutable (there is no log), which SQLite would trust for ever:
+    a write by the owner (root here, who ignores the modes) must reach it all the same, whole."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test writes, as the owner, files it has made read-only for the reader")
+    with read_only(filled):
+        reader = subprocess.Popen(unprivileged([sys.executable, "-c", READER, str(filled)]), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+
+        def ask(command: str) -> object:
+            reader.stdin.write(command + "\n")
+            reader.stdin.flush()
+            return json.loads(reader.stdout.readline())
+
+        try:
+            assert ask("search 2") == "bob"
+            with Gallery.open(filled, create=False) as owner:  # opened, written and closed: the log is gone again
+                enroll(owner, "carol", 3)
+            assert ask("search 3") == "carol"
+            with Gallery.open(filled, create=False) as owner:
+                with owner.writer():  # committed, in the log, not yet in gallery.sqlite
+                    enroll(owner, "dave", 4)
+                    assert ask("search 4") == "dave"
+                owner.remove("alice")
+                assert ask("search 1") != "alice"
+                report = ask("report")
+            assert report["identities"] == [["bob", 2], ["carol", 2], ["dave", 2]] and report["problems"] == []
+        finally:
+            reader.stdin.close()
+            assert reader.wait(timeout=60) == 0
+
+
+def test_an_immutable_reader_keeps_writers_out_while_it_reads(filled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite takes no locks for a connection opened immutable, so the gallery takes a shared flock for it."""
+    monkeypatch.setattr(datastore, "_unwritable", lambda root: "a test says so")
+    writer_lock = datastore.FileLock(filled / datastore.LOCK_NAME)
+    with Gallery.open(filled, create=False) as reader:
+        assert reader.read_only
+        with reader._transaction():
+            assert not writer_lock.try_acquire()
+        assert writer_lock.try_acquire()
+        writer_lock.release()
+    writer_lock.close()
+
+
+def test_a_lock_file_this_process_may_only_read_still_locks(filled: Path) -> None:
+    """flock needs no write access: with the folder and database writable, a read-only lock file (it was
+    "Permission denied") leaves the gallery fully usable, writers still excluding each other."""
+    (filled / datastore.LOCK_NAME).chmod(0o400)
+    try:
+        report, busy, writes = read(filled, "report", "locking", "writes")
+    finally:
+        (filled / datastore.LOCK_NAME).chmod(0o600)
+    assert not report["read_only"] and report["problems"] == []
+    assert busy.startswith(f"gallery {filled} is busy")
+    assert writes == ["written"] * 5
+
+
+def test_a_lock_file_that_cannot_be_opened_leaves_the_gallery_readable(filled: Path) -> None:
+    lock = filled / datastore.LOCK_NAME
+    lock.chmod(0)
+    try:
+        report, best, writes = read(filled, "report", "search 1", "writes")
+    finally:
+        lock.chmod(0o600)
+    why = f"its lock file {lock} cannot be opened (Permission denied)"
+    assert report["read_only"] and best == "alice" and report["faces"] == 4
+    assert report["problems"] == f"cannot check gallery {filled}: {why}, so writers cannot be waited for"
+    assert writes == [f"gallery {filled} is read-only: {why}"] * 5
+
+
+def test_a_gallery_on_a_read_only_mount(filled: Path) -> None:
+    """Bound read-only into a mount namespace of the reader's own: even root meets a read-only file system."""
+    def read_only_mount(command: list[str]) -> list[str]:
+        return ["unshare", "--mount", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(filled), *command]
+
+    if shutil.which("unshare") is None or subprocess.run(read_only_mount(["true"]), capture_output=True).returncode:
+        pytest.skip("cannot make a mount namespace with a read-only bind mount here (needs root, or CAP_SYS_ADMIN)")
+    before = listing(filled)
+    report, best, writes = read(filled, "report", "search 2", "writes", run_as=read_only_mount)
+    assert listing(filled) == before
+    assert report["read_only"] and report["identities"] == [["alice", 2], ["bob", 2]] and best == "bob"
+    assert report["problems"] == []
+    assert writes == [f"gallery {filled} is read-only: {filled} is on a read-only file system"] * 5
+
+
+def test_enroll_into_a_read_only_gallery_says_so_before_any_photo(tmp_path: Path, astronaut_bgr) -> None:
+    import cv2
+
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=512):
+        pass
+    (tmp_path / "people" / "ann").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "people" / "ann" / "a.jpg"), astronaut_bgr)
+    command = [sys.executable, "-m", "facekit.cli", "enroll", str(tmp_path / "people"), "--gallery", str(gallery)]
+    with read_only(gallery):
+        run = subprocess.run(unprivileged(command), capture_output=True, text=True, timeout=120)
+    # One line, no progress bar: refused before the photo was read, not at the first batch's write.
+    assert run.returncode == 2 and run.stderr == f"error: gallery {gallery} is read-only: no write permission on " \
+                                                 f"{gallery}\n"
