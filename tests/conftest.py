@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,3 +87,14 @@ def small_face_photo(astronaut_bgr: np.ndarray) -> np.ndarray:
     photo = np.full((2400, 3200, 3), 128, np.uint8)
     photo[1000:1256, 1500:1756] = cv2.resize(astronaut_bgr, (256, 256), interpolation=cv2.INTER_AREA)
     return photo
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """The command, run where file permissions hold: as root it runs with no capabilities, so as the owner of the
+    test's files it meets their permission bits (no need to open the test's folders to another user)."""
+    if os.geteuid() != 0:
+        return command
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and cannot drop root's capabilities (setpriv) to meet file permissions")
+    return [*drop, *command]

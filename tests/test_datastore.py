@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unprivileged
 
 from facekit import datastore
 from facekit.datastore import Gallery, GalleryError, GalleryWarning, choose_index, default_gallery_path
@@ -768,17 +769,6 @@ with Gallery.open(sys.argv[1]) as gallery:
     gallery.add(identity, np.random.default_rng(seed).standard_normal((2, 32)),
                 [{"path": f"{identity}-{n}.jpg", "sha256": str(n) * 64, "box": None} for n in range(2)])
 """
-
-
-def unprivileged(command: list[str]) -> list[str]:
-    """The command, run where file permissions hold: as root it runs with no capabilities, so as the owner of the
-    test's files it meets their permission bits (no need to open the test's folders to another user)."""
-    if os.geteuid() != 0:
-        return command
-    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
-    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
-        pytest.skip("running as root, and cannot drop root's capabilities (setpriv) to meet file permissions")
-    return [*drop, *command]
 
 
 def read(path: Path, *commands: str, run_as: Callable[[list[str]], list[str]] = unprivileged) -> list:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -21,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import unprivileged
 from test_cli import variant
 
 FACEKIT = [sys.executable, "-m", "facekit.cli"]
@@ -250,17 +250,6 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_one_record_per_readabl
     assert [(Path(row[0]).name, row[6]) for row in rows[1:]] == [(name, who) for name, who in readable.items() if who]
     summaries = [line for line in runs["text"].stdout.splitlines() if not line.startswith("  at ")]
     assert summaries == [f"{folder / name}: {'1 face' if who else '0 faces'}" for name, who in readable.items()]
-
-
-def unprivileged(command: list[str]) -> list[str]:
-    """The command, run where file permissions hold: root reads every folder, so as root it runs with no
-    capabilities (as the owner of the test's files, it then meets their permission bits like anyone else)."""
-    if os.geteuid() != 0:
-        return command
-    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
-    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
-        pytest.skip("running as root, and cannot drop root's capabilities (setpriv) to meet file permissions")
-    return [*drop, *command]
 
 
 def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, people):
