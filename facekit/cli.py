@@ -197,6 +197,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     import cv2
 
     from facekit.drawing import draw_results
+    from facekit.imageio import IMAGE_EXTENSIONS
     from facekit.recognition import identify_image, iter_image_paths
 
     if args.top_k < 1:
@@ -217,13 +218,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
     writer = csv.writer(sys.stdout) if args.csv else None
     if writer:
         writer.writerow(["image", "face", "x", "y", "w", "h", "identity", "similarity"])
-    processed = 0
+    processed = found = 0
 
     def unreadable(error: OSError) -> None:
         print(printable(f"error: cannot read folder {error.filename}: {error.strerror or error}"), file=sys.stderr)
 
     with gallery:
         for item in pipeline.load_many(iter_image_paths(args.images, unreadable)):
+            found += 1
             if item.error:
                 print(f"error: {printable(item.error)}", file=sys.stderr)
                 continue
@@ -252,7 +254,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     raise CliError(f"cannot write {out}", EXIT_FAILED)
                 annotated.add(out)
     if processed == 0:
-        print("error: no image could be read", file=sys.stderr)
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        print(printable("error: no image could be read" if found else f"error: no images ({extensions}) in "
+                        f"{', '.join(args.images)}"), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

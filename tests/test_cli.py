@@ -559,3 +559,15 @@ def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line
 def test_a_negative_number_of_workers_is_a_usage_error(tmp_path, people, capsys):
     code, _, err = run_cli(capsys, "enroll", str(people), "--gallery", str(tmp_path / "gallery"), "--workers", "-2")
     assert code == 2 and err == "error: --workers must be 0 or more\n" and not (tmp_path / "gallery").exists()
+
+
+def test_identify_on_a_folder_without_images_says_so(tmp_path, people, capsys):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos here")
+    code, _, err = run_cli(capsys, "identify", str(tmp_path / "notes"), "--gallery", gallery)
+    assert code == 1 and err.startswith("error: no images (.bmp, .jpeg, .jpg") and str(tmp_path / "notes") in err
+    (tmp_path / "notes" / "bad.jpg").write_text("not a photo")
+    code, _, err = run_cli(capsys, "identify", str(tmp_path / "notes"), "--gallery", gallery)
+    assert code == 1 and err.strip().splitlines()[-1] == "error: no image could be read"
