@@ -221,6 +221,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     processed = found = 0
 
     def unreadable(error: OSError) -> None:
+        nonlocal found
+        found += 1  # a folder that could not be listed may hold images: "no images" would not be true
         print(printable(f"error: cannot read folder {error.filename}: {error.strerror or error}"), file=sys.stderr)
 
     with gallery:
