@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -114,10 +113,14 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
     A file is recorded by its path and content hash, an array by the hash of its pixels."""
     import hashlib
 
+    from facekit.imageio import decode_image, read_image_file
+
     _check_size(gallery)
-    array = _as_image(image)
-    source = "<array>" if isinstance(image, np.ndarray) else str(image)
-    data = np.ascontiguousarray(array).tobytes() if isinstance(image, np.ndarray) else Path(image).read_bytes()
+    if isinstance(image, np.ndarray):
+        array, source, data = image, "<array>", np.ascontiguousarray(image).tobytes()
+    else:  # read once: the hash recorded is that of the bytes embedded
+        source, data = str(image), read_image_file(image)
+        array = decode_image(data, name=source)
     faces = face_embeddings(array)
     if not faces:
         raise ValueError(f"no face found in {source if source != '<array>' else 'the image'}")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from facekit.errors import escape_unencodable_output, printable_path
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # Characters that end a line or steer a terminal (a newline or an ESC in a file name), and Unicode's line breaks.
@@ -332,16 +334,8 @@ def photo_keys(photo: str) -> set[str]:
             keys.add(file_sha256(path))
         except OSError as exc:
             raise CliError(f"cannot read {photo}: {exc.strerror or exc}") from exc
-    # The gallery stores UTF-8 text: a name that is not (a stray Latin-1 byte) was never enrolled as it is.
-    return {key for key in keys if _is_utf8(key)}
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a byte of the file name that Python keeps as a lone surrogate
-        return False
-    return True
+    # Spelt as the gallery stores a path: a byte that is not UTF-8 (a Latin-1 name) as \xNN.
+    return {printable_path(key) for key in keys}
 
 
 def file_sha256(path: Path) -> str:
@@ -438,8 +432,6 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
     """run(), with bad input, a missing file or a full disk reported as one `error:` line on stderr and exit 2
     (or a CliError's own code), never a traceback. The commands and the scripts in tools/ share it."""
     import sqlite3
-
-    from facekit.errors import escape_unencodable_output
 
     escape_unencodable_output()
     try:
