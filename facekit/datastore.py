@@ -421,19 +421,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 def _write_index_file(index: faiss.Index, path: Path) -> None:
-    """Temp file, fsync, rename, fsync the folder: the name appears only with complete, durable contents."""
+    """Temp file, fsync, rename, fsync the folder: the name appears only with complete, durable contents.
+
+    faiss writes through our file object, not to a file name: SWIG passes faiss only names that are valid UTF-8,
+    so a gallery in a folder named in another encoding could not be saved. It streams in 1 MiB pieces, so a large
+    index is never copied whole in memory."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # faiss keeps the mode of a file
-        faiss.write_index(index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(tmp, "wb", opener=_owner_only) as handle:
+            # Buffered: its write() writes every byte or raises, where faiss would ignore a short count.
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # faiss reports a full disk as a RuntimeError
+    except (OSError, RuntimeError) as exc:  # a full disk (OSError from our write), or faiss refusing the index
         tmp.unlink(missing_ok=True)
         raise GalleryError(f"cannot write {path}: {one_line(exc)[-200:]}") from exc  # faiss ends with the cause
     _fsync_dir(path.parent)
@@ -1065,10 +1071,11 @@ class Gallery:
             if checksum != entry["crc32"]:
                 raise GalleryError(f"index file {entry['name']} does not match its checksum")
             try:
-                shard = faiss.read_index(str(path))
-            except RuntimeError as exc:
-                if not path.exists():
-                    raise self._missing_index_file(entry['name']) from None
+                with open(path, "rb") as handle:  # not by name, which SWIG passes faiss only if it is valid UTF-8
+                    shard = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+            except FileNotFoundError:
+                raise self._missing_index_file(entry['name']) from None
+            except (OSError, RuntimeError) as exc:
                 raise GalleryError(f"index file {entry['name']} is unreadable") from exc
             if shard.ntotal != entry["ntotal"] or shard.d != self.dim:
                 raise GalleryError(f"index file {entry['name']} does not hold what the manifest says")

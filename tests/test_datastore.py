@@ -551,6 +551,26 @@ def test_owner_only_permissions(path: Path) -> None:
     assert stat.S_IMODE((existing / "gallery.sqlite").stat().st_mode) == 0o600
 
 
+def test_a_gallery_in_a_folder_whose_name_is_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Latin-1 folder name, which Python holds with a lone surrogate: faiss, given it as a file name, failed with a
+    TypeError from SWIG on the first open; the index files are now read and written through Python's own files."""
+    path = tmp_path / os.fsdecode(b"caf\xe9") / "gallery"
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        enroll(gallery, "bob", 2)
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with Gallery.open(path, create=False) as gallery:
+            assert gallery.search(vectors(2, 2)[1])[0][0].identity == "bob"
+            assert gallery.remove("bob") == 2
+            assert gallery.identities() == [("alice", 2)] and gallery.check() == []
+    assert no_repair_warning(recorded)  # the index files were read, not rebuilt from the database
+    assert len(index_files(path)) == 1
+    monkeypatch.setattr(datastore, "_unwritable", lambda root: "a test says so")  # SQLite reads it by URI then
+    with Gallery.open(path, create=False) as reader:
+        assert reader.read_only and reader.search(vectors(1, 2)[0])[0][0].identity == "alice"
+
+
 def test_a_full_disk_stops_writes_with_their_own_error_and_never_reads(path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     with Gallery.open(path, dim=DIM) as gallery:
