@@ -30,6 +30,8 @@ MAX_BYTES_PER_PIXEL = 16
 TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
 BIGTIFF_SIGNATURES = (b"II+\0", b"MM\0+")
 TIFF_WIDTH, TIFF_LENGTH, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 256, 257, 322, 323  # tag numbers
+TIFF_BITS_PER_SAMPLE, TIFF_SAMPLE_FORMAT = 258, 339
+TIFF_UNSIGNED, TIFF_SIGNED = 1, 2  # SampleFormat values; unsigned is the default
 
 
 class ImageError(ValueError):
@@ -122,11 +124,13 @@ def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         # No OpenCV fallback here: it returns the black remainder of a truncated JPEG or PNG, and an all-black
         # image for a TIFF whose compressed data is damaged (it does not check libtiff's read errors).
         raise ImageError(f"corrupt or truncated image: {name} ({one_line(error)})") from None
+    # Read before the EXIF turn: the turned copy has no TIFF tags.
+    tiff_samples = _tiff_samples(image.tag_v2) if image.format == "TIFF" else None
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # A broken EXIF block should not cost the photo itself.
         pass
-    return _to_bgr(image)
+    return _to_bgr(image, tiff_samples)
 
 
 def _decode_tiff_pillow_cannot_open(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -166,6 +170,18 @@ def _tag_number(tags: Mapping[int, object], tag: int) -> int:
     return value if isinstance(value, int) else 0
 
 
+def _tiff_samples(tags: Mapping[int, object]) -> tuple[int, int]:
+    """SampleFormat and BitsPerSample of a TIFF's first sample; unsigned and 0 bits where missing or unreadable."""
+    return _first_tag_number(tags, TIFF_SAMPLE_FORMAT, TIFF_UNSIGNED), _first_tag_number(tags, TIFF_BITS_PER_SAMPLE, 0)
+
+
+def _first_tag_number(tags: Mapping[int, object], tag: int, default: int) -> int:
+    """The first of a tag's integer values (Pillow gives a tuple, one a sample); default if it is anything else."""
+    value = tags.get(tag, default)
+    value = value[0] if isinstance(value, tuple) and value else value
+    return value if isinstance(value, int) else default
+
+
 def _first_tiff_tags(data: bytes) -> dict[int, object] | None:
     """Size and tiling of a TIFF's first image, without decoding it; None if its header cannot be read."""
     if data[:4] in TIFF_SIGNATURES:
@@ -186,10 +202,10 @@ def _first_tiff_tags(data: bytes) -> dict[int, object] | None:
         return None
 
 
-def _to_bgr(image: Image.Image) -> np.ndarray:
+def _to_bgr(image: Image.Image, tiff_samples: tuple[int, int] | None = None) -> np.ndarray:
     mode = image.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        grey = _to_uint8(np.asarray(image))
+        grey = _to_uint8(*_as_stored(np.asarray(image), tiff_samples))
         return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
@@ -201,20 +217,44 @@ def _to_bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Samples of any depth to 8 bits, keeping relative brightness; negative ones are black."""
+def _as_stored(values: np.ndarray, tiff_samples: tuple[int, int] | None) -> tuple[np.ndarray, int | None]:
+    """Pillow's grey samples typed as the TIFF stores them, and the value that is white when the file says its
+    samples have fewer bits than Pillow's container.
+
+    Pillow widens signed 16-bit samples into its 32-bit mode I, keeps unsigned 32-bit ones there as signed (from
+    2**31 up they turn negative) and puts 12-bit ones unscaled in its 16-bit mode."""
+    if tiff_samples is None or values.dtype.kind == "f":
+        return values, None
+    sample_format, bits = tiff_samples
+    if sample_format == TIFF_SIGNED and bits == 16 and values.dtype == np.int32:
+        return values.astype(np.int16), None
+    if sample_format != TIFF_SIGNED and bits == 32 and values.dtype == np.int32:
+        return values.view(np.uint32), None
+    if sample_format != TIFF_SIGNED and 8 < bits < 8 * values.dtype.itemsize:
+        return values, 2**bits - 1
+    return values, None
+
+
+def _to_uint8(values: np.ndarray, white: int | None = None) -> np.ndarray:
+    """Samples of any depth to 8 bits, keeping relative brightness; white, where the file gives it, is the sample
+    value that becomes 255 (12-bit samples in 16 bits). Negative 32-bit samples are black."""
     if values.dtype.kind == "f":
         return _float_to_uint8(values)
-    if values.dtype.itemsize == 1:
-        return np.clip(values, 0, 255).astype(np.uint8)
-    if values.dtype.itemsize == 2:
-        return (np.clip(values, 0, None) // 257).astype(np.uint8)
-    # 32-bit samples (Pillow's mode I, OpenCV's int32) are a container: files put 8- or 16-bit values in it as
-    # often as full-width ones, so the largest value decides which (8-bit ones must not come out black, full-width
-    # ones not white).
-    top = int(values.max(initial=0))
-    full = 255 if top <= 255 else 65535 if top <= 65535 else int(np.iinfo(values.dtype).max)
-    return (np.clip(values, 0, None) // ((full + 254) // 255)).astype(np.uint8)
+    if values.dtype.kind == "i" and values.dtype.itemsize <= 2:
+        # Signed 8- and 16-bit samples span their type's whole range: shifted to start at 0, the negative half keeps
+        # its shades below the positive one, where clipping it made it black.
+        white = 2 ** (8 * values.dtype.itemsize) - 1
+        values = values.astype(np.int32) - int(np.iinfo(values.dtype).min)
+    elif white is None and values.dtype.itemsize <= 2:
+        white = 2 ** (8 * values.dtype.itemsize) - 1
+    elif white is None:
+        # 32-bit samples (Pillow's mode I, OpenCV's int32) are a container: files put 8- or 16-bit values in it as
+        # often as full-width ones, so the largest value decides which (8-bit ones must not come out black,
+        # full-width ones not white).
+        top = int(values.max(initial=0))
+        white = 255 if top <= 255 else 65535 if top <= 65535 else int(np.iinfo(values.dtype).max)
+    # White is always 2**n - 1, which this divisor takes to 255 exactly (65535 // 257, 4095 // 16).
+    return (np.clip(values, 0, white) // max(1, round(white / 255))).astype(np.uint8)
 
 
 def _float_to_uint8(values: np.ndarray) -> np.ndarray:

@@ -386,6 +386,45 @@ def test_32_bit_integer_tiffs_keep_their_brightness(tmp_path: Path, photo_rgb: n
     assert _mean_abs_diff(load_image(path), expected) < 1.0
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_signed_16_bit_tiffs_keep_their_negative_half(tmp_path: Path, photo_rgb: np.ndarray, channels: int) -> None:
+    # Samples below zero, the darker half of the range, came out black. Pillow reads the grey file, OpenCV the colour.
+    bgr8 = _bgr(photo_rgb)
+    if channels == 1:
+        bgr8 = cv2.cvtColor(cv2.cvtColor(bgr8, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    signed = (bgr8.astype(np.int32) * 257 - 32768).astype(np.int16)
+    path = tmp_path / f"signed{channels}.tif"
+    assert cv2.imwrite(str(path), signed[:, :, 0] if channels == 1 else signed)
+    assert _mean_abs_diff(load_image(path), bgr8) < 1.0
+
+
+def _pack_12_bit(samples: np.ndarray) -> bytes:
+    """Rows of 12-bit samples as a TIFF stores them: two in three bytes, high bits first (rows of even length)."""
+    first, second = samples[:, 0::2].astype(np.uint16), samples[:, 1::2].astype(np.uint16)
+    return np.stack([first >> 4, (first & 15) << 4 | second >> 8, second & 255], axis=-1).astype(np.uint8).tobytes()
+
+
+def test_twelve_bit_tiff_is_not_darkened(photo_rgb: np.ndarray) -> None:
+    # Pillow puts 12-bit samples unscaled in its 16-bit mode; divided as if they used 16 bits, they came out near black.
+    grey = cv2.cvtColor(_bgr(photo_rgb), cv2.COLOR_BGR2GRAY)
+    twelve_bit = grey.astype(np.uint32) * 4095 // 255
+    pixels = _pack_12_bit(twelve_bit)
+    image = decode_image(_tiff(_image_tags(96, 112, 1, 12, False, len(pixels)), pixels))
+    assert _mean_abs_diff(image, cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)) < 1.0
+    # Only the file's word counts: the same values in a 16-bit file are a dark 16-bit photo, not stretched.
+    pixels = twelve_bit.astype("<u2").tobytes()
+    image = decode_image(_tiff(_image_tags(96, 112, 1, 16, False, len(pixels)), pixels))
+    assert image.max() <= 4095 // 257
+
+
+def test_unsigned_32_bit_tiff_keeps_values_from_2_31_up(photo_rgb: np.ndarray) -> None:
+    # Pillow keeps unsigned 32-bit samples in its signed mode I: the brighter half turned negative, so black.
+    grey = cv2.cvtColor(_bgr(photo_rgb), cv2.COLOR_BGR2GRAY)
+    pixels = (grey.astype(np.uint32) * 16843009).astype("<u4").tobytes()  # 255 * 16843009 is 2**32 - 1
+    image = decode_image(_tiff(_image_tags(96, 112, 1, 32, False, len(pixels)), pixels))
+    assert _mean_abs_diff(image, cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)) < 1.0
+
+
 def test_a_damaged_compressed_tiff_is_an_error_and_prints_nothing(
     tmp_path: Path, photo_rgb: np.ndarray, capfd
 ) -> None:
