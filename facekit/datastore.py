@@ -35,6 +35,7 @@ import numpy as np
 
 from facekit import FacekitWarning
 from facekit.errors import one_line, printable_path
+from facekit.export import thread_count
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,12 @@ class Match:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """FAISS/OpenMP threads for this process: FACEKIT_THREADS, else at most 2.
+    """FAISS/OpenMP threads for this process: threads, else FACEKIT_THREADS, else at most 2 (and no more than
+    the cores it may use, facekit.export.thread_count).
 
     More threads than free cores makes OpenMP spin against other work (the machine is shared), and single
     queries run on one thread anyway; the extra thread helps index builds and batched queries."""
-    threads = threads or int(os.environ.get("FACEKIT_THREADS", "0")) or min(2, os.cpu_count() or 1)
+    threads = thread_count(threads, default_at_most=2)
     faiss.omp_set_num_threads(threads)
     return threads
 

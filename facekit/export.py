@@ -16,7 +16,10 @@ import errno
 import functools
 import hashlib
 import json
+import math
+import operator
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -38,6 +41,14 @@ CALIBRATION_CROPS = 200
 # a file rather than a folder. The Embedder's "auto" backend then falls back to torch.
 CACHE_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
                     errno.ENOTDIR)
+# The cache's own file names (cached_model_path): nothing else in the folder is ever deleted.
+CACHED_MODEL_NAME = re.compile(r"facekit-irv2-[0-9a-f]{16}(-int8)?\.onnx")
+# Cached exports kept of each kind (fp32, int8), the current one included. More than one: a name is a hash of the
+# weights, so an earlier version cannot be told from other weights in use beside them, and keeping only the newest
+# would have two models evict each other's export on every run.
+CACHE_KEEP = 3
+THREADS_ENV_VAR = "FACEKIT_THREADS"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def weights_base(weights: str | os.PathLike | None) -> Path:
@@ -111,6 +122,32 @@ def cache_dir() -> Path:
 
 def cached_model_path(weights: str | os.PathLike | None = None, int8: bool = False) -> Path:
     return cache_dir() / f"facekit-irv2-{weights_key(weights)[:16]}{'-int8' if int8 else ''}.onnx"
+
+
+def prune_cache(current: Path, keep: int = CACHE_KEEP) -> None:
+    """Delete all but the `keep` most recently used cached exports of current's kind (fp32 or int8), never current.
+
+    Best effort, as other processes may share the cache: a file another one deleted first is skipped, and one it
+    has open stays readable to it until closed (on Windows, where it cannot be deleted then, it is left)."""
+    kind = CACHED_MODEL_NAME.fullmatch(current.name)
+    if kind is None:
+        return
+    others = []
+    with contextlib.suppress(OSError):
+        for path in current.parent.iterdir():
+            match = CACHED_MODEL_NAME.fullmatch(path.name)
+            if match and match.group(1) == kind.group(1) and path.name != current.name:
+                with contextlib.suppress(OSError):
+                    others.append((path.stat().st_mtime_ns, path))
+    for _, path in sorted(others, reverse=True)[max(0, keep - 1):]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _mark_used(path: Path) -> None:
+    # Use is told by the modification time (access times are rarely kept); a read-only cache just keeps its order.
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
@@ -344,29 +381,70 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
 # --- ONNX Runtime sessions ------------------------------------------------------------------------------
 
 
-def physical_cores() -> int:
-    """Cores this process may run on, counting hyper-threads once: they share one core's vector units."""
+def cgroup_cpu_limit(cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """The CPUs a container's CPU quota allows, rounded up (`docker run --cpus=1.5`: 2); None where there is none.
+
+    cgroup v2's cpu.max holds "<quota> <period>" or "max <period>"; v1 has cpu.cfs_quota_us (-1: none) and
+    cpu.cfs_period_us. A file missing or garbled counts as no quota."""
+    sources = [(cgroup_root / "cpu.max", None)] + [(cgroup_root / folder / "cpu.cfs_quota_us",
+                                                    cgroup_root / folder / "cpu.cfs_period_us")
+                                                   for folder in ("cpu", "cpu,cpuacct")]
+    for quota_file, period_file in sources:
+        try:
+            fields = quota_file.read_text().split() + (period_file.read_text().split() if period_file else [])
+            quota, period = (int(field) for field in fields)
+        except (OSError, ValueError):  # ValueError: "max", garbled text, or other than two numbers
+            continue
+        return math.ceil(quota / period) if quota > 0 and period > 0 else None
+    return None
+
+
+def physical_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may run on, counting hyper-threads once (they share one core's vector units), and no
+    more than its container's CPU quota: threads beyond it only wait to be scheduled. The quota is CPU time,
+    whichever hyper-threads spend it, so it is not divided by them."""
     logical = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    quota = cgroup_cpu_limit(cgroup_root) or usable
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return usable
+        return max(1, min(usable, quota))
     cores = set()
     for block in text.split("\n\n"):
         fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
         if "core id" in fields:
             cores.add((fields.get("physical id"), fields["core id"]))
     threads_per_core = max(1, logical // len(cores)) if cores else 1
-    return max(1, usable // threads_per_core)
+    return max(1, min(usable // threads_per_core, quota))
+
+
+def thread_count(threads: int | None = None, default_at_most: int | None = None) -> int:
+    """The threads facekit's CPU work (ONNX Runtime, torch, FAISS) should use: `threads` if given, else
+    $FACEKIT_THREADS, else physical_cores(), then no more than default_at_most where more would not pay.
+
+    Anything but a whole number of at least 1 is a ValueError: ONNX Runtime takes 0 for its own default, which
+    counts every hyper-thread and ignores a container's quota."""
+    setting = os.environ.get(THREADS_ENV_VAR, "").strip()
+    if threads is None and not setting:
+        cores = physical_cores()
+        return cores if default_at_most is None else min(cores, default_at_most)
+    value, name = (threads, "threads") if threads is not None else (setting, THREADS_ENV_VAR)
+    try:
+        number = int(value) if isinstance(value, str) else operator.index(value)  # index(): no floats
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return number
 
 
 def create_session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session: one thread per physical core unless told, no inter-op pool."""
+    """An ONNX Runtime CPU session: thread_count(threads) threads, no inter-op pool."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or physical_cores()
+    options.intra_op_num_threads = thread_count(threads)
     # The graph is one chain of blocks: parallel branches are too small to feed a second pool.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -406,6 +484,8 @@ def current_shipped_model(weights: str | os.PathLike | None = None) -> Path | No
 def open_session(weights: str | os.PathLike | None = None, threads: int | None = None, int8: bool = False):
     """An ONNX Runtime session for these weights: the file shipped beside them when it was exported from
     exactly them and by this graph version, else the cached export (made on first use)."""
+    # Checked first: the shipped file's session takes a ValueError for a damaged file and passes it over.
+    threads = thread_count(threads)
     shipped = None if int8 else shipped_model(weights)
     session = _current_session(shipped, weights, threads) if shipped else None  # opened once: checked, then used
     return session or create_session(cached_model(weights, int8), threads)
@@ -450,19 +530,22 @@ def cached_model(weights: str | os.PathLike | None = None, int8: bool = False) -
     """The cached ONNX file for these weights, exported on first use (fp32 only: int8 needs calibration data)."""
     path = cached_model_path(weights, int8)
     if path.is_file():
+        _mark_used(path)
         return path
     if int8:
         raise FileNotFoundError(
             f"no int8 model for these weights in {path.parent}; make one with "
             "`facekit export onnx --int8 --calibration CROPS_OR_PHOTOS --cache`")
     try:
-        return export_onnx(weights, path)
+        export_onnx(weights, path)
     except OSError as exc:
         if exc.errno not in CACHE_UNWRITABLE:
             raise
         # Named by the folder and the fix: the error itself names a temporary file, or nothing (a full disk).
         raise OSError(exc.errno, f"cannot write facekit's ONNX cache ({exc.strerror}; FACEKIT_CACHE sets another)",
                       str(path.parent)) from exc
+    prune_cache(path)
+    return path
 
 
 # --- `facekit export` -----------------------------------------------------------------------------------
@@ -505,6 +588,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.int8:
         shipped = current_shipped_model(args.weights)  # copied rather than re-exported, so torch is not needed
         copy_shipped_model(shipped, args.weights, output) if shipped else export_onnx(args.weights, output)
+        if args.cache:
+            prune_cache(output)
         print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
         return 0
     crops = calibration_crops(args.calibration, args.calibration_count)
@@ -513,6 +598,8 @@ def run(args: argparse.Namespace) -> int:
         fp32 = current_shipped_model(args.weights) or export_onnx(args.weights, Path(work) / "fp32.onnx")
         quantize_int8(fp32, output, crops)
         agreement = mean_cosine(fp32, output, crops)
+    if args.cache:
+        prune_cache(output)
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB), calibrated on {len(crops)} crops; "
           f"int8 vs fp32 mean cosine on them: {agreement:.4f}")
     return 0

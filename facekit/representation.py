@@ -25,6 +25,7 @@ from facekit.export import (
     preprocess,
     read_card,
     session_fingerprint,
+    thread_count,
 )
 
 if TYPE_CHECKING:
@@ -170,6 +171,8 @@ class Embedder:
     and the model runs on the CPU, else torch.
     FACEKIT_INT8=1 turns "auto" and "onnx" into "onnx-int8". `weights` may also name an .onnx file
     written by `facekit export onnx`, which carries its model card.
+    threads: CPU threads for either backend; default $FACEKIT_THREADS, else one per physical core within the
+    container's CPU quota (facekit.export.thread_count).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None,
@@ -180,6 +183,7 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
+        threads = thread_count(threads)  # FACEKIT_THREADS or the cores, for either backend; checked before any work
         # Which weights made an embedding; a gallery refuses to mix two models' embeddings.
         self.model_id: str | None = None if str(weights).endswith(".onnx") else model_fingerprint(weights)
         self.backend = self._choose_backend(backend, weights, device)
@@ -197,8 +201,7 @@ class Embedder:
                 self.backend = "torch"
         if self.backend == "torch":
             torch = require_torch("the torch embedder backend")
-            if threads:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
             model, self.card = load_model(weights)
             self.model = model.to(self.device).to(memory_format=torch.channels_last)
         if "threshold" not in self.card:  # a training run's own card, say, before tools/release_model.py --lfw

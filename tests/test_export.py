@@ -481,3 +481,85 @@ def test_a_ctrl_c_inside_onnxruntimes_import_is_not_taken_for_a_missing_runtime(
     monkeypatch.setattr(builtins, "__import__", interrupted)
     with pytest.raises(KeyboardInterrupt):
         representation.onnxruntime_available()
+
+
+def test_facekit_threads_sets_the_threads_of_both_backends(tiny, face_crops, monkeypatch):
+    """Only FAISS honoured FACEKIT_THREADS: ONNX Runtime took a thread per core, torch its own default."""
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    monkeypatch.setenv("FACEKIT_THREADS", "3")
+    try:
+        in_onnx, in_torch = Embedder(tiny, backend="onnx"), Embedder(tiny, backend="torch")
+        assert in_onnx._session.get_session_options().intra_op_num_threads == 3
+        assert torch.get_num_threads() == 3
+        assert cosines(in_onnx.embed(face_crops[:2]), in_torch.embed(face_crops[:2])).min() >= 0.9999
+        assert Embedder(tiny, backend="onnx", threads=1)._session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(torch_threads)
+    monkeypatch.setenv("FACEKIT_THREADS", "all")
+    with pytest.raises(ValueError, match="^FACEKIT_THREADS must be a whole number of at least 1, not 'all'$"):
+        Embedder(tiny, backend="onnx")
+
+
+def test_the_onnx_cache_keeps_only_the_most_recently_used_exports(tiny, face_crops, tmp_path, monkeypatch):
+    """It kept an export (tens of MB) of every weights version ever used."""
+    import torch
+
+    from facekit.export import CACHE_KEEP, cached_model_path
+    from facekit.training.train import save_weights
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("FACEKIT_CACHE", str(cache))
+    # Exports of earlier weights, oldest first, and files the cache did not name: those are never deleted.
+    earlier = [cache / f"facekit-irv2-{number:016x}.onnx" for number in range(CACHE_KEEP + 1)]
+    for age, path in enumerate(earlier):
+        path.write_bytes(b"an earlier export")
+        os.utime(path, (1_000_000_000 + age,) * 2)
+    not_the_caches = [cache / name for name in ("facekit-irv2-0000000000000000-int8.onnx", "facekit-irv2.onnx",
+                                                "facekit-irv2-notahexkey000000.onnx", "notes.txt",
+                                                ".facekit-irv2-0000000000000009.onnx.x1y2.tmp")]
+    for path in not_the_caches:
+        path.write_bytes(b"kept")
+
+    first = Embedder(tiny, backend="onnx")  # exported now: the CACHE_KEEP - 1 most recent earlier ones stay
+    current = cached_model_path(tiny)
+    assert current.is_file()
+    assert [path.exists() for path in earlier] == [False] * 2 + [True] * (CACHE_KEEP - 1)
+    # A used export counts as recent, however old: made again by a second Embedder, it was the oldest.
+    os.utime(current, (1, 1))
+    Embedder(tiny, backend="onnx")
+    torch.manual_seed(8)
+    save_weights(build_model(width=0.125, blocks=(1, 1, 1)).eval(), ModelConfig(width=0.125, blocks=(1, 1, 1)),
+                 tmp_path / "next", {"threshold": 0.3})
+    Embedder(tmp_path / "next", backend="onnx")
+    assert cached_model_path(tmp_path / "next").is_file() and current.is_file()
+    assert [path.exists() for path in earlier] == [False] * 3 + [True] * (CACHE_KEEP - 2)
+    assert all(path.read_bytes() == b"kept" for path in not_the_caches)
+    # A session open on a deleted export still embeds: ONNX Runtime read the file when it opened it.
+    current.unlink()
+    assert first.embed(face_crops[:1]).shape == (1, 512)
+
+
+def test_pruning_the_cache_passes_over_files_another_process_deletes_or_holds(tmp_path, monkeypatch):
+    from facekit.export import prune_cache
+
+    stale = [tmp_path / f"facekit-irv2-{number:016x}.onnx" for number in range(4)]
+    for age, path in enumerate(stale):
+        path.write_bytes(b"an earlier export")
+        os.utime(path, (1_000_000_000 + age,) * 2)
+    current = tmp_path / "facekit-irv2-ffffffffffffffff.onnx"
+    current.write_bytes(b"the current export")
+    real_unlink = Path.unlink
+
+    def contended(path: Path, missing_ok: bool = False) -> None:
+        if path == stale[0]:  # deleted by another process between our listing and our unlink
+            real_unlink(path)
+        elif path == stale[1]:  # open in another process, on Windows
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", contended)
+    prune_cache(current, keep=2)
+    assert [path.exists() for path in stale] == [False, True, False, True] and current.is_file()
