@@ -108,26 +108,38 @@ def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = Fal
 
 
 def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathLike) -> int:
-    """Enrol the largest face of one image as `identity`; returns its id in the gallery. No face is a ValueError.
+    """Enrol the largest face of one image as `identity`; returns its id in the gallery. As with `enroll`, a photo
+    whose content is enrolled as this identity already is not added again (its id is returned), and one enrolled
+    as someone else is a ValueError; so is an image without a face.
 
-    A file is recorded by its path and content hash, an array by the hash of its pixels."""
+    A file is recorded by its absolute path and content hash, an array by the hash of its pixels."""
     import hashlib
 
+    from facekit.datastore import clean_identity
     from facekit.imageio import decode_image, read_image_file
 
     _check_size(gallery)
     if isinstance(image, np.ndarray):
-        array, source, data = image, "<array>", np.ascontiguousarray(image).tobytes()
+        array, name, source, data = image, "the image", "<array>", np.ascontiguousarray(image).tobytes()
     else:  # read once: the hash recorded is that of the bytes embedded
-        source, data = str(image), read_image_file(image)
-        array = decode_image(data, name=source)
+        # Absolute, so that the path still names the photo from another folder; abspath, not resolve, keeps a
+        # symlink as the user named it.
+        name, source, data = str(image), os.path.abspath(image), read_image_file(image)
+        array = decode_image(data, name=name)
+    identity, sha256 = clean_identity(identity), hashlib.sha256(data).hexdigest()
     faces = face_embeddings(array)
     if not faces:
-        raise ValueError(f"no face found in {source if source != '<array>' else 'the image'}")
+        raise ValueError(f"no face found in {name}")
     face, embedding = faces[0]
     with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
         gallery.bind_model(pipeline().embedder.model_id)
-        return gallery.add(identity, embedding[None], [{"path": source, "sha256": hashlib.sha256(data).hexdigest(),
+        enrolled = gallery.source_face(sha256)
+        if enrolled is not None and enrolled[1] == identity:  # as enroll skips it: a second copy would only weigh more
+            return enrolled[0]
+        if enrolled is not None:
+            raise ValueError(f"{name}: the same photo is enrolled as {enrolled[1]}; not added to {identity} "
+                             "(gallery.remove_photos takes it out of the gallery)")
+        return gallery.add(identity, embedding[None], [{"path": source, "sha256": sha256,
                                                         "box": [float(v) for v in face.box]}])[0]
 
 

@@ -18,12 +18,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from facekit.errors import escape_unencodable_output, printable_path
+from facekit.errors import escape_control_characters, escape_unencodable_output, printable_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-# Characters that end a line or steer a terminal (a newline or an ESC in a file name), and Unicode's line breaks.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 INTERRUPTED = "interrupted; everything committed before this point is kept"
 
 
@@ -78,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "calibrated on LFW for search in a gallery)")
     identify.add_argument("--top-k", type=int, default=3, help="candidates listed per face (default: 3)")
     output = identify.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object per image per line: {image, faces}, or {image, error} for an image "
+                             "that cannot be read")
     output.add_argument("--csv", action="store_true", help="CSV, one row per face")
     identify.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and names drawn")
 
@@ -185,9 +185,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         for warning in report.warnings:
-            print(f"warning: {printable(warning)}", file=sys.stderr)
+            print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
         for path, reason in report.skipped:
-            print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
+            print(escape_control_characters(f"skipped {path}: {reason}"), file=sys.stderr)
         print(f"{summary['people']} people, {report.files} files: {report.enrolled} faces enrolled, "
               f"{report.already_enrolled} already enrolled, {len(report.skipped)} skipped; "
               f"gallery now holds {total} faces")
@@ -225,13 +225,16 @@ def cmd_identify(args: argparse.Namespace) -> int:
     def unreadable(error: OSError) -> None:
         nonlocal found
         found += 1  # a folder that could not be listed may hold images: "no images" would not be true
-        print(printable(f"error: cannot read folder {error.filename}: {error.strerror or error}"), file=sys.stderr)
+        message = f"error: cannot read folder {error.filename}: {error.strerror or error}"
+        print(escape_control_characters(message), file=sys.stderr)
 
     with gallery:
         for item in pipeline.load_many(iter_image_paths(args.images, unreadable)):
             found += 1
             if item.error:
-                print(f"error: {printable(item.error)}", file=sys.stderr)
+                print(f"error: {escape_control_characters(item.error)}", file=sys.stderr)
+                if args.json:  # a record for every image, so that a reader of the stream knows which ones failed
+                    print(json.dumps({"image": item.path, "error": item.error}), flush=True)
                 continue
             processed += 1
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
@@ -242,7 +245,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     writer.writerow([item.path, number, *face["box"], face["identity"] or "unknown",
                                      face["similarity"]])
             else:
-                print(f"{printable(item.path)}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+                print(f"{escape_control_characters(item.path)}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
                 for face in faces:
                     x, y, w, h = face["box"]
                     best = face["candidates"][0] if face["candidates"] else None
@@ -259,8 +262,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 annotated.add(out)
     if processed == 0:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        print(printable("error: no image could be read" if found else f"error: no images ({extensions}) in "
-                        f"{', '.join(args.images)}"), file=sys.stderr)
+        message = "no image could be read" if found else f"no images ({extensions}) in {', '.join(args.images)}"
+        print(f"error: {escape_control_characters(message)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -297,12 +300,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def printable(text: str) -> str:
-    """text for a human's line of output: a control character in it (a newline in a file name, say) as an escape
-    (\\n), so that an error stays one line and a record cannot be taken for two. JSON and CSV escape their own."""
-    return CONTROL_CHARACTERS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
-
-
 def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
     if args.csv:
         # The csv module's own dialect, as identify --csv writes: one CSV style for the whole CLI.
@@ -315,13 +312,13 @@ def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
         elif args.csv:
             writer.writerow({**photo, "created": created})
         else:
-            print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {printable(photo['path'])}")
+            print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {escape_control_characters(photo['path'])}")
 
 
 def photo_keys(photo: str) -> set[str]:
     """What one remove-photo argument may be enrolled as: its sha256 (the gallery stores it in lower case), its
-    path spelt as given, absolute or relative to here (enroll records a path as it was given one), and a file's
-    content."""
+    path spelt as given, absolute (as enroll records a path) or relative to here (as galleries enrolled before
+    facekit recorded absolute paths hold it, when enrolled from here), and a file's content."""
     if not photo:
         raise CliError('a PHOTO argument is empty (an unset variable in "$VAR"?)')
     path = Path(photo)
@@ -355,11 +352,11 @@ def remove_photos(gallery, photos: list[str]) -> int:
     removed = gallery.remove_photos(list(asked))
     matched: set[str] = set()
     for face in removed:
-        print(f"removed {face['path']} from {face['identity']}")
+        print(f"removed {escape_control_characters(face['path'])} from {face['identity']}")
         matched |= asked.get(face["sha256"], set()) | asked.get(face["path"], set())
     missing = [photo for photo in dict.fromkeys(photos) if photo not in matched]
     for photo in missing:
-        print(f"error: not enrolled in {gallery.root}: {photo}", file=sys.stderr)
+        print(escape_control_characters(f"error: not enrolled in {gallery.root}: {photo}"), file=sys.stderr)
     return EXIT_FAILED if missing else EXIT_OK
 
 
@@ -420,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("always", category=FacekitWarning)
-        warnings.showwarning = lambda message, *_args, **_kwargs: print(printable(f"warning: {message}"),
-                                                                         file=sys.stderr)
+        warnings.showwarning = lambda message, *_args, **_kwargs: print(
+            f"warning: {escape_control_characters(str(message))}", file=sys.stderr)
         handler = COMMANDS.get(args.command) or args.handler
         return handler(args)
 
@@ -437,7 +434,7 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
     try:
         return run()
     except CliError as exc:
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        print(f"error: {escape_control_characters(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
@@ -455,7 +452,7 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
             message = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
         else:
             raise
-        print(f"error: {printable(message)}", file=sys.stderr)
+        print(f"error: {escape_control_characters(message)}", file=sys.stderr)
         return EXIT_USAGE
 
 

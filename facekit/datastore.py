@@ -763,10 +763,16 @@ class Gallery:
 
     def source_identity(self, sha256: str) -> str | None:
         """Who a file with this content hash was enrolled as; None if it was not."""
+        found = self.source_face(sha256)
+        return None if found is None else found[1]
+
+    def source_face(self, sha256: str) -> tuple[int, str] | None:
+        """The id and identity of the (first) face enrolled from a file with this content hash; None if none was."""
         with self._transaction() as conn:
-            row = conn.execute(f"SELECT i.name {LIVE_ROWS} WHERE e.sha256 = ? LIMIT 1", (str(sha256).lower(),))
+            row = conn.execute(f"SELECT e.id, i.name {LIVE_ROWS} WHERE e.sha256 = ? ORDER BY e.id LIMIT 1",
+                               (str(sha256).lower(),))
             found = row.fetchone()
-        return None if found is None else found[0]
+        return None if found is None else (found[0], found[1])
 
     def photos(self, identity: str | None = None) -> list[dict]:
         """Every enrolled face's {identity, path, sha256, created} (created: Unix time), by identity then age;

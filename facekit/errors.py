@@ -1,9 +1,14 @@
-"""An exception as the one line that facekit's errors and the CLI show."""
+"""One line of text, as facekit's errors and the CLI show it: an exception's message, and a file name with its control
+characters and its bytes that are not UTF-8 escaped."""
 
 from __future__ import annotations
 
 import codecs
+import re
 import sys
+
+# Characters that end a line or steer a terminal (a newline or an ESC in a file name), and Unicode's line breaks.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def one_line(error: BaseException) -> str:
@@ -15,6 +20,12 @@ def first_line(error: BaseException) -> str:
     """The first line only, for errors that list details below a summary (torch's load_state_dict mismatches)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def escape_control_characters(text: str) -> str:
+    """text for a human's line of output: a control character in it (a newline in a file name, say) as an escape
+    (\\n), so that an error stays one line and a record cannot be taken for two. JSON and CSV escape their own."""
+    return CONTROL_CHARACTERS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def printable_path(path: str) -> str:

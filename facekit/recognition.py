@@ -245,7 +245,8 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
 
 def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLike, *, workers: int = 1,
            progress: bool = True, batch_images: int = 16) -> EnrollReport:
-    """Enrol one face (the largest) per image. Files whose content hash is enrolled already are skipped.
+    """Enrol one face (the largest) per image, recorded by its absolute path. Files whose content hash is enrolled
+    already are skipped.
 
     Faces are embedded in batches across images, and each batch is added under one hold of the gallery's writer
     lock, a photo per transaction, then checkpointed: a kill loses at most the batch in flight, never anything
@@ -285,7 +286,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             for (identity, item, face), embedding in zip(pending, embeddings):
                 if already_enrolled(item, identity):  # the same file may sit twice in one batch
                     continue
-                gallery.add(identity, embedding[None], [{"path": item.path, "sha256": item.sha256,
+                # Absolute, so that the path still names the photo from another folder; abspath, not resolve, keeps
+                # a symlink as the user named it.
+                gallery.add(identity, embedding[None], [{"path": os.path.abspath(item.path), "sha256": item.sha256,
                                                          "box": [float(v) for v in face.box]}])
                 report.enrolled += 1
         pending.clear()

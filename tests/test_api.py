@@ -115,3 +115,30 @@ def test_add_face_and_enroll_leave_a_gallery_of_another_size_to_its_own_model(tm
         with gallery.writer():
             gallery.bind_model("f" * 64)  # its own model's fingerprint: still welcome
         assert len(gallery) == 0
+
+
+def test_add_face_records_a_file_by_absolute_path_and_a_symlink_as_named(tmp_path, monkeypatch, grace_hopper_path):
+    (tmp_path / "link.jpg").symlink_to(grace_hopper_path)
+    monkeypatch.chdir(tmp_path)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "grace_hopper", "link.jpg")
+        assert [photo["path"] for photo in gallery.photos()] == [str(tmp_path / "link.jpg")]
+
+
+def test_add_face_skips_a_photo_enrolled_already_and_refuses_one_enrolled_as_someone_else(tmp_path,
+                                                                                           grace_hopper_path):
+    """As enroll does: the same photo twice would only weigh more, and one face under two names would make
+    identify's answer a coin toss."""
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(grace_hopper_path.read_bytes())
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        first = facekit.add_face(gallery, "grace_hopper", grace_hopper_path)
+        assert facekit.add_face(gallery, "grace_hopper", copy) == first
+        assert gallery.identities() == [("grace_hopper", 1)]
+        with pytest.raises(ValueError, match=r"^.*copy.jpg: the same photo is enrolled as grace_hopper; not added to "
+                                             r"ada \(gallery.remove_photos takes it out of the gallery\)$"):
+            facekit.add_face(gallery, "ada", copy)
+        assert gallery.identities() == [("grace_hopper", 1)]
+        gallery.remove_photos(hashlib.sha256(copy.read_bytes()).hexdigest())
+        facekit.add_face(gallery, "ada", copy)
+        assert gallery.identities() == [("ada", 1)]

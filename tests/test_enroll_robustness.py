@@ -207,7 +207,7 @@ def test_two_enrolls_at_once_and_an_identify_beside_them(tmp_path, people, unint
     assert_checks_clean(gallery, len(faces))
 
 
-def test_identify_on_a_folder_of_good_and_bad_files_gives_one_record_per_readable_photo(
+def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and_an_error_per_bad_file(
         tmp_path, uninterrupted, astronaut_bgr, grace_hopper_path):
     from PIL import Image
 
@@ -240,11 +240,17 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_one_record_per_readabl
         errors = result.stderr.splitlines()
         assert len(errors) == len(bad) and all(line.startswith("error: ") for line in errors), result.stderr
         assert [name for name in bad if any(name in line for line in errors)] == bad
+    # JSON gives a bad file a record too, with the error stderr shows; CSV's rows are faces, and a bad file has none.
     records = [json.loads(line) for line in runs["json"].stdout.splitlines()]
-    assert [Path(record["image"]).name for record in records] == list(readable)
+    assert [Path(record["image"]).name for record in records] == sorted([*readable, *bad])
+    assert runs["json"].stderr.splitlines() == [f"error: {record['error']}" for record in records if "error" in record]
     for record in records:
-        expected = readable[Path(record["image"]).name]
-        assert [face["identity"] for face in record["faces"]] == ([expected] if expected else [])
+        name = Path(record["image"]).name
+        if name in bad:
+            assert set(record) == {"image", "error"}
+        else:
+            expected = readable[name]
+            assert [face["identity"] for face in record["faces"]] == ([expected] if expected else [])
     rows = list(csv.reader(io.StringIO(runs["csv"].stdout)))
     assert rows[0] == ["image", "face", "x", "y", "w", "h", "identity", "similarity"]
     assert [(Path(row[0]).name, row[6]) for row in rows[1:]] == [(name, who) for name, who in readable.items() if who]

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[str, tuple[str | None, float]] = {}  # probe -> its best candidate, whatever the threshold
     for line in identify.stdout.splitlines():
         record = json.loads(line)
-        faces = record["faces"]
+        faces = record.get("faces", [])  # an image that could not be read has an "error" instead: a miss
         # The probe's subject is the largest face (LFW centres one person per photo).
         main_face = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
         answers[record["image"]] = main_face["identity"] if main_face else "<no face>"
