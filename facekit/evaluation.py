@@ -332,6 +332,8 @@ def format_metrics(result: dict) -> list[str]:
                      f"{1 / negatives:.1e})")
         return line
 
+    # A broken file is no face the detector missed, so where it is counted (eval identify) it is named apart.
+    unreadable = f"{result['unreadable']} with an unreadable image, " if "unreadable" in result else ""
     lines = [
         f"accuracy        {accuracy}",
         f"AUC             {result['auc']:.4f}",
@@ -339,7 +341,7 @@ def format_metrics(result: dict) -> list[str]:
         tar("1e-3"),
         tar("1e-4"),
         f"threshold       {result['threshold']:.4f}",
-        f"pairs           {result['pairs']} ({result['no_face']} with a face not found, counted as errors)",
+        f"pairs           {result['pairs']} ({result['no_face']} with a face not found, {unreadable}counted as errors)",
     ]
     if result.get("threshold_at_far"):
         lines.append(f"1:N thresholds  over all {result['impostor_pairs']:,} different-person pairs of the images:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -38,9 +39,10 @@ def add_parser(commands: argparse._SubParsersAction, add_pipeline_options: Calla
         sub.set_defaults(handler=run)
 
 
-def embed_paths(pipeline, paths: list[str], workers: int = 1, progress: bool = True,
-                pick: str = "primary") -> dict[str, np.ndarray | None]:
-    """One embedding per image (its primary face), None where the image has no usable face."""
+def embed_paths(pipeline, paths: list[str], workers: int = 1, progress: bool = True, pick: str = "primary",
+                unreadable: dict[str, str] | None = None) -> dict[str, np.ndarray | None]:
+    """One embedding per image (its primary face), None where the image has no usable face or cannot be read.
+    Where `unreadable` is given, each image that cannot be read (a corrupt file) goes into it with the reason."""
     from tqdm import tqdm
 
     from facekit.recognition import primary_face
@@ -48,6 +50,8 @@ def embed_paths(pipeline, paths: list[str], workers: int = 1, progress: bool = T
     table: dict[str, np.ndarray | None] = {}
     for item in tqdm(pipeline.load_many(paths, workers=workers), total=len(paths), desc="embedding",
                      unit="img", disable=not progress, file=sys.stderr):
+        if item.image is None and unreadable is not None:
+            unreadable[item.path] = str(item.error)
         face = None
         if item.image is not None:
             face = primary_face(item.faces, item.image.shape) if pick == "primary" else (item.faces or [None])[0]
@@ -69,6 +73,7 @@ def pair_scores(pairs, table: dict[str, np.ndarray | None]) -> tuple[np.ndarray,
 
 def run(args: argparse.Namespace) -> int:
     from facekit.cli import CliError, make_pipeline
+    from facekit.errors import escape_control_characters
     from facekit.evaluation import (
         format_metrics,
         impostor_thresholds,
@@ -117,12 +122,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        for image in result.get("unreadable_images", []):
+            print(f"warning: {escape_control_characters(image['reason'])}", file=sys.stderr)
         print("\n".join(format_metrics(result)))
         if "rank1" in result:
             print(f"rank-1          {result['rank1'] * 100:.2f} %")
             print(f"rank-5          {result['rank5'] * 100:.2f} %")
             print(f"probes          {result['probes']} ({result['probes_without_face']} with a face not found, "
-                  "a miss at every rank)")
+                  f"{result['probes_unreadable']} unreadable: a miss at every rank)")
+            print(f"gallery         {result['gallery_identities']} people (images left out: "
+                  f"{result['gallery_images_without_face']} with a face not found, "
+                  f"{result['gallery_images_unreadable']} unreadable)")
     if args.plot:
         # After the results: a plot that fails now (a folder removed meanwhile) no longer loses the evaluation.
         sys.stdout.flush()
@@ -172,6 +182,7 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
         raise CliError(f"file not found: {probes_file}")
     root = Path(args.root) if args.root else probes_file.parent
     probes = []
+    probe_lines: list[tuple[int, str]] = []  # (line, path), for naming the lines of a probe listed twice
     for line, row in csv_rows(probes_file, {"path", "identity"}):
         try:  # spelled as the gallery spells its people: NFC, no surrounding spaces
             identity = clean_identity(row["identity"])
@@ -181,13 +192,17 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
         if identity not in people:
             raise CliError(f"{probes_file}: line {line}: {identity!r} has no folder in {args.gallery_dir}")
         probes.append((str(root / row["path"].strip()), identity))
+        probe_lines.append((line, probes[-1][0]))
     if not probes:
         raise CliError(f"no probes in {probes_file}")
     missing = sorted({path for path, _ in probes if not Path(path).is_file()})
     if missing:  # a wrong --root or a misspelt path, not a face the detector missed
         raise CliError(f"{len(missing)} of the probe images are missing, such as {missing[0]} "
                        "(relative paths start from --root, or the list's folder)")
-    gallery_table = embed_paths(pipeline, [p for _, p in enrolled], args.workers, progress, pick="largest")
+    refuse_repeated_probes(probes_file, probe_lines)
+    gallery_unreadable: dict[str, str] = {}
+    gallery_table = embed_paths(pipeline, [p for _, p in enrolled], args.workers, progress, pick="largest",
+                                unreadable=gallery_unreadable)
     names = sorted(people)
     centre = {name: [] for name in names}
     for identity, path in enrolled:
@@ -195,14 +210,15 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
             centre[identity].append(gallery_table[path])
     names = [n for n in names if centre[n]]
     if not names:
-        raise CliError("no face found in any gallery image")
+        raise CliError(f"no face found in any gallery image{unreadable_note(gallery_unreadable)}")
     if len(names) < 2:  # every probe would be first among one, and no comparison would be of different people
         raise CliError(f"identification needs 2 or more people with a face found in the gallery, not only {names[0]!r}")
     stacked = [np.stack(centre[n]) for n in names]
-    probe_table = embed_paths(pipeline, [p for p, _ in probes], args.workers, progress)
+    probe_unreadable: dict[str, str] = {}
+    probe_table = embed_paths(pipeline, [p for p, _ in probes], args.workers, progress, unreadable=probe_unreadable)
     if not any(probe_table.get(path) is not None for path, _ in probes):
-        raise CliError(f"no face found in any probe image of {probes_file}")
-    ranks, scores, same, failed = [], [], [], []
+        raise CliError(f"no face found in any probe image of {probes_file}{unreadable_note(probe_unreadable)}")
+    ranks, scores, same, failed, unread = [], [], [], [], []
     for path, identity in probes:
         embedding = probe_table.get(path)
         # A probe without a face is a miss at every rank, and its comparisons count as failed ones.
@@ -214,12 +230,46 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
         scores.extend(per_identity.tolist())
         same.extend([n == identity for n in names])
         failed.extend([embedding is None] * len(names))
+        unread.extend([path in probe_unreadable] * len(names))
     ranks_array = np.array(ranks)
     scores_array, same_array = np.array(scores), np.array(same, dtype=bool)
     result = verification_metrics(scores_array, same_array, failed=np.array(failed, dtype=bool))
-    # no_face stays the verification figure's (comparisons, like "pairs"); the probes have their own count.
+    # no_face and unreadable count comparisons, like "pairs"; the probes and gallery images have their own counts.
+    # An unreadable image is a broken file, not a face the detector missed, so the two are never one figure; an
+    # unreadable probe is still a miss at every rank, as leaving it out would raise the rates.
+    result["unreadable"] = int(sum(unread))
+    result["no_face"] -= result["unreadable"]
+    probes_without_face = sum(probe_table.get(p) is None and p not in probe_unreadable for p, _ in probes)
+    gallery_without_face = sum(vector is None and path not in gallery_unreadable
+                               for path, vector in gallery_table.items())
     result.update({"rank1": float((ranks_array <= 1).mean()), "rank5": float((ranks_array <= 5).mean()),
-                   "probes": len(probes), "probes_without_face": sum(probe_table.get(p) is None for p, _ in probes),
-                   "gallery_identities": len(names),
-                   "gallery_images_without_face": sum(vector is None for vector in gallery_table.values())})
+                   "probes": len(probes), "probes_without_face": probes_without_face,
+                   "probes_unreadable": sum(p in probe_unreadable for p, _ in probes),
+                   "gallery_identities": len(names), "gallery_images_without_face": gallery_without_face,
+                   "gallery_images_unreadable": len(gallery_unreadable),
+                   "unreadable_images": [{"path": path, "reason": reason}
+                                         for path, reason in {**gallery_unreadable, **probe_unreadable}.items()]})
     return result, scores_array, same_array
+
+
+def refuse_repeated_probes(probes_file: Path, numbered: list[tuple[int, str]]) -> None:
+    """A probe listed twice, under one name or two, counts twice in every rate (and under two identities is a
+    miss for one whatever the model does); as with a pair list, the list is refused, not quietly mended."""
+    from facekit.cli import CliError
+    from facekit.imageio import ImageError, read_image_file
+
+    seen: dict[str, int] = {}
+    for line, path in numbered:
+        try:
+            digest = hashlib.sha256(read_image_file(path)).hexdigest()
+        except ImageError:
+            continue  # reported as unreadable when the probes are embedded
+        if digest in seen:
+            raise CliError(f"{probes_file}: line {line} repeats the image of line {seen[digest]} (the same file "
+                           "content), which would count it twice; list each probe once")
+        seen[digest] = line
+
+
+def unreadable_note(unreadable: dict[str, str]) -> str:
+    """What an error about images without a face adds where some could not be read at all."""
+    return f"; {len(unreadable)} could not be read, such as {next(iter(unreadable.values()))}" if unreadable else ""

@@ -103,23 +103,50 @@ def test_eval_identify(tmp_path, capsys, photos):
     assert code != 0 and err.startswith("error: no face found in any probe image") and err.count("\n") == 1
 
 
+def test_eval_identify_counts_unreadable_images_apart_from_faces_not_found(tmp_path, capsys, photos):
+    # A corrupt file is a broken list, not a face the detector missed: it was counted as "no face", unsaid.
+    for name in ("eileen", "grace"):
+        (tmp_path / "people" / name).mkdir(parents=True)
+        for seed in (0, 1):
+            photos[f"{name}{seed}"].rename(tmp_path / "people" / name / f"{seed}.jpg")
+    truncated = photos["grace2"].read_bytes()[:2000]
+    (tmp_path / "people" / "grace" / "broken.jpg").write_bytes(truncated)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(truncated[:1500])
+    cv2.imwrite(str(tmp_path / "photos" / "blank.jpg"), np.full((200, 200, 3), 127, np.uint8))
+    probes = tmp_path / "probes.csv"
+    probes.write_text("path,identity\nphotos/eileen2.jpg,eileen\nphotos/grace2.jpg,grace\nphotos/blank.jpg,grace\n"
+                      "photos/broken.jpg,eileen\n")
+    code, result = run_eval(capsys, "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes))
+    assert code == 0 and result["probes"] == 4 and result["rank1"] == 0.5  # both failures still miss every rank
+    assert result["probes_without_face"] == 1 and result["probes_unreadable"] == 1
+    assert result["pairs"] == 8 and result["no_face"] == 2 and result["unreadable"] == 2
+    assert result["gallery_images_without_face"] == 0 and result["gallery_images_unreadable"] == 1
+    assert [image["path"] for image in result["unreadable_images"]] == [
+        str(tmp_path / "people" / "grace" / "broken.jpg"), str(tmp_path / "photos" / "broken.jpg")]
+    assert all(image["reason"].startswith("corrupt or truncated image: ") for image in result["unreadable_images"])
+
+
 # --- the command's own checks, with the pipeline replaced: each image file holds its embedding --------------
 
 
 @pytest.fixture()
 def fake_pipeline(monkeypatch) -> list[str]:
-    """No detector or model: an image file's text is its embedding ("1,0"), an empty file has no face. Returns
-    the paths embedded, in order."""
+    """No detector or model: an image file's text is its embedding ("1,0"), an empty file has no face and one that
+    says "corrupt" cannot be read. Returns the paths embedded, in order."""
     import facekit.cli
     import facekit.evaluation_cli
 
     embedded: list[str] = []
 
-    def embed_paths(pipeline, paths, workers=1, progress=True, pick="primary"):
+    def embed_paths(pipeline, paths, workers=1, progress=True, pick="primary", unreadable=None):
         embedded.extend(paths)
         table = {}
         for path in paths:
             text = Path(path).read_text().strip()
+            if text == "corrupt":
+                text = ""
+                if unreadable is not None:
+                    unreadable[path] = f"corrupt or truncated image: {path}"
             vector = np.array([float(x) for x in text.split(",")]) if text else None
             table[path] = vector / np.linalg.norm(vector) if vector is not None else None
         return table
@@ -183,6 +210,40 @@ def test_identify_counts_comparisons_and_probes_without_a_face_apart(tmp_path, c
     assert result["gallery_images_without_face"] == 1 and result["gallery_identities"] == 3
     # p3 is nearer hedy than grace: second; p2 is a miss at every rank.
     assert result["rank1"] == pytest.approx(1 / 3) and result["rank5"] == pytest.approx(2 / 3)
+
+
+def test_identify_text_names_unreadable_images_and_counts_them_apart(tmp_path, capsys, fake_pipeline):
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0", "corrupt"], "grace": ["0,1", ""]},
+                              [("p1.jpg", "1,0.1", "ada"), ("p2.jpg", "", "grace"), ("p3.jpg", "corrupt", "grace")])
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"warning: corrupt or truncated image: {tmp_path / 'people' / 'ada' / '1.jpg'}",
+                                f"warning: corrupt or truncated image: {tmp_path / 'p3.jpg'}"]
+    assert "pairs           6 (2 with a face not found, 2 with an unreadable image, counted as errors)" in out
+    assert "probes          3 (1 with a face not found, 1 unreadable: a miss at every rank)" in out
+    assert "gallery         2 people (images left out: 1 with a face not found, 1 unreadable)" in out
+    # Every probe unreadable: the error says so, where it said only that no face was found.
+    (tmp_path / "p1.jpg").write_text("corrupt")
+    (tmp_path / "probes.csv").write_text("path,identity\np1.jpg,ada\n")
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"error: no face found in any probe image of {tmp_path / 'probes.csv'}; 1 could "
+                                       f"not be read, such as corrupt or truncated image: {tmp_path / 'p1.jpg'}\n")
+
+
+@pytest.mark.parametrize("listed", [
+    "p1.jpg,ada\n./p1.jpg,ada\n",  # one file under two spellings
+    "p1.jpg,ada\ncopy.jpg,ada\n",  # one image under two names
+    "p1.jpg,ada\ncopy.jpg,grace\n",  # and under two people, a miss for one of them whatever the model does
+])
+def test_identify_refuses_a_probe_listed_twice(tmp_path, capsys, fake_pipeline, listed):
+    # Each copy counted in every rate: a probe listed twice weighed twice in rank-1.
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": ["0,1"]},
+                              [("p1.jpg", "1,0.1", "ada"), ("copy.jpg", "1,0.1", "ada"), ("p2.jpg", "0,1", "grace")])
+    (tmp_path / "probes.csv").write_text("path,identity\np2.jpg,grace\n" + listed)
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'probes.csv'}: line 4 repeats the image of line 3 (the "
+                                       "same file content), which would count it twice; list each probe once\n")
+    assert fake_pipeline == []  # refused before any image was embedded
 
 
 def pairs_command(tmp_path) -> list[str]:
