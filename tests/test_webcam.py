@@ -186,8 +186,11 @@ def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch)
 
 def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkeypatch, astronaut_bgr,
                                                      grace_hopper_bgr):
-    # Live MTCNN looks for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:
-    # 530-830 ms a search, against about 60 on the copy searched now.
+    # Live MTCNN looked for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:
+    # 530-830 ms a search, against about 100 on a copy of its max_side (the detector's own, the frame's coordinates
+    # mapped back by it).
+    from facekit import detection
+
     webcam = load_tool("webcam")
     clip = tmp_path / "clip.avi"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
@@ -195,26 +198,27 @@ def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkey
     frames = [cv2.resize(source.read()[1], (3840, 2880), interpolation=cv2.INTER_LINEAR) for _ in range(3)]
     monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames))
     searched: list[int] = []
+    downscale = detection._downscale
 
-    class Recorder:
-        def __init__(self, detector) -> None:
-            self.detector, self.min_face = detector, detector.min_face
+    def recorded_downscale(*args, **kwargs):
+        small, scale = downscale(*args, **kwargs)
+        searched.append(max(small.shape[:2]))
+        return small, scale
 
-        def detect(self, image):
-            searched.append(max(image.shape[:2]))
-            return self.detector.detect(image)
-
-        def detect_near(self, image, boxes):
-            searched.append(max(image.shape[:2]))
-            return self.detector.detect_near(image, boxes)
-
+    monkeypatch.setattr(detection, "_downscale", recorded_downscale)
+    detectors = []
     create_detector = webcam.create_detector
-    monkeypatch.setattr(webcam, "create_detector", lambda *args, **kwargs: Recorder(create_detector(*args, **kwargs)))
+
+    def recorded_create_detector(*args, **kwargs):
+        detectors.append(create_detector(*args, **kwargs))
+        return detectors[-1]
+
+    monkeypatch.setattr(webcam, "create_detector", recorded_create_detector)
     drawn: list[list[dict]] = []
     monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
     assert webcam.main(["--headless", "--source", "clip", "--detector", "mtcnn",
                         "--gallery", str(tmp_path / "none")]) == 0
-    assert len(searched) == 3 and max(searched) <= 1280
+    assert len(searched) == 3 and max(searched) <= detectors[0].max_side
     # Found all the same, in the frame's coordinates: Grace Hopper's face lies in x 420-620 of the 640 px clip.
     assert [len(results) for results in drawn] == [2, 2, 2]
     for results in drawn:

@@ -11,7 +11,7 @@ step and a face rarely changes identity between frames. With MTCNN (the
 default) or Haar, whose full search is the loop's other expensive step, the whole frame is
 searched every --search-every frames and, in between, only around the faces being tracked.
 
-Frames wider or taller than DETECT_SIDE are searched on a smaller copy and embedded from the frame itself. From a
+Large frames are searched on a smaller copy (the detectors' own) and embedded from the frame itself. From a
 camera, each annotated frame is written as often as keeps --output in step with the clock. SIGTERM and SIGHUP stop
 the loop as Ctrl-C does, after the video is finished.
 """
@@ -37,10 +37,6 @@ from facekit.detection import DETECTOR_BACKENDS, Face, create_detector
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
 
-# The longest side of the copy searched for faces. The detectors shrink large images themselves, but not live
-# MTCNN, whose smallest face (32 px of the frame) would have it search a 4K frame on a 2,400 px copy: 530-830 ms a
-# frame, against about 60 on a 1,280 px one. A 720p webcam's frames are searched as they are.
-DETECT_SIDE = 1280
 # What --output can hold, by extension, and the codec written to it.
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 
@@ -107,21 +103,11 @@ def needs_identifying(track: Track, frame: int, every: int) -> bool:
 
 def detect_faces(pipeline: FacePipeline, frame: np.ndarray,
                  near: list[tuple[float, float, float, float]] | None = None) -> list[Face]:
-    """The faces in frame, in its coordinates: all of them, or (near) only those around these boxes."""
-    scale = min(1.0, DETECT_SIDE / max(frame.shape[:2]))
-    small = frame if scale == 1.0 else cv2.resize(
-        frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
-        interpolation=cv2.INTER_AREA)
+    """The faces in frame: all of them, or (near) only those around these boxes."""
     if near is None:
-        faces = pipeline.detect(small)
-    else:  # pipeline.detect's check too: landmarks no warp can use would end the loop in embed_faces
-        faces = [face for face in pipeline.detector.detect_near(small, [tuple(v * scale for v in b) for b in near])
-                 if landmarks_problem(face.landmarks) is None]
-    if scale == 1.0:
-        return faces
-    # Pixel centres, as the detectors map their own copies: small index i sits at (i + 0.5) / scale - 0.5.
-    return [Face(tuple(v / scale for v in face.box), face.score,
-                 ((face.landmarks + 0.5) / scale - 0.5).astype(np.float32)) for face in faces]
+        return pipeline.detect(frame)
+    # pipeline.detect's check too: landmarks no warp can use would end the loop in embed_faces
+    return [face for face in pipeline.detector.detect_near(frame, near) if landmarks_problem(face.landmarks) is None]
 
 
 def output_problem(output: str, source: str) -> str | None:
