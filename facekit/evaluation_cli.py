@@ -199,7 +199,7 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     if missing:  # a wrong --root or a misspelt path, not a face the detector missed
         raise CliError(f"{len(missing)} of the probe images are missing, such as {missing[0]} "
                        "(relative paths start from --root, or the list's folder)")
-    refuse_repeated_probes(probes_file, probe_lines)
+    refuse_repeated_probes(probes_file, probe_lines, [path for _, path in enrolled])
     gallery_unreadable: dict[str, str] = {}
     gallery_table = embed_paths(pipeline, [p for _, p in enrolled], args.workers, progress, pick="largest",
                                 unreadable=gallery_unreadable)
@@ -252,22 +252,31 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     return result, scores_array, same_array
 
 
-def refuse_repeated_probes(probes_file: Path, numbered: list[tuple[int, str]]) -> None:
+def refuse_repeated_probes(probes_file: Path, numbered: list[tuple[int, str]], gallery_paths: list[str]) -> None:
     """A probe listed twice, under one name or two, counts twice in every rate (and under two identities is a
-    miss for one whatever the model does); as with a pair list, the list is refused, not quietly mended."""
+    miss for one whatever the model does), and a probe that is one of the gallery's photos is found by itself;
+    as with a pair list, the list is refused, not quietly mended."""
     from facekit.cli import CliError
     from facekit.imageio import ImageError, read_image_file
 
+    def digest(path: str) -> str | None:
+        try:
+            return hashlib.sha256(read_image_file(path)).hexdigest()
+        except ImageError:
+            return None  # reported as unreadable when the images are embedded
+
+    in_gallery = {found: path for path in gallery_paths if (found := digest(path))}
     seen: dict[str, int] = {}
     for line, path in numbered:
-        try:
-            digest = hashlib.sha256(read_image_file(path)).hexdigest()
-        except ImageError:
-            continue  # reported as unreadable when the probes are embedded
-        if digest in seen:
-            raise CliError(f"{probes_file}: line {line} repeats the image of line {seen[digest]} (the same file "
+        found = digest(path)
+        if found in in_gallery:
+            raise CliError(f"{probes_file}: line {line} is the image of gallery photo {in_gallery[found]} (the same "
+                           "file content), which would find itself; a probe must be a photo the gallery lacks")
+        if found in seen:
+            raise CliError(f"{probes_file}: line {line} repeats the image of line {seen[found]} (the same file "
                            "content), which would count it twice; list each probe once")
-        seen[digest] = line
+        if found:
+            seen[found] = line
 
 
 def unreadable_note(unreadable: dict[str, str]) -> str:

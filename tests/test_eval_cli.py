@@ -157,11 +157,12 @@ def fake_pipeline(monkeypatch) -> list[str]:
 
 
 def gallery_and_probes(tmp_path, people: dict[str, list[str]], probes: list[tuple[str, str, str]]) -> list[str]:
-    """people: name -> embeddings of their gallery photos; probes: (file, embedding, identity)."""
+    """people: name -> embeddings of their gallery photos; probes: (file, embedding, identity). A gallery photo
+    ends with a line break, so that no probe is one of them by content (eval identify refuses that)."""
     for name, vectors in people.items():
         (tmp_path / "people" / name).mkdir(parents=True)
         for index, vector in enumerate(vectors):
-            (tmp_path / "people" / name / f"{index}.jpg").write_text(vector)
+            (tmp_path / "people" / name / f"{index}.jpg").write_text(vector + "\n")
     for file, vector, _ in probes:
         (tmp_path / file).write_text(vector)
     (tmp_path / "probes.csv").write_text("path,identity\n" + "".join(f"{f},{who}\n" for f, _, who in probes))
@@ -244,6 +245,18 @@ def test_identify_refuses_a_probe_listed_twice(tmp_path, capsys, fake_pipeline, 
     assert capsys.readouterr().err == (f"error: {tmp_path / 'probes.csv'}: line 4 repeats the image of line 3 (the "
                                        "same file content), which would count it twice; list each probe once\n")
     assert fake_pipeline == []  # refused before any image was embedded
+
+
+def test_identify_refuses_a_probe_that_is_a_gallery_photo(tmp_path, capsys, fake_pipeline):
+    # A gallery photo listed as a probe finds itself at a similarity of 1: a rank-1 hit that says nothing.
+    args = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": ["0,1"]},
+                              [("p1.jpg", "1,0.1", "ada"), ("p2.jpg", "0,1", "grace")])
+    (tmp_path / "p2.jpg").write_bytes((tmp_path / "people/grace/0.jpg").read_bytes())
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'probes.csv'}: line 3 is the image of gallery photo {tmp_path / 'people/grace/0.jpg'} "
+        "(the same file content), which would find itself; a probe must be a photo the gallery lacks\n")
+    assert fake_pipeline == []
 
 
 def pairs_command(tmp_path) -> list[str]:
