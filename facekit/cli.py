@@ -280,6 +280,9 @@ def annotated_path(annotate_dir: Path, image_path: str, taken: set[Path]) -> Pat
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    for given in (args.image_a, args.image_b):  # a typo in a path is a usage error, as for identify, before the models
+        if not Path(given).exists():
+            raise CliError(f"not found: {given}")
     pipeline = make_pipeline(args)
     threshold = pipeline.threshold if args.threshold is None else args.threshold
     embeddings = []

@@ -124,7 +124,7 @@ def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
     # verification accuracy is measured on LFW (`facekit eval lfw`, README), a rate rather than a single case.
     assert different["similarity"] < same["similarity"] - 0.2
     code, out, err = run_cli(capsys, "verify", paths["a1"], str(tmp_path / "missing.jpg"))
-    assert code != 0 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert (code, err) == (2, f"error: not found: {tmp_path / 'missing.jpg'}\n")  # a usage error, as for identify
 
 
 def test_min_face_finds_small_faces_in_a_large_photo(tmp_path, capsys, astronaut_bgr, small_face_photo):
