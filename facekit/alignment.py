@@ -67,7 +67,10 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) 
     problem = landmarks_problem(landmarks)
     if problem:
         raise ValueError(problem)
-    template = TEMPLATE_112 * (size / CROP_SIZE)
+    scale = size / CROP_SIZE
+    # Scaled about the crop's outer corner, (-0.5, -0.5) with pixel centres at whole numbers, as cv2.resize scales:
+    # about (0, 0) a 224 crop framed the face half a pixel off the 112 one. At 112 the template is exactly as it was.
+    template = TEMPLATE_112 * scale + (scale - 1) / 2
     matrix = similarity_transform(landmarks, template)
     if max(image.shape[:2]) >= WARP_MAX_SIDE:
         image, matrix = _within_warp_limit(image, matrix, size)

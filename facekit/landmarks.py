@@ -187,9 +187,12 @@ class LandmarkPredictor:
         offset = np.stack([bias_x * eye_x - bias_y * eye_y, bias_x * eye_y + bias_y * eye_x], axis=-1)
         return (points - offset).astype(np.float32)
 
-    def predict(self, gray: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
-        """Landmarks (n, 5, 2) float32 in image pixels for each (x, y, w, h) box."""
-        if not boxes:
+    def predict(self, gray: np.ndarray, boxes: list[tuple[float, float, float, float]] | np.ndarray) -> np.ndarray:
+        """Landmarks (n, 5, 2) float32 in image pixels for each (x, y, w, h) box; a BGR or BGRA image is taken as
+        its grey."""
+        if len(boxes) == 0:  # `not boxes` is a ValueError for an (n, 4) array, as OpenCV's detectors give boxes
             return np.zeros((0, 5, 2), np.float32)
+        if gray.ndim == 3 and gray.shape[2] in (3, 4):  # else a colour crop reached the net as 3 channels, and failed
+            gray = cv2.cvtColor(gray, cv2.COLOR_BGR2GRAY if gray.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
         crops, windows = zip(*(crop_face(gray, box) for box in boxes), strict=True)
         return to_image_coordinates(self.predict_crops(np.stack(crops)), np.asarray(windows))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facekit.alignment import CROP_SIZE, TEMPLATE_112, align_face, landmarks_problem, similarity_transform
+from facekit.landmarks import LandmarkPredictor
 
 
 def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
@@ -67,7 +68,8 @@ def test_align_face_moves_dots_onto_the_template(size: int) -> None:
     aligned = align_face(image_bgr, landmarks.astype(np.float32), size=size)
 
     assert aligned.shape == (size, size, 3)
-    expected = TEMPLATE_112 * (size / CROP_SIZE)
+    # The template scaled as cv2.resize scales the 112 crop: about its outer corner, half a pixel out.
+    expected = (TEMPLATE_112 + 0.5) * (size / CROP_SIZE) - 0.5
     found = _dot_centres(cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY), expected)
     np.testing.assert_allclose(found, expected, atol=0.3)
 
@@ -115,3 +117,27 @@ def test_a_face_wider_than_the_warp_limit_is_refused() -> None:
     landmarks = _apply(_similarity(5.0, 320.0, (2_000.0, -10_000.0)), TEMPLATE_112)
     with pytest.raises(ValueError, match="too large to align"):
         align_face(image, landmarks)
+
+
+def test_a_larger_crop_frames_the_face_as_the_112_crop_does(grace_hopper_bgr: np.ndarray) -> None:
+    # The Haar detector's landmarks for Grace Hopper. The 224 crop, shrunk to 112, was a quarter pixel up and left
+    # of the 112 crop: its template was scaled about the centre of the corner pixel, not the corner.
+    landmarks = np.array([[221.5, 192.2], [310.7, 189.5], [268.2, 240.2], [231.8, 276.9], [307.8, 274.3]], np.float32)
+    crop = align_face(grace_hopper_bgr, landmarks)
+    shrunk = cv2.resize(align_face(grace_hopper_bgr, landmarks, size=224), (CROP_SIZE, CROP_SIZE),
+                        interpolation=cv2.INTER_AREA)
+    grey = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float64) for image in (crop, shrunk)]
+    (dx, dy), _ = cv2.phaseCorrelate(*grey, cv2.createHanningWindow((CROP_SIZE, CROP_SIZE), cv2.CV_64F))
+    assert abs(dx) < 0.1 and abs(dy) < 0.1
+
+
+def test_the_landmark_net_takes_a_colour_photo_and_boxes_as_an_array(astronaut_bgr: np.ndarray) -> None:
+    # A colour image reached the net as three channels ("axes don't match array"); an (n, 4) array of boxes, as
+    # cv2.CascadeClassifier gives them, was a ValueError ("truth value of an array ... is ambiguous").
+    predictor = LandmarkPredictor()
+    boxes = [(170.0, 40.0, 120.0, 140.0)]  # Eileen Collins' face
+    grey = predictor.predict(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY), boxes)
+    np.testing.assert_array_equal(predictor.predict(astronaut_bgr, boxes), grey)
+    np.testing.assert_array_equal(predictor.predict(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2BGRA), boxes), grey)
+    np.testing.assert_array_equal(predictor.predict(astronaut_bgr, np.array(boxes)), grey)
+    assert predictor.predict(astronaut_bgr, np.zeros((0, 4))).shape == (0, 5, 2)

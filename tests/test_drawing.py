@@ -63,3 +63,23 @@ def test_labels_are_readable_on_grey_and_large_frames(astronaut_bgr):
     large = np.full((2160, 3840, 3), 90, np.uint8)
     rows = np.flatnonzero(np.any(draw_results(large, [], fps=12.5)[:, :800] != 90, axis=(1, 2)))
     assert rows.size and rows[-1] - rows[0] > 60
+
+
+def test_cyrillic_names_are_drawn_in_the_font_that_has_them(astronaut_bgr):
+    # OpenCV's COMPLEX font has А to я: "Иван" and "Илья" were both drawn "????". NFKD took the breve off Й.
+    assert _drawable("Йозеф Пётр Олексій 0.93") == "Йозеф Петр Олексiй 0.93"
+    drawn = {name: draw_results(astronaut_bgr, [_face(180, 60, name)]) for name in ("Иван", "Илья", "????")}
+    assert not np.array_equal(drawn["Иван"], drawn["Илья"])
+    assert not np.array_equal(drawn["Иван"], drawn["????"])
+
+
+def test_landmark_dots_sit_on_their_points():
+    # int() cut 100.8 to 100: each dot sat up to a pixel up and left of its point, while the box was rounded.
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    points = np.array([[100.8, 60.8], [140.7, 61.2], [120.6, 90.9], [104.2, 120.7], [136.9, 119.6]])
+    drawn = draw_results(frame, [{**_face(200, 150, "Ann"), "landmarks": points.tolist()}])
+    dots = np.all(drawn == (0, 220, 255), axis=2).astype(np.uint8)
+    count, _, _, centres = cv2.connectedComponentsWithStats(dots)
+    assert count == 1 + len(points)
+    nearest = [centres[1:][np.argmin(np.linalg.norm(centres[1:] - point, axis=1))] for point in points]
+    np.testing.assert_allclose(nearest, points, atol=0.5)
