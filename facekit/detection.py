@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from facekit import FacekitWarning
+from facekit.alignment import WARP_MAX_SIDE
 from facekit.landmarks import DEFAULT_WEIGHTS, LandmarkPredictor
 
 YUNET_ENV_VAR = "FACEKIT_YUNET_MODEL"
@@ -263,6 +264,8 @@ class HaarLandmarkDetector:
 
     def _detect_rolled(self, gray: np.ndarray, small: np.ndarray, scale: float, min_size: int) -> list[Face]:
         """Search copies turned by each retry angle; the first that holds a face gives the faces, mapped back."""
+        if max(gray.shape) >= WARP_MAX_SIDE:  # OpenCV cannot turn such an image (a panorama); not worth tiling
+            return []
         for angle in self.retry_angles:
             small_turn = cv2.getRotationMatrix2D((small.shape[1] / 2, small.shape[0] / 2), angle, 1.0)
             turned_small = cv2.warpAffine(small, small_turn, small.shape[::-1], borderMode=cv2.BORDER_REPLICATE)

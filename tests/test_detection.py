@@ -616,3 +616,10 @@ def test_boxes_and_scores_are_plain_floats(backend: str, astronaut_bgr: np.ndarr
     assert faces
     for face in faces:
         assert all(type(value) is float for value in (*face.box, face.score)), face
+
+
+def test_haar_retries_pass_over_a_panorama_too_wide_to_turn(haar: HaarLandmarkDetector) -> None:
+    # A face-free strip 33,000 px long searched at full resolution (min_face 24): the turned-copy retry handed it
+    # to cv2.warpAffine, which refuses sides of 32,767 px or more with an error no user could act on.
+    strip = np.full((100, 33_000, 3), 128, np.uint8)
+    assert HaarLandmarkDetector(min_face=24).detect(strip) == []
