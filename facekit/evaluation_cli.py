@@ -105,17 +105,22 @@ def run(args: argparse.Namespace) -> int:
         if missing:  # a wrong --root or a misspelt path, not a face the detector missed
             raise CliError(f"{len(missing)} of the {len(paths)} images are missing, such as {missing[0]} "
                            "(relative paths start from --root, or the list's folder)")
-        table = embed_paths(pipeline, paths, args.workers, progress)
+        unreadable: dict[str, str] = {}
+        table = embed_paths(pipeline, paths, args.workers, progress, unreadable=unreadable)
         scores, same, folds, failed = pair_scores(pairs, table)
         has_folds = args.protocol == "lfw" or any(p.fold is not None for p in pairs)
         result = verification_metrics(scores, same, folds if has_folds else None, failed=failed)
-        extra = {"images": len(paths), "images_without_face": sum(v is None for v in table.values())}
+        # As for identify: a pair with a broken file failed, but not because a face was missed.
+        unread_pairs = sum(p.path1 in unreadable or p.path2 in unreadable for p in pairs)
+        extra = {"images": len(paths), "images_without_face": sum(v is None for v in table.values()) - len(unreadable),
+                 "images_unreadable": len(unreadable), "unreadable": unread_pairs,
+                 "unreadable_images": [{"path": path, "reason": reason} for path, reason in unreadable.items()]}
         if args.protocol == "lfw":
             # LFW names each image's person by its folder, so every different-person pair is known.
             found = [path for path in paths if table[path] is not None]
             extra.update(impostor_thresholds(np.stack([table[path] for path in found]) if found else np.zeros((0, 1)),
                                              [Path(path).parent.name for path in found]))
-        result["no_face"] = int(failed.sum())
+        result["no_face"] = int(failed.sum()) - unread_pairs
     result.update(extra)
     result["detector"] = type(pipeline.detector).__name__
     result["flip_tta"] = pipeline.flip

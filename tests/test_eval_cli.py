@@ -267,6 +267,24 @@ def pairs_command(tmp_path) -> list[str]:
     return ["eval", "pairs", str(tmp_path / "pairs.csv"), "--quiet"]
 
 
+def test_eval_pairs_counts_unreadable_images_apart_from_faces_not_found(tmp_path, capsys, fake_pipeline):
+    # As in identify: a broken file failed its pairs too, but it is no face the detector missed.
+    command = pairs_command(tmp_path)
+    (tmp_path / "a1.jpg").write_text("corrupt")  # in pairs 1 and 3
+    (tmp_path / "c1.jpg").write_text("")  # no face, in a fifth pair
+    with open(tmp_path / "pairs.csv", "a") as pairs:
+        pairs.write("b1.jpg,c1.jpg,0\n")
+    assert main([*command, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["pairs"], result["no_face"], result["unreadable"]) == (5, 1, 2)
+    assert (result["images_without_face"], result["images_unreadable"]) == (1, 1)
+    assert [image["path"] for image in result["unreadable_images"]] == [str(tmp_path / "a1.jpg")]
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    assert "pairs           5 (1 with a face not found, 2 with an unreadable image, counted as errors)" in captured.out
+    assert captured.err == f"warning: corrupt or truncated image: {tmp_path / 'a1.jpg'}\n"
+
+
 def test_plot_without_matplotlib_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch, fake_pipeline):
     # An optional dependency: missing, it ended an evaluation (an hour on LFW) after the fact, its results unsaid.
     for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"] + ["matplotlib"]:
