@@ -100,7 +100,8 @@ class FacePipeline:
         if workers <= 0 or len(paths) < 2:
             yield from (self.load(p, largest) for p in paths)
             return
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
             window = max(2, 2 * workers)
             pending = [pool.submit(self.load, p, largest) for p in paths[:window]]
             next_path = len(pending)
@@ -110,6 +111,10 @@ class FacePipeline:
                     pending.append(pool.submit(self.load, paths[next_path], largest))
                     next_path += 1
                 yield result
+        finally:
+            # A caller that stops early (a break, an error, Ctrl-C) waits for the one load running, not for the
+            # whole window queued behind it: decoding and detecting photos no one will look at.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
@@ -228,6 +233,9 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
         if entry.is_dir() and not entry.is_symlink():
             for dirpath, dirnames, filenames in os.walk(entry, onerror=unreadable, followlinks=False):
                 dirnames.sort()
+                # os.walk lists a symlinked folder and passes over it without a word; one at the top is reported.
+                skipped.extend((str(Path(dirpath) / name), "symlinked folder not followed") for name in dirnames
+                               if (Path(dirpath) / name).is_symlink())
                 for name in sorted(filenames):
                     path = Path(dirpath) / name
                     if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -259,7 +267,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = {identity for identity, _ in pairs}
     identity_of = {path: identity for identity, path in pairs}
-    pending: list[tuple[str, LoadedImage, Face]] = []
+    pending: list[tuple[str, LoadedImage, Face, np.ndarray]] = []  # (identity, photo, face, aligned crop)
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
         """Counted as such; a photo enrolled as someone else is said so, as a folder may hold a wrong photo."""
@@ -275,7 +283,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     def flush() -> None:
         if not pending:
             return
-        crops = np.stack([align_face(item.image, face.landmarks) for _, item, face in pending])
+        crops = np.stack([crop for *_, crop in pending])
         embeddings = pipeline.embedder.embed(crops, flip=pipeline.flip)
         # Ctrl-C stops the wait for the lock at once, but not the batch's commits and the index checkpoint after
         # them: landing between the two, it left index files that lacked committed faces, which the next open
@@ -283,7 +291,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         with HeldInterrupts() as interrupts, gallery.writer():
             interrupts.hold()
             gallery.bind_model(pipeline.embedder.model_id)
-            for (identity, item, face), embedding in zip(pending, embeddings):
+            for (identity, item, face, _), embedding in zip(pending, embeddings):
                 if already_enrolled(item, identity):  # the same file may sit twice in one batch
                     continue
                 # Absolute, so that the path still names the photo from another folder; abspath, not resolve, keeps
@@ -308,7 +316,10 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 continue
             if len(item.faces) > 1:
                 report.warnings.append(f"{item.path}: {len(item.faces)} faces, enrolled the largest")
-            pending.append((identity_of[item.path], item, item.faces[0]))
+            crop = align_face(item.image, item.faces[0].landmarks)
+            # A batch waits with its crops, not its photos: 16 decoded 24 MP photos are over a GB.
+            item.image = None
+            pending.append((identity_of[item.path], item, item.faces[0], crop))
             if len(pending) >= batch_images:
                 flush()
         flush()

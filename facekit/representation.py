@@ -201,6 +201,7 @@ class Embedder:
                 self.backend = "torch"
         if self.backend == "torch":
             torch = require_torch("the torch embedder backend")
+            self._check_device(torch)
             torch.set_num_threads(threads)
             model, self.card = load_model(weights)
             self.model = model.to(self.device).to(memory_format=torch.channels_last)
@@ -222,6 +223,18 @@ class Embedder:
         if backend != "torch" and device not in (None, "cpu"):
             raise ValueError(f"the {backend} backend runs on the CPU only, not on {device}")
         return backend
+
+    def _check_device(self, torch) -> None:
+        """A device name torch cannot parse, or a CUDA device it does not have, as a one-line ValueError before the
+        weights load: torch itself said so only when the model moved there, with an AssertionError on a CPU build."""
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"unknown device: {self.device!r} (cpu, cuda or cuda:N, say)") from None
+        available = torch.cuda.device_count()
+        if device.type == "cuda" and (device.index or 0) >= available:
+            raise ValueError(f"device {self.device} is not available: torch finds {available} CUDA device"
+                             f"{'' if available == 1 else 's'}")
 
     def _open_onnx(self, weights: str | os.PathLike, threads: int | None) -> None:
         if str(weights).endswith(".onnx"):
