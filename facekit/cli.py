@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gallery_option(gallery)
     actions = gallery.add_subparsers(dest="action", metavar="ACTION", required=True)
     list_action = actions.add_parser("list", help="one identity per line")
+    list_format = list_action.add_mutually_exclusive_group()
+    list_format.add_argument("--json", action="store_true", help="one JSON object per identity per line, with its "
+                                                                  "number of faces")
+    list_format.add_argument("--csv", action="store_true", help="CSV, one row per identity: identity, faces")
     stats = actions.add_parser("stats", help="counts, index type, size on disk")
     stats.add_argument("--json", action="store_true")
     photos = actions.add_parser("photos", help="the photos enrolled, one per line: identity, date, sha256, path")
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     rename.add_argument("--merge", action="store_true", help="merge into NEW if it exists")
     check = actions.add_parser("check", help="verify that the index and the database agree; exit 1 if not, or "
                                                      "if opening it had to repair the index")
+    check.add_argument("--json", action="store_true", help='one JSON object: {"ok", "faces", "problems"}')
     rebuild = actions.add_parser("rebuild", help="remake the search index from the database")
     rebuild.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"],
                          help="the index kind to build, and keep from now on (default: the gallery's own)")
@@ -376,8 +381,16 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print(f"warning: {message}", file=sys.stderr)
     with gallery:
         if args.action == "list":
-            for name, _count in gallery.identities():
-                print(name)
+            writer = csv.writer(sys.stdout) if args.csv else None
+            if writer:
+                writer.writerow(["identity", "faces"])
+            for name, count in gallery.identities():
+                if args.json:
+                    print(json.dumps({"identity": name, "faces": count}))
+                elif writer:
+                    writer.writerow([name, count])
+                else:
+                    print(name)
         elif args.action == "stats":
             stats = gallery.stats()
             if args.json:
@@ -397,11 +410,15 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print(f"renamed {args.old} to {args.new}")
         elif args.action == "check":
             problems = [f"{message} (repaired on opening)" for message in repaired] + gallery.check()
-            for problem in problems:
-                print(f"problem: {problem}")
+            if args.json:
+                print(json.dumps({"ok": not problems, "faces": len(gallery), "problems": problems}))
+            else:
+                for problem in problems:
+                    print(f"problem: {problem}")
+                if not problems:
+                    print(f"ok: {len(gallery)} faces, index and database agree")
             if problems:
                 return EXIT_FAILED
-            print(f"ok: {len(gallery)} faces, index and database agree")
         elif args.action == "rebuild":
             gallery.rebuild(args.index)
             print(f"rebuilt the {gallery.stats()['index']} index from {len(gallery)} faces")

@@ -201,6 +201,11 @@ def test_gallery_commands(tmp_path, people, capsys):
     assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
     code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "list")
     assert out.split() == ["eileen_collins", "grace_hopper"]
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "list", "--json")
+    assert [json.loads(line) for line in out.splitlines()] == [{"identity": "eileen_collins", "faces": 2},
+                                                               {"identity": "grace_hopper", "faces": 2}]
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "list", "--csv")
+    assert out.splitlines() == ["identity,faces", "eileen_collins,2", "grace_hopper,2"]
     assert run_cli(capsys, "gallery", "--gallery", gallery, "rename", "grace_hopper", "Grace Hopper")[0] == 0
     assert run_cli(capsys, "gallery", "--gallery", gallery, "remove", "eileen_collins")[0] == 0
     code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "list")
@@ -216,9 +221,17 @@ def test_gallery_commands(tmp_path, people, capsys):
     # check reports damage it found, though opening the gallery repaired it.
     for index_file in Path(gallery).glob("index-*.faiss"):
         index_file.write_bytes(b"damaged")
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "check", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False and report["faces"] == 2
+    assert len(report["problems"]) == 1 and report["problems"][0].endswith("(repaired on opening)")
+    code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "check", "--json")  # the repair was saved
+    assert code == 0 and json.loads(out) == {"ok": True, "faces": 2, "problems": []}
+    for index_file in Path(gallery).glob("index-*.faiss"):
+        index_file.write_bytes(b"damaged")
     code, out, _ = run_cli(capsys, "gallery", "--gallery", gallery, "check")
     assert code == 1 and "(repaired on opening)" in out
-    assert run_cli(capsys, "gallery", "--gallery", gallery, "check")[0] == 0  # the repair was saved
+    assert run_cli(capsys, "gallery", "--gallery", gallery, "check")[0] == 0
     # --gallery also goes after the action, as it does after every other command.
     code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", gallery)
     assert code == 0 and out.strip().splitlines() == ["Grace Hopper"]
