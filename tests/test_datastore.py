@@ -109,6 +109,11 @@ def test_a_gallery_filled_before_models_were_recorded_is_not_stamped(path: Path)
         with gallery.writer():
             gallery.bind_model("a" * 64)
         gallery.bind_model("b" * 64)
+    with contextlib.closing(sqlite3.connect(path / "gallery.sqlite")) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = ?", (datastore.MODEL_KEY,)).fetchall() == []
+    with Gallery.open(path, dim=DIM, create=False) as gallery, gallery.writer():
+        gallery.bind_model("b" * 64)  # reopened, and as a writer: still any model's
+        assert len(gallery) == 2
 
 
 def test_search_ranks_identities_not_vectors(path: Path) -> None:
@@ -610,7 +615,7 @@ def test_a_full_disk_stops_writes_with_their_own_error_and_never_reads(path: Pat
 )
 def test_invalid_identity_names(path: Path, name: object) -> None:
     with Gallery.open(path, dim=DIM) as gallery:
-        with pytest.raises(GalleryError):
+        with pytest.raises(GalleryError, match="identity name"):  # the name's fault, not the vectors' or sources'
             gallery.add(name, vectors(1), sources("a"))
         assert len(gallery) == 0
 
@@ -624,24 +629,24 @@ def test_identity_names_are_canonical(path: Path) -> None:
 
 def test_bad_inputs(path: Path) -> None:
     with Gallery.open(path, dim=DIM) as gallery:
-        bad = [
-            (np.ones(DIM + 1), sources("a")),  # wrong dim
-            (np.full((1, DIM), np.nan), sources("a")),
-            (np.zeros((1, DIM)), sources("a")),
-            (np.ones((2, DIM)), sources("a")),  # one source for two vectors
-            (np.ones((0, DIM)), []),
-            (np.ones(DIM), [{"path": "a.jpg", "sha256": "not a hash", "box": [0, 0, 1, 1]}]),
-            (np.ones(DIM), [{"path": "a.jpg", "sha256": "0" * 64, "box": [0, 0, 1]}]),
-            ("text", sources("a")),
+        bad = [  # each refused for its own fault, named
+            (np.ones(DIM + 1), sources("a"), r"must have shape \(n, 32\)"),  # wrong dim
+            (np.full((1, DIM), np.nan), sources("a"), "NaN or infinite"),
+            (np.zeros((1, DIM)), sources("a"), "zero vector"),
+            (np.ones((2, DIM)), sources("a"), "one source dict per embedding"),  # one source for two vectors
+            (np.ones((0, DIM)), [], "no embeddings given"),
+            (np.ones(DIM), [{"path": "a.jpg", "sha256": "not a hash", "box": [0, 0, 1, 1]}], "'sha256' must be 64 hex"),
+            (np.ones(DIM), [{"path": "a.jpg", "sha256": "0" * 64, "box": [0, 0, 1]}], r"'box' must be \[x, y, w, h\]"),
+            ("text", sources("a"), "must be a numeric array"),
         ]
-        for embeddings, srcs in bad:
-            with pytest.raises(GalleryError):
+        for embeddings, srcs, message in bad:
+            with pytest.raises(GalleryError, match=message):
                 gallery.add("alice", embeddings, srcs)
-        with pytest.raises(GalleryError):
+        with pytest.raises(GalleryError, match=r"must have shape \(n, 32\)"):
             gallery.search(np.ones(DIM + 1))
-        with pytest.raises(GalleryError):
+        with pytest.raises(GalleryError, match="NaN or infinite"):
             gallery.search(np.full(DIM, np.inf))
-        with pytest.raises(GalleryError):
+        with pytest.raises(GalleryError, match="k must be a positive integer"):
             gallery.search(np.ones(DIM), k=0)
         assert len(gallery) == 0
         # Not unit length: accepted and normalised.

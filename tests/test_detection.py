@@ -417,7 +417,7 @@ def test_yunet_downscaled_detection_maps_back_to_full_resolution(yunet_model: Pa
 def test_detectors_accept_grey_and_reject_other_arrays(haar: HaarLandmarkDetector, astronaut_bgr: np.ndarray) -> None:
     grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
     assert len(haar.detect(grey)) == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected a non-empty uint8 image array"):
         haar.detect(astronaut_bgr.astype(np.float32))
     assert haar.detect(np.zeros((10, 10, 3), np.uint8)) == []
 
@@ -442,7 +442,7 @@ def test_create_detector_backends(yunet_model: Path, tmp_path: Path, monkeypatch
 def test_create_detector_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="YuNet model not found"):
         create_detector("yunet", str(tmp_path / "absent.onnx"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="YuNet model not found"):
         create_detector("auto", str(tmp_path / "absent.onnx"))
     with pytest.raises(ValueError, match="unknown detector backend"):
         create_detector("retinaface")
@@ -501,7 +501,7 @@ def test_mtcnn_min_face_grey_input_and_bad_arrays(mtcnn: MTCNNDetector, astronau
     assert MTCNNDetector(min_face=int(1.25 * width)).detect(astronaut_bgr) == []
     assert len(mtcnn.detect(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY))) == 1
     assert mtcnn.detect(np.zeros((10, 10, 3), np.uint8)) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected a non-empty uint8 image array"):
         mtcnn.detect(astronaut_bgr.astype(np.float32))
 
 

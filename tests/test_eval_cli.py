@@ -35,13 +35,16 @@ def test_eval_lfw_on_a_slice_of_the_official_pairs(shared_data, tmp_path, capsys
                             "--plot", str(plot))
     assert code == 0 and PAIR_KEYS <= set(result) and result["pairs"] == 32
     assert cv2.imread(str(plot)) is not None
-    # The shipped model scores over 90 % on the full protocol; 32 pairs at chance would rarely pass 0.6.
-    assert result["accuracy"] > 0.6
+    # The shipped model scores 98 % on the full protocol and separates these 32 pairs fully (accuracy and AUC 1.0,
+    # the lowest same-person similarity 0.62, the highest different-person one 0.35). 0.6 let a pipeline that had
+    # lost a third of its accuracy pass; this allows 3 errors in 32.
+    assert result["accuracy"] >= 0.9 and result["auc"] >= 0.95
+    # The default detector finds a face in each of these 64 images, so every pair was scored.
+    assert result["images_without_face"] == 0 and result["no_face"] == 0
     # The 1:N thresholds count every pair of images of two different people, not only the listed ones.
     names = [row.split("\t") for row in rows]
     images = {(r[0], r[1]) for r in names} | {(r[0], r[2]) if len(r) == 3 else (r[2], r[3]) for r in names}
-    if result["images_without_face"] == 0:
-        assert result["impostor_pairs"] == sum(a[0] != b[0] for a, b in itertools.combinations(images, 2))
+    assert result["impostor_pairs"] == sum(a[0] != b[0] for a, b in itertools.combinations(images, 2))
     thresholds = list(result["threshold_at_far"].values())
     assert list(result["threshold_at_far"]) == ["1e-2", "5e-3", "1e-3", "1e-4"]
     assert thresholds == sorted(thresholds) and -1.0 <= thresholds[0] <= thresholds[-1] <= 1.0

@@ -92,7 +92,10 @@ def test_real_jpeg_loads_as_bgr(grace_hopper_path: Path) -> None:
 
 def test_decode_image_from_bytes(grace_hopper_path: Path) -> None:
     image = decode_image(grace_hopper_path.read_bytes())
-    assert image.shape == (600, 512, 3)
+    assert image.shape == (600, 512, 3) and image.dtype == np.uint8
+    # The photo's pixels, in OpenCV's channel order, as load_image gives them from the file.
+    assert _mean_abs_diff(image, cv2.imread(str(grace_hopper_path))) < 2.0
+    np.testing.assert_array_equal(image, load_image(grace_hopper_path))
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1"])

@@ -59,7 +59,9 @@ def test_scores_match_eval_code_and_a_copy_of_the_model_agrees_exactly(shared_da
     assert copy["cosine"] == 1.0 and {k: copy[k] for k in unperturbed if k != "model"} == \
         {k: v for k, v in unperturbed.items() if k != "model"}
     assert 0.99 < neighbours["cosine"] < 1.0
-    assert unperturbed["accuracy"] > 0.85, "the shipped model should verify most of 200 LFW pairs"
+    # The shipped model verifies 98 % of these 200 pairs (LFW, YuNet: 98.1 % on all 6,000); 0.85 passed a model or
+    # an alignment that had lost most of that. This allows 12 errors where there are 4.
+    assert unperturbed["accuracy"] >= 0.94, "the shipped model should verify nearly all of 200 LFW pairs"
     assert (tmp_path / "crops.npz").is_file()
 
 

@@ -59,7 +59,7 @@ def test_descriptor_cache_round_trip_and_settings_guard(tmp_path, dlib_lfw):
     reloaded = dlib_lfw.DescriptorCache(path, "landmarks=small")
     assert reloaded.table["blank.jpg"] is None
     np.testing.assert_array_equal(reloaded.table["face.jpg"], np.arange(128))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="was made with landmarks=small, not landmarks=large"):
         dlib_lfw.DescriptorCache(path, "landmarks=large")
 
 
@@ -100,7 +100,7 @@ def test_compute_resumes_where_an_interrupted_run_stopped(tmp_path, monkeypatch,
     finished = CountingTeacher()
     np.testing.assert_array_equal(teachers.compute(images, finished, output, key, progress=False), expected)
     assert finished.calls == 0
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="records another run"):
         teachers.compute(images, CountingTeacher(), output, {"teacher": "other", "crops": 7}, progress=False)
 
     # The output deleted to compute it again, and that run killed before its first checkpoint: the state file

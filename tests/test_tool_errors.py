@@ -22,6 +22,9 @@ def test_a_missing_input_is_one_error_line(tool, arguments, tmp_path, tool_scrip
                             capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    # The line is about the missing input, not some other failure that also exits 2 with one line (a teacher that
+    # is not installed, say).
+    assert values["missing"] in lines[0], lines
 
 
 def test_align_dataset_run_again_skips_what_it_wrote(tmp_path, tool_script, astronaut_bgr):

@@ -54,10 +54,23 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     while video.read()[0]:
         count += 1
     assert count == 20
-    # Annotation changes pixels: the box around Grace Hopper's face is drawn in green.
+    # Annotation changes pixels: the box around Grace Hopper's face is drawn in green (she is enrolled), the one
+    # around the astronaut's in red (a stranger). Re-encoding alone changes far more than 10,000 in all, so the
+    # colours are counted where each face is, against the same places in the clip's own first frame.
+    from facekit.drawing import KNOWN, UNKNOWN
+
     source = cv2.VideoCapture(str(clip))
     original = source.read()[1]
-    assert np.abs(frame.astype(int) - original.astype(int)).sum() > 10_000
+
+    def added(colour: tuple[int, int, int], rows: slice, columns: slice) -> int:
+        def count(image: np.ndarray) -> int:
+            return int((np.abs(image[rows, columns].astype(int) - colour) < 40).all(axis=2).sum())
+
+        return count(frame) - count(original)
+
+    assert added(KNOWN, slice(100, 420), slice(400, 640)) > 500  # Grace Hopper, x 420-620: her box and label
+    assert added(UNKNOWN, slice(50, 420), slice(0, 340)) > 500  # the astronaut, x 10-310 in the first frame
+    assert added(KNOWN, slice(50, 420), slice(0, 340)) < 50  # and not named Grace Hopper
 
 
 def test_webcam_rejects_a_search_interval_below_one(tool_script):
@@ -69,7 +82,9 @@ def test_webcam_rejects_a_search_interval_below_one(tool_script):
 def test_webcam_reports_a_bad_source(tmp_path, tool_script):
     result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source",
                              str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    # Said of the source given, not of something else (the gallery's warning may come first).
+    assert result.stderr.splitlines()[-1] == f"error: cannot open video source '{tmp_path / 'missing.mp4'}'"
 
 
 def test_a_track_is_identified_again_when_its_face_may_be_someone_else(load_tool):

@@ -41,6 +41,7 @@ Teachers, both fed the 112x112 crops aligned to the ArcFace template:
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import json
 import multiprocessing
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    if not Path(args.data).exists():  # said before the teacher loads, which may fail first for a reason of its own
+        raise FileNotFoundError(errno.ENOENT, "training data not found", args.data)
     teacher = make_teacher(args.teacher, args.facenet_model)
     crops = load_crops(args.data, args.cache_dir, args.min_per_class, args.limit_classes)
     run_key = {"teacher": teacher.name, "dim": teacher.dim, "data": str(Path(args.data).resolve()),
