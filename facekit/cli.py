@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("people_dir", metavar="PEOPLE_DIR")
     _add_gallery_option(enroll)
     _add_pipeline_options(enroll)
-    enroll.add_argument("--workers", type=int, default=1, help="images decoded and detected ahead (default: 1)")
+    enroll.add_argument("--workers", type=int, default=1, help="look-ahead: up to 2 x N images decoded and detected "
+                        "in a background thread while others are embedded; 0 for none (default: 1)")
     enroll.add_argument("--json", action="store_true", help="print the summary as JSON")
     enroll.add_argument("--quiet", action="store_true", help="no progress bar")
 

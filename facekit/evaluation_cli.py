@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction, add_pipeline_options: Calla
         add_pipeline_options(sub)
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.add_argument("--plot", metavar="PNG", help="save the ROC curve")
-        sub.add_argument("--workers", type=int, default=1)
+        sub.add_argument("--workers", type=int, default=1, help="look-ahead, as for enroll (default: 1)")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.set_defaults(handler=run)
 
