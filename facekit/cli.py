@@ -143,6 +143,13 @@ def _version() -> str:
         return "unknown"
 
 
+def require_existing(paths: list[str]) -> None:
+    """A path that does not exist (a typo) is a usage error, said before any model loads or work is done."""
+    for given in paths:
+        if not Path(given).exists():
+            raise CliError(f"not found: {given}")
+
+
 def make_pipeline(args: argparse.Namespace):
     from facekit.recognition import FacePipeline, HeldInterrupts
 
@@ -210,9 +217,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
-    for given in args.images:  # a typo in a path is a usage error, before any work is done
-        if not Path(given).exists():
-            raise CliError(f"not found: {given}")
+    require_existing(args.images)
     pipeline = make_pipeline(args)
     threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
     gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
@@ -286,9 +291,7 @@ def annotated_path(annotate_dir: Path, image_path: str, taken: set[Path]) -> Pat
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    for given in (args.image_a, args.image_b):  # a typo in a path is a usage error, as for identify, before the models
-        if not Path(given).exists():
-            raise CliError(f"not found: {given}")
+    require_existing([args.image_a, args.image_b])
     pipeline = make_pipeline(args)
     threshold = pipeline.threshold if args.threshold is None else args.threshold
     embeddings = []

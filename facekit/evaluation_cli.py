@@ -72,7 +72,7 @@ def pair_scores(pairs, table: dict[str, np.ndarray | None]) -> tuple[np.ndarray,
 
 
 def run(args: argparse.Namespace) -> int:
-    from facekit.cli import CliError, make_pipeline
+    from facekit.cli import CliError, make_pipeline, require_existing
     from facekit.errors import escape_control_characters
     from facekit.evaluation import (
         format_metrics,
@@ -92,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
         result, scores, same = identification(pipeline, args, progress)
     else:
         if args.protocol == "lfw":
-            for required in (args.root, args.pairs):
-                if not Path(required).exists():
-                    raise CliError(f"not found: {required}")
+            require_existing([args.root, args.pairs])
             pairs = read_lfw_pairs(args.pairs, args.root)
         else:
             if not Path(args.pairs_csv).is_file():
@@ -114,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         unread_pairs = sum(p.path1 in unreadable or p.path2 in unreadable for p in pairs)
         extra = {"images": len(paths), "images_without_face": sum(v is None for v in table.values()) - len(unreadable),
                  "images_unreadable": len(unreadable), "unreadable": unread_pairs,
-                 "unreadable_images": [{"path": path, "reason": reason} for path, reason in unreadable.items()]}
+                 "unreadable_images": unreadable_records(unreadable)}
         if args.protocol == "lfw":
             # LFW names each image's person by its folder, so every different-person pair is known.
             found = [path for path in paths if table[path] is not None]
@@ -252,8 +250,7 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
                    "probes_unreadable": sum(p in probe_unreadable for p, _ in probes),
                    "gallery_identities": len(names), "gallery_images_without_face": gallery_without_face,
                    "gallery_images_unreadable": len(gallery_unreadable),
-                   "unreadable_images": [{"path": path, "reason": reason}
-                                         for path, reason in {**gallery_unreadable, **probe_unreadable}.items()]})
+                   "unreadable_images": unreadable_records({**gallery_unreadable, **probe_unreadable})})
     return result, scores_array, same_array
 
 
@@ -282,6 +279,11 @@ def refuse_repeated_probes(probes_file: Path, numbered: list[tuple[int, str]], g
                            "content), which would count it twice; list each probe once")
         if found:
             seen[found] = line
+
+
+def unreadable_records(unreadable: dict[str, str]) -> list[dict[str, str]]:
+    """The JSON's `unreadable_images`: each image that could not be read, with the reason."""
+    return [{"path": path, "reason": reason} for path, reason in unreadable.items()]
 
 
 def unreadable_note(unreadable: dict[str, str]) -> str:

@@ -61,9 +61,11 @@ class FacePipeline:
         """largest: only the largest face will be used (enrolment), so a detector that can look for large faces
         first (MTCNN's and Haar's detect_largest) may skip smaller ones."""
         detect_largest = getattr(self.detector, "detect_largest", None) if largest else None
-        faces = detect_largest(image) if detect_largest else self.detector.detect(image)
-        # A detector (perhaps the caller's own) may give points no warp can use; such a face cannot be embedded.
-        return [face for face in faces if landmarks_problem(face.landmarks) is None]
+        return _alignable(detect_largest(image) if detect_largest else self.detector.detect(image))
+
+    def detect_near(self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[Face]:
+        """Faces around known boxes (a video's last ones), as the detector's detect_near finds them."""
+        return _alignable(self.detector.detect_near(image, boxes))
 
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         image = as_bgr(image)  # a grey array is detected in, so it must align too
@@ -115,6 +117,11 @@ class FacePipeline:
             # A caller that stops early (a break, an error, Ctrl-C) waits for the one load running, not for the
             # whole window queued behind it: decoding and detecting photos no one will look at.
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _alignable(faces: list[Face]) -> list[Face]:
+    # A detector (perhaps the caller's own) may give points no warp can use; such a face cannot be embedded.
+    return [face for face in faces if landmarks_problem(face.landmarks) is None]
 
 
 def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:

@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
-from facekit.alignment import landmarks_problem
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
-from facekit.detection import DETECTOR_BACKENDS, Face, create_detector
+from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
 
@@ -99,15 +97,6 @@ def needs_identifying(track: Track, frame: int, every: int) -> bool:
     if not track.result or track.resumed or frame - track.last_identified >= every:
         return True
     return abs(math.log(track.box[2] / track.identified_width)) > math.log(SIZE_JUMP)
-
-
-def detect_faces(pipeline: FacePipeline, frame: np.ndarray,
-                 near: list[tuple[float, float, float, float]] | None = None) -> list[Face]:
-    """The faces in frame: all of them, or (near) only those around these boxes."""
-    if near is None:
-        return pipeline.detect(frame)
-    # pipeline.detect's check too: landmarks no warp can use would end the loop in embed_faces
-    return [face for face in pipeline.detector.detect_near(frame, near) if landmarks_problem(face.landmarks) is None]
 
 
 def output_problem(output: str, source: str) -> str | None:
@@ -214,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             if not ok:
                 break
             if not searches_near or frames % args.search_every == 0:
-                faces = detect_faces(pipeline, frame)
+                faces = pipeline.detect(frame)
             else:
-                faces = detect_faces(pipeline, frame, [track.box for track in tracker.tracks.values()])
+                faces = pipeline.detect_near(frame, [track.box for track in tracker.tracks.values()])
             faces_seen += len(faces)
             tracks = tracker.update([f.box for f in faces], frames)
             stale = [i for i, t in enumerate(tracks) if needs_identifying(t, frames, args.reidentify_every)]

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from facekit.errors import first_line
+from facekit.export import beside
 from facekit.model import ModelConfig, build_model
 from facekit.training.data import (
     CropSet,
@@ -215,11 +216,10 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
     if half:
         state = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Appended, not with_suffix(), which would save "model-1.0" as model-1.safetensors.
-    save_file(state, str(path.with_name(path.name + ".safetensors")), metadata={"format": "pt"})
+    save_file(state, str(beside(path, ".safetensors")), metadata={"format": "pt"})
     card = {"architecture": "inception_resnet_v2", "model": config.to_dict(), **card,
             "weights_dtype": "float16" if half else "float32"}
-    path.with_name(path.name + ".json").write_text(json.dumps(card, indent=2) + "\n")
+    beside(path, ".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 def shipped_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
