@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+import os
+import warnings
+from pathlib import Path
 
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+
+from facekit import FacekitWarning, drawing
 from facekit.drawing import KNOWN, UNKNOWN, _drawable, draw_results
+
+# Greek, Hebrew and Arabic, but no CJK: shipped with matplotlib, so the same font on every machine.
+DEJAVU = Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"
+
+
+@pytest.fixture(autouse=True)
+def no_system_fonts(monkeypatch):
+    # What a label is drawn in must not depend on the fonts this machine has, or on the user's $FACEKIT_FONT.
+    monkeypatch.delenv("FACEKIT_FONT", raising=False)
+    monkeypatch.setattr(drawing, "FONT_CANDIDATES", ())
 
 
 def test_labels_are_drawn_in_ascii_without_touching_the_photo(astronaut_bgr):
@@ -83,3 +100,59 @@ def test_landmark_dots_sit_on_their_points():
     assert count == 1 + len(points)
     nearest = [centres[1:][np.argmin(np.linalg.norm(centres[1:] - point, axis=1))] for point in points]
     np.testing.assert_allclose(nearest, points, atol=0.5)
+
+
+def test_greek_and_hebrew_names_are_written_in_a_font_that_has_them(astronaut_bgr, monkeypatch):
+    # OpenCV's fonts have no Greek: "Ελένη" and "Σοφία" were both drawn "?????".
+    monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))
+    drawn = {name: draw_results(astronaut_bgr, [_face(180, 60, name)]) for name in ("Ελένη", "Σοφία", "?????")}
+    assert not np.array_equal(drawn["Ελένη"], drawn["Σοφία"])
+    assert not np.array_equal(drawn["Ελένη"], drawn["?????"])
+    # On the band where the OpenCV label is, just above the box's top left corner.
+    band = np.all(drawn["Ελένη"][:60] == KNOWN, axis=2)
+    assert band[50:60, 180].all() and not band[:, :180].any()
+    # A right-to-left name keeps its score on the right, as a Latin one does.
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    high, low = (draw_results(frame, [_face(20, 100, "שרה כהן", similarity)]) for similarity in (0.9, 0.4))
+    columns = np.flatnonzero(np.any(high != low, axis=(0, 2)))
+    label = np.flatnonzero(np.all(high[:100] == KNOWN, axis=2).any(axis=0))
+    assert columns.size and columns.min() > (label.min() + label.max()) / 2
+
+
+def test_a_name_no_font_has_is_still_a_row_of_question_marks(astronaut_bgr, monkeypatch):
+    monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))  # no CJK in it
+    assert np.array_equal(draw_results(astronaut_bgr, [_face(180, 60, "王小明")]),
+                          draw_results(astronaut_bgr, [_face(180, 60, "???")]))
+
+
+def test_a_line_break_or_a_byte_that_was_not_utf8_is_a_question_mark_in_a_font_too(astronaut_bgr, monkeypatch):
+    # Pillow's layout fails on "\n" (or makes it lines), and OpenCV crashes on a lone surrogate.
+    monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))
+    for name, shown in (("Ελ\nένη", "Ελ?ένη"), ("Ελ\u2029ένη", "Ελ?ένη"), ("Ελ" + os.fsdecode(b"\xe9"), "Ελ?")):
+        assert np.array_equal(draw_results(astronaut_bgr, [_face(180, 60, name)]),
+                              draw_results(astronaut_bgr, [_face(180, 60, shown)])), shown
+
+
+def test_an_unusable_font_setting_warns_once_and_falls_back(astronaut_bgr, monkeypatch, tmp_path):
+    question_marks = draw_results(astronaut_bgr, [_face(180, 60, "?????")])
+    not_a_font = tmp_path / "notes.ttf"
+    not_a_font.write_text("not a font")
+    for setting in (tmp_path / "missing.ttf", not_a_font):
+        monkeypatch.setenv("FACEKIT_FONT", str(setting))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frames = [draw_results(astronaut_bgr, [_face(180, 60, "Ελένη")]) for _ in range(3)]
+        assert [str(w.message).count(str(setting)) for w in caught if w.category is FacekitWarning] == [1]
+        assert all(np.array_equal(frame, question_marks) for frame in frames)
+    # Falls back to the system's fonts, where there is one with the letters.
+    monkeypatch.setattr(drawing, "FONT_CANDIDATES", (tmp_path / "absent.ttf", DEJAVU))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not np.array_equal(draw_results(astronaut_bgr, [_face(180, 60, "Ελένη")]), question_marks)
+
+
+def test_latin_and_cyrillic_names_are_drawn_by_opencv_as_before(astronaut_bgr, monkeypatch):
+    faces = [_face(180, 60, "José Núñez"), _face(20, 300, "Łukasz Иван"), _face(300, 300, None)]
+    before = draw_results(astronaut_bgr, faces)
+    monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))
+    assert np.array_equal(draw_results(astronaut_bgr, faces), before)
