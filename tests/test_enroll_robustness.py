@@ -29,6 +29,8 @@ PHOTOS = 40
 # Runs facekit.cli's main after the patch given as argv[1], a statement that may use os, signal, sys and facekit.
 PATCHED_CLI = """
 import os, signal, sys
+# A test run started in the background by a non-interactive shell inherits SIGINT ignored; a terminal's Ctrl-C it means.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import facekit.cli, facekit.datastore, facekit.recognition
 exec(sys.argv[1])
 sys.exit(facekit.cli.main(sys.argv[2:]))
@@ -138,7 +140,9 @@ def test_an_enroll_stopped_part_way_and_run_again_makes_the_uninterrupted_galler
                                                                                  stop):
     gallery = tmp_path / "gallery"
     command = [*FACEKIT, "enroll", str(people), "--gallery", str(gallery), "--quiet", "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it, even where this run inherited it ignored (a shell's background job).
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     committed: list = []
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline and len(committed) < 16:
