@@ -18,9 +18,9 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from facekit.datastore import Gallery
     from facekit.detection import Face
     from facekit.recognition import EnrollReport, FacePipeline
@@ -55,6 +55,8 @@ def pipeline() -> FacePipeline:
 
 
 def _as_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
+    import numpy as np
+
     from facekit.imageio import load_image
 
     return image if isinstance(image, np.ndarray) else load_image(image)
@@ -72,12 +74,16 @@ def face_embeddings(image: np.ndarray | str | os.PathLike) -> list[tuple[Face, n
 
 def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float:
     """Cosine similarity of two embeddings (both unit length)."""
+    import numpy as np
+
     return float(np.dot(embedding_a, embedding_b))
 
 
 def verify(image_a: np.ndarray | str | os.PathLike, image_b: np.ndarray | str | os.PathLike,
            threshold: float | None = None) -> dict:
     """Whether the largest faces of two images are the same person."""
+    import numpy as np
+
     found = []
     for image in (image_a, image_b):
         faces = face_embeddings(image)
@@ -114,6 +120,8 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
 
     A file is recorded by its absolute path and content hash, an array by the hash of its pixels."""
     import hashlib
+
+    import numpy as np
 
     from facekit.datastore import clean_identity
     from facekit.imageio import decode_image, read_image_file

@@ -11,18 +11,20 @@ import csv
 import hashlib
 import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from facekit.errors import escape_control_characters, escape_unencodable_output, printable_path
+from facekit.errors import (
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
+    escape_control_characters,
+    escape_unencodable_output,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-INTERRUPTED = "interrupted; everything committed before this point is kept"
 
 
 class CliError(Exception):
@@ -170,6 +172,25 @@ def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None)
     return Gallery.open(path, create=create, dim=dim)
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """'1 face', '2 faces': for the human-readable summaries."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def check_threshold(threshold: float | None) -> None:
+    # A cosine similarity: beyond [-1, 1] (or nan) every face would silently be unknown, or every pair the same.
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise CliError(f"--threshold is a cosine similarity, between -1 and 1, not {threshold}")
+
+
+def csv_output(header: list[str]):
+    """A CSV writer on stdout, its header row written. The csv module's own dialect (\\r\\n line ends) for every
+    --csv: one CSV style for the whole CLI."""
+    writer = csv.writer(sys.stdout)
+    writer.writerow(header)
+    return writer
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from facekit.recognition import collect_people, enroll
 
@@ -201,9 +222,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
         for path, reason in report.skipped:
             print(escape_control_characters(f"skipped {path}: {reason}"), file=sys.stderr)
-        print(f"{summary['people']} people, {report.files} files: {report.enrolled} faces enrolled, "
-              f"{report.already_enrolled} already enrolled, {len(report.skipped)} skipped; "
-              f"gallery now holds {total} faces")
+        print(f"{counted(summary['people'], 'person', 'people')}, {counted(report.files, 'file')}: "
+              f"{counted(report.enrolled, 'face')} enrolled, {report.already_enrolled} already enrolled, "
+              f"{len(report.skipped)} skipped; gallery now holds {counted(total, 'face')}")
     nothing_done = report.enrolled == 0 and report.already_enrolled == 0
     return EXIT_FAILED if nothing_done else EXIT_OK
 
@@ -217,6 +238,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
+    check_threshold(args.threshold)
     require_existing(args.images)
     pipeline = make_pipeline(args)
     threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
@@ -228,9 +250,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CliError(f"cannot write annotated copies to {annotate_dir}: {exc.strerror or exc}") from exc
     annotated: set[Path] = set()
-    writer = csv.writer(sys.stdout) if args.csv else None
-    if writer:
-        writer.writerow(["image", "face", "x", "y", "w", "h", "identity", "similarity"])
+    writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity"]) if args.csv else None
     processed = found = 0
 
     def unreadable(error: OSError) -> None:
@@ -256,7 +276,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     writer.writerow([item.path, number, *face["box"], face["identity"] or "unknown",
                                      face["similarity"]])
             else:
-                print(f"{escape_control_characters(item.path)}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+                print(f"{escape_control_characters(item.path)}: {counted(len(faces), 'face')}")
                 for face in faces:
                     x, y, w, h = face["box"]
                     best = face["candidates"][0] if face["candidates"] else None
@@ -271,6 +291,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 if not written:
                     raise CliError(f"cannot write {out}", EXIT_FAILED)
                 annotated.add(out)
+                if not (args.json or writer):  # the name is the tool's choice (never the photo's own): say it
+                    print(f"  annotated copy: {escape_control_characters(str(out))}")
     if processed == 0:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         message = "no image could be read" if found else f"no images ({extensions}) in {', '.join(args.images)}"
@@ -291,6 +313,7 @@ def annotated_path(annotate_dir: Path, image_path: str, taken: set[Path]) -> Pat
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    check_threshold(args.threshold)
     require_existing([args.image_a, args.image_b])
     pipeline = make_pipeline(args)
     threshold = pipeline.threshold if args.threshold is None else args.threshold
@@ -313,38 +336,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
-    if args.csv:
-        # The csv module's own dialect, as identify --csv writes: one CSV style for the whole CLI.
-        writer = csv.DictWriter(sys.stdout, ["identity", "created", "sha256", "path"])
-        writer.writeheader()
+    writer = csv_output(["identity", "created", "sha256", "path"]) if args.csv else None
     for photo in photos:
         created = datetime.fromtimestamp(photo["created"], timezone.utc).isoformat(timespec="seconds")
         if args.json:
             print(json.dumps({**photo, "created": created}))
-        elif args.csv:
-            writer.writerow({**photo, "created": created})
+        elif writer:
+            writer.writerow([photo["identity"], created, photo["sha256"], photo["path"]])
         else:
             print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {escape_control_characters(photo['path'])}")
 
 
 def photo_keys(photo: str) -> set[str]:
-    """What one remove-photo argument may be enrolled as: its sha256 (the gallery stores it in lower case), its
-    path spelt as given, absolute (as enroll records a path) or relative to here (as galleries enrolled before
-    facekit recorded absolute paths hold it, when enrolled from here), and a file's content."""
+    """What the gallery is asked for one remove-photo argument: the argument, which Gallery.remove_photos matches
+    as a sha256 or a path in any spelling, and a file's content, which it cannot know."""
     if not photo:
         raise CliError('a PHOTO argument is empty (an unset variable in "$VAR"?)')
     path = Path(photo)
     if path.is_dir():
         raise CliError(f"a folder, not a photo: {photo}")
-    keys = {photo, photo.lower()} if SHA256.fullmatch(photo) else {photo}
-    keys |= {os.path.abspath(photo), os.path.relpath(photo)}
+    keys = {photo}
     if path.is_file():  # by content too: the photo may have been enrolled from another path
         try:
             keys.add(file_sha256(path))
         except OSError as exc:
             raise CliError(f"cannot read {photo}: {exc.strerror or exc}") from exc
-    # Spelt as the gallery stores a path: a byte that is not UTF-8 (a Latin-1 name) as \xNN.
-    return {printable_path(key) for key in keys}
+    return keys
 
 
 def file_sha256(path: Path) -> str:
@@ -365,7 +382,8 @@ def remove_photos(gallery, photos: list[str]) -> int:
     matched: set[str] = set()
     for face in removed:
         print(f"removed {escape_control_characters(face['path'])} from {face['identity']}")
-        matched |= asked.get(face["sha256"], set()) | asked.get(face["path"], set())
+        for key in face["named_by"]:
+            matched |= asked[key]
     missing = [photo for photo in dict.fromkeys(photos) if photo not in matched]
     for photo in missing:
         print(escape_control_characters(f"error: not enrolled in {gallery.root}: {photo}"), file=sys.stderr)
@@ -385,9 +403,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print(f"warning: {message}", file=sys.stderr)
     with gallery:
         if args.action == "list":
-            writer = csv.writer(sys.stdout) if args.csv else None
-            if writer:
-                writer.writerow(["identity", "faces"])
+            writer = csv_output(["identity", "faces"]) if args.csv else None
             for name, count in gallery.identities():
                 if args.json:
                     print(json.dumps({"identity": name, "faces": count}))
@@ -406,7 +422,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print_photos(gallery.photos(args.name), args)
         elif args.action == "remove":
             removed = gallery.remove(args.name)
-            print(f"removed {args.name} ({removed} faces)")
+            print(f"removed {args.name} ({counted(removed, 'face')})")
         elif args.action == "remove-photo":
             return remove_photos(gallery, args.photos)
         elif args.action == "rename":
@@ -420,12 +436,12 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 for problem in problems:
                     print(f"problem: {problem}")
                 if not problems:
-                    print(f"ok: {len(gallery)} faces, index and database agree")
+                    print(f"ok: {counted(len(gallery), 'face')}, index and database agree")
             if problems:
                 return EXIT_FAILED
         elif args.action == "rebuild":
             gallery.rebuild(args.index)
-            print(f"rebuilt the {gallery.stats()['index']} index from {len(gallery)} faces")
+            print(f"rebuilt the {gallery.stats()['index']} index from {counted(len(gallery), 'face')}")
     return EXIT_OK
 
 
@@ -462,7 +478,7 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
         return exc.code
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

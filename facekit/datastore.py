@@ -47,6 +47,8 @@ LOCK_NAME = "lock"
 MODEL_KEY = "model"  # meta key: sha256 of the weights whose embeddings the gallery holds
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_FILE = re.compile(r"index-(\d{8})-(\d+)\.faiss(\.tmp)?")
+# The start of a photo's sha256, as `facekit gallery photos` shows it (12 digits) or longer; 64 digits are the whole.
+SHA256_PREFIX = re.compile(r"[0-9a-fA-F]{12,63}")
 
 # Measured with tools/bench_gallery.py (dim 512) on an idle 2-core machine, CPU time per single query:
 # exact search costs 0.3 ms per 1,000 vectors (memory bound): 3.2 ms at 10k, 26 ms at 100k, while IVF took
@@ -677,20 +679,47 @@ class Gallery:
         return removed
 
     def remove_photos(self, photos: list[str] | str | os.PathLike) -> list[dict]:
-        """Delete the faces enrolled from these photos, each named by its content sha256 or its path as enrolled;
-        returns the faces removed ({identity, path, sha256, created}). An identity left without faces goes too.
+        """Delete the faces enrolled from these photos, each named by its content sha256 or its path; returns the
+        faces removed ({identity, path, sha256, created, named_by}: named_by lists the photos given, as strings,
+        that named the face). An identity left without faces goes too.
 
         For one wrong photo in a person's folder: the rest of that person stays enrolled. A digest matches in either
-        case, a path only exactly as enrolled; one photo may be given alone, as a string or path."""
+        case, and so does its start from 12 hex digits on (what `facekit gallery photos` shows) where it names one
+        photo only; the start of several photos' digests is a GalleryError, and nothing is removed. A path matches
+        as given, absolute (as enroll and add_face record it) or relative to the current folder (as galleries
+        enrolled before they did hold it), both normalised ("./a/../a/1.jpg" is "a/1.jpg") but a symlink not
+        resolved (enrolled as named). One photo may be given alone, as a string or path."""
         if isinstance(photos, (str, os.PathLike)):
             photos = [photos]
-        paths = {str(photo) for photo in photos}
-        digests = {path.lower() for path in paths}
+        here = os.getcwd()  # once: abspath and relpath would ask for it for every photo
+        by_digest: dict[str, list[str]] = {}
+        by_prefix: dict[str, str] = {}
+        by_path: dict[str, list[str]] = {}
+        for photo in dict.fromkeys(str(photo) for photo in photos):
+            # Only the string as given is a digest: a path's spelling that happens to look like one is no digest.
+            by_digest.setdefault(photo.lower(), []).append(photo)
+            if SHA256_PREFIX.fullmatch(photo):
+                by_prefix[photo.lower()] = photo
+            absolute = os.path.normpath(os.path.join(here, photo))
+            # An empty string names no photo, not the current folder.
+            spellings = {photo, absolute, os.path.relpath(absolute, here)} if photo else set()
+            for path in spellings:  # as the gallery stores a path: a byte that is not UTF-8 as \xNN
+                by_path.setdefault(printable_path(path), []).append(photo)
         with self.writer(), self._transaction(write=True) as conn:
             # Matched here, not with IN (?, ...): any number of keys (SQLite caps the parameters of a statement),
             # in one pass; source_path has no index, so SQLite would read the whole table for them anyway.
             every = conn.execute(f"SELECT e.id, i.name, e.source_path, e.sha256, e.created {LIVE_ROWS} ORDER BY e.id")
-            rows = [row for row in every if row[3] in digests or row[2] in paths]
+            rows = []
+            for row in every:
+                started = [prefix for prefix in by_prefix if row[3].startswith(prefix)]
+                for prefix in started:
+                    by_digest.setdefault(row[3], []).append(by_prefix[prefix])
+                if started or row[3] in by_digest or row[2] in by_path:
+                    rows.append(row)
+            for prefix, photo in by_prefix.items():
+                # A typed start that names two photos must not remove both: 12 digits make that rare, not impossible.
+                if len({row[3] for row in rows if row[3].startswith(prefix)}) > 1:
+                    raise GalleryError(f"{photo} is the start of the sha256 of several photos; give more of it")
             if not rows:
                 return []
             conn.executemany("DELETE FROM embeddings WHERE id = ?", [(row[0],) for row in rows])
@@ -699,7 +728,8 @@ class Gallery:
             self._load_live()  # the index keeps the vectors as tombstones until the write ends
             self._data_generation = self._generation()
             self._forgetting = True
-        return [{"identity": name, "path": path, "sha256": sha, "created": created}
+        return [{"identity": name, "path": path, "sha256": sha, "created": created,
+                 "named_by": list(dict.fromkeys(by_digest.get(sha, []) + by_path.get(path, [])))}
                 for _, name, path, sha, created in rows]
 
     def rename(self, old: str, new: str, *, merge: bool = False) -> None:

@@ -7,6 +7,11 @@ import codecs
 import re
 import sys
 
+# What the CLI says for a Ctrl-C, and its exit status (128 + SIGINT, as a shell gives it). Here, not in facekit.cli,
+# so that facekit.__main__ can say it while facekit.cli is still importing.
+INTERRUPTED = "interrupted; everything committed before this point is kept"
+EXIT_INTERRUPTED = 130
+
 # Characters that end a line or steer a terminal (a newline or an ESC in a file name), and Unicode's line breaks.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,11 +20,30 @@ import cv2
 import numpy as np
 import pytest
 
-from facekit.cli import main
+from facekit.cli import INTERRUPTED, main
 from facekit.datastore import Gallery
 from facekit.representation import DEFAULT_MODEL
 
 FACE_KEYS = {"box", "landmarks", "identity", "similarity", "candidates"}
+# `facekit ARGS` started as argv[2] says ("-m": `python -m facekit`; else a console script's "module:function"), with
+# a Ctrl-C raised as module argv[1] starts to import: at a known moment, where a real key's would be chance.
+CTRL_C_IN_IMPORT = """
+import importlib, runpy, sys
+
+class CtrlCInImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == interrupted:
+            raise KeyboardInterrupt
+        return None
+
+interrupted, entry, sys.argv = sys.argv[1], sys.argv[2], ["facekit", *sys.argv[3:]]
+sys.meta_path.insert(0, CtrlCInImport())
+if entry == "-m":
+    runpy.run_module("facekit", run_name="__main__", alter_sys=True)
+else:
+    module, function = entry.split(":")
+    sys.exit(getattr(importlib.import_module(module), function)())
+"""
 
 
 def variant(image: np.ndarray, seed: int) -> np.ndarray:
@@ -97,16 +117,38 @@ def test_annotated_copies_never_overwrite_a_photo_or_each_other(tmp_path, people
     photos = [people / "eileen_collins" / "a.jpg", people / "grace_hopper" / "a.jpg"]
     originals = [photo.read_bytes() for photo in photos]
     out_dir = photos[0].parent
-    code, _, _ = run_cli(capsys, "identify", *map(str, photos), "--gallery", gallery, "--annotate", str(out_dir))
+    code, out, _ = run_cli(capsys, "identify", *map(str, photos), "--gallery", gallery, "--annotate", str(out_dir))
     assert code == 0 and [photo.read_bytes() for photo in photos] == originals
     copies = sorted(path.name for path in out_dir.glob("*.annotated.jpg"))
     assert copies == ["a-2.annotated.jpg", "a.annotated.jpg"]
+    # Each copy's name is said under its photo: the second "a.jpg" got a name the user could not guess.
+    said = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("  annotated copy: ")]
+    assert said == [str(out_dir / "a.annotated.jpg"), str(out_dir / "a-2.annotated.jpg")]
     # A folder that cannot be made (a file is in the way) or written is one line and a non-zero exit.
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for target in (blocker, blocker / "sub"):
         code, _, err = run_cli(capsys, "identify", str(photos[0]), "--gallery", gallery, "--annotate", str(target))
         assert code == 2 and err.startswith("error: cannot write annotated copies to") and err.count("\n") == 1
+
+
+def test_one_of_a_thing_is_counted_in_the_singular(tmp_path, capsys, astronaut_bgr):
+    (tmp_path / "people" / "eileen").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "people" / "eileen" / "a.jpg"), astronaut_bgr)
+    gallery = str(tmp_path / "gallery")
+    code, out, _ = run_cli(capsys, "enroll", str(tmp_path / "people"), "--gallery", gallery, "--quiet")
+    assert code == 0 and out.startswith("1 person, 1 file: 1 face enrolled, ") and out.endswith("holds 1 face\n"), out
+    check = run_cli(capsys, "gallery", "--gallery", gallery, "check")
+    assert check == (0, "ok: 1 face, index and database agree\n", "")
+
+
+@pytest.mark.parametrize("threshold", ["2", "-1.5", "nan"])
+def test_a_threshold_that_no_cosine_similarity_can_meet_is_a_usage_error(tmp_path, capsys, threshold):
+    photo = str(tmp_path / "x.jpg")
+    for command in (["identify", photo], ["verify", photo, photo]):
+        code, out, err = run_cli(capsys, *command, "--threshold", threshold)
+        assert (code, out) == (2, "") and err == f"error: --threshold is a cosine similarity, between -1 and 1, not " \
+            f"{float(threshold)}\n"
 
 
 def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
@@ -364,8 +406,14 @@ def test_kill_during_enroll_loses_nothing_committed(tmp_path, astronaut_bgr, gra
     process.wait()
     assert committed, "nothing was committed before the kill"
 
-    check = subprocess.run([sys.executable, "-m", "facekit.cli", "gallery", "--gallery", str(gallery), "check"],
-                           capture_output=True, text=True)
+    check_command = [sys.executable, "-m", "facekit.cli", "gallery", "--gallery", str(gallery), "check"]
+    check = subprocess.run(check_command, capture_output=True, text=True)
+    # A kill between a batch's commit and its index checkpoint (likelier on a busy machine) leaves an index that the
+    # next open rebuilds from the database, and check says so: then the only problems are those repairs.
+    problems = [line for line in check.stdout.splitlines() if line.startswith("problem:")]
+    if check.returncode == 1:
+        assert problems and all(line.endswith("(repaired on opening)") for line in problems), check.stdout
+        check = subprocess.run(check_command, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     with Gallery.open(gallery, create=False) as opened:
         for sha in committed:
@@ -387,6 +435,23 @@ def test_console_script_help():
         assert sub.returncode == 0 and "usage:" in sub.stdout
     bad = subprocess.run([sys.executable, "-m", "facekit.cli", "identify"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def console_script() -> str:
+    """The `facekit` command's "module:function" as pyproject.toml names it; an editable install's may be older."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    return re.search(r'^facekit = "(.+)"$', pyproject, re.MULTILINE).group(1)
+
+
+@pytest.mark.parametrize("launch", ["python -m facekit", "console script"])
+@pytest.mark.parametrize("importing", ["facekit.cli", "numpy"])
+def test_a_ctrl_c_while_the_cli_is_still_importing_is_one_line(tmp_path, launch, importing):
+    """Pressed before facekit.cli's own handling is in place, a Ctrl-C ends the command as a later one does; numpy,
+    the slowest import, is where a Ctrl-C pressed at once lands."""
+    entry = "-m" if launch == "python -m facekit" else console_script()
+    command = [sys.executable, "-c", CTRL_C_IN_IMPORT, importing, entry, "identify", str(tmp_path / "x.jpg")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", f"{INTERRUPTED}\n")
 
 
 def test_a_damaged_tiff_is_one_error_line_even_at_the_file_descriptor(tmp_path, capfd, astronaut_bgr):

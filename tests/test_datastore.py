@@ -361,6 +361,56 @@ def test_remove_photos_takes_one_photo_as_a_string(path: Path) -> None:
         assert gallery.check() == []
 
 
+def test_remove_photos_knows_a_path_by_any_spelling_from_the_current_folder(
+        tmp_path: Path, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """enroll and add_face record a photo by its absolute path: given relative, or not normalised, it is the same
+    photo; a gallery enrolled before holds a path relative, and absolute finds it too."""
+    monkeypatch.chdir(tmp_path)
+    ann = [str(tmp_path / "people" / "ann" / name) for name in ("1.jpg", "2.jpg")]
+    with Gallery.open(path, dim=DIM) as gallery:
+        gallery.add("ann", vectors(1, 2), [{**source, "path": name} for source, name in zip(sources("a1", "a2"), ann)])
+        gallery.add("bob", vectors(2), [{**sources("b1")[0], "path": "people/bob/1.jpg"}])  # enrolled before
+        removed = gallery.remove_photos(["people/ann/1.jpg", "./people/ann/1.jpg"])
+        assert [(face["path"], face["named_by"]) for face in removed] == [
+            (ann[0], ["people/ann/1.jpg", "./people/ann/1.jpg"])]
+        assert [face["path"] for face in gallery.remove_photos("./people/ann/../ann/2.jpg")] == [ann[1]]
+        assert [face["path"] for face in gallery.remove_photos(tmp_path / "people/bob/1.jpg")] == ["people/bob/1.jpg"]
+        assert gallery.identities() == [] and gallery.check() == []
+
+
+def test_remove_photos_leaves_another_photo_and_takes_a_digest_only_as_given(
+        tmp_path: Path, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path names only the photo it spells from here, relative or not; a digest in capitals is the digest, not a
+    path spelt in lower case (another photo, enrolled under a name that is the digest's)."""
+    monkeypatch.chdir(tmp_path)
+    digest = sources("ann")[0]["sha256"]
+    with Gallery.open(path, dim=DIM) as gallery:
+        gallery.add("ann", vectors(1), [{**sources("ann")[0], "path": str(tmp_path / "people" / "ann" / "1.jpg")}])
+        gallery.add("bob", vectors(2), [{**sources("bob")[0], "path": str(tmp_path / "people" / "bob" / "1.jpg")}])
+        gallery.add("cy", vectors(3), [{**sources("cy")[0], "path": digest}])
+        assert gallery.remove_photos(["people/ann/2.jpg", "ann/1.jpg", "people/bob", "../people/ann/1.jpg"]) == []
+        assert [face["identity"] for face in gallery.remove_photos(digest.upper())] == ["ann"]
+        assert [face["identity"] for face in gallery.remove_photos("people/bob/1.jpg")] == ["bob"]
+        assert gallery.identities() == [("cy", 1)]
+
+
+def test_remove_photos_takes_the_start_of_a_digest_that_names_one_photo_only(path: Path) -> None:
+    """`gallery photos` shows 12 digits of each sha256: they remove that photo, but not two photos that share them."""
+    twins = ["0123456789ab" + "c" * 52, "0123456789ab" + "d" * 52]
+    with Gallery.open(path, dim=DIM) as gallery:
+        ann = [{**source, "sha256": sha} for source, sha in zip(sources("a1", "a2"), twins)]
+        gallery.add("ann", vectors(1, 2), ann)
+        gallery.add("bob", vectors(3), sources("b1"))
+        bob_sha = gallery.photos("bob")[0]["sha256"]
+        with pytest.raises(GalleryError, match="^0123456789AB is the start of the sha256 of several photos"):
+            gallery.remove_photos("0123456789AB")
+        assert len(gallery) == 3
+        assert gallery.remove_photos(bob_sha[:11]) == []  # shorter than what is shown: a path, and none is enrolled
+        assert [face["named_by"] for face in gallery.remove_photos(bob_sha[:12])] == [[bob_sha[:12]]]
+        assert [face["sha256"] for face in gallery.remove_photos("0123456789abd")] == [twins[1]]
+        assert gallery.identities() == [("ann", 1)] and gallery.check() == []
+
+
 def test_a_reader_with_the_old_index_never_returns_a_removed_face(path: Path) -> None:
     """Another Gallery (or process) loaded the index before a removal. Searched while the writer purges, and
     after the old index files are gone, it answers from the live faces only."""
