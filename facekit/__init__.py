@@ -100,7 +100,7 @@ def identify(image: np.ndarray | str | os.PathLike, gallery: Gallery, threshold:
     """Every face in the image with its identity (None when unknown) and top-k candidates."""
     from facekit.recognition import identify_image
 
-    threshold = pipeline().identify_threshold if threshold is None else threshold
+    threshold = pipeline().identify_threshold_for(len(gallery)) if threshold is None else threshold
     return identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
 
 

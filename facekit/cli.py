@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gallery_option(identify)
     _add_pipeline_options(identify)
     identify.add_argument("--threshold", type=float, help="minimum cosine similarity for a match "
-                                                          "(default: the model card's identify_threshold, "
-                                                          "calibrated on LFW for search in a gallery)")
+                                                          "(default: from the model card, calibrated on LFW for "
+                                                          "search in a gallery, stricter as the gallery grows)")
     identify.add_argument("--top-k", type=int, default=3, help="candidates listed per face (default: 3)")
     output = identify.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
@@ -241,8 +241,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     check_threshold(args.threshold)
     require_existing(args.images)
     pipeline = make_pipeline(args)
-    threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
     gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
+    threshold = pipeline.identify_threshold_for(len(gallery)) if args.threshold is None else args.threshold
     annotate_dir = Path(args.annotate) if args.annotate else None
     if annotate_dir:
         try:

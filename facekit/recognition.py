@@ -57,6 +57,9 @@ class FacePipeline:
     def identify_threshold(self) -> float:
         return self.embedder.identify_threshold
 
+    def identify_threshold_for(self, gallery_faces: int) -> float:
+        return self.embedder.identify_threshold_for(gallery_faces)
+
     def detect(self, image: np.ndarray, largest: bool = False) -> list[Face]:
         """largest: only the largest face will be used (enrolment), so a detector that can look for large faces
         first (MTCNN's and Haar's detect_largest) may skip smaller ones."""

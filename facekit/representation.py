@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "facekit-irv2"
 FALLBACK_THRESHOLD = 0.3
+# The chance that search names a stranger, which the default identify threshold keeps to: the card's identify threshold
+# gives it for 40 faces (40 x 5e-3 of LFW's different-person pairs), and a larger gallery gets a stricter threshold.
+STRANGER_NAMING_RATE = 0.2
 
 
 class ModelWarning(FacekitWarning):
@@ -266,6 +269,22 @@ class Embedder:
         the card sets this at a fixed false accept rate on LFW (see its identify_threshold_source).
         """
         return float(self.card.get("identify_threshold", self.threshold))
+
+    def identify_threshold_for(self, gallery_faces: int) -> float:
+        """The identify threshold for a gallery of this many faces: the similarity that a share
+        STRANGER_NAMING_RATE / gallery_faces of LFW's different-person pairs exceed (the card's `threshold_at_far`,
+        read between its rates on a log scale), so a stranger is named about as rarely in 5,000 faces as in 40.
+        Never below identify_threshold; never past the strictest rate the card measured, which larger galleries
+        get (with a higher chance of naming a stranger than the rate's)."""
+        measured = sorted((float(far), float(value)) for far, value in
+                          self.card.get("lfw", {}).get("threshold_at_far", {}).items())
+        if not measured:
+            return self.identify_threshold
+        log_far = np.log10(STRANGER_NAMING_RATE / max(1, gallery_faces))
+        log_rates = [np.log10(far) for far, _ in measured]
+        # np.interp clamps at both ends: a gallery past the strictest measured rate keeps that rate's threshold.
+        at_rate = float(np.interp(log_far, log_rates, [value for _, value in measured]))
+        return max(self.identify_threshold, round(at_rate, 4))
 
     def embed(self, crops_bgr: np.ndarray, flip: bool = True) -> np.ndarray:
         """(N, dim) unit embeddings of N aligned crops (N, 112, 112, 3), or of one crop (112, 112, 3).

@@ -692,3 +692,27 @@ def test_identify_on_a_folder_without_images_says_so(tmp_path, people, capsys):
     (tmp_path / "notes" / "bad.jpg").write_text("not a photo")
     code, _, err = run_cli(capsys, "identify", str(tmp_path / "notes"), "--gallery", gallery)
     assert code == 1 and err.strip().splitlines()[-1] == "error: no image could be read"
+
+
+def test_identify_takes_a_stricter_default_threshold_for_a_larger_gallery(tmp_path, people, capsys, monkeypatch):
+    """400 faces more: the default is the card's threshold for 404 faces, not its 40-face one; --threshold wins."""
+    import facekit.recognition
+    from facekit.representation import Embedder
+
+    gallery = tmp_path / "gallery"
+    assert run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--quiet")[0] == 0
+    rng = np.random.default_rng(0)
+    filler = rng.normal(size=(400, 512)).astype(np.float32)
+    filler /= np.linalg.norm(filler, axis=1, keepdims=True)
+    with Gallery.open(gallery, create=False) as opened:
+        opened.add("filler", filler, [{"path": f"f{i}.jpg", "sha256": f"{i:064x}", "box": [0, 0, 9, 9]}
+                                      for i in range(400)])
+    used: list[float] = []
+    identify_image = facekit.recognition.identify_image
+    monkeypatch.setattr(facekit.recognition, "identify_image",
+                        lambda *args, **kwargs: used.append(args[3]) or identify_image(*args, **kwargs))
+    probe = str(people / "grace_hopper" / "a.jpg")
+    assert run_cli(capsys, "identify", probe, "--gallery", str(gallery), "--json")[0] == 0
+    assert run_cli(capsys, "identify", probe, "--gallery", str(gallery), "--json", "--threshold", "0.5")[0] == 0
+    embedder = Embedder()
+    assert used == [embedder.identify_threshold_for(404), 0.5] and used[0] > embedder.identify_threshold

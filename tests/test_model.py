@@ -150,3 +150,21 @@ def test_weights_named_with_a_version_are_saved_under_that_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-1.0.json", "model-1.0.safetensors"]
     loaded, card = load_model(tmp_path / "model-1.0")
     assert card["threshold"] == 0.5 and loaded.config == model.config
+
+
+def test_the_identify_threshold_grows_stricter_with_the_gallery():
+    """A stranger is named if any of G comparisons passes: the default threshold holds the card's rate for 40 faces
+    (its identify_threshold) to larger galleries, up to the strictest rate the card measured."""
+    from facekit.representation import Embedder
+
+    embedder = Embedder()
+    at_far = embedder.card["lfw"]["threshold_at_far"]
+    for faces in (0, 1, 40):
+        assert embedder.identify_threshold_for(faces) == embedder.identify_threshold == at_far["5e-3"]
+    assert embedder.identify_threshold_for(200) == at_far["1e-3"]  # 0.2 / 200
+    assert embedder.identify_threshold_for(2000) == embedder.identify_threshold_for(10**7) == at_far["1e-4"]
+    thresholds = [embedder.identify_threshold_for(faces) for faces in (40, 41, 100, 150, 200, 500, 2000)]
+    assert all(stricter > looser for looser, stricter in zip(thresholds, thresholds[1:])), thresholds
+    # A card without the measured rates keeps its one identify threshold.
+    embedder.card = {**embedder.card, "lfw": {}}
+    assert embedder.identify_threshold_for(5000) == embedder.identify_threshold

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="0", help="camera index or video file (default: 0)")
     parser.add_argument("--gallery", help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
-    parser.add_argument("--threshold", type=float, help="default: the model card's identify threshold")
+    parser.add_argument("--threshold", type=float,
+                        help="default: the model card's identify threshold for the size of the gallery")
     parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
     parser.add_argument("--search-every", type=int, default=5, metavar="N",
                         help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                   "enrolled", file=sys.stderr)
     else:
         print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
-    threshold = pipeline.identify_threshold if args.threshold is None else args.threshold
+    gallery_faces = len(gallery) if gallery is not None else 0
+    threshold = pipeline.identify_threshold_for(gallery_faces) if args.threshold is None else args.threshold
     capture = open_source(args.source)
     if capture is None:
         if gallery is not None:
