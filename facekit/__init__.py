@@ -86,10 +86,8 @@ def verify(image_a: np.ndarray | str | os.PathLike, image_b: np.ndarray | str | 
 
     found = []
     for image in (image_a, image_b):
-        faces = face_embeddings(image)
-        if not faces:
-            raise ValueError(f"no face found in {image if not isinstance(image, np.ndarray) else 'the image'}")
-        found.append(faces[0][1])
+        name = "the image" if isinstance(image, np.ndarray) else str(image)
+        found.append(_largest_face(_as_image(image), name)[1])
     threshold = pipeline().threshold if threshold is None else threshold
     similarity = compare(*found)
     return {"same": similarity >= threshold, "similarity": similarity, "threshold": threshold}
@@ -104,13 +102,14 @@ def identify(image: np.ndarray | str | os.PathLike, gallery: Gallery, threshold:
     return identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
 
 
-def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False) -> EnrollReport:
+def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False, sync: bool = False) -> EnrollReport:
     """`facekit enroll`: the largest face of each photo in a folder of per-person folders; photos enrolled
-    already (by content) are skipped. The report lists what was enrolled, skipped and why."""
+    already (by content) are skipped. The report lists what was enrolled, skipped and why. With sync, the faces
+    enrolled from photos in that folder that have since been deleted or changed are then removed (report.removed)."""
     from facekit.recognition import enroll as enroll_folder
 
     _check_size(gallery)
-    return enroll_folder(pipeline(), gallery, people_dir, progress=progress)
+    return enroll_folder(pipeline(), gallery, people_dir, progress=progress, sync=sync)
 
 
 def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathLike) -> int:
@@ -135,10 +134,7 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
         name, source, data = str(image), os.path.abspath(image), read_image_file(image)
         array = decode_image(data, name=name)
     identity, sha256 = clean_identity(identity), hashlib.sha256(data).hexdigest()
-    faces = face_embeddings(array)
-    if not faces:
-        raise ValueError(f"no face found in {name}")
-    face, embedding = faces[0]
+    face, embedding = _largest_face(array, name)
     with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
         gallery.bind_model(pipeline().embedder.model_id)
         enrolled = gallery.source_face(sha256)
@@ -149,6 +145,19 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
                              "(gallery.remove_photos takes it out of the gallery)")
         return gallery.add(identity, embedding[None], [{"path": source, "sha256": sha256,
                                                         "box": [float(v) for v in face.box]}])[0]
+
+
+def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
+    """The largest face of an image that should hold one (verify, add_face) and its embedding; a FacekitWarning
+    says where it was found only with the image turned."""
+    import warnings
+
+    found = pipeline().find_one_face(image)
+    if not found.faces:
+        raise ValueError(f"no face found in {name}")
+    if found.warning:
+        warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=3)
+    return found.faces[0], pipeline().embed_found(image, found)
 
 
 def _check_size(gallery: Gallery) -> None:

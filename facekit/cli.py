@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "in a background thread while others are embedded; 0 for none (default: 1)")
     enroll.add_argument("--json", action="store_true", help="print the summary as JSON")
     enroll.add_argument("--quiet", action="store_true", help="no progress bar")
+    enroll.add_argument("--sync", action="store_true", help="then remove the faces enrolled from photos in PEOPLE_DIR "
+                        "that have since been deleted from it or changed (by default they stay)")
 
     identify = commands.add_parser("identify", help="name every face in images or folders")
     identify.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
@@ -207,7 +209,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
         gallery.require_writable()  # a read-only gallery: said before any photo is read, not after a batch
-        report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json))
+        report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json),
+                        sync=args.sync)
         total = len(gallery)
     summary = {
         "people": len(report.people), "files": report.files, "images": report.images, "enrolled": report.enrolled,
@@ -215,6 +218,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         "gallery_faces": total, "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped],
         "warnings": report.warnings,
     }
+    if args.sync:
+        summary["removed"] = len(report.removed)
+        summary["removed_files"] = [{"path": p, "identity": who} for p, who in report.removed]
     if args.json:
         print(json.dumps(summary))
     else:
@@ -225,6 +231,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"{counted(summary['people'], 'person', 'people')}, {counted(report.files, 'file')}: "
               f"{counted(report.enrolled, 'face')} enrolled, {report.already_enrolled} already enrolled, "
               f"{len(report.skipped)} skipped; gallery now holds {counted(total, 'face')}")
+        if args.sync:
+            for path, identity in report.removed:
+                print(escape_control_characters(f"removed {path} from {identity}"))
+            print(escape_control_characters(f"--sync: {counted(len(report.removed), 'face')} removed (photo deleted "
+                                            f"from {people} or changed)"))
     nothing_done = report.enrolled == 0 and report.already_enrolled == 0
     return EXIT_FAILED if nothing_done else EXIT_OK
 
@@ -319,12 +330,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     threshold = pipeline.threshold if args.threshold is None else args.threshold
     embeddings = []
     for path in (args.image_a, args.image_b):
-        item = pipeline.load(path)
+        item = pipeline.load(path, expect_face=True)
         if item.error:
             raise CliError(item.error, EXIT_FAILED)
         if not item.faces:
             raise CliError(f"no face found in {path}", EXIT_FAILED)
-        embeddings.append(pipeline.embed_faces(item.image, item.faces[:1])[0])
+        if item.found.warning:
+            print(f"warning: {escape_control_characters(f'{path}: {item.found.warning}')}", file=sys.stderr)
+        embeddings.append(pipeline.embed_found(item.image, item.found))
     similarity = float(embeddings[0] @ embeddings[1])
     same = similarity >= threshold
     if args.json:

@@ -125,6 +125,22 @@ def _keep_and_sort(faces: list[Face], min_face: int | None) -> list[Face]:
     return sorted((f for f in faces if f.box[2] >= _narrowest(min_face)), key=_largest_first)
 
 
+def default_narrowest_face(detector: Detector, image_shape: tuple[int, ...]) -> float | None:
+    """The narrowest face one of facekit's detectors, built without a min_face, finds in an image of this shape:
+    its search floor in the copy it shrinks the image to (see _downscale), in the image's own pixels. None for a
+    detector given a min_face, which it honours in any image, or of a kind whose search is not known."""
+    if isinstance(detector, HaarLandmarkDetector):
+        floor = HAAR_SEARCH_FLOOR
+    elif isinstance(detector, (YuNetDetector, MTCNNDetector)):
+        floor = SEARCH_FLOOR
+    else:
+        return None
+    if detector.min_face is not None:
+        return None
+    narrowest = floor * max(1.0, max(image_shape[:2]) / detector.max_side)
+    return max(narrowest, getattr(detector, "soft_min_face", None) or 0)
+
+
 class YuNetDetector:
     """OpenCV FaceDetectorYN. Detects on a copy shrunk to max_side, reports full-resolution coordinates."""
 

@@ -5,6 +5,7 @@ image -> detector (boxes + 5 landmarks) -> alignment (112x112) -> embedder -> ga
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import signal
@@ -15,13 +16,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facekit.alignment import align_face, landmarks_problem
 from facekit.datastore import Gallery, GalleryError, clean_identity
-from facekit.detection import Detector, Face, as_bgr, create_detector
+from facekit.detection import Detector, Face, as_bgr, create_detector, default_narrowest_face
+from facekit.errors import printable_path
 from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image, read_image_file
 from facekit.representation import Embedder
+
+# The turns find_one_face tries on a photo that shows no face as it is (degrees clockwise, and cv2.rotate's code):
+# one saved on its side without its EXIF orientation, which some editors and scanners drop.
+# The detectors find faces rolled up to about 60 degrees either way, so these cover every roll.
+TURNS = {90: cv2.ROTATE_90_CLOCKWISE, 270: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180}
+TURN_NAMES = {90: "90° clockwise", 270: "90° anticlockwise", 180: "180°"}
+# The narrowest face find_one_face looks for again in a large photo whose default search skipped faces that narrow
+# (it finds them from about 1/32 of the longer side: 125 px in a 4,000 px photo). Down to the detectors' own 20 px,
+# the search would take a 12 MP photo at full size, seconds a photo; at 40 px MTCNN searched a 4,000x3,000 photo in
+# 0.8 s here. A narrower face is blown up more than 2.8 times into the 112 px crop: a blurred enrolment.
+RETRY_MIN_FACE = 40
 
 
 @dataclass
@@ -31,12 +45,39 @@ class FaceEmbedding:
 
 
 @dataclass
+class FoundFaces:
+    """find_one_face's answer: the faces in the photo's own pixels, largest first; where none was found until the
+    photo was turned, the turn (degrees clockwise, a key of TURNS) and the same faces in the turned photo's pixels."""
+    faces: list[Face]
+    turn: int = 0
+    turned_faces: list[Face] = field(default_factory=list)
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell the user of a photo that had to be turned."""
+        if not self.turn:
+            return None
+        return f"found the face only with the photo turned {TURN_NAMES[self.turn]}: its EXIF orientation may be missing"
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The largest face aligned to 112x112. A turned photo's face is cut from the photo turned as it was found
+        there, so its crop is pixel for pixel the one aligning that turned photo gives: the landmarks mapped back
+        onto the photo as it is warp it through a matrix rounded differently (300 to 650 pixels of a turned portrait's
+        crop were up to 5 levels off)."""
+        image = as_bgr(image)
+        if not self.turn:
+            return align_face(image, self.faces[0].landmarks)
+        return align_face(cv2.rotate(image, TURNS[self.turn]), self.turned_faces[0].landmarks)
+
+
+@dataclass
 class LoadedImage:
     path: str
     sha256: str
     image: np.ndarray | None
     faces: list[Face]
     error: str | None = None
+    found: FoundFaces | None = None  # find_one_face's answer, for a photo loaded expecting a face; faces are its faces
 
 
 class FacePipeline:
@@ -63,8 +104,40 @@ class FacePipeline:
     def detect(self, image: np.ndarray, largest: bool = False) -> list[Face]:
         """largest: only the largest face will be used (enrolment), so a detector that can look for large faces
         first (MTCNN's and Haar's detect_largest) may skip smaller ones."""
-        detect_largest = getattr(self.detector, "detect_largest", None) if largest else None
-        return _alignable(detect_largest(image) if detect_largest else self.detector.detect(image))
+        return _detected(self.detector, image, largest)
+
+    def find_one_face(self, image: np.ndarray, largest: bool = False) -> FoundFaces:
+        """detect() for a photo that should hold a face (enrolment, verify). Where it finds none, the photo is
+        searched once more for faces down to RETRY_MIN_FACE pixels, if the default search of a photo this large
+        skipped them, then turned 90° clockwise, 90° anticlockwise and 180°. The faces are given in the photo's own
+        pixels either way.
+
+        Up to five searches instead of one, but only where no face was found: a photo with a face pays nothing,
+        and identify, for which 0 faces is an answer, does not call this, so its empty photos do not pay either."""
+        faces = self.detect(image, largest)
+        if faces:
+            return FoundFaces(faces)
+        narrowest = default_narrowest_face(self.detector, image.shape)
+        if narrowest is not None and narrowest > RETRY_MIN_FACE:
+            small_faces = copy.copy(self.detector)  # shares the networks and their lock; only min_face differs
+            small_faces.min_face = RETRY_MIN_FACE
+            faces = _detected(small_faces, image, largest)
+            if faces:
+                return FoundFaces(faces)
+        # Every turn is searched and the best scored face kept, not the first found: MTCNN takes scikit-image's
+        # astronaut lying with her head to the right for an upright face (score 0.985; its embedding 0.31 from hers),
+        # so her photo upside down showed that face at the quarter turn tried before the half turn that shows her
+        # upright (0.99999).
+        best_turn, best_faces = 0, []
+        for turn, code in TURNS.items():
+            turned_faces = self.detect(cv2.rotate(image, code), largest)
+            if turned_faces and (not best_faces or turned_faces[0].score > best_faces[0].score):
+                best_turn, best_faces = turn, turned_faces
+        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
+
+    def embed_found(self, image: np.ndarray, found: FoundFaces) -> np.ndarray:
+        """The embedding of find_one_face's largest face."""
+        return self.embedder.embed(found.crop(image)[None], flip=self.flip)[0]
 
     def detect_near(self, image: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[Face]:
         """Faces around known boxes (a video's last ones), as the detector's detect_near finds them."""
@@ -80,8 +153,9 @@ class FacePipeline:
         faces = self.detect(image)
         return [FaceEmbedding(f, e) for f, e in zip(faces, self.embed_faces(image, faces))]
 
-    def load(self, path: str | os.PathLike, largest: bool = False) -> LoadedImage:
-        """Read, hash, decode and detect one file; a bad file becomes an error string, never an exception."""
+    def load(self, path: str | os.PathLike, largest: bool = False, expect_face: bool = False) -> LoadedImage:
+        """Read, hash, decode and detect one file; a bad file becomes an error string, never an exception.
+        expect_face: the photo should hold a face, so find_one_face looks harder where detect() finds none."""
         path = str(path)
         try:
             data = read_image_file(path)
@@ -92,10 +166,13 @@ class FacePipeline:
             image = decode_image(data, name=path)
         except ImageError as exc:
             return LoadedImage(path, sha256, None, [], str(exc))
+        if expect_face:
+            found = self.find_one_face(image, largest)
+            return LoadedImage(path, sha256, image, found.faces, found=found)
         return LoadedImage(path, sha256, image, self.detect(image, largest))
 
-    def load_many(self, paths: Iterable[str | os.PathLike], workers: int = 1,
-                  largest: bool = False) -> Iterator[LoadedImage]:
+    def load_many(self, paths: Iterable[str | os.PathLike], workers: int = 1, largest: bool = False,
+                  expect_face: bool = False) -> Iterator[LoadedImage]:
         """load() over many files, decoding and detecting ahead of the caller in a worker thread.
 
         OpenCV and torch release the GIL, so one thread of look-ahead lets detection of the next
@@ -103,17 +180,17 @@ class FacePipeline:
         """
         paths = list(paths)
         if workers <= 0 or len(paths) < 2:
-            yield from (self.load(p, largest) for p in paths)
+            yield from (self.load(p, largest, expect_face) for p in paths)
             return
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             window = max(2, 2 * workers)
-            pending = [pool.submit(self.load, p, largest) for p in paths[:window]]
+            pending = [pool.submit(self.load, p, largest, expect_face) for p in paths[:window]]
             next_path = len(pending)
             while pending:
                 result = pending.pop(0).result()
                 if next_path < len(paths):
-                    pending.append(pool.submit(self.load, paths[next_path], largest))
+                    pending.append(pool.submit(self.load, paths[next_path], largest, expect_face))
                     next_path += 1
                 yield result
         finally:
@@ -125,6 +202,27 @@ class FacePipeline:
 def _alignable(faces: list[Face]) -> list[Face]:
     # A detector (perhaps the caller's own) may give points no warp can use; such a face cannot be embedded.
     return [face for face in faces if landmarks_problem(face.landmarks) is None]
+
+
+def _detected(detector: Detector, image: np.ndarray, largest: bool) -> list[Face]:
+    detect_largest = getattr(detector, "detect_largest", None) if largest else None
+    return _alignable(detect_largest(image) if detect_largest else detector.detect(image))
+
+
+def _turned_back(face: Face, shape: tuple[int, ...], turn: int) -> Face:
+    """A face found in the photo turned `turn` degrees clockwise, in the pixels of the photo of this shape."""
+    height, width = shape[:2]
+    # Where each pixel of the turned photo came from (cv2.rotate moves whole pixels), pixel centres at whole numbers.
+    back = np.array({90: [[0, 1, 0], [-1, 0, height - 1]], 270: [[0, -1, width - 1], [1, 0, 0]],
+                     180: [[-1, 0, width - 1], [0, -1, height - 1]]}[turn], np.float64)
+    x, y, w, h = face.box
+    # A box's x and y are its edges, half a pixel before the centre of its first pixel.
+    centre_x, centre_y = back[:, :2] @ (x + w / 2 - 0.5, y + h / 2 - 0.5) + back[:, 2] + 0.5
+    if turn != 180:
+        w, h = h, w
+    landmarks = (face.landmarks.astype(np.float64) @ back[:, :2].T + back[:, 2]).astype(np.float32)
+    return Face(box=(float(centre_x - w / 2), float(centre_y - h / 2), float(w), float(h)), score=face.score,
+                landmarks=landmarks)
 
 
 def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
@@ -214,6 +312,7 @@ class EnrollReport:
     already_enrolled: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)  # (path, identity): faces taken out by sync
 
 
 def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -262,13 +361,16 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
 
 
 def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLike, *, workers: int = 1,
-           progress: bool = True, batch_images: int = 16) -> EnrollReport:
+           progress: bool = True, batch_images: int = 16, sync: bool = False) -> EnrollReport:
     """Enrol one face (the largest) per image, recorded by its absolute path. Files whose content hash is enrolled
     already are skipped.
 
     Faces are embedded in batches across images, and each batch is added under one hold of the gallery's writer
     lock, a photo per transaction, then checkpointed: a kill loses at most the batch in flight, never anything
     committed before it, and a Ctrl-C (KeyboardInterrupt) waits for the batch's commits and checkpoint to end.
+
+    With sync, the faces enrolled from a path inside people_dir whose photo is gone from it or has changed are then
+    removed (listed in report.removed); faces enrolled from anywhere else are never touched.
     """
     from tqdm import tqdm
 
@@ -277,6 +379,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = {identity for identity, _ in pairs}
     identity_of = {path: identity for identity, path in pairs}
+    hashed: dict[str, str] = {}  # absolute path -> sha256, of every listed photo that could be read
     pending: list[tuple[str, LoadedImage, Face, np.ndarray]] = []  # (identity, photo, face, aligned crop)
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
@@ -313,9 +416,11 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
 
     # Closed however the loop ends: a Ctrl-C's or an error's line must not be written onto the bar's.
     with tqdm(total=len(pairs), desc="enrolling", unit="img", disable=not progress, file=sys.stderr) as bar:
-        for item in pipeline.load_many([path for _, path in pairs], workers=workers, largest=True):
+        for item in pipeline.load_many([path for _, path in pairs], workers=workers, largest=True, expect_face=True):
             bar.update(1)
             report.images += 1
+            if item.sha256:
+                hashed[printable_path(os.path.abspath(item.path))] = item.sha256
             if item.error:
                 report.skipped.append((item.path, item.error))
                 continue
@@ -326,14 +431,48 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 continue
             if len(item.faces) > 1:
                 report.warnings.append(f"{item.path}: {len(item.faces)} faces, enrolled the largest")
-            crop = align_face(item.image, item.faces[0].landmarks)
+            if item.found.warning:
+                report.warnings.append(f"{item.path}: {item.found.warning}")
+            crop = item.found.crop(item.image)
             # A batch waits with its crops, not its photos: 16 decoded 24 MP photos are over a GB.
             item.image = None
             pending.append((identity_of[item.path], item, item.faces[0], crop))
             if len(pending) >= batch_images:
                 flush()
         flush()
+    if sync:
+        listed = {printable_path(os.path.abspath(path)) for _, path in pairs}
+        # os.walk's error (see collect_people): under such a folder a photo's absence says nothing.
+        unlisted = [path for path, reason in skipped if reason.startswith("cannot read folder")]
+        report.removed = _remove_changed_photos(gallery, people_dir, listed, hashed, unlisted)
     return report
+
+
+def _remove_changed_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: set[str], hashed: dict[str, str],
+                           unlisted_folders: list[str]) -> list[tuple[str, str]]:
+    """enroll's sync: remove the faces recorded from a path inside people_dir that is no longer listed there, or
+    whose content's sha256 is no longer the one recorded; returns their (path, identity). Paths are compared as
+    enroll records them: absolute, symlinks as named."""
+    inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
+    unreadable = tuple(os.path.join(printable_path(os.path.abspath(folder)), "") for folder in unlisted_folders)
+
+    def changed(photo: dict) -> bool:
+        path = photo["path"]
+        if not path.startswith(inside) or path.startswith(unreadable):
+            return False
+        if path not in listed:
+            return True
+        return path in hashed and hashed[path] != photo["sha256"]  # not hashed: it could not be read, so keep it
+
+    with HeldInterrupts() as interrupts, gallery.writer():
+        photos = gallery.photos()
+        # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
+        # folder (a photo renamed, which enroll skipped as enrolled already), keeps all of its faces.
+        kept = {photo["sha256"] for photo in photos if not changed(photo)} | set(hashed.values())
+        digests = {photo["sha256"] for photo in photos if changed(photo)} - kept
+        interrupts.hold()
+        removed = gallery.remove_photos(sorted(digests)) if digests else []
+    return [(face["path"], face["identity"]) for face in removed]
 
 
 def iter_image_paths(inputs: Iterable[str], unreadable: Callable[[OSError], None] | None = None) -> Iterator[str]:
