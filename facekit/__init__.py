@@ -59,7 +59,13 @@ def _as_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
 
     from facekit.imageio import load_image
 
-    return image if isinstance(image, np.ndarray) else load_image(image)
+    if isinstance(image, np.ndarray):
+        return image
+    if not isinstance(image, (str, bytes, os.PathLike)):
+        # os.fspath's own message ("expected str, bytes or os.PathLike object, not list") does not say what to pass.
+        raise TypeError(f"an image is a BGR uint8 array or a file's path, not {type(image).__name__}"
+                        + ("; pass the images one at a time" if isinstance(image, (list, tuple)) else ""))
+    return load_image(image)
 
 
 def detect_faces(image: np.ndarray | str | os.PathLike) -> list[Face]:

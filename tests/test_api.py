@@ -142,3 +142,10 @@ def test_add_face_skips_a_photo_enrolled_already_and_refuses_one_enrolled_as_som
         gallery.remove_photos(hashlib.sha256(copy.read_bytes()).hexdigest())
         facekit.add_face(gallery, "ada", copy)
         assert gallery.identities() == [("ada", 1)]
+
+
+def test_something_that_is_no_image_says_what_an_image_is(astronaut_bgr):
+    with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array or a file's path, not list; pass the images"):
+        facekit.face_embeddings([astronaut_bgr, astronaut_bgr])
+    with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array or a file's path, not NoneType$"):
+        facekit.detect_faces(None)
