@@ -277,7 +277,7 @@ def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, peop
                                   timeout=300)
 
         result = run("enroll", folder, "--gallery", gallery, "--quiet")
-        assert result.returncode == 0 and "1 people, 4 files: 2 faces enrolled" in result.stdout, result.stderr
+        assert result.returncode == 0 and "1 person, 4 files: 2 faces enrolled" in result.stdout, result.stderr
         assert result.stderr.splitlines() == [f"skipped {folder / 'carol'}: cannot read folder: Permission denied",
                                               f"skipped {folder / 'eileen' / 'older'}: cannot read folder: "
                                               "Permission denied"]
