@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from facekit.alignment import align_face, landmarks_problem
-from facekit.datastore import Gallery, GalleryError, clean_identity
+from facekit.datastore import Gallery, GalleryError, Match, clean_identity
 from facekit.detection import Detector, Face, as_bgr, create_detector, default_narrowest_face
 from facekit.errors import printable_path
 from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image, read_image_file
@@ -245,26 +245,44 @@ def primary_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None
 
 def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.ndarray, threshold: float,
                    top_k: int = 3, faces: list[Face] | None = None) -> list[dict]:
-    """Every face in the image with its identity (or None) and its top-k candidates."""
+    """Every face in the image with its identity (or None) and its top-k candidates. One person is in a photo once:
+    where two faces' best candidate is the same identity, the more similar face takes it and the other its next
+    candidate past the threshold, or None (its similarity is then that candidate's, or its best's)."""
     if gallery is not None:
         gallery.bind_model(pipeline.embedder.model_id)
     faces = pipeline.detect(image) if faces is None else faces
     embeddings = pipeline.embed_faces(image, faces)
     searchable = gallery is not None and len(gallery) > 0 and len(faces) > 0
     matches = gallery.search(embeddings, k=max(1, top_k)) if searchable else [[] for _ in faces]
+    named = _one_face_per_identity(matches, threshold)
     results = []
-    for face, candidates in zip(faces, matches):
-        best = candidates[0] if candidates else None
-        similarity = float(best.similarity) if best else 0.0
+    for index, (face, candidates) in enumerate(zip(faces, matches)):
+        chosen = named.get(index) or (candidates[0] if candidates else None)
         results.append({
             "box": [round(float(v), 1) for v in face.box],
             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
-            "identity": best.identity if best and similarity >= threshold else None,
-            "similarity": round(similarity, 4),
+            "identity": chosen.identity if index in named else None,
+            "similarity": round(float(chosen.similarity), 4) if chosen else 0.0,
             "candidates": [{"identity": m.identity, "similarity": round(float(m.similarity), 4)}
                            for m in candidates[:top_k]],
         })
     return results
+
+
+def _one_face_per_identity(matches: list[list[Match]], threshold: float) -> dict[int, Match]:
+    """Face index -> the candidate it is named as: the most similar (face, candidate) pairs past the threshold
+    first, each face and each identity used once. A stranger who looks like someone standing beside them is then
+    unknown rather than a second copy of that person (a group photo holds each person once)."""
+    pairs = sorted(((candidate.similarity, index, rank, candidate) for index, candidates in enumerate(matches)
+                    for rank, candidate in enumerate(candidates) if candidate.similarity >= threshold),
+                   key=lambda pair: (-pair[0], pair[1], pair[2]))
+    named: dict[int, Match] = {}
+    taken: set[str] = set()
+    for _, index, _, candidate in pairs:
+        if index not in named and candidate.identity not in taken:
+            named[index] = candidate
+            taken.add(candidate.identity)
+    return named
 
 
 # --- enrolment ------------------------------------------------------------------------------------------
