@@ -99,12 +99,13 @@ def verify(image_a: np.ndarray | str | os.PathLike, image_b: np.ndarray | str | 
     return {"same": similarity >= threshold, "similarity": similarity, "threshold": threshold}
 
 
-def identify(image: np.ndarray | str | os.PathLike, gallery: Gallery, threshold: float | None = None,
+def identify(image: np.ndarray | str | os.PathLike, gallery: Gallery | None, threshold: float | None = None,
              top_k: int = 3) -> list[dict]:
     """Every face in the image with its identity (None when unknown) and top-k candidates."""
     from facekit.recognition import identify_image
 
-    threshold = pipeline().identify_threshold_for(len(gallery)) if threshold is None else threshold
+    faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as before
+    threshold = pipeline().identify_threshold_for(faces_enrolled) if threshold is None else threshold
     return identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
 
 

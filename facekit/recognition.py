@@ -468,9 +468,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
 
 def _remove_changed_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: set[str], hashed: dict[str, str],
                            unlisted_folders: list[str]) -> list[tuple[str, str]]:
-    """enroll's sync: remove the faces recorded from a path inside people_dir that is no longer listed there, or
-    whose content's sha256 is no longer the one recorded; returns their (path, identity). Paths are compared as
-    enroll records them: absolute, symlinks as named."""
+    """enroll's sync: remove the faces recorded from a path inside people_dir where no file is any more, or whose
+    content's sha256 is no longer the one recorded; returns their (path, identity). Paths are compared as enroll
+    records them: absolute, symlinks as named."""
     inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
     unreadable = tuple(os.path.join(printable_path(os.path.abspath(folder)), "") for folder in unlisted_folders)
 
@@ -478,16 +478,22 @@ def _remove_changed_photos(gallery: Gallery, people_dir: str | os.PathLike, list
         path = photo["path"]
         if not path.startswith(inside) or path.startswith(unreadable):
             return False
-        if path not in listed:
-            return True
-        return path in hashed and hashed[path] != photo["sha256"]  # not hashed: it could not be read, so keep it
+        if path in listed:
+            return path in hashed and hashed[path] != photo["sha256"]  # not hashed: it could not be read, so keep it
+        # Not listed is not gone: enroll passes over a symlinked folder and other extensions, and another writer may
+        # have added a photo since the folder was listed. Checked under the writer lock. A POSIX name that was not
+        # UTF-8 is stored with \xNN escapes and cannot be looked up, so it is kept.
+        if os.name != "nt" and "\\x" in path:
+            return False
+        return not os.path.lexists(path)
 
     with HeldInterrupts() as interrupts, gallery.writer():
         photos = gallery.photos()
+        is_changed = [changed(photo) for photo in photos]
         # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
         # folder (a photo renamed, which enroll skipped as enrolled already), keeps all of its faces.
-        kept = {photo["sha256"] for photo in photos if not changed(photo)} | set(hashed.values())
-        digests = {photo["sha256"] for photo in photos if changed(photo)} - kept
+        kept = {photo["sha256"] for photo, gone in zip(photos, is_changed) if not gone} | set(hashed.values())
+        digests = {photo["sha256"] for photo, gone in zip(photos, is_changed) if gone} - kept
         interrupts.hold()
         removed = gallery.remove_photos(sorted(digests)) if digests else []
     return [(face["path"], face["identity"]) for face in removed]

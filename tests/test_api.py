@@ -149,3 +149,8 @@ def test_something_that_is_no_image_says_what_an_image_is(astronaut_bgr):
         facekit.face_embeddings([astronaut_bgr, astronaut_bgr])
     with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array or a file's path, not NoneType$"):
         facekit.detect_faces(None)
+
+
+def test_identify_without_a_gallery_finds_every_face_unknown(astronaut_bgr):
+    faces = facekit.identify(astronaut_bgr, None)
+    assert len(faces) == 1 and faces[0]["identity"] is None and faces[0]["candidates"] == []

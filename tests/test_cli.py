@@ -803,3 +803,32 @@ def test_enroll_sync_removes_nothing_under_a_folder_it_cannot_read(tmp_path, peo
         f"removed {deleted} from eileen_collins", f"--sync: 1 face removed (photo deleted from {people} or changed)"]
     with Gallery.open(gallery) as opened:
         assert opened.photos() == [photo for photo in before if photo["path"] != str(deleted)]
+
+
+def test_enroll_sync_keeps_a_photo_that_is_still_there_though_enroll_does_not_list_it(tmp_path, people, capsys,
+                                                                                      grace_hopper_bgr):
+    """--sync removes a face whose file is gone, not one enroll passes over: a person's folder moved elsewhere and
+    symlinked back, or a photo added by add_face under a name without an image extension."""
+    import facekit
+
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    scan = people / "grace_hopper" / "scan.jfif"
+    cv2.imwrite(str(scan.with_suffix(".jpg")), variant(grace_hopper_bgr, 9))
+    scan.with_suffix(".jpg").rename(scan)
+    with Gallery.open(gallery) as opened:
+        facekit.add_face(opened, "grace_hopper", scan)
+        before = opened.photos()
+    moved = tmp_path / "disk2" / "eileen_collins"
+    moved.parent.mkdir()
+    (people / "eileen_collins").rename(moved)
+    (people / "eileen_collins").symlink_to(moved, target_is_directory=True)
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json", "--sync")
+    assert code == 0 and json.loads(out)["removed"] == 0, err
+    with Gallery.open(gallery) as opened:
+        assert opened.photos() == before
+    (people / "eileen_collins").unlink()  # now gone: the link's photos go, the scan that is still there stays
+    code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json", "--sync")
+    assert [face["identity"] for face in json.loads(out)["removed_files"]] == ["eileen_collins", "eileen_collins"]
+    with Gallery.open(gallery) as opened:
+        assert [photo["path"] for photo in opened.photos()] == [p["path"] for p in before if "grace" in p["path"]]
