@@ -292,6 +292,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     x, y, w, h = face["box"]
                     best = face["candidates"][0] if face["candidates"] else None
                     name = face["identity"] or (f"unknown (closest: {best['identity']})" if best else "unknown")
+                    if not face["identity"] and best and best["similarity"] >= threshold:  # see identify_image
+                        name = f"unknown (closest: {best['identity']}, named on another face in this photo)"
                     print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  similarity {face['similarity']:.3f}")
             if annotate_dir:
                 out = annotated_path(annotate_dir, item.path, annotated)

@@ -832,3 +832,14 @@ def test_enroll_sync_keeps_a_photo_that_is_still_there_though_enroll_does_not_li
     assert [face["identity"] for face in json.loads(out)["removed_files"]] == ["eileen_collins", "eileen_collins"]
     with Gallery.open(gallery) as opened:
         assert [photo["path"] for photo in opened.photos()] == [p["path"] for p in before if "grace" in p["path"]]
+
+
+def test_a_face_whose_person_another_face_took_says_so(tmp_path, people, capsys, astronaut_bgr):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    twice = tmp_path / "twice.jpg"
+    cv2.imwrite(str(twice), np.hstack([astronaut_bgr, cv2.flip(astronaut_bgr, 1)]))
+    code, out, _ = run_cli(capsys, "identify", str(twice), "--gallery", gallery)
+    names = sorted(line.split(": ", 1)[1].rsplit("  similarity", 1)[0] for line in out.splitlines()[1:])
+    assert code == 0 and names == ["eileen_collins", "unknown (closest: eileen_collins, named on another face in "
+                                                     "this photo)"], out
