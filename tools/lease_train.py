@@ -1,21 +1,30 @@
 #!/usr/bin/env python3
 """Train on a leased GPU (the `device` tool) within what one call may carry each way.
 
-A call takes at most 64 MiB of working tree (the repository's ~11 MB included) and brings back at
-most 8 files of 16 MiB. The 160 MB training pool therefore travels in parts, one call each, into a
-folder the machine keeps while it stays warm, and the trained weights come back cut into parts.
+A call takes at most 64 MiB of working tree and brings back at most 8 files of 16 MiB. Every tracked
+file travels with every call, and the shipped weights alone (two files of 33 MB) would fill it, so
+`travel-light` first leaves the repository's large files behind for the lease (it untracks them in the
+index only, and `--undo` tracks them again; commit nothing in between). The 163 MB training pool, a
+teacher table and the weights to start from then travel in parts, one call each, into a folder the
+machine keeps while it stays warm, and the trained weights come back cut into parts.
 
-    here:    python tools/lease_train.py pack ../shared/data/train --output .lease [--teacher dlib.npy]
+    here:    python tools/lease_train.py travel-light
+    here:    python tools/lease_train.py pack ../shared/data/train --output .lease --teacher dlib.npy \
+                 --init facekit/weights/facekit-irv2.safetensors     # prints the device calls to make
     device:  python3 tools/lease_train.py stash .lease/part-1        # carry [".lease/part-1"]; then part-2, ...
-    device:  python3 tools/lease_train.py train -- --minutes 8 --width 0.5 --batch-size 512 --compile
+    device:  python3 tools/lease_train.py train -- --minutes 6 --width 0.5 --batch-size 512 --compile \
+                 --init-from /tmp/facekit-pool/init.safetensors
     here:    python tools/lease_train.py unpack FILES_AT --output runs/gpu
+    here:    python tools/lease_train.py travel-light --undo
 
-`train` passes everything after `--` to `facekit train` (on /tmp/facekit-pool, with --device cuda
-unless given), then writes to $OUT the run's model card, log.csv and result.json, and init.pt - the
-weights and class centres that `facekit train --init-from` needs - cut into 15 MiB parts. `unpack`
-joins the parts here into a run folder with init.pt and model.safetensors, ready for `facekit eval
-lfw --weights`, `tools/release_model.py` and further stages on the CPU. Run the device calls back to
-back: the machine is given back when it has been idle for half a minute.
+`pack` sizes the parts to what a call can carry beside the repository as it is then. `train` passes
+everything after `--` to `facekit train` (on /tmp/facekit-pool, with --device cuda unless given), having
+first checked that the trained weights can come back, then writes to $OUT the run's model card, log.csv
+and result.json, and init.pt - the weights and class centres that `facekit train --init-from` needs -
+cut into 15 MiB parts. `unpack` joins the parts here into a run folder with init.pt and
+model.safetensors, ready for `facekit eval lfw --weights`, `tools/release_model.py` and further stages on
+the CPU. Run the device calls back to back: the machine is given back when it has been idle for half a
+minute.
 
 The folder .lease is git-ignored, so its parts travel only when a call names them in `carry`.
 """
@@ -27,6 +36,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -35,17 +45,82 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = Path("/tmp/facekit-pool")
 RUN = Path("/tmp/facekit-run")
 PART_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have
 RETURN_BYTES = 60 * 2**20  # under the 64 MiB that may come back in all
+CALL_BYTES = 64 * 2**20  # what one call may carry, the working tree included
+CALL_MARGIN = 2 * 2**20  # for what is written in the checkout between packing and the last call (notes, logs)
+SMALLEST_PART = 8 * 2**20  # below this, the pool would take more calls than a lease has time for
+LARGE_FILE = 4 * 2**20  # a tracked file this large stays behind with travel-light
+TRAVEL_LIGHT_BEGIN = "# >>> tools/lease_train.py travel-light (undo: python tools/lease_train.py travel-light --undo)"
+TRAVEL_LIGHT_END = "# <<< tools/lease_train.py travel-light"
 MANIFEST_COLUMNS = ["shard", "member", "identity"]
 
 
-def pack(data: Path, output: Path, part_mib: float, teacher: Path | None) -> list[Path]:
+def _git(repository: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repository), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def travelling_bytes(repository: Path = REPOSITORY) -> int:
+    """What the device tool sends with every call: tracked files and untracked ones git does not ignore."""
+    listed = _git(repository, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    sizes = (os.lstat(repository / name).st_size for name in set(listed) if name and os.path.lexists(repository / name))
+    return sum(sizes)
+
+
+def _exclude_file(repository: Path) -> Path:
+    return repository / _git(repository, "rev-parse", "--git-path", "info/exclude").strip()
+
+
+def travel_light(repository: Path = REPOSITORY, undo: bool = False) -> list[str]:
+    """Untrack (in the index only) the tracked files of LARGE_FILE or more and have git ignore them, so that
+    the device tool leaves them behind; undo tracks them again from HEAD. The files themselves stay."""
+    exclude = _exclude_file(repository)
+    lines = exclude.read_text().splitlines() if exclude.exists() else []
+    if TRAVEL_LIGHT_BEGIN in lines:
+        begin, end = lines.index(TRAVEL_LIGHT_BEGIN), lines.index(TRAVEL_LIGHT_END)
+        left_behind = [line.lstrip("/") for line in lines[begin + 1:end]]
+        if not undo:
+            return left_behind
+        _git(repository, "reset", "-q", "--", *left_behind)
+        exclude.write_text("".join(f"{line}\n" for line in lines[:begin] + lines[end + 1:]))
+        return left_behind
+    if undo:
+        return []
+    tracked = [name for name in _git(repository, "ls-files", "-z").split("\0") if name]
+    large = sorted(name for name in tracked if (repository / name).is_file()
+                   and (repository / name).stat().st_size >= LARGE_FILE)
+    if any(char in name for name in large for char in "*?[]!#\\ \n"):
+        raise SystemExit(f"cannot write an ignore pattern for one of {large}")
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    block = [TRAVEL_LIGHT_BEGIN, *(f"/{name}" for name in large), TRAVEL_LIGHT_END]
+    exclude.write_text("".join(f"{line}\n" for line in lines + block))
+    if large:
+        _git(repository, "rm", "-q", "--cached", "--", *large)
+    return large
+
+
+def room_per_call(repository: Path = REPOSITORY) -> int:
+    """The bytes of data one call can carry beside the repository as it is now."""
+    room = CALL_BYTES - travelling_bytes(repository) - CALL_MARGIN
+    if room < SMALLEST_PART:
+        raise SystemExit(f"the repository sends {travelling_bytes(repository) / 2**20:.1f} MiB with every call, "
+                         f"leaving {max(room, 0) / 2**20:.1f} MiB for the pool: run `python tools/lease_train.py "
+                         "travel-light` first")
+    return room
+
+
+def pack(data: Path, output: Path, part_mib: float, teacher: Path | None, init: Path | None = None) -> list[Path]:
     """Repack the pool's zip shards into parts of at most part_mib, manifest rows in their original order
-    (so a teacher table's row i is still crop i); a teacher table travels as float16, in the last part if
-    it fits there."""
+    (so a teacher table's row i is still crop i); a teacher table travels as float16, and released weights to
+    start from (init) as init.safetensors with their card as init.json, each in the last part if it fits
+    there."""
+    if init is not None and not (init.is_file() and init.with_suffix(".json").is_file()):
+        raise SystemExit(f"--init takes released weights with their card beside them: {init} and "
+                         f"{init.with_suffix('.json')}")
     with open(data / "manifest.tsv", newline="") as handle:
         rows = [{k: r[k] for k in MANIFEST_COLUMNS} for r in csv.DictReader(handle, delimiter="\t")]
     if output.exists():
@@ -83,13 +158,28 @@ def pack(data: Path, output: Path, part_mib: float, teacher: Path | None) -> lis
         table = csv.DictWriter(handle, MANIFEST_COLUMNS, delimiter="\t", lineterminator="\n")
         table.writeheader()
         table.writerows(rows)
-    if teacher is not None:
-        rows_half = np.load(teacher).astype(np.float16)
-        if sum(p.stat().st_size for p in parts[-1].iterdir()) + rows_half.nbytes + 1024 > limit:
+
+    def last_part_with_room(size: int) -> Path:
+        if sum(p.stat().st_size for p in parts[-1].iterdir()) + size > limit:
             parts.append(output / f"part-{len(parts) + 1}")
             parts[-1].mkdir(parents=True)
-        np.save(parts[-1] / "teacher.npy", rows_half)
+        return parts[-1]
+
+    if teacher is not None:
+        rows_half = np.load(teacher).astype(np.float16)  # allow_pickle stays False: the file is data only
+        np.save(last_part_with_room(rows_half.nbytes + 1024) / "teacher.npy", rows_half)
+    if init is not None:
+        card = init.with_suffix(".json")
+        destination = last_part_with_room(init.stat().st_size + card.stat().st_size)
+        shutil.copyfile(init, destination / "init.safetensors")
+        shutil.copyfile(card, destination / "init.json")
     return parts
+
+
+def device_calls(parts: list[Path]) -> list[str]:
+    """The device tool's calls for these parts, in order: a stash each, training in the last one's call."""
+    calls = [f"run(command='python3 tools/lease_train.py stash {part}', carry=[\"{part}\"])" for part in parts]
+    return calls[:-1] + [calls[-1].replace("',", " && python3 tools/lease_train.py train -- FACEKIT_TRAIN_OPTIONS',")]
 
 
 def stash(part: Path, pool: Path = POOL) -> int:
@@ -125,6 +215,10 @@ def collect(run: Path, out: Path, part_bytes: int = PART_BYTES, return_bytes: in
         # A wide trunk with its class centres is too big to come back in float32; half precision fits.
         keep = {k: {n: t.half() if t.is_floating_point() else t for n, t in v.items()} for k, v in keep.items()}
         torch.save(keep, init)
+    if init.stat().st_size + sum(p.stat().st_size for p in small) > return_bytes:
+        # train_on_device's check before training should have refused this run; say so rather than lose it.
+        raise SystemExit(f"{init} is {init.stat().st_size / 2**20:.1f} MiB even in float16, over the "
+                         f"{return_bytes / 2**20:.0f} MiB a call can bring back; it stays on the machine")
     out.mkdir(parents=True, exist_ok=True)
     for path in small:
         shutil.copy2(path, out / path.name)
@@ -160,6 +254,27 @@ def unpack(files: Path, output: Path) -> Path:
     return output
 
 
+def check_weights_can_come_back(train_args: argparse.Namespace, pool: Path,
+                                return_bytes: int = RETURN_BYTES) -> None:
+    """Refuse, before the lease's minutes are spent, a run whose init.pt could not come back even in float16:
+    the trunk plus one class centre per identity in the pool (an upper bound on the classes trained)."""
+    import torch
+
+    from facekit.model import InceptionResNetV2, ModelConfig
+
+    blocks = tuple(int(b) for b in train_args.blocks.split(","))
+    config = ModelConfig(width=train_args.width, blocks=blocks, embedding_size=train_args.embedding_size)
+    with torch.device("meta"):  # parameters with shapes and no storage: counting them costs nothing
+        trunk = sum(p.numel() for p in InceptionResNetV2(config).parameters())
+    with open(pool / "manifest.tsv", newline="") as handle:
+        identities = len({row["identity"] for row in csv.DictReader(handle, delimiter="\t")})
+    half_bytes = 2 * (trunk + identities * config.embedding_size)
+    if half_bytes > return_bytes:
+        raise SystemExit(f"width {config.width}'s weights and class centres are {half_bytes / 2**20:.0f} MiB in "
+                         f"float16, over the {return_bytes / 2**20:.0f} MiB a call can bring back: train a "
+                         "narrower width")
+
+
 def train_on_device(train_args: list[str], pool: Path = POOL, run: Path = RUN) -> int:
     # Only `facekit train`'s own parser: the full CLI imports FAISS, which the GPU machine's image lacks.
     from facekit import training_cli
@@ -170,6 +285,7 @@ def train_on_device(train_args: list[str], pool: Path = POOL, run: Path = RUN) -
     if "--device" not in train_args:
         args += ["--device", "cuda"]
     parsed = parser.parse_args(args)
+    check_weights_can_come_back(parsed, pool)
     code = parsed.handler(parsed)
     if code == 0:
         out = Path(os.environ.get("OUT", run / "out"))
@@ -184,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     packing = verbs.add_parser("pack", help="here: cut the pool into parts a call can carry")
     packing.add_argument("data", type=Path, help="zip shards + manifest.tsv (../shared/data/train)")
     packing.add_argument("--output", type=Path, default=Path(".lease"))
-    packing.add_argument("--part-mib", type=float, default=48.0, help="per part; the repository travels too")
+    packing.add_argument("--part-mib", type=float,
+                         help="per part (default: what a call carries beside the repository as it is now)")
     packing.add_argument("--teacher", type=Path, help="a teacher table (tools/teacher_embeddings.py) to carry")
+    packing.add_argument("--init", type=Path, help="released weights to start from, their .json card beside them")
+    lightening = verbs.add_parser("travel-light", help="here: leave the repository's large files out of every call")
+    lightening.add_argument("--undo", action="store_true", help="track them again, after the lease")
     stashing = verbs.add_parser("stash", help="device: copy a carried part into the pool folder")
     stashing.add_argument("part", type=Path)
     stashing.add_argument("--pool", type=Path, default=POOL)
@@ -198,10 +318,22 @@ def main(argv: list[str] | None = None) -> int:
     unpacking.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    if args.verb == "pack":
-        for part in pack(args.data, args.output, args.part_mib, args.teacher):
+    if args.verb == "travel-light":
+        paths = travel_light(undo=args.undo)
+        if args.undo:
+            print(f"tracked again: {', '.join(paths) or 'nothing (travel-light was not in effect)'}")
+        else:
+            print(f"left behind by every call: {', '.join(paths) or 'nothing'}; "
+                  f"{travelling_bytes() / 2**20:.1f} MiB travels now. Commit nothing until travel-light --undo.")
+    elif args.verb == "pack":
+        part_mib = args.part_mib or room_per_call() / 2**20
+        parts = pack(args.data, args.output, part_mib, args.teacher, args.init)
+        for part in parts:
             size = sum(p.stat().st_size for p in part.iterdir())
             print(f"{part}: {size / 2**20:.1f} MiB")
+        print("the device calls, back to back:")
+        for call in device_calls(parts):
+            print(f"  {call}")
     elif args.verb == "stash":
         print(f"{args.pool}: {stash(args.part, args.pool)} files")
     elif args.verb == "train":
