@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -318,6 +319,49 @@ def test_class_centres_of_a_release_are_cached_by_its_weights(tmp_path, shared_d
             train(TrainConfig(**{**vars(config), "output": str(tmp_path / "fourth"), "init_from": release}))
 
 
+def test_released_weights_are_widened_on_the_models_device(tmp_path, monkeypatch):
+    """widen assigns by index, and CUDA refuses values from another device there (the meta device, the one other
+    device a CPU-only torch has, does not): the released model must reach widen on the device of the model."""
+    import facekit.training.train as training
+    from facekit.training.widen import widen
+
+    narrow = build_model(0.125, (1, 1, 1), 32)
+    training.save_weights(narrow, narrow.config, tmp_path / "narrow", {})
+    with torch.device("meta"):  # as a model already moved to the GPU
+        wide = build_model(0.25, (1, 1, 1), 32)
+    devices = []
+
+    def recording_widen(old, new):
+        devices.append({str(tensor.device) for tensor in [*old.parameters(), *old.buffers()]})
+        widen(old, new)
+
+    monkeypatch.setattr(training, "widen", recording_widen)
+    training._load_released_weights(wide, str(tmp_path / "narrow.safetensors"), wide.config)
+    assert devices == [{"meta"}]
+
+
+def test_the_process_group_backend_follows_the_training_device(tmp_path, monkeypatch):
+    """NCCL reduces GPU tensors only: a `--device cpu` run under torchrun needs gloo, GPU or no GPU."""
+    import torch.distributed as dist
+
+    class Started(Exception):
+        pass
+
+    backends = []
+
+    def init_process_group(backend: str) -> None:
+        backends.append(backend)
+        raise Started  # no group is started: the backend chosen is all this asks
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for device in ("cpu", None, "cuda"):
+        with pytest.raises(Started):
+            train(TrainConfig(data=str(tmp_path), output=str(tmp_path / "run"), device=device))
+    assert backends == ["gloo", "nccl", "nccl"]
+
+
 def test_distillation_from_a_partial_teacher(tmp_path, shared_data, tool_script):
     _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
     rng = np.random.default_rng(0)
@@ -341,6 +385,38 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data, tool_script)
     assert any("the 0.5 of a batch's pairs it finds closest" in loss for loss in stage["losses"])
     with pytest.raises(ValueError, match="relation-closest"):
         train(TrainConfig(**{**vars(config), "output": str(tmp_path / "never"), "relation_closest": 0.0}))
+
+
+def test_a_training_step_does_not_wait_for_the_device(tmp_path, shared_data, monkeypatch):
+    """On a GPU, reading a value back (.item(), a tensor's truth, a boolean mask's size) waits for every queued
+    kernel, so the CPU cannot queue the next step meanwhile. A step between logs reads none: counted on the CPU,
+    a run of 8 steps reads back no more than one of 4, distillation from a finished teacher run included."""
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    np.save(tmp_path / "teacher.npy", np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32))
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=2, teacher=str(tmp_path / "teacher.npy"),
+                         distill_weight=1.0, relation_weight=1.0, log_every=100, checkpoint_every=100, device="cpu")
+    reads: list[str] = []
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args):
+            if name != "__getitem__" or (isinstance(args[0], torch.Tensor) and args[0].dtype == torch.bool):
+                reads.append(name)
+            return original(self, *args)
+
+        return read
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__getitem__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    counts = []
+    for epochs in (2, 4):
+        reads.clear()
+        result = train(TrainConfig(**{**vars(config), "epochs": epochs, "output": str(tmp_path / f"{epochs}")}))
+        assert result["steps"] == 2 * epochs
+        counts.append(sorted(reads))
+    assert counts[1] == counts[0]
 
 
 def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
@@ -379,8 +455,9 @@ def test_torchrun_keeps_every_process_in_step(tmp_path, shared_data):
 
 def _torchrun_resume_worker(data: str, runs: str) -> None:
     """One process of test_a_resumed_torchrun_run_ends_where_an_uninterrupted_one_does (the script torchrun runs):
-    a run whole, then the same run killed during step 6, after its step-4 checkpoint, and started again. All three
-    share one process group, which saves two start-ups; train() would otherwise end it after each run."""
+    a run whole, then the same run killed during step 6, after its step-4 checkpoint, and started again, then a
+    fine-tune from the first's release. All share one process group, which saves start-ups; train() would otherwise
+    end it after each run."""
     import torch.distributed as dist
 
     import facekit.training.train as training
@@ -403,6 +480,13 @@ def _torchrun_resume_worker(data: str, runs: str) -> None:
         train(interrupted)
     training.augment = augment
     train(interrupted)
+    # A fine-tune from released weights: every process imprints its own class centres, and on GPUs index_add_
+    # sums in no fixed order, which the offset here stands in for. All must start from rank 0's.
+    imprint = training.class_mean_embeddings
+    training.class_mean_embeddings = lambda *args, **kwargs: imprint(*args, **kwargs) + 1e-3 * dist.get_rank()
+    released = TrainConfig(**{**vars(config), "output": f"{runs}/released", "epochs": 1,
+                              "init_from": f"{runs}/whole/model.safetensors"})
+    assert train(released)["replicas_in_sync"] is True
     end_group()
 
 
@@ -512,6 +596,21 @@ def test_weight_averaging_ships_the_mean_of_the_tail_and_resumes(tmp_path, share
         assert torch.equal(value, live[name]), name
 
 
+def test_weight_averaging_on_a_gpu_keeps_the_cpus_mean(tmp_path, shared_data, monkeypatch):
+    """AveragedModel picks its averaging by device: a CUDA model's took a foreach path that stops at the second
+    averaged step (addcdiv refuses batch norm's integer step counts). Here the CPU is made to take that path."""
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "cpu"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=2, lr=0.05, average_from=0.5, device="cpu")
+    assert train(config)["steps_averaged"] == 2
+    monkeypatch.setattr(torch.optim.swa_utils, "_get_foreach_kernels_supported_devices", lambda: ["cuda", "cpu"])
+    assert train(TrainConfig(**{**vars(config), "output": str(tmp_path / "gpu_path")}))["steps_averaged"] == 2
+    cpu, gpu_path = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["averaged"]
+                     for name in ("cpu", "gpu_path"))
+    for name, tensor in cpu.items():
+        assert torch.equal(gpu_path[name], tensor), name
+
+
 def test_release_switches_to_float16_weights_above_the_size_limit(tmp_path, shared_data, load_tool):
     _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
     train(TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
@@ -606,6 +705,42 @@ def test_the_first_warm_up_step_learns(tmp_path, shared_data, monkeypatch):
     assert first > 0.01
 
 
+def test_compiling_is_done_before_the_budget_starts(tmp_path, shared_data, monkeypatch):
+    """torch.compile compiles on the first call (96 s for a tiny model on this CPU). Stood in for here by a first
+    call that sleeps longer than the warm-up lasts: it must neither count against --minutes nor take the first
+    step past the warm-up, and the pass that compiles must leave the run as it would have been."""
+
+    def slow_to_compile(module):
+        calls = []
+
+        def compiled(*args, **kwargs):
+            if not calls:
+                time.sleep(4.0)
+            calls.append(1)
+            return module(*args, **kwargs)
+
+        return compiled
+
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "plain"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=2, lr=0.05, warmup_fraction=0.5, log_every=1,
+                         device="cpu")
+    train(config)
+    monkeypatch.setattr(torch, "compile", slow_to_compile)
+    train(TrainConfig(**{**vars(config), "output": str(tmp_path / "compiled"), "compile": True}))
+    plain, compiled = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+                       for name in ("plain", "compiled"))
+    for part in ("model", "margin_loss"):  # batch-norm statistics, dropout's draws and gradients included
+        for name, tensor in plain[part].items():
+            torch.testing.assert_close(compiled[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+    # A budget of 6 s, whose first half is warm-up: compiling took 4 s of it, and the first step's full rate.
+    train(TrainConfig(**{**vars(config), "output": str(tmp_path / "timed"), "compile": True, "minutes": 0.1}))
+    with open(tmp_path / "timed" / "log.csv") as handle:
+        first = next(csv.DictReader(handle))
+    assert float(first["elapsed_s"]) < 4.0
+    assert 0 < float(first["lr"]) < config.lr
+
+
 def test_a_run_that_cannot_be_trained_or_resumed_says_why(tmp_path, shared_data):
     _crop_folder(tmp_path / "crops", shared_data)  # 36 crops of 6 identities
     config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
@@ -636,6 +771,45 @@ def test_the_crop_cache_follows_the_files(tmp_path, shared_data):
     moved.rename(people[-1] / f"moved{moved.suffix}")
     again = load_crops(tmp_path / "crops", tmp_path / "cache")
     assert again.key != first.key and np.bincount(again.labels).tolist() == [5, 6, 6, 6, 6, 7]
+
+
+def test_processes_writing_the_crop_cache_at_once_each_write_their_own(tmp_path, shared_data):
+    """Under torchrun every process decodes the pool and writes the cache: each must rename its own file."""
+    _crop_folder(tmp_path / "crops", shared_data, identities=2, per_identity=2)
+    (tmp_path / "written").mkdir()
+    # Each process, once its file is written, waits until the other has written its own before renaming it.
+    writer = tmp_path / "writer.py"
+    writer.write_text(textwrap.dedent(f"""\
+        import sys
+        import time
+        from pathlib import Path
+
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        import numpy as np
+
+        from facekit.training.data import load_crops
+
+        save, written = np.savez, Path({str(tmp_path / "written")!r})
+
+
+        def save_then_wait(file, **arrays):
+            save(file, **arrays)
+            (written / sys.argv[1]).touch()
+            deadline = time.time() + 60
+            while len(list(written.iterdir())) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+
+
+        np.savez = save_then_wait
+        load_crops({str(tmp_path / "crops")!r}, {str(tmp_path / "cache")!r})
+        """))
+    processes = [subprocess.Popen([sys.executable, str(writer), name], stderr=subprocess.PIPE, text=True)
+                 for name in ("first", "second")]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()[-2000:]
+    [cache] = (tmp_path / "cache").iterdir()  # no temporary file left behind
+    assert np.array_equal(load_crops(tmp_path / "crops", tmp_path / "cache").images,
+                          load_crops(tmp_path / "crops").images)
 
 
 def test_identities_left_short_by_crops_that_do_not_decode_are_dropped(tmp_path, shared_data, capsys):

@@ -7,8 +7,10 @@ Crops are decoded once and cached as a .npy file: the training pool is ~91k 112x
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +122,7 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
     undecodable, classes_dropped = len(rows) - len(decoded), len({r[2] for r in rows}) - len(class_names)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # each DDP rank decodes and writes its own
         np.savez(tmp, images=images, labels=labels, class_names=np.array(class_names), undecodable=undecodable,
                  classes_dropped=classes_dropped)
         tmp.replace(cache)
@@ -232,6 +234,15 @@ def to_model_input(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0)
 
 
+@functools.cache
+def _blur_kernel(device: torch.device) -> torch.Tensor:
+    """The 5x5 binomial kernel for 3 channels, made once per device: copied from the host for every batch, it
+    would wait for the GPU to finish its queue each time."""
+    kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device)
+    kernel = (kernel[:, None] * kernel[None, :]) / 256.0
+    return kernel.expand(3, 1, 5, 5).contiguous()
+
+
 def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Batch augmentation on (N, 3, H, W) in [-1, 1], run on whatever device x lives on.
 
@@ -264,11 +275,8 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     to_grey = rand(n) < 0.1
     x = torch.where(to_grey[:, None, None, None], grey, x)
 
+    # Blurred always and chosen per crop: asking whether any crop is blurred would wait on the GPU every batch.
     blur = rand(n) < 0.15
-    if blur.any():
-        kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device)
-        kernel = (kernel[:, None] * kernel[None, :]) / 256.0
-        kernel = kernel.expand(3, 1, 5, 5).contiguous()
-        blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), kernel, groups=3)
-        x = torch.where(blur[:, None, None, None], blurred, x)
+    blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), _blur_kernel(device), groups=3)
+    x = torch.where(blur[:, None, None, None], blurred, x)
     return x.clamp_(-1.0, 1.0)

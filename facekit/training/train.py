@@ -17,7 +17,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -88,10 +88,11 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _distributed() -> tuple[int, int, int]:
+def _distributed(device: torch.device) -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # By the training device, not by whether a GPU is there: NCCL cannot reduce CPU tensors (--device cpu).
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
@@ -135,6 +136,34 @@ def _replicas_agree(modules: list[torch.nn.Module], device: torch.device) -> boo
     dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
     dist.all_reduce(highest, op=dist.ReduceOp.MAX)
     return bool(torch.allclose(lowest, highest, rtol=1e-9, atol=0.0))
+
+
+def _compile_before_the_clock(forward: Callable[..., torch.Tensor], model: torch.nn.Module,
+                              optimizer: torch.optim.Optimizer, batch_rows: int, device: torch.device,
+                              use_bf16: bool) -> None:
+    """One forward and backward pass of a batch of zeros through the compiled model, which leaves the weights,
+    batch-norm statistics, gradients and random generators as they were.
+
+    torch.compile compiles on the first call, for minutes on a large trunk. In the first step that time counted
+    against --minutes, and as the step's share of the budget, which sets its rate, it took the first step past the
+    warm-up to the full rate. Timing the first step and leaving it out of the budget would leave that step no
+    share to be set from; compiling before the clock starts lets the first step take its own.
+    """
+    buffers = [buffer.clone() for buffer in model.buffers()]  # batch norm's running statistics
+    rng = torch.get_rng_state()  # dropout draws from it
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    # The input the loop gives it, so that the compiled graph's checks of shape, layout and autocast pass there.
+    x = torch.zeros(batch_rows, 3, 112, 112, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        raw = forward(x, normalize=False)
+    raw.float().sum().backward()  # the backward graph is compiled on its first call too
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for buffer, saved in zip(model.buffers(), buffers):
+            buffer.copy_(saved)
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -264,6 +293,8 @@ def _load_released_weights(model: torch.nn.Module, path: str, config: ModelConfi
     from facekit.representation import load_model
 
     released, _ = load_model(path)
+    # widen assigns by index, and CUDA takes no values from the CPU there: the model may already be on the GPU.
+    released = released.to(next(model.parameters()).device)
     if released.config == config:
         model.load_state_dict(released.state_dict())
     elif released.config == replace(config, width=released.config.width) \
@@ -342,9 +373,9 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"--average-from takes a fraction of the run in [0, 1), not {config.average_from}")
     if config.minutes is not None and not config.minutes > 0:
         raise ValueError(f"--minutes must be above 0, not {config.minutes}")
-    rank, local_rank, world = _distributed()
-    is_main = rank == 0
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, local_rank, world = _distributed(device)
+    is_main = rank == 0
     if device.type == "cuda":
         if device.index is None:  # `--device cuda` under torchrun: one GPU per process, not all on GPU 0
             device = torch.device("cuda", local_rank)
@@ -375,6 +406,10 @@ def train(config: TrainConfig) -> dict:
     teacher_targets = int(torch.isfinite(loaded_teacher[:, 0]).sum()) if loaded_teacher is not None else 0
     if loaded_teacher is not None and is_main:
         print(f"teacher targets for {teacher_targets} of {len(images)} crops")
+    # A finished teacher run has a target for every crop (the centred table, counted where both are loaded, lacks
+    # every row the raw one lacks). Then no batch needs its crops without one left out: a boolean mask, and asking
+    # whether it holds any, would make the CPU wait for the GPU at every step.
+    every_crop_has_a_target = teacher_targets == len(images)
 
     model_config = ModelConfig(width=config.width, blocks=tuple(config.blocks), embedding_size=config.embedding_size)
     model = build_model(config.width, config.blocks, config.embedding_size).to(device)
@@ -410,7 +445,10 @@ def train(config: TrainConfig) -> dict:
     # averaging) lies nearer its centre. Batch-norm statistics are averaged with the weights.
     averaged = None
     if is_main and config.average_from is not None:
-        averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+        # With no averaging function given, a CUDA model takes a foreach path whose addcdiv refuses the integer
+        # buffers (batch norm's num_batches_tracked); this one is the function the CPU path applies anyway.
+        averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True,
+                                                       avg_fn=torch.optim.swa_utils.get_swa_avg_fn())
     if config.resume and checkpoint_path.exists():
         state = _read_checkpoint(checkpoint_path, device)
         with _fits(checkpoint_path, "--no-resume to start afresh there, or another --output"):
@@ -425,6 +463,12 @@ def train(config: TrainConfig) -> dict:
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
 
+    head_params = [p for m in (margin_loss, distill) if m is not None for p in m.parameters()]
+    if world > 1:
+        # DDP copies rank 0's trunk to the others; the heads outside it are copied here. Every process imprinted
+        # its own class centres, and on a GPU index_add_ sums in no fixed order: they would start apart.
+        for param in head_params:
+            dist.broadcast(param.detach(), 0)
     trainable = model
     if world > 1:
         trainable = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None)
@@ -491,13 +535,15 @@ def train(config: TrainConfig) -> dict:
     if log_file.tell() == 0:
         log.writerow(["step", "elapsed_s", "lr", "loss", "arcface", "triplet", "distill", "images_per_s",
                       "val_accuracy", "relation"])
+    model.train()
+    if config.compile:
+        batch_rows = per_rank_batch // config.pk_k * config.pk_k if use_pk else per_rank_batch
+        _compile_before_the_clock(forward, model, optimizer, batch_rows, device, use_bf16)
     start = time.time()
     bar = tqdm(total=1000, desc="training", unit="‰", disable=not is_main)
     batches = iter(sampler)
-    model.train()
     last_log, images_since_log = time.time(), 0
     latest_val: dict = {}
-    head_params = [p for m in (margin_loss, distill) if m is not None for p in m.parameters()]
     fraction = progress()
     while fraction < 1.0:
         index = torch.from_numpy(next(batches)).to(images.device)
@@ -516,12 +562,12 @@ def train(config: TrainConfig) -> dict:
             parts["triplet"] = triplet_loss(raw, batch_labels, config.triplet_margin, config.triplet_mining)
         if distill is not None:
             target = teacher[index.to(teacher.device)]
-            known = torch.isfinite(target[:, 0])
-            if known.any():
+            known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
+            if every_crop_has_a_target or known.any():
                 parts["distill"] = distill(raw[known], target[known])
         if teacher_raw is not None:
             target = teacher_raw[index.to(teacher_raw.device)]
-            known = torch.isfinite(target[:, 0])
+            known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
             parts["relation"] = relational_distillation_loss(raw[known], target[known], config.relation_closest)
         loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
                 + config.distill_weight * parts["distill"] + config.relation_weight * parts["relation"])
@@ -540,7 +586,8 @@ def train(config: TrainConfig) -> dict:
             averaged.update_parameters(model)
         fraction = progress()
         bar.n = int(fraction * 1000)
-        bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
+        if is_main and step % config.log_every == 0:  # .item() waits for the GPU's queue: only as often as the log
+            bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
         bar.refresh()
         if is_main and step % config.eval_every == 0 and callback is not None:
             latest_val = callback(model)
