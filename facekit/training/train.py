@@ -546,7 +546,9 @@ def train(config: TrainConfig) -> dict:
     latest_val: dict = {}
     fraction = progress()
     while fraction < 1.0:
-        index = torch.from_numpy(next(batches)).to(images.device)
+        index = torch.from_numpy(next(batches))
+        if on_gpu:  # from pinned memory the copy is queued; from pageable memory it waits for the GPU's queue
+            index = index.pin_memory().to(device, non_blocking=True)
         batch_labels = labels[index].to(device)
         x = augment(to_model_input(images[index].to(device, non_blocking=True)))
         x = x.contiguous(memory_format=torch.channels_last)
