@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from facekit import FacekitWarning
-from facekit.errors import one_line, printable_path
+from facekit.errors import escape_control_characters, one_line, printable_path
 from facekit.export import thread_count
 
 log = logging.getLogger(__name__)
@@ -473,6 +473,7 @@ CREATE INDEX IF NOT EXISTS embeddings_sha256 ON embeddings(sha256);
 CREATE INDEX IF NOT EXISTS embeddings_identity ON embeddings(identity_id);
 """
 LIVE_ROWS = "FROM embeddings e JOIN identities i ON i.id = e.identity_id"
+GALLERY_TABLES = {"meta", "identities", "embeddings"}  # every facekit version has made all three, in one transaction
 
 
 # --- the gallery ------------------------------------------------------------------------------------------
@@ -488,14 +489,14 @@ class Gallery:
     is searched and listed all the same, and refuses every write with one line. A Gallery object is not
     thread-safe."""
 
-    def __init__(self, root: Path, lock_timeout: float) -> None:
+    def __init__(self, root: Path, lock_timeout: float, create: bool) -> None:
         self.root = root
         self.lock_timeout = lock_timeout
         self._unwritable = _unwritable(root)  # why this process may not write the folder or database, if it may not
         self._immutable = False  # SQLite reads gallery.sqlite as a file nobody writes: see _read_only_mode()
         self._files_seen: tuple = ()  # gallery.sqlite as it was when an immutable connection was opened
-        self._conn = self._connect()
-        self._lock = FileLock(root / LOCK_NAME)
+        self._conn = self._connect(create)
+        self._lock = FileLock(root / LOCK_NAME)  # after _connect: a database refused there leaves no lock file made
         self._writer_depth = 0
         self.dim = 0
         self._request = "auto"
@@ -548,7 +549,7 @@ class Gallery:
                 os.chmod(root, 0o700)  # biometric data: owner only (mkdir's mode is filtered by the umask)
             os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm the same mode
         try:
-            gallery = cls(root, lock_timeout)
+            gallery = cls(root, lock_timeout, create)
         except sqlite3.Error as exc:
             raise GalleryError(f"cannot open {db}: {exc}") from exc
         try:
@@ -744,8 +745,8 @@ class Gallery:
             if target is None:
                 conn.execute("UPDATE identities SET name = ? WHERE id = ?", (new, old_id))
             elif not merge:
-                raise GalleryError(f"identity {new!r} already exists; remove it first, or merge into it "
-                                   "(merge=True; `facekit gallery rename --merge`)")
+                raise GalleryError(f"identity {new!r} already exists; remove it first, or pass merge=True (the "
+                                   "CLI's --merge) to merge into it")
             else:
                 conn.execute("UPDATE embeddings SET identity_id = ? WHERE identity_id = ?", (target[0], old_id))
                 conn.execute("DELETE FROM identities WHERE id = ?", (old_id,))
@@ -906,13 +907,22 @@ class Gallery:
                 raise
             self._conn.execute("COMMIT")
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, create: bool | None = None) -> sqlite3.Connection:
+        """A connection to gallery.sqlite. The first one (`create` given) refuses a database that is not a gallery
+        before anything is written, and lets one with no tables yet become a new gallery only if `create`."""
         db = self.root / DB_NAME
         if self._unwritable:
             uri = f"{db.absolute().as_uri()}?{self._read_only_mode()}"
             conn = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, isolation_level=None)
         else:
             conn = sqlite3.connect(db, timeout=self.lock_timeout, isolation_level=None)
+        if create is not None:
+            try:
+                self._refuse_what_is_not_a_gallery(conn, create)
+            except BaseException:
+                conn.close()
+                raise
+        if not self._unwritable:
             # Two processes creating one gallery both switch its new file to WAL, and SQLite answers the second at
             # once with "database is locked" (its busy timeout does not apply: waiting could deadlock), so it retries.
             deadline = time.monotonic() + self.lock_timeout
@@ -932,6 +942,35 @@ class Gallery:
         # A removed face must leave the disk: deleted rows are zeroed, not left in free pages.
         conn.execute("PRAGMA secure_delete=ON")
         return conn
+
+    def _refuse_what_is_not_a_gallery(self, conn: sqlite3.Connection, create: bool) -> None:
+        """GalleryError, with nothing in the folder changed, for another program's database, and for a database with
+        no tables (0 bytes after a full disk or a careless copy, say) beside index files or a log: made a new gallery,
+        it would lose the faces they hold, and its first write would delete them as strays. With no tables and none
+        of those (what a kill during a gallery's very first open leaves), it becomes a new gallery if `create`."""
+        db = self.root / DB_NAME
+        # Looked at before the database: a process creating this gallery now commits its tables before it writes any
+        # index file, so index files seen here mean its tables are seen below.
+        holds_index = any(INDEX_FILE.fullmatch(name) for name in os.listdir(self.root))
+        holds_log = _size(Path(f"{db}-wal")) > 0  # before the database's size: a new gallery's log follows its header
+        if _size(db) == 0:
+            tables = []  # SQLite is not asked: reading a 0-byte database deletes its -wal file
+        else:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = sorted(name for (name,) in rows if not name.startswith("sqlite_"))
+            holds_log = False  # SQLite has read it with the database: it held no tables either
+        if tables and not GALLERY_TABLES <= set(tables):
+            names = escape_control_characters(", ".join(tables[:10]) + (", ..." if len(tables) > 10 else ""))
+            raise GalleryError(f"{db} is not a facekit gallery database (tables: {names}); nothing was changed: "
+                               "give the gallery a folder of its own")
+        if tables:
+            return
+        if holds_index or holds_log:
+            what = "index files" if holds_index else f"a write-ahead log ({db.name}-wal)"
+            raise GalleryError(f"{DB_NAME} in {self.root} is empty but {self.root} holds {what}: restore the "
+                               "database from a backup; nothing was changed")
+        if not create:
+            raise GalleryError(f"no gallery at {self.root} ({DB_NAME} there is empty)")
 
     def _read_only_mode(self) -> str:
         """How SQLite can read a gallery this process cannot write, without making any file there.

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from conftest import unprivileged
@@ -146,7 +148,9 @@ def test_remove_and_rename(path: Path) -> None:
             gallery.remove("bob")
         gallery.rename("alice", "Alice Smith")
         assert gallery.search(vectors(1, 2)[0])[0][0].identity == "Alice Smith"
-        with pytest.raises(GalleryError, match="already exists"):
+        # The same words for a Python caller and the command line, which prints this message as it is.
+        with pytest.raises(GalleryError, match=r"already exists; remove it first, or pass merge=True \(the CLI's "
+                                               r"--merge\) to merge into it"):
             gallery.rename("Alice Smith", "carol")
         gallery.rename("Alice Smith", "carol", merge=True)
         assert gallery.identities() == [("carol", 4)]
@@ -1044,3 +1048,106 @@ def test_enroll_into_a_read_only_gallery_says_so_before_any_photo(tmp_path: Path
     # One line, no progress bar: refused before the photo was read, not at the first batch's write.
     assert run.returncode == 2 and run.stderr == f"error: gallery {gallery} is read-only: no write permission on " \
                                                  f"{gallery}\n"
+
+
+# --- a database that is not a gallery, or no longer holds one -----------------------------------------------------
+
+
+def contents(path: Path) -> dict[str, bytes]:
+    return {file.name: file.read_bytes() for file in path.iterdir()}
+
+
+def faces_in_index_files(path: Path) -> int:
+    return sum(faiss.read_index(str(file)).ntotal for file in index_files(path))
+
+
+@pytest.mark.parametrize("create", [True, False])
+@pytest.mark.parametrize("emptied", ["0 bytes", "no tables", "0 bytes, log only"])
+def test_an_emptied_database_beside_the_faces_is_refused_and_nothing_changes(filled: Path, emptied: str,
+                                                                              create: bool) -> None:
+    """A gallery.sqlite emptied by a full disk or a careless copy was opened, by readers too, as a new gallery: its
+    tables were made in it, and the index files that still held the faces were deleted as strays (or, with only a
+    killed writer's log left, SQLite deleted the log)."""
+    db = filled / "gallery.sqlite"
+    if emptied == "0 bytes, log only":
+        killed_writer(filled, "carol", 3)
+        for file in index_files(filled):
+            file.unlink()
+    db.write_bytes(b"")
+    if emptied == "no tables":
+        with contextlib.closing(sqlite3.connect(db)) as other:
+            other.execute("PRAGMA user_version = 1")  # a header and no tables
+    before = contents(filled)
+    held = "a write-ahead log" if emptied == "0 bytes, log only" else "index files"
+    with pytest.raises(GalleryError, match=re.escape(f"gallery.sqlite in {filled} is empty but {filled} holds {held}")
+                       + r".*: restore the database from a backup; nothing was changed$"):
+        Gallery.open(filled, create=create)
+    assert contents(filled) == before
+    if emptied != "0 bytes, log only":
+        assert faces_in_index_files(filled) == 4
+
+
+def test_the_command_line_refuses_an_emptied_database_and_keeps_the_index(filled: Path) -> None:
+    (filled / "gallery.sqlite").write_bytes(b"")
+    before = contents(filled)
+    for command in ("list", "check"):  # `list` printed nothing, `check` "ok: 0 faces", and both emptied the index
+        result = subprocess.run([sys.executable, "-m", "facekit.cli", "gallery", command, "--gallery", str(filled)],
+                                capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr == (f"error: gallery.sqlite in {filled} is empty but {filled} holds index files: restore "
+                                 "the database from a backup; nothing was changed\n")
+    assert contents(filled) == before and faces_in_index_files(filled) == 4
+
+
+@pytest.mark.parametrize("create", [True, False])
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_another_programs_database_is_refused_not_adopted(path: Path, journal: str, create: bool) -> None:
+    path.mkdir()
+    with contextlib.closing(sqlite3.connect(path / "gallery.sqlite")) as other:
+        other.execute(f"PRAGMA journal_mode = {journal}")
+        other.execute("CREATE TABLE foo (id INTEGER PRIMARY KEY AUTOINCREMENT, x)")  # and SQLite's sqlite_sequence
+        other.execute("INSERT INTO foo (x) VALUES (1)")
+        other.commit()
+    before = contents(path)
+    with pytest.raises(GalleryError, match=re.escape(f"{path / 'gallery.sqlite'} is not a facekit gallery database "
+                                                     "(tables: foo); nothing was changed")):
+        Gallery.open(path, create=create)
+    assert contents(path) == before  # no facekit tables, no switch to WAL, no lock file
+
+
+@pytest.mark.parametrize("leftover", ["0 bytes", "no tables"])
+def test_what_a_kill_during_the_first_open_leaves_becomes_a_gallery_only_when_one_is_made(path: Path,
+                                                                                          leftover: str) -> None:
+    """Killed before SQLite wrote its header, the first open leaves a 0-byte gallery.sqlite; killed before its tables
+    were committed, a header and the lock file. A reader finds no gallery there and changes nothing (it used to make
+    the tables); a writer makes the gallery."""
+    path.mkdir()
+    db = path / "gallery.sqlite"
+    db.write_bytes(b"")
+    if leftover == "no tables":
+        with contextlib.closing(sqlite3.connect(db)) as first:
+            first.execute("PRAGMA journal_mode = WAL")  # what Gallery.open does first: it writes the header
+        (path / datastore.LOCK_NAME).touch()
+    before = contents(path)
+    with pytest.raises(GalleryError, match=re.escape(f"no gallery at {path} (gallery.sqlite there is empty)")):
+        Gallery.open(path, create=False)
+    assert contents(path) == before
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+    with Gallery.open(path, create=False) as gallery:
+        assert gallery.identities() == [("alice", 2)] and gallery.check() == []
+
+
+@pytest.mark.parametrize("folder", ["new", "empty", "shared"])
+def test_a_new_gallery_is_made_in_a_new_folder_an_empty_one_or_one_with_other_files(tmp_path: Path,
+                                                                                    folder: str) -> None:
+    path = tmp_path / folder
+    if folder != "new":
+        path.mkdir()
+    if folder == "shared":
+        (path / "notes.txt").write_text("not the gallery's")
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+    with Gallery.open(path, create=False) as gallery:
+        assert gallery.identities() == [("alice", 2)] and gallery.check() == []
+    assert (path / "notes.txt").exists() == (folder == "shared")
