@@ -12,10 +12,12 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facekit.errors import (
     EXIT_INTERRUPTED,
@@ -23,6 +25,9 @@ from facekit.errors import (
     escape_control_characters,
     escape_unencodable_output,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -179,6 +184,11 @@ def counted(number: int, noun: str, plural: str | None = None) -> str:
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise CliError("--workers must be 0 or more")
+
+
 def check_threshold(threshold: float | None) -> None:
     # A cosine similarity: beyond [-1, 1] (or nan) every face would silently be unknown, or every pair the same.
     if threshold is not None and not -1.0 <= threshold <= 1.0:
@@ -196,8 +206,7 @@ def csv_output(header: list[str]):
 def cmd_enroll(args: argparse.Namespace) -> int:
     from facekit.recognition import collect_people, enroll
 
-    if args.workers < 0:
-        raise CliError("--workers must be 0 or more")
+    check_workers(args.workers)
     people = Path(args.people_dir)
     if not people.is_dir():
         raise CliError(f"not a folder: {people}" if people.exists() else f"folder not found: {people}")
@@ -241,28 +250,23 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    import cv2
-
     from facekit.drawing import draw_results
     from facekit.imageio import IMAGE_EXTENSIONS
     from facekit.recognition import identify_image, iter_image_paths
 
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
+    if args.annotate == "":
+        raise CliError('--annotate is empty (an unset variable in "$VAR"?); give the folder for the annotated copies')
     check_threshold(args.threshold)
     require_existing(args.images)
     pipeline = make_pipeline(args)
     gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
     threshold = pipeline.identify_threshold_for(len(gallery)) if args.threshold is None else args.threshold
-    annotate_dir = Path(args.annotate) if args.annotate else None
-    if annotate_dir:
-        try:
-            annotate_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CliError(f"cannot write annotated copies to {annotate_dir}: {exc.strerror or exc}") from exc
+    annotate_dir = annotation_folder(args.annotate) if args.annotate else None
     annotated: set[Path] = set()
     writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity"]) if args.csv else None
-    processed = found = 0
+    processed = found = not_annotated = 0
 
     def unreadable(error: OSError) -> None:
         nonlocal found
@@ -297,21 +301,52 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  similarity {face['similarity']:.3f}")
             if annotate_dir:
                 out = annotated_path(annotate_dir, item.path, annotated)
-                try:
-                    written = cv2.imwrite(str(out), draw_results(item.image, faces))
-                except cv2.error:
-                    written = False
-                if not written:
-                    raise CliError(f"cannot write {out}", EXIT_FAILED)
                 annotated.add(out)
-                if not (args.json or writer):  # the name is the tool's choice (never the photo's own): say it
+                problem = write_annotated(out, draw_results(item.image, faces))
+                if problem:  # as for an image that cannot be read: said, and the other images still identified
+                    not_annotated += 1
+                    print(f"error: {escape_control_characters(f'cannot write {out}: {problem}')}", file=sys.stderr)
+                elif not (args.json or writer):  # the name is the tool's choice (never the photo's own): say it
                     print(f"  annotated copy: {escape_control_characters(str(out))}")
     if processed == 0:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         message = "no image could be read" if found else f"no images ({extensions}) in {', '.join(args.images)}"
         print(f"error: {escape_control_characters(message)}", file=sys.stderr)
         return EXIT_FAILED
+    if not_annotated:  # the copies asked for are not all there (each said above): not a success for a script
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def annotation_folder(path: str) -> Path:
+    """--annotate's folder, made if need be and written to once: one that cannot take the copies (read-only, no
+    permission) stops the command with the reason before any photo is read, rather than at every photo."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot write annotated copies to {folder}: {exc.strerror or exc}") from exc
+    return folder
+
+
+def write_annotated(out: Path, image: np.ndarray) -> str | None:
+    """Writes the JPEG; why it could not be written, or None. Encoded here and written by Python, which knows the
+    reason (a full disk, a folder of that name) where cv2.imwrite only returns False."""
+    import cv2
+
+    try:
+        encoded, data = cv2.imencode(".jpg", image)
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        return f"OpenCV cannot encode a {image.shape[1]}x{image.shape[0]} image as JPEG"
+    try:
+        out.write_bytes(data.tobytes())
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def annotated_path(annotate_dir: Path, image_path: str, taken: set[Path]) -> Path:
@@ -469,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         # Built in here: a Ctrl-C while the parser imports what its choices come from is one line too.
         args = build_parser().parse_args(argv)
+        quiet_opencv()
         # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("always", category=FacekitWarning)
@@ -478,6 +514,18 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
 
     return report_errors(run, INTERRUPTED)
+
+
+def quiet_opencv() -> None:
+    """No log lines of OpenCV's own ("[ WARN:0@0.4] global loadsave.cpp ...") or of the FFmpeg it reads videos with
+    ("[mjpeg @ 0x...] No JPEG data found"): facekit says what failed in one line of its own. OPENCV_LOG_LEVEL and
+    OPENCV_FFMPEG_LOGLEVEL, where set, still decide, to debug OpenCV itself."""
+    import cv2
+
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    # AV_LOG_QUIET. OpenCV reads it as it first opens a video, so it holds where none has been opened yet.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> int:

@@ -151,7 +151,7 @@ class YuNetDetector:
             raise FileNotFoundError(f"YuNet model not found: {model_path}")
         self.min_face = min_face
         self.max_side = max_side
-        self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
+        self._net = _load_yunet(model_path, score_threshold, nms_threshold)
         # setInputSize and detect share state inside the OpenCV object.
         self._lock = threading.Lock()
 
@@ -177,6 +177,24 @@ class YuNetDetector:
             landmarks = ((row[4:14].reshape(5, 2) + 0.5) / scale - 0.5).astype(np.float32)
             faces.append(Face(box=(x, y, w, h), score=float(row[14]), landmarks=landmarks))
         return _keep_and_sort(faces, self.min_face)
+
+
+def _load_yunet(model_path: Path, score_threshold: float, nms_threshold: float) -> cv2.FaceDetectorYN:
+    """FaceDetectorYN on model_path, run once on a blank image: a file that is not a YuNet model (any other network,
+    which OpenCV loads without a word, or no network at all) is a ValueError naming it here, not a cv2.error at the
+    first photo."""
+    # OpenCV logs its own lines about the layers it cannot shape; the ValueError says it in one.
+    previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
+        net.setInputSize((YUNET_MIN_INPUT, YUNET_MIN_INPUT))
+        net.detect(np.zeros((YUNET_MIN_INPUT, YUNET_MIN_INPUT, 3), np.uint8))
+    except cv2.error as exc:
+        reason = "an empty file" if model_path.stat().st_size == 0 else f"OpenCV: {exc.err}"
+        raise ValueError(f"{model_path} is not a YuNet face detector model ({reason})") from None
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+    return net
 
 
 class HaarLandmarkDetector:
@@ -620,10 +638,11 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     if backend == "yunet" and not model:
         raise ValueError(f"the yunet detector needs a model file: --yunet-model PATH (yunet_model= in Python) "
                          f"or ${YUNET_ENV_VAR}")
-    if backend == "yunet" or yunet_model:
-        return YuNetDetector(model, min_face=min_face)
-    if model and Path(model).is_file():
-        return YuNetDetector(model, min_face=min_face)
+    if backend == "yunet" or yunet_model or (model and Path(model).is_file()):
+        try:
+            return YuNetDetector(model, min_face=min_face)
+        except ValueError as exc:  # a file the environment names: the user may not have it in mind
+            raise ValueError(str(exc) if yunet_model else f"${YUNET_ENV_VAR}: {exc}") from None
     if model:  # a variable set for another machine's files: auto carries on without it, but says so
         warnings.warn(f"${YUNET_ENV_VAR} names no file ({model}); detecting with "
                       f"{'MTCNN' if mtcnn_model_dir() is not None else 'Haar'} instead", FacekitWarning, stacklevel=2)

@@ -9,8 +9,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+Parsed = TypeVar("Parsed")
 
 
 def add_parser(commands: argparse._SubParsersAction, add_pipeline_options: Callable) -> None:
@@ -72,7 +75,7 @@ def pair_scores(pairs, table: dict[str, np.ndarray | None]) -> tuple[np.ndarray,
 
 
 def run(args: argparse.Namespace) -> int:
-    from facekit.cli import CliError, make_pipeline, require_existing
+    from facekit.cli import CliError, check_workers, make_pipeline, require_existing
     from facekit.errors import escape_control_characters
     from facekit.evaluation import (
         format_metrics,
@@ -83,21 +86,21 @@ def run(args: argparse.Namespace) -> int:
         verification_metrics,
     )
 
+    check_workers(args.workers)
     if args.plot:
         check_plot_path(args.plot)
+    # The list is read before the models load: a wrong file is said at once.
+    if args.protocol == "lfw":
+        require_existing([args.root])
+        pairs = read_list_file(args.pairs, "text file", lambda: read_lfw_pairs(args.pairs, args.root))
+    elif args.protocol == "pairs":
+        pairs = read_list_file(args.pairs_csv, "CSV file", lambda: read_pairs_csv(args.pairs_csv, args.root))
     pipeline = make_pipeline(args)
     progress = not (args.quiet or args.json)
     extra: dict = {}
     if args.protocol == "identify":
         result, scores, same = identification(pipeline, args, progress)
     else:
-        if args.protocol == "lfw":
-            require_existing([args.root, args.pairs])
-            pairs = read_lfw_pairs(args.pairs, args.root)
-        else:
-            if not Path(args.pairs_csv).is_file():
-                raise CliError(f"file not found: {args.pairs_csv}")
-            pairs = read_pairs_csv(args.pairs_csv, args.root)
         paths = sorted({p for pair in pairs for p in (pair.path1, pair.path2)})
         missing = [path for path in paths if not Path(path).is_file()]
         if missing:  # a wrong --root or a misspelt path, not a face the detector missed
@@ -147,6 +150,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_list_file(path: str, kind: str, read: Callable[[], Parsed]) -> Parsed:
+    """read() of the list at path (kind: "CSV file"), with a folder, a missing file or one that is not UTF-8 text (a
+    spreadsheet's own format) said as such, naming it."""
+    from facekit.cli import CliError
+
+    if Path(path).is_dir():
+        raise CliError(f"{path} is a folder, not a {kind}")
+    if not Path(path).is_file():
+        raise CliError(f"file not found: {path}")
+    try:
+        return read()
+    except UnicodeDecodeError:
+        raise CliError(f"{path} is not a UTF-8 {kind}") from None
+
+
 def check_plot_path(path: str) -> None:
     """Refuse a --plot that cannot be saved before the evaluation (an hour on LFW), not after it."""
     from facekit.cli import CliError
@@ -181,12 +199,11 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
         raise CliError(f"no photos in {args.gallery_dir} (one sub-folder of photos per person)")
     people = {identity for identity, _ in enrolled}
     probes_file = Path(args.probes)
-    if not probes_file.is_file():
-        raise CliError(f"file not found: {probes_file}")
+    rows = read_list_file(args.probes, "CSV file", lambda: csv_rows(probes_file, {"path", "identity"}))
     root = Path(args.root) if args.root else probes_file.parent
     probes = []
     probe_lines: list[tuple[int, str]] = []  # (line, path), for naming the lines of a probe listed twice
-    for line, row in csv_rows(probes_file, {"path", "identity"}):
+    for line, row in rows:
         try:  # spelled as the gallery spells its people: NFC, no surrounding spaces
             identity = clean_identity(row["identity"])
         except GalleryError as exc:

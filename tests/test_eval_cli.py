@@ -337,3 +337,33 @@ def test_eval_pairs_text_says_what_its_figures_are(tmp_path, capsys, fake_pipeli
     assert "at no false accept: 2 different pairs cannot measure a FAR under 5.0e-01" in out
     code, result = run_eval(capsys, "pairs", str(tmp_path / "folds.csv"))
     assert code == 0 and result["folds"] == 2 and result["different_pairs"] == 2 and result["accuracy"] == 1.0
+
+
+def test_a_negative_number_of_workers_is_a_usage_error(tmp_path, capsys, fake_pipeline):
+    # As for enroll: -1 ran the evaluation, exit 0.
+    pairs = pairs_command(tmp_path)
+    probes = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": ["0,1"]}, [("p1.jpg", "1,0.1", "ada")])
+    for command in (pairs, probes):
+        assert main([*command, "--workers=-1"]) == 2
+        assert capsys.readouterr().err == "error: --workers must be 0 or more\n"
+    assert fake_pipeline == []
+
+
+def test_a_list_that_is_a_folder_or_not_utf8_text_is_said_so_naming_it(tmp_path, capsys, fake_pipeline):
+    # A binary file was "'utf-8' codec can't decode byte 0xff ...", naming no file; a folder was "file not found".
+    pairs_csv = tmp_path / "pairs.csv"
+    pairs = pairs_command(tmp_path)
+    probes_csv = tmp_path / "probes.csv"
+    probes = gallery_and_probes(tmp_path, {"ada": ["1,0"], "grace": ["0,1"]}, [("p1.jpg", "1,0.1", "ada")])
+    lfw = ["eval", "lfw", "--root", str(tmp_path), "--pairs", str(tmp_path / "pairs.txt")]
+    for command, listed, kind in ((pairs, pairs_csv, "CSV file"), (probes, probes_csv, "CSV file"),
+                                  (lfw, tmp_path / "pairs.txt", "text file")):
+        listed.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+        assert main(command) == 2
+        assert capsys.readouterr().err == f"error: {listed} is not a UTF-8 {kind}\n"
+        listed.unlink()
+        listed.mkdir()
+        assert main(command) == 2
+        assert capsys.readouterr().err == f"error: {listed} is a folder, not a {kind}\n"
+        listed.rmdir()
+    assert fake_pipeline == []

@@ -87,6 +87,31 @@ def test_webcam_reports_a_bad_source(tmp_path, tool_script):
     assert result.stderr.splitlines()[-1] == f"error: cannot open video source '{tmp_path / 'missing.mp4'}'"
 
 
+def test_webcam_says_a_source_it_cannot_read_in_its_own_line_alone(tmp_path, tool_script):
+    # OpenCV's "[ WARN:0@0.4] ... can't open camera by index" lines, and FFmpeg's "[mjpeg @ 0x...] No JPEG data
+    # found" twice, came before facekit's error.
+    text = tmp_path / "text.jpg"
+    text.write_text("not a video\n")
+    for source, error in ((str(text), f"error: no frames could be read from '{text}'"),
+                          ("99", "error: cannot open video source '99'")):
+        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", source,
+                                 "--gallery", str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
+        assert result.returncode in (1, 2) and result.stderr.splitlines() == [
+            f"warning: no gallery at {tmp_path / 'none'}; every face will be unknown", error], result.stderr
+
+
+def test_webcam_refuses_a_threshold_no_similarity_can_meet(tmp_path, astronaut_bgr, tool_script):
+    # As `facekit identify` does: nan or 5 named every face unknown, exit 0.
+    photo = tmp_path / "a.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    for threshold in ("nan", "5"):
+        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(photo),
+                                 "--threshold", threshold, "--gallery", str(tmp_path / "none")], capture_output=True,
+                                text=True, timeout=300)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr == f"error: --threshold is a cosine similarity, between -1 and 1, not {float(threshold)}\n"
+
+
 def test_a_track_is_identified_again_when_its_face_may_be_someone_else(load_tool):
     webcam = load_tool("webcam")
     tracker = webcam.FaceTracker()

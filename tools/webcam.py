@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from facekit.cli import check_threshold, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--search-every and --reidentify-every must be at least 1")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error("--max-frames must be at least 1")
+    check_threshold(args.threshold)
+    quiet_opencv()  # before the source opens: a file or camera that fails is said in facekit's line alone
     problem = args.output and output_problem(args.output, args.source)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -258,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from facekit.cli import report_errors
-
     # kill, timeout and service managers stop a process with SIGTERM, a closed terminal with SIGHUP: left to their
     # default, they end it before the writer is released, and an .mp4 without its index cannot be played.
     for name in ("SIGTERM", "SIGHUP"):
