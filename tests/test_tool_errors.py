@@ -3,28 +3,55 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+
+def one_error_line(command: list[str]) -> str:
+    """The single `error:` line that command writes to stderr, failing the test unless it exits 2 with just that."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, astronaut_bgr, grace_hopper_bgr) -> Path:
+    """A finished `facekit train` run of a few steps, on crops of two real faces."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    for name, photo in (("eileen", astronaut_bgr), ("grace", grace_hopper_bgr)):
+        (root / "crops" / name).mkdir(parents=True)
+        height, width = photo.shape[:2]
+        for shift in range(4):  # four slightly different crops of each face
+            crop = photo[8 * shift:height - 8 * (3 - shift), 8 * shift:width - 8 * (3 - shift)]
+            cv2.imwrite(str(root / "crops" / name / f"{shift}.png"), cv2.resize(crop, (112, 112)))
+    subprocess.run([sys.executable, "-m", "facekit", "train", str(root / "crops"), "--output", str(root / "run"),
+                    "--width", "0.0625", "--blocks", "1,1,1", "--batch-size", "4", "--epochs", "1", "--device", "cpu"],
+                   check=True, capture_output=True, timeout=300)
+    return root / "run"
 
 
 @pytest.mark.parametrize("tool, arguments", [
     ("lease_train", ["stash", "{missing}"]),
     ("teacher_embeddings", ["{missing}", "--teacher", "dlib", "--output", "{tmp}/t.npy"]),
+    ("teacher_embeddings", ["{tmp}", "--teacher", "facenet", "--facenet-model", "{missing}",
+                            "--output", "{tmp}/t.npy"]),
     ("round_trip", ["--lfw", "{missing}"]),
     ("release_model", ["{missing}", "--output", "{tmp}/released/model"]),
     ("align_dataset", ["{tmp}", "{tmp}/out", "--detector", "yunet", "--yunet-model", "{missing}.onnx"]),
 ])
 def test_a_missing_input_is_one_error_line(tool, arguments, tmp_path, tool_script):
     values = {"missing": str(tmp_path / "missing"), "tmp": str(tmp_path)}
-    result = subprocess.run([sys.executable, tool_script(tool), *(a.format(**values) for a in arguments)],
-                            capture_output=True, text=True, timeout=300)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    line = one_error_line([sys.executable, tool_script(tool), *(a.format(**values) for a in arguments)])
     # The line is about the missing input, not some other failure that also exits 2 with one line (a teacher that
     # is not installed, say).
-    assert values["missing"] in lines[0], lines
+    assert values["missing"] in line
 
 
 def test_align_dataset_run_again_skips_what_it_wrote(tmp_path, tool_script, astronaut_bgr):
@@ -69,3 +96,77 @@ def test_webcam_without_a_window_says_to_run_headless(tool_script):
     result = subprocess.run([sys.executable, tool_script("webcam"), "--source", "none.avi"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("error: this OpenCV cannot open a window")
+
+
+@pytest.mark.parametrize("option, content", [
+    ("--lfw", "{}"),
+    ("--lfw-mtcnn", "garbage"),
+    ("--lfw-haar", "[1]"),
+    ("--lfw", '{"accuracy": 0.9, "threshold": "high", "impostor_pairs": 10, "threshold_at_far": {}}'),
+])
+def test_release_model_names_an_evaluation_file_that_is_not_one(option, content, tiny_run, tmp_path, tool_script):
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(content)
+    line = one_error_line([sys.executable, tool_script("release_model"), str(tiny_run), option, str(evaluation),
+                           "--output", str(tmp_path / "released" / "model")])
+    assert str(evaluation) in line and f"{option} takes the JSON object that `facekit eval lfw --json` prints" in line
+    assert not (tmp_path / "released").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "is not a readable checkpoint (truncated or damaged?)"),
+    ("text", "is not a readable checkpoint (truncated or damaged?)"),
+    ("no weights", "is not a checkpoint of `facekit train`"),
+    ("another model's", "does not fit"),
+])
+def test_release_model_says_a_checkpoint_is_damaged(damage, message, tiny_run, tmp_path, tool_script):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    checkpoint = run / "checkpoint.pt"
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    elif damage == "text":
+        checkpoint.write_text("hello\n")
+    else:
+        torch.save({"epoch": 1} if damage == "no weights" else {"model": {}}, checkpoint)
+    line = one_error_line([sys.executable, tool_script("release_model"), str(run),
+                           "--output", str(tmp_path / "released" / "model")])
+    assert line.startswith(f"error: {checkpoint} {message}"), line
+
+
+@pytest.mark.parametrize("count", ["--limit=-1", "--limit=0", "--workers=0", "--min-per-class=0", "--limit-classes=0"])
+def test_teacher_embeddings_refuses_a_count_under_one(count, tmp_path, tool_script):
+    line = one_error_line([sys.executable, tool_script("teacher_embeddings"), str(tmp_path), "--teacher", "dlib",
+                           "--output", str(tmp_path / "t.npy"), count])
+    option, value = count.split("=")
+    assert line == f"error: {option} must be at least 1, not {value}"
+
+
+@pytest.mark.parametrize("content", [
+    None,  # a JPEG photo
+    b"just some text\n",
+    b"",
+])
+def test_teacher_embeddings_names_a_facenet_model_that_is_not_one(content, tmp_path, tool_script, grace_hopper_path):
+    model = tmp_path / "graph.jpg"
+    model.write_bytes(grace_hopper_path.read_bytes() if content is None else content)
+    line = one_error_line([sys.executable, tool_script("teacher_embeddings"), str(tmp_path), "--teacher", "facenet",
+                           "--facenet-model", str(model), "--output", str(tmp_path / "t.npy")])
+    assert line.startswith(f"error: {model} is not a FaceNet graph (.pb"), line
+
+
+@pytest.mark.parametrize("photos, arguments, message", [
+    (0, [], "no people with at least 3 .jpg photos in {lfw}"),
+    (2, [], "no people with at least 3 .jpg photos in {lfw}"),
+    (3, ["--people", "0"], "--people must be at least 1, not 0"),
+])
+def test_round_trip_says_what_its_lfw_folder_lacks(photos, arguments, message, tmp_path, tool_script,
+                                                    grace_hopper_path):
+    lfw = tmp_path / "lfw"
+    (lfw / "Grace_Hopper").mkdir(parents=True)
+    for number in range(photos):
+        shutil.copy(grace_hopper_path, lfw / "Grace_Hopper" / f"Grace_Hopper_{number + 1:04d}.jpg")
+    line = one_error_line([sys.executable, tool_script("round_trip"), "--lfw", str(lfw), *arguments])
+    assert line.startswith("error: " + message.format(lfw=lfw)), line

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -29,6 +30,10 @@ IDENTIFY_FAR = "5e-3"
 # Each shipped file stays under this, so the repository stays cloneable: a wider model's weights are stored
 # as float16 (facekit.training.train.save_weights), and so is its ONNX file.
 MAX_FILE_BYTES = 60_000_000
+# The evaluation options, the card key each fills, and what every `facekit eval lfw --json` output holds that
+# the card's claims and thresholds are taken from.
+EVALUATIONS = (("lfw", "--lfw"), ("lfw_mtcnn", "--lfw-mtcnn"), ("lfw_haar", "--lfw-haar"))
+EVALUATION_NUMBERS = ("accuracy", "threshold", "impostor_pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +53,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from facekit.representation import load_model
 
+    # Read first, so that a wrong file is said before any work is done.
+    evaluations = {key: read_evaluation(getattr(args, key), option) for key, option in EVALUATIONS
+                   if getattr(args, key)}
     model, card = load_model(args.run / "model")
     checkpoint = args.run / "checkpoint.pt"
     if checkpoint.exists():
         # The checkpoint may be newer than model.safetensors when a run was stopped early.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"] if args.last_step else shipped_weights(state))
+        state = read_checkpoint(checkpoint)
+        try:
+            model.load_state_dict(state["model"] if args.last_step else shipped_weights(state))
+        except RuntimeError as exc:  # its message lists every mismatched tensor, one per line
+            raise ValueError(f"{checkpoint} does not fit {args.run / 'model.safetensors'} "
+                             "(another run's checkpoint?)") from exc
     training = card.get("training", {})
     averaged = average_weights(model, args.average_with) if args.average_with else None
     card = {
@@ -79,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             card["training"][f"total_{key}"] = round(sum(s.get(key, 0) for s in [*stages, training]), 1)
     if averaged:
         card["training"]["weight_average"] = averaged
-    for key, path in (("lfw", args.lfw), ("lfw_mtcnn", args.lfw_mtcnn), ("lfw_haar", args.lfw_haar)):
-        if path:
-            card[key] = json.loads(path.read_text())
+    card.update(evaluations)
     if "lfw" in card:
         card["threshold"] = round(float(card["lfw"]["threshold"]), 4)
         card["threshold_source"] = "mean of the 10 per-fold thresholds of `facekit eval lfw`"
@@ -104,6 +114,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output}.safetensors ({sizes[0]:.1f} MB), its card and {args.output}.onnx "
           f"({sizes[1]:.1f} MB)")
     return 0
+
+
+def read_evaluation(path: Path, option: str) -> dict:
+    """The `facekit eval lfw --json` output given to option; anything else is a ValueError naming the file."""
+    expected = (f"{option} takes the JSON object that `facekit eval lfw --json` prints, with the numbers "
+                f"{', '.join(EVALUATION_NUMBERS)} and the object threshold_at_far")
+    try:
+        evaluation = json.loads(path.read_text())
+    except ValueError as exc:  # not JSON, or not text
+        raise ValueError(f"{path} is not JSON ({exc}): {expected}") from exc
+
+    def is_number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not (isinstance(evaluation, dict) and all(is_number(evaluation.get(key)) for key in EVALUATION_NUMBERS)
+            and isinstance(evaluation.get("threshold_at_far"), dict)
+            and all(is_number(value) for value in evaluation["threshold_at_far"].values())):
+        raise ValueError(f"{path} is not an evaluation: {expected}")
+    return evaluation
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training run's checkpoint.pt, read as data only; one that cannot be read is a ValueError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:  # KeyError: a text file, say
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or damaged?)") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} is not a checkpoint of `facekit train` (it holds no model weights)")
+    return state
 
 
 def average_weights(model: torch.nn.Module, other_paths: list[Path]) -> dict:

@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also report both figures at thresholds 0.30-0.90")
     parser.add_argument("cli_options", nargs="*", help="passed to enroll and identify (after --)")
     args = parser.parse_args(argv)
+    if args.people < 1:
+        raise ValueError(f"--people must be at least 1, not {args.people}")
     known, strangers = choose_people(args.lfw, args.people)
+    if not known:  # said here: enroll would only find the temporary folder below empty
+        raise ValueError(f"no people with at least 3 .jpg photos in {args.lfw} (LFW's layout: a folder of photos "
+                         "per person)")
     facekit = [sys.executable, "-m", "facekit.cli"]
     with tempfile.TemporaryDirectory(prefix="facekit-round-trip-") as work:
         people, gallery = Path(work) / "people", Path(work) / "gallery"

