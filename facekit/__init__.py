@@ -3,13 +3,16 @@
     import facekit
     image = facekit.load_image("photo.jpg")
     faces = facekit.face_embeddings(image)            # [(Face, embedding), ...]
-    facekit.compare(faces[0][1], other_embedding)     # cosine similarity
+    facekit.compare(faces[0][1], other_embedding)     # cosine similarity, not a yes/no: verify() says that
     facekit.verify("a.jpg", "b.jpg")                  # {"same": bool, "similarity": ..., "threshold": ...}
 
     with facekit.Gallery.open("galleries/default") as gallery:
         facekit.enroll("people/", gallery)              # one sub-folder of photos per person
         facekit.add_face(gallery, "ada", "ada.jpg")     # or one photo at a time
-        facekit.identify("group.jpg", gallery)          # [{"box", "identity", "similarity", ...}, ...]
+        facekit.identify("group.jpg", gallery)          # [{"box", "identity", "similarity", "threshold", ...}, ...]
+
+An image is a file's path, an encoded file's bytes, a PIL image (converted by its mode) or a uint8 array.
+Arrays are BGR (OpenCV's order); pass a PIL image, or reverse an RGB array's channels with arr[..., ::-1].
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
     from facekit.datastore import Gallery
     from facekit.detection import Face
     from facekit.recognition import EnrollReport, FacePipeline
+
+    ImageLike = np.ndarray | Image.Image | str | os.PathLike | bytes
 
 __all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "add_face", "compare",
            "detect_faces", "enroll", "face_embeddings", "identify", "load_image", "pipeline", "verify"]
@@ -54,59 +60,103 @@ def pipeline() -> FacePipeline:
     return FacePipeline()
 
 
-def _as_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
+def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:
+    """Any image the API takes as a uint8 array: BGR, or grey as a grey array was given (the detectors take it)."""
     import numpy as np
+    from PIL import Image, ImageOps
 
-    from facekit.imageio import load_image
+    from facekit.imageio import _to_bgr, decode_image, load_image
 
     if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:  # as_bgr's own refusal does not say what was given or how to convert it
+            hint = ("(img * 255).astype(np.uint8) converts one in [0, 1], img.astype(np.uint8) one in [0, 255]"
+                    if image.dtype.kind == "f" else "img.astype(np.uint8) converts one in [0, 255]")
+            raise ValueError(f"{name} is a {image.dtype} array, not uint8: {hint}")
         return image
-    if not isinstance(image, (str, bytes, os.PathLike)):
+    if isinstance(image, Image.Image):  # it states its mode, so unlike an array's its channel order is known
+        try:
+            image = ImageOps.exif_transpose(image)  # upright, as load_image gives the same file
+        except Exception:  # as in load_image: a broken EXIF block should not cost the photo itself
+            pass
+        return _to_bgr(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image), name=name)
+    if not isinstance(image, (str, os.PathLike)):
         # os.fspath's own message ("expected str, bytes or os.PathLike object, not list") does not say what to pass.
-        raise TypeError(f"an image is a BGR uint8 array or a file's path, not {type(image).__name__}"
-                        + ("; pass the images one at a time" if isinstance(image, (list, tuple)) else ""))
+        raise TypeError(f"an image is a BGR uint8 array, a PIL image, a file's path or its bytes, not "
+                        f"{type(image).__name__}" + ("; pass the images one at a time (FacePipeline.load_many "
+                                                     "reads many paths)" if isinstance(image, (list, tuple)) else ""))
     return load_image(image)
 
 
-def detect_faces(image: np.ndarray | str | os.PathLike) -> list[Face]:
-    """Faces (box, score, 5 landmarks), largest first. Arrays are BGR uint8, as OpenCV gives them."""
+def detect_faces(image: ImageLike) -> list[Face]:
+    """Faces (box, score, 5 landmarks), largest first. Arrays are BGR (OpenCV's order); pass a PIL image, or
+    reverse an RGB array's channels with arr[..., ::-1]."""
     return pipeline().detect(_as_image(image))
 
 
-def face_embeddings(image: np.ndarray | str | os.PathLike) -> list[tuple[Face, np.ndarray]]:
-    """Every face with its L2-normalised embedding."""
+def face_embeddings(image: ImageLike) -> list[tuple[Face, np.ndarray]]:
+    """Every face with its L2-normalised embedding. Arrays are BGR (OpenCV's order); pass a PIL image, or reverse
+    an RGB array's channels with arr[..., ::-1]: RGB taken for BGR is not refused, but matches worse and can miss
+    faces."""
     return [(r.face, r.embedding) for r in pipeline().analyze(_as_image(image))]
 
 
-def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float:
-    """Cosine similarity of two embeddings (both unit length)."""
+def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndarray:
+    """The cosine similarity (-1 to 1, higher is more alike) of two embeddings: a number, not a yes/no, which
+    verify() gives (similarity >= its threshold). One side may be a matrix of embeddings (N, D): the answer is
+    then the (N,) similarities to the other, as face_recognition's face_distance compares one with many.
+
+    Embeddings are unit length, as face_embeddings gives them; anything else is a ValueError."""
     import numpy as np
 
-    return float(np.dot(embedding_a, embedding_b))
+    known, probe = np.asarray(embedding_a), np.asarray(embedding_b)
+    if known.ndim == 1 and probe.ndim == 2:
+        known, probe = probe, known
+    if probe.ndim != 1 or known.ndim not in (1, 2) or known.shape[-1] != probe.shape[0]:
+        raise ValueError(f"compare takes two embeddings of one size (D,), or a matrix of them (N, D) and one, not "
+                         f"shapes {known.shape} and {probe.shape}")
+    for vectors in (known, probe):
+        norms = np.linalg.norm(np.atleast_2d(vectors), axis=1)
+        if not np.allclose(norms, 1.0, rtol=0, atol=1e-3):  # a raw vector here is a mistake, not a choice
+            bad = float(norms[np.argmax(np.abs(norms - 1.0))])
+            raise ValueError(f"compare takes unit-length embeddings, as face_embeddings gives them; one has norm "
+                             f"{bad:.4g}")
+    return np.dot(known, probe) if known.ndim == 2 else float(np.dot(known, probe))
 
 
-def verify(image_a: np.ndarray | str | os.PathLike, image_b: np.ndarray | str | os.PathLike,
-           threshold: float | None = None) -> dict:
-    """Whether the largest faces of two images are the same person."""
-    import numpy as np
-
+def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = None) -> dict:
+    """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}."""
     found = []
-    for image in (image_a, image_b):
-        name = "the image" if isinstance(image, np.ndarray) else str(image)
-        found.append(_largest_face(_as_image(image), name)[1])
+    for image, which in ((image_a, "first"), (image_b, "second")):
+        name = str(image) if isinstance(image, (str, os.PathLike)) else f"the {which} image"
+        found.append(_largest_face(_as_image(image, name), name)[1])
     threshold = pipeline().threshold if threshold is None else threshold
     similarity = compare(*found)
     return {"same": similarity >= threshold, "similarity": similarity, "threshold": threshold}
 
 
-def identify(image: np.ndarray | str | os.PathLike, gallery: Gallery | None, threshold: float | None = None,
+def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None = None,
              top_k: int = 3) -> list[dict]:
-    """Every face in the image with its identity (None when unknown) and top-k candidates."""
+    """Every face in the image: {"box", "landmarks", "identity" (None when unknown), "similarity", "candidates"
+    (the top-k identities, most similar first), "threshold" (the one identity was decided by)}. The similarity is
+    the named identity's, or the closest candidate's; None where there is no candidate (no gallery or an empty one).
+
+    gallery is a facekit.Gallery (or None): open a path with facekit.Gallery.open(path, create=False)."""
     from facekit.recognition import identify_image
 
+    if gallery is not None:
+        _check_gallery(gallery)
     faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as before
     threshold = pipeline().identify_threshold_for(faces_enrolled) if threshold is None else threshold
-    return identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
+    results = identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
+    for face in results:
+        # identify_image gives a face without candidates similarity 0.0, which reads as a real cosine. With top_k
+        # under 1 no candidate is listed, so only an empty gallery says that there was none.
+        if face["identity"] is None and not face["candidates"] and (top_k >= 1 or faces_enrolled == 0):
+            face["similarity"] = None
+        face["threshold"] = threshold
+    return results
 
 
 def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False, sync: bool = False) -> EnrollReport:
@@ -115,16 +165,18 @@ def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = Fal
     enrolled from photos in that folder that have since been deleted or changed are then removed (report.removed)."""
     from facekit.recognition import enroll as enroll_folder
 
+    _check_gallery(gallery)
     _check_size(gallery)
     return enroll_folder(pipeline(), gallery, people_dir, progress=progress, sync=sync)
 
 
-def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathLike) -> int:
+def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
     """Enrol the largest face of one image as `identity`; returns its id in the gallery. As with `enroll`, a photo
     whose content is enrolled as this identity already is not added again (its id is returned), and one enrolled
     as someone else is a ValueError; so is an image without a face.
 
-    A file is recorded by its absolute path and content hash, an array by the hash of its pixels."""
+    A file is recorded by its absolute path and content hash, a file's bytes by their hash (path "<bytes>"), an
+    array or PIL image by the hash of its BGR pixels (path "<array>")."""
     import hashlib
 
     import numpy as np
@@ -132,14 +184,20 @@ def add_face(gallery: Gallery, identity: str, image: np.ndarray | str | os.PathL
     from facekit.datastore import clean_identity
     from facekit.imageio import decode_image, read_image_file
 
+    _check_gallery(gallery)
     _check_size(gallery)
-    if isinstance(image, np.ndarray):
-        array, name, source, data = image, "the image", "<array>", np.ascontiguousarray(image).tobytes()
-    else:  # read once: the hash recorded is that of the bytes embedded
+    if isinstance(image, (str, os.PathLike)):  # read once: the hash recorded is that of the bytes embedded
         # Absolute, so that the path still names the photo from another folder; abspath, not resolve, keeps a
         # symlink as the user named it.
         name, source, data = str(image), os.path.abspath(image), read_image_file(image)
         array = decode_image(data, name=name)
+    elif isinstance(image, (bytes, bytearray, memoryview)):  # hashed as its file would be, so a copy is one photo
+        name, source, data = "the image", "<bytes>", bytes(image)
+        array = decode_image(data, name=name)
+    else:
+        name, source = "the image", "<array>"
+        array = _as_image(image, name)
+        data = np.ascontiguousarray(array).tobytes()
     identity, sha256 = clean_identity(identity), hashlib.sha256(data).hexdigest()
     face, embedding = _largest_face(array, name)
     with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
@@ -165,6 +223,16 @@ def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
     if found.warning:
         warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=3)
     return found.faces[0], pipeline().embed_found(image, found)
+
+
+def _check_gallery(gallery: object) -> None:
+    """A one-line TypeError for what is not a Gallery (a path, mostly), before any of its methods is missing."""
+    from facekit.datastore import Gallery
+
+    if not isinstance(gallery, Gallery):
+        opened = (f"facekit.Gallery.open({os.fspath(gallery)!r})" if isinstance(gallery, (str, os.PathLike))
+                  else "facekit.Gallery.open(path)")
+        raise TypeError(f"a gallery is a facekit.Gallery, not {type(gallery).__name__}: pass {opened}")
 
 
 def _check_size(gallery: Gallery) -> None:

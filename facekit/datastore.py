@@ -586,6 +586,8 @@ class Gallery:
 
     def require_writable(self) -> None:
         """GalleryError, one line, if this process cannot write the gallery; writes call it before anything else."""
+        if self._conn is None:  # its lock file is closed too, which _lock_problem would take for one it cannot open
+            raise GalleryError("the gallery is closed")
         why = self._why_read_only()
         if why:
             raise GalleryError(f"gallery {self.root} is read-only: {why}")

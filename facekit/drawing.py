@@ -79,7 +79,8 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
             # Rounded as the box is: int() put each dot up to a pixel up and left of its point.
             cv2.circle(canvas, (int(round(px)), int(round(py))), thickness + 1, (0, 220, 255), -1)
         name = face.get("identity") or "unknown"
-        _draw_label(canvas, name, f" {face.get('similarity', 0.0):.2f}", x, y, max(0.4, w / 250), colour)
+        similarity = face.get("similarity")  # None where there was no candidate (facekit.identify, no gallery)
+        _draw_label(canvas, name, "" if similarity is None else f" {similarity:.2f}", x, y, max(0.4, w / 250), colour)
     return canvas
 
 

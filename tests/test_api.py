@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 import facekit
 from facekit.datastore import Gallery
@@ -145,12 +148,134 @@ def test_add_face_skips_a_photo_enrolled_already_and_refuses_one_enrolled_as_som
 
 
 def test_something_that_is_no_image_says_what_an_image_is(astronaut_bgr):
-    with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array or a file's path, not list; pass the images"):
+    with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array, a PIL image, a file's path or its bytes, "
+                                        r"not list; pass the images one at a time"):
         facekit.face_embeddings([astronaut_bgr, astronaut_bgr])
-    with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array or a file's path, not NoneType$"):
+    with pytest.raises(TypeError, match=r"^an image is a BGR uint8 array, a PIL image, a file's path or its bytes, "
+                                        r"not NoneType$"):
         facekit.detect_faces(None)
 
 
-def test_identify_without_a_gallery_finds_every_face_unknown(astronaut_bgr):
+def test_identify_without_a_gallery_finds_every_face_unknown_with_no_similarity(tmp_path, astronaut_bgr):
+    """0.0 would read as a real cosine: with no candidate at all the similarity is None."""
     faces = facekit.identify(astronaut_bgr, None)
     assert len(faces) == 1 and faces[0]["identity"] is None and faces[0]["candidates"] == []
+    assert faces[0]["similarity"] is None and faces[0]["threshold"] == facekit.pipeline().identify_threshold_for(0)
+    with Gallery.open(tmp_path / "gallery") as empty:
+        assert [face["similarity"] for face in facekit.identify(astronaut_bgr, empty)] == [None]
+    json.dumps(faces)
+
+
+def test_identify_gives_each_face_the_threshold_it_was_decided_by(tmp_path, astronaut_bgr, grace_hopper_bgr):
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "eileen_collins", astronaut_bgr)
+        [face] = facekit.identify(grace_hopper_bgr, gallery)
+        assert face["identity"] is None and face["similarity"] == face["candidates"][0]["similarity"] < 0.5
+        assert face["threshold"] == facekit.pipeline().identify_threshold_for(1)
+        [face] = facekit.identify(grace_hopper_bgr, gallery, threshold=-1.0, top_k=0)
+        assert (face["identity"], face["candidates"], face["threshold"]) == ("eileen_collins", [], -1.0)
+        assert isinstance(face["similarity"], float)
+
+
+def test_a_pil_image_is_taken_by_its_mode(tmp_path, shared_data, astronaut_bgr):
+    """A PIL image says its channel order, so it needs no reversing; an RGB array taken for BGR matches worse."""
+    rgb = astronaut_bgr[:, :, ::-1]
+    expected = facekit.face_embeddings(astronaut_bgr)[0][1]
+    for image in (Image.fromarray(rgb), Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))):
+        [(face, embedding)] = facekit.face_embeddings(image)
+        assert np.array_equal(embedding, expected) and facekit.detect_faces(image)[0].box == face.box
+    grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    assert facekit.compare(facekit.face_embeddings(Image.fromarray(grey))[0][1],
+                           facekit.face_embeddings(grey)[0][1]) > 0.999
+    # The README's remedy for an RGB array: reverse its channels.
+    assert np.array_equal(facekit.face_embeddings(np.ascontiguousarray(rgb[..., ::-1]))[0][1], expected)
+    lfw = shared_data / "lfw" / "images" / "Colin_Powell"
+    a, b = lfw / "Colin_Powell_0040.jpg", lfw / "Colin_Powell_0049.jpg"
+    with Image.open(a) as image_a, Image.open(b) as image_b:
+        assert facekit.verify(image_a, image_b) == facekit.verify(a, b)
+        with Gallery.open(tmp_path / "gallery") as gallery:
+            face_id = facekit.add_face(gallery, "colin_powell", image_a)
+            # Hashed as its BGR pixels, so the same photo as a BGR array is the same photo.
+            assert facekit.add_face(gallery, "colin_powell", facekit.load_image(a)) == face_id
+
+
+def test_an_encoded_file_s_bytes_are_an_image(tmp_path, grace_hopper_path):
+    data = grace_hopper_path.read_bytes()
+    expected = facekit.face_embeddings(grace_hopper_path)[0][1]
+    for image in (data, bytearray(data), memoryview(data)):
+        assert np.array_equal(facekit.face_embeddings(image)[0][1], expected)
+    with pytest.raises(facekit.ImageError, match=r"^not an image: the second image$"):
+        facekit.verify(data, b"hello")
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        face_id = facekit.add_face(gallery, "grace_hopper", data)
+        [photo] = gallery.photos()
+        assert (photo["path"], photo["sha256"]) == ("<bytes>", hashlib.sha256(data).hexdigest())
+        # Its file is the same photo.
+        assert facekit.add_face(gallery, "grace_hopper", grace_hopper_path) == face_id
+
+
+def test_compare_gives_a_similarity_one_against_many_and_refuses_what_is_no_embedding(astronaut_bgr,
+                                                                                    grace_hopper_path):
+    eileen = facekit.face_embeddings(astronaut_bgr)[0][1]
+    grace = facekit.face_embeddings(grace_hopper_path)[0][1]
+    known = np.stack([eileen, grace])
+    for similarities in (facekit.compare(known, eileen), facekit.compare(eileen, known)):
+        assert similarities.shape == (2,)
+        assert np.allclose(similarities, [facekit.compare(eileen, eileen), facekit.compare(grace, eileen)], atol=1e-6)
+    assert facekit.compare(known[:0], eileen).shape == (0,)
+    with pytest.raises(ValueError, match=r"^compare takes two embeddings of one size .*not shapes \(512,\) and "
+                                         r"\(10,\)$"):
+        facekit.compare(eileen, eileen[:10])
+    with pytest.raises(ValueError, match=r"not shapes \(2, 512\) and \(2, 512\)$"):
+        facekit.compare(known, known)
+    with pytest.raises(ValueError, match=r"^compare takes unit-length embeddings, .*; one has norm 3$"):
+        facekit.compare(eileen * 3, eileen * 3)
+    with pytest.raises(ValueError, match=r"one has norm 0$"):
+        facekit.compare(np.vstack([eileen, np.zeros(512, np.float32)]), grace)
+
+
+def test_verify_says_which_image_has_no_face_and_how_to_convert_a_float_one(astronaut_bgr, grace_hopper_path):
+    blank = np.full((200, 200, 3), 127, np.uint8)
+    with pytest.raises(ValueError, match=r"^no face found in the second image$"):
+        facekit.verify(astronaut_bgr, blank)
+    with pytest.raises(ValueError, match=r"^no face found in the first image$"):
+        facekit.verify(blank, grace_hopper_path)
+    with pytest.raises(ValueError, match=r"^the first image is a float64 array, not uint8: "
+                                         r"\(img \* 255\).astype\(np.uint8\) converts one in \[0, 1\]"):
+        facekit.verify(astronaut_bgr / 255.0, grace_hopper_path)
+    with pytest.raises(ValueError, match=r"^the image is a int64 array, not uint8: img.astype\(np.uint8\)"):
+        facekit.face_embeddings(astronaut_bgr.astype(np.int64))
+
+
+def test_a_gallery_path_is_refused_with_how_to_open_it(tmp_path, astronaut_bgr):
+    path = str(tmp_path / "gallery")
+    expected = "^" + re.escape(f"a gallery is a facekit.Gallery, not str: pass facekit.Gallery.open({path!r})") + "$"
+    with pytest.raises(TypeError, match=expected):
+        facekit.identify(astronaut_bgr, path)
+    with pytest.raises(TypeError, match=expected):
+        facekit.add_face(path, "eileen_collins", astronaut_bgr)
+    with pytest.raises(TypeError, match=expected):
+        facekit.enroll(tmp_path, path)
+    assert not (tmp_path / "gallery").exists()
+
+
+def test_writing_to_a_closed_gallery_says_it_is_closed(tmp_path, astronaut_bgr, grace_hopper_path):
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "eileen_collins", astronaut_bgr)
+    for write in (lambda: facekit.add_face(gallery, "grace_hopper", grace_hopper_path),
+                  lambda: gallery.add("grace_hopper", facekit.face_embeddings(grace_hopper_path)[0][1][None],
+                                      [{"path": "g.jpg", "sha256": "0" * 64, "box": [0, 0, 1, 1]}]),
+                  lambda: gallery.remove("eileen_collins"), lambda: gallery.rename("eileen_collins", "eileen"),
+                  lambda: facekit.identify(astronaut_bgr, gallery)):
+        with pytest.raises(facekit.GalleryError, match=r"^the gallery is closed$"):
+            write()
+
+
+def test_many_photos_are_embedded_through_load_many_as_the_readme_says(grace_hopper_path, tmp_path):
+    """The README's way to embed many photos: load_many reads and detects one photo ahead of the embedding."""
+    pipeline = facekit.pipeline()
+    paths = [grace_hopper_path, tmp_path / "missing.jpg", grace_hopper_path]
+    found = [(item.error, pipeline.embed_faces(item.image, item.faces)) if not item.error else (item.error, None)
+             for item in pipeline.load_many(paths)]
+    assert [error is None for error, _ in found] == [True, False, True]
+    assert np.array_equal(found[0][1][0], facekit.face_embeddings(grace_hopper_path)[0][1])

@@ -156,3 +156,13 @@ def test_latin_and_cyrillic_names_are_drawn_by_opencv_as_before(astronaut_bgr, m
     before = draw_results(astronaut_bgr, faces)
     monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))
     assert np.array_equal(draw_results(astronaut_bgr, faces), before)
+
+
+def test_a_face_without_candidates_is_labelled_unknown_without_a_number(astronaut_bgr, grace_hopper_path):
+    # facekit.identify with no gallery gives such a face similarity None, and its annotated copy must still draw.
+    import facekit
+
+    face = facekit.identify(str(grace_hopper_path), None)[0]
+    assert face["similarity"] is None
+    drawn = draw_results(astronaut_bgr, [face])
+    assert np.any(drawn != astronaut_bgr)
