@@ -63,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
     require_torch("facekit train")
     from facekit.training.train import TrainConfig, train
 
-    blocks = tuple(int(b) for b in args.blocks.split(","))
+    try:
+        blocks = tuple(int(b) for b in args.blocks.split(","))
+    except ValueError:
+        blocks = ()
     if len(blocks) != 3:
-        raise ValueError("--blocks takes three counts, e.g. 5,10,5")
+        raise ValueError(f"--blocks takes three counts, e.g. 5,10,5, not {args.blocks}")
     config = TrainConfig(
         data=args.data, output=args.output, width=args.width, blocks=blocks, embedding_size=args.embedding_size,
         batch_size=args.batch_size, minutes=args.minutes, epochs=args.epochs, lr=args.lr,

@@ -6,20 +6,27 @@ Crops are decoded once and cached as a .npy file: the training pool is ~91k 112x
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from facekit.errors import one_line
+from facekit.imageio import IMAGE_EXTENSIONS, ImageError, decode_image
+
+MANIFEST_COLUMNS = ("shard", "member", "identity")
 
 
 @dataclass
@@ -36,9 +43,13 @@ class CropSet:
         return len(self.class_names)
 
 
-def _decode_rgb(data: bytes) -> np.ndarray | None:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
+def _decode_rgb(data: bytes, name: str) -> np.ndarray | None:
+    """A crop as 112x112 RGB, or None where it does not decode. facekit's own reader, so that an empty file, or a
+    small one whose header claims more pixels than its limit (8000x8000 in 200 KB), is left out like a damaged one
+    rather than filling memory."""
+    try:
+        image = decode_image(data, name)
+    except ImageError:
         return None
     if image.shape[:2] != (112, 112):
         image = cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)
@@ -46,14 +57,30 @@ def _decode_rgb(data: bytes) -> np.ndarray | None:
 
 
 def _read_manifest_pool(root: Path, min_per_class: int, limit_classes: int | None) -> list[tuple[str, str, str]]:
-    with open(root / "manifest.tsv", newline="") as handle:
-        rows = [(r["shard"], r["member"], r["identity"]) for r in csv.DictReader(handle, delimiter="\t")]
+    path = root / "manifest.tsv"
+    rows: list[tuple[str, str, str]] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            missing = [column for column in MANIFEST_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path} has no {', '.join(missing)} column (it needs {', '.join(MANIFEST_COLUMNS)})")
+            for record in reader:
+                row = (record["shard"], record["member"], record["identity"])
+                if not all(row):  # a short row gives None
+                    raise ValueError(f"{path} line {reader.line_num}: a row needs a shard, a member and an identity")
+                shard = PurePath(row[0])
+                # A shard is a file of the pool: a manifest must not have any other file on the machine read.
+                if shard.is_absolute() or ".." in shard.parts:
+                    raise ValueError(f"{path} line {reader.line_num}: shard {row[0]} is outside {root}; shards are "
+                                     "named relative to the manifest's folder")
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a tab-separated UTF-8 manifest: {one_line(error)}") from None
     return _filter_classes(rows, min_per_class, limit_classes)
 
 
 def _read_folder_pool(root: Path, min_per_class: int, limit_classes: int | None) -> list[tuple[str, str, str]]:
-    from facekit.imageio import IMAGE_EXTENSIONS
-
     rows = [("", str(p), p.parent.name) for p in sorted(root.glob("*/*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
     return _filter_classes(rows, min_per_class, limit_classes)
 
@@ -93,20 +120,19 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
     images = np.empty((len(rows), 112, 112, 3), np.uint8)
     decoded: list[tuple[str, str, str]] = []
     open_shards: dict[str, zipfile.ZipFile] = {}
-    for row in tqdm(rows, desc="decoding crops", unit="img"):
-        shard, member, _ = row
-        if shard:
-            if shard not in open_shards:
-                open_shards[shard] = zipfile.ZipFile(root / shard)
-            data = open_shards[shard].read(member)
-        else:
-            data = Path(member).read_bytes()
-        image = _decode_rgb(data)
-        if image is not None:
-            images[len(decoded)] = image
-            decoded.append(row)
-    for handle in open_shards.values():
-        handle.close()
+    with contextlib.ExitStack() as closing:
+        for row in tqdm(rows, desc="decoding crops", unit="img"):
+            shard, member, _ = row
+            if shard:
+                if shard not in open_shards:
+                    open_shards[shard] = closing.enter_context(_open_shard(root / shard))
+                data = _read_member(open_shards[shard], member, root)
+            else:
+                data = Path(member).read_bytes()
+            image = _decode_rgb(data, f"{root / shard}:{member}" if shard else member)
+            if image is not None:
+                images[len(decoded)] = image
+                decoded.append(row)
     # Crops that do not decode can leave an identity with fewer than min_per_class: the filter again, on what did.
     class_names = sorted({r[2] for r in _filter_classes(decoded, min_per_class, limit_classes)})
     if not class_names:
@@ -127,6 +153,23 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
                  classes_dropped=classes_dropped)
         tmp.replace(cache)
     return CropSet(images, labels, class_names, key, undecodable, classes_dropped)
+
+
+def _open_shard(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"corrupt or truncated zip shard: {path} ({one_line(error)})") from None
+
+
+def _read_member(shard: zipfile.ZipFile, member: str, root: Path) -> bytes:
+    """A crop's bytes; b"" (a crop that does not decode) where its stored data is damaged."""
+    try:
+        return shard.read(member)
+    except KeyError:
+        raise ValueError(f"{root / 'manifest.tsv'} names {member}, which {shard.filename} does not hold") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError):  # a bad CRC or header, damaged deflate data
+        return b""
 
 
 def _pool_key(root: Path, rows: list[tuple[str, str, str]], min_per_class: int, limit_classes: int | None) -> str:
@@ -150,7 +193,13 @@ def load_teacher(path: str | Path, num_crops: int) -> tuple[torch.Tensor, torch.
     A teacher run still in progress (tools/teacher_embeddings.py's OUTPUT.partial.npy) has zero rows
     for the crops it has not reached, so training can distil from whatever part of the pool is done.
     """
-    rows = np.load(path)  # allow_pickle stays False: the file is data only
+    not_a_table = f"{path} is not a teacher table .npy (one row of numbers per crop: tools/teacher_embeddings.py)"
+    try:
+        rows = np.load(path)  # allow_pickle stays False: the file is data only
+    except (ValueError, EOFError):  # pickled objects, text, an empty or truncated file
+        raise ValueError(not_a_table) from None
+    if not isinstance(rows, np.ndarray) or rows.dtype.kind not in "fiu":  # an .npz archive, text, records
+        raise ValueError(not_a_table)
     if rows.ndim != 2 or len(rows) > num_crops:
         raise ValueError(f"teacher embeddings {path} have shape {rows.shape}; expected at most {num_crops} rows")
     table = np.full((num_crops, rows.shape[1]), np.nan, np.float32)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -263,9 +262,13 @@ def shipped_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
 def _read_checkpoint(path: str | Path, device: torch.device) -> dict:
     """A training checkpoint, read as data only (weights_only: never code); unreadable is a ValueError."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"cannot read checkpoint {path} (truncated, or not one?): {exc}") from exc
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # the unpickler fails on other files in many ways (a text file: KeyError: 101)
+        why = f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
+        raise ValueError(f"cannot read checkpoint {path} (truncated, or not one?){why}") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a training checkpoint (a run's checkpoint.pt)")
+    return state
 
 
 @contextlib.contextmanager
@@ -366,14 +369,55 @@ def earlier_stages(init_from: str | None) -> list[dict]:
     return [*earlier, training]
 
 
-def train(config: TrainConfig) -> dict:
+def _check_config(config: TrainConfig) -> None:
+    """Settings that would fail deep inside the run, or train nothing and end as if all went well, refused before
+    anything is read or written. NaN fails every comparison, so it is refused with the rest."""
     if not 0.0 < config.relation_closest <= 1.0:
         raise ValueError(f"--relation-closest takes a fraction of the pairs in (0, 1], not {config.relation_closest}")
     if config.average_from is not None and not 0.0 <= config.average_from < 1.0:
         raise ValueError(f"--average-from takes a fraction of the run in [0, 1), not {config.average_from}")
-    if config.minutes is not None and not config.minutes > 0:
-        raise ValueError(f"--minutes must be above 0, not {config.minutes}")
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    budget = ("--minutes", config.minutes) if config.minutes is not None else ("--epochs", config.epochs)
+    above_zero = dict([budget, ("--width", config.width), ("--arcface-s", config.arcface_s)])
+    zero_or_more = {"--lr": config.lr, "--weight-decay": config.weight_decay, "--arcface-weight": config.arcface_weight,
+                    "--arcface-m": config.arcface_m, "--cosface-m": config.cosface_m,
+                    "--triplet-weight": config.triplet_weight, "--triplet-margin": config.triplet_margin,
+                    "--distill-weight": config.distill_weight, "--relation-weight": config.relation_weight}
+    one_or_more = {"--embedding-size": config.embedding_size, "--batch-size": config.batch_size,
+                   "--eval-every": config.eval_every, "log_every": config.log_every,
+                   "checkpoint_every": config.checkpoint_every}
+    if config.limit_classes is not None:
+        one_or_more["--limit-classes"] = config.limit_classes
+    checks = [(option, value, value > 0, "above 0") for option, value in above_zero.items()]
+    checks += [(option, value, value >= 0, "0 or more") for option, value in zero_or_more.items()]
+    checks += [(option, value, value >= 1, "1 or more") for option, value in one_or_more.items()]
+    for option, value, in_range, words in checks:
+        if not (math.isfinite(value) and in_range):
+            raise ValueError(f"{option} must be {words}{'' if math.isfinite(value) else ' and finite'}, not {value}")
+    if len(config.blocks) != 3 or min(config.blocks) < 0:
+        raise ValueError(f"--blocks takes three counts of 0 or more, e.g. 5,10,5, not {config.blocks}")
+    if not (config.arcface_weight > 0 or config.triplet_weight > 0
+            or config.teacher and (config.distill_weight > 0 or config.relation_weight > 0)):
+        raise ValueError("no loss to train: --arcface-weight and --triplet-weight are 0, and no --teacher with "
+                         "--distill-weight or --relation-weight above 0")
+
+
+def _training_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device takes cpu, cuda or cuda:N, not {name}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} found)")
+    return device
+
+
+def train(config: TrainConfig) -> dict:
+    _check_config(config)
+    device = _training_device(config.device)
     rank, local_rank, world = _distributed(device)
     is_main = rank == 0
     if device.type == "cuda":
@@ -393,6 +437,10 @@ def train(config: TrainConfig) -> dict:
     if crops.undecodable and is_main:
         print(f"warning: left out {crops.undecodable} crops under {config.data} that did not decode, and "
               f"{crops.classes_dropped} identities that kept fewer than {config.min_per_class}", file=sys.stderr)
+    if crops.num_classes < 2 and (config.arcface_weight > 0 or config.triplet_weight > 0):
+        # One class is every crop's: ArcFace's softmax and the triplets' negatives have nothing to learn from.
+        raise ValueError(f"training needs crops of 2 or more identities to tell apart; {config.data} has "
+                         f"{crops.num_classes} with {config.min_per_class} or more crops")
     images = torch.from_numpy(crops.images)
     labels = torch.from_numpy(crops.labels)
     if on_gpu:
@@ -459,7 +507,7 @@ def train(config: TrainConfig) -> dict:
             optimizer.load_state_dict(state["optimizer"])
             if averaged is not None and "averaged" in state:
                 averaged.load_state_dict(state["averaged"])
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+            step, elapsed_before = int(state["step"]), float(state["elapsed"])
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
 
@@ -513,8 +561,26 @@ def train(config: TrainConfig) -> dict:
             return 1.0 / max(1, total_steps)
         return progress() - fraction if fraction < config.warmup_fraction else 0.0
 
+    # Whether every step's loss so far was finite. It stays on the device, and is read only on log and checkpoint
+    # steps: reading it back waits for the device's queue.
+    finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def stop_if_diverged(weights_too: bool) -> None:
+        """A run whose loss, or weights, turned NaN or infinite stops before they are logged or saved, so the
+        checkpoint keeps its last good step and no released weights are written."""
+        ok = finite
+        if weights_too:
+            kept = [value for module in (model, margin_loss, distill, averaged) if module is not None
+                    for value in module.state_dict().values() if value.is_floating_point()]
+            ok = ok & torch.stack([torch.isfinite(value).all() for value in kept]).all()
+        if not bool(ok):
+            left = f"; {checkpoint_path} is left as it was" if checkpoint_path.exists() else ""
+            raise ValueError(f"training diverged by step {step}: the loss or the weights are NaN or infinite "
+                             f"(--lr too high?), and the run stopped before saving them{left}")
+
     def save_checkpoint() -> None:
         """Called by every process, whose generator states it gathers; rank 0 writes the file."""
+        stop_if_diverged(weights_too=True)
         rng_states = _gather_rng_states(sampler, device, world)
         if not is_main:
             return
@@ -573,6 +639,7 @@ def train(config: TrainConfig) -> dict:
             parts["relation"] = relational_distillation_loss(raw[known], target[known], config.relation_closest)
         loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
                 + config.distill_weight * parts["distill"] + config.relation_weight * parts["relation"])
+        finite &= torch.isfinite(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -587,6 +654,8 @@ def train(config: TrainConfig) -> dict:
         if averaged is not None and fraction >= config.average_from:
             averaged.update_parameters(model)
         fraction = progress()
+        if step % config.log_every == 0:
+            stop_if_diverged(weights_too=False)
         bar.n = int(fraction * 1000)
         if is_main and step % config.log_every == 0:  # .item() waits for the GPU's queue: only as often as the log
             bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
