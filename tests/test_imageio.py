@@ -486,3 +486,13 @@ def test_a_file_larger_than_any_image_is_refused_unread(tmp_path: Path) -> None:
     _assert_one_line_error(excinfo, "file too large for an image: 700 MB", "movie.jpg")
     with pytest.raises(ImageError, match="not a file"):
         load_image(tmp_path)
+
+
+def test_header_fits_reads_the_size_without_decoding(grace_hopper_path):
+    from facekit.imageio import header_fits
+
+    photo = grace_hopper_path.read_bytes()
+    assert header_fits(photo) and not header_fits(photo, max_pixels=1000)
+    assert not header_fits(b"") and not header_fits(b"not an image at all")
+    ok, encoded = cv2.imencode(".png", np.zeros((8000, 8000), np.uint8))  # 64 megapixels in a small file
+    assert ok and len(encoded) < 1_000_000 and not header_fits(encoded.tobytes())
