@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -69,6 +70,7 @@ def test_enroll_and_add_face_then_identify(tmp_path, astronaut_bgr, grace_hopper
     with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
         report = facekit.enroll(tmp_path / "people", gallery)
         assert (report.enrolled, [reason for _, reason in report.skipped]) == (1, ["not an image file name"])
+        assert json.loads(json.dumps(dataclasses.asdict(report)))["people"] == ["eileen_collins"]  # plain data
         face_id = facekit.add_face(gallery, "grace_hopper", grace_hopper_path)
         [photo] = gallery.photos("grace_hopper")
         assert (photo["path"], photo["sha256"]) == (str(grace_hopper_path),

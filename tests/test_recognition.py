@@ -17,7 +17,7 @@ import facekit
 from facekit.alignment import align_face
 from facekit.cli import main
 from facekit.datastore import Gallery
-from facekit.detection import MTCNNDetector, box_iou, create_detector
+from facekit.detection import MTCNNDetector, YuNetDetector, box_iou, create_detector
 from facekit.recognition import FacePipeline, collect_people, enroll, identify_image
 from facekit.representation import Embedder
 
@@ -118,7 +118,7 @@ def test_photos_lying_on_their_side_without_exif_enroll_their_face_where_it_lies
                                                                                  grace_hopper_bgr, mtcnn_pipeline):
     """A photo saved sideways or upside down with no EXIF orientation (an editor or scanner dropped it) gave
     "no face found": faces are found up to about 60 degrees of roll. MTCNN finds nothing in these five; the
-    astronaut with her head to the right it takes for an upright face, which no retry reaches (a face was found)."""
+    astronaut with her head to the right it takes for an upright face, a doubtful one (see the next test)."""
     people = tmp_path / "people"
     upright = {"grace_hopper": grace_hopper_bgr, "eileen_collins": astronaut_bgr}
     photos = {"grace_hopper": ["head_to_the_right", "head_to_the_left", "upside_down"],
@@ -148,6 +148,59 @@ def test_photos_lying_on_their_side_without_exif_enroll_their_face_where_it_lies
     # identify takes a photo as it lies, and 0 faces is its answer there.
     lying = cv2.rotate(grace_hopper_bgr, cv2.ROTATE_90_CLOCKWISE)
     assert identify_image(mtcnn_pipeline, None, lying, mtcnn_pipeline.identify_threshold) == []
+
+
+class CountingYuNet(YuNetDetector):
+    """YuNet that notes the shape of each photo it searches."""
+
+    def __init__(self, model_path: str) -> None:
+        super().__init__(model_path)
+        self.searches: list[tuple[int, ...]] = []
+
+    def detect(self, image: np.ndarray) -> list:
+        self.searches.append(image.shape)
+        return super().detect(image)
+
+
+# Photos whose face MTCNN and YuNet are sure of (a score of at least SURE_SCORE), and the way each lies where both
+# find an upright face scored under it: the face itself lying, its landmarks placed as if it stood (the first three),
+# or something in the background.
+DOUBTFUL_AS_THEY_LIE = {"eileen_collins": "head_to_the_right", "Shane_Mosley_0002": "head_to_the_left",
+                        "Michael_Chiklis_0002": "upside_down", "Fernando_Henrique_Cardoso_0002": "upside_down"}
+
+
+@pytest.mark.parametrize("backend", ["mtcnn", "yunet"])
+def test_a_lying_photo_whose_face_as_it_lies_is_doubtful_enrolls_the_face_it_shows_turned(
+        backend, request, tmp_path, shared_data, astronaut_bgr, mtcnn_pipeline):
+    """The turns were searched only where no face was found, so these photos enrolled the false face (MTCNN scored
+    them 0.985, 0.777, 0.947 and 0.855; YuNet 0.846, 0.741, 0.871 and 0.826), its embedding 0.31 or less from the
+    person's. Now a face scored under SURE_SCORE sends the search on to the turns, where the face scores 0.998 or
+    more (0.91 YuNet). An upright photo whose face is sure is searched once."""
+    detector = CountingMTCNN() if backend == "mtcnn" else CountingYuNet(request.getfixturevalue("yunet_model"))
+    pipeline = FacePipeline(detector=detector, embedder=mtcnn_pipeline.embedder)
+    lfw = shared_data / "lfw" / "images"
+    upright = {"eileen_collins": astronaut_bgr, **{name: cv2.imread(str(lfw / name.rsplit("_", 1)[0] / f"{name}.jpg"))
+                                                   for name in list(DOUBTFUL_AS_THEY_LIE)[1:]}}
+    people = tmp_path / "people"
+    for person, way in DOUBTFUL_AS_THEY_LIE.items():
+        (people / person).mkdir(parents=True)
+        cv2.imwrite(str(people / person / f"{way}.png"), cv2.rotate(upright[person], LYING[way][0]))
+    with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
+        report = enroll(pipeline, gallery, people, workers=0, progress=False)
+    assert (report.enrolled, report.skipped) == (4, [])
+    assert sorted(warning for warning in report.warnings if "faces, enrolled the largest" not in warning) == sorted(
+        f"{people / person / way}.png: found the face only with the photo turned {TURN_WORDS[LYING[way][1]]}: "
+        "its EXIF orientation may be missing" for person, way in DOUBTFUL_AS_THEY_LIE.items())
+    assert len(detector.searches) == 4 * 4  # each photo as it lies and in its three turns
+    with sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite") as db:
+        stored = {path: np.frombuffer(vector, "<f4") for path, vector in db.execute(
+            "SELECT source_path, vector FROM embeddings")}
+    for person, way in DOUBTFUL_AS_THEY_LIE.items():
+        detector.searches.clear()
+        found = pipeline.find_one_face(upright[person], largest=True)
+        assert (found.turn, len(detector.searches)) == (0, 1), person
+        embedding = pipeline.embed_found(upright[person], found)
+        assert float(stored[str(people / person / f"{way}.png")] @ embedding) > 0.95, (person, way)
 
 
 @pytest.mark.parametrize("way", LYING)
@@ -182,7 +235,7 @@ def test_verify_says_same_of_an_upright_and_a_lying_photo_and_warns_once(tmp_pat
     assert err == (f"warning: {lying}: found the face only with the photo turned 90° clockwise: its EXIF orientation "
                    "may be missing\n")
     monkeypatch.setattr(facekit, "pipeline", lambda: mtcnn_pipeline)
-    with pytest.warns(facekit.FacekitWarning, match="^the image: found the face only with the photo turned 180°"):
+    with pytest.warns(facekit.FacekitWarning, match="^the second image: found the face only with the photo turned 180"):
         assert facekit.verify(grace_hopper_bgr, cv2.rotate(grace_hopper_bgr, cv2.ROTATE_180))["same"] is True
     with Gallery.open(tmp_path / "gallery", dim=512) as gallery, pytest.warns(facekit.FacekitWarning,
                                                                             match=f"^{re.escape(lying)}: found the"):

@@ -355,6 +355,7 @@ def test_the_process_group_backend_follows_the_training_device(tmp_path, monkeyp
 
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # as on a one-GPU machine: --device cuda is taken
     monkeypatch.setenv("WORLD_SIZE", "2")
     for device in ("cpu", None, "cuda"):
         with pytest.raises(Started):
