@@ -151,10 +151,6 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     threshold = pipeline().identify_threshold_for(faces_enrolled) if threshold is None else threshold
     results = identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
     for face in results:
-        # identify_image gives a face without candidates similarity 0.0, which reads as a real cosine. With top_k
-        # under 1 no candidate is listed, so only an empty gallery says that there was none.
-        if face["identity"] is None and not face["candidates"] and (top_k >= 1 or faces_enrolled == 0):
-            face["similarity"] = None
         face["threshold"] = threshold
     return results
 

@@ -298,7 +298,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     name = face["identity"] or (f"unknown (closest: {best['identity']})" if best else "unknown")
                     if not face["identity"] and best and best["similarity"] >= threshold:  # see identify_image
                         name = f"unknown (closest: {best['identity']}, named on another face in this photo)"
-                    print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  similarity {face['similarity']:.3f}")
+                    similarity = "no one enrolled to compare with" if face["similarity"] is None \
+                        else f"similarity {face['similarity']:.3f}"
+                    print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  {similarity}")
             if annotate_dir:
                 out = annotated_path(annotate_dir, item.path, annotated)
                 annotated.add(out)

@@ -284,7 +284,8 @@ def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.nd
             "box": [round(float(v), 1) for v in face.box],
             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
             "identity": chosen.identity if index in named else None,
-            "similarity": round(float(chosen.similarity), 4) if chosen else 0.0,
+            # None, not 0.0 (a cosine a face can have), where there was no one to compare with: an empty gallery.
+            "similarity": round(float(chosen.similarity), 4) if chosen else None,
             "candidates": [{"identity": m.identity, "similarity": round(float(m.similarity), 4)}
                            for m in candidates[:top_k]],
         })

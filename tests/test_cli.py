@@ -904,3 +904,15 @@ def test_a_face_whose_person_another_face_took_says_so(tmp_path, people, capsys,
     names = sorted(line.split(": ", 1)[1].rsplit("  similarity", 1)[0] for line in out.splitlines()[1:])
     assert code == 0 and names == ["eileen_collins", "unknown (closest: eileen_collins, named on another face in "
                                                      "this photo)"], out
+
+
+def test_identify_with_an_empty_gallery_gives_no_similarity_in_every_output(tmp_path, capsys, grace_hopper_path):
+    # 0.0 is a cosine a face can have: where no one is enrolled there is none, in the CLI as in facekit.identify.
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery), "--json")
+    assert code == 0 and json.loads(out)["faces"][0]["similarity"] is None
+    code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery), "--csv")
+    assert code == 0 and out.splitlines()[1].endswith(",unknown,")
+    code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery))
+    assert code == 0 and "unknown  no one enrolled to compare with" in out
