@@ -541,6 +541,11 @@ class Gallery:
                 raise GalleryError(f"no gallery at {root} (no {DB_NAME} there)")
             if root.exists() and not root.is_dir():
                 raise GalleryError(f"{root} exists and is not a folder")
+            # A new gallery makes its database before any index file: index files without it mean it was deleted,
+            # and a new database here would be taken for that one emptied.
+            if root.is_dir() and any(INDEX_FILE.fullmatch(name) for name in os.listdir(root)):
+                raise GalleryError(f"{DB_NAME} is missing from {root}, which holds index files: restore the database "
+                                   "from a backup; nothing was changed")
             try:
                 root.mkdir(parents=True)
             except FileExistsError:

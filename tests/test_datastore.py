@@ -1087,6 +1087,19 @@ def test_an_emptied_database_beside_the_faces_is_refused_and_nothing_changes(fil
         assert faces_in_index_files(filled) == 4
 
 
+def test_a_deleted_database_beside_the_faces_is_refused_and_no_empty_one_made(filled: Path) -> None:
+    # Opening to create made a 0-byte gallery.sqlite first, then refused it as "empty": a false message, and every
+    # later open said the same of the file it had made.
+    (filled / "gallery.sqlite").unlink()
+    before = contents(filled)
+    for create in (True, False):
+        with pytest.raises(GalleryError, match=re.escape(f"gallery.sqlite is missing from {filled}, which holds "
+                                                         "index files: restore the database from a backup")
+                           if create else "no gallery at"):
+            Gallery.open(filled, create=create)
+        assert contents(filled) == before and faces_in_index_files(filled) == 4
+
+
 def test_the_command_line_refuses_an_emptied_database_and_keeps_the_index(filled: Path) -> None:
     (filled / "gallery.sqlite").write_bytes(b"")
     before = contents(filled)
