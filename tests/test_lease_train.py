@@ -82,7 +82,7 @@ def test_lease_round_trip_on_the_cpu(tmp_path, shared_data, load_tool):
 
     # As on the GPU machine, whose image has no FAISS: the train verb must not need it.
     command = ["train", "--pool", str(tmp_path / "device-pool"), "--run", str(tmp_path / "device-run"), "--",
-               "--device", "cpu", "--width", "0.125", "--blocks", "1,1,1", "--embedding-size", "32",
+               "--device=cpu", "--width", "0.125", "--blocks", "1,1,1", "--embedding-size", "32",  # either spelling
                "--batch-size", "8", "--epochs", "2", "--teacher", str(tmp_path / "device-pool" / "teacher.npy"),
                "--distill-weight", "1", "--average-from", "0.5",  # the mean, not the last step, must come back
                "--init-from", str(tmp_path / "device-pool" / "init.safetensors")]
@@ -138,7 +138,7 @@ def _git(repository: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repository), *args], capture_output=True, text=True, check=True).stdout
 
 
-def test_travel_light_leaves_large_files_out_of_every_call_until_undone(tmp_path, load_tool, monkeypatch):
+def test_travel_light_leaves_large_files_out_of_every_call_until_undone(tmp_path, load_tool, monkeypatch, capsys):
     lease = load_tool("lease_train")
     repository = tmp_path / "repository"
     (repository / "weights").mkdir(parents=True)
@@ -166,3 +166,11 @@ def test_travel_light_leaves_large_files_out_of_every_call_until_undone(tmp_path
     assert "travel-light" not in (repository / ".git" / "info" / "exclude").read_text()
     assert lease.travelling_bytes(repository) == 5 * 2**20 + len("print('small')\n") + 39
     assert lease.travel_light(repository, undo=True) == []
+
+    # A commit made during the lease takes the staged removal with it: undo stages the files again, and says so.
+    lease.travel_light(repository)
+    _git(repository, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "another change")
+    capsys.readouterr()
+    lease.travel_light(repository, undo=True)
+    assert "removed weights/model.onnx from the repository" in capsys.readouterr().err
+    assert _git(repository, "status", "--porcelain") == "A  weights/model.onnx\n?? notes.md\n"

@@ -12,8 +12,8 @@ machine keeps while it stays warm, and the trained weights come back cut into pa
     here:    python tools/lease_train.py pack ../shared/data/train --output .lease --teacher dlib.npy \
                  --init facekit/weights/facekit-irv2.safetensors     # prints the device calls to make
     device:  python3 tools/lease_train.py stash .lease/part-1        # carry [".lease/part-1"]; then part-2, ...
-    device:  python3 tools/lease_train.py train -- --minutes 6 --width 0.5 --batch-size 512 --compile \
-                 --init-from /tmp/facekit-pool/init.safetensors
+    device:  python3 tools/lease_train.py train -- --minutes 6 --width 0.5 --batch-size 512 --lr 0.04 \
+                 --compile --init-from /tmp/facekit-pool/init.safetensors      # the README gives the losses
     here:    python tools/lease_train.py unpack FILES_AT --output runs/gpu
     here:    python tools/lease_train.py travel-light --undo
 
@@ -45,6 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from facekit.training.data import MANIFEST_COLUMNS  # noqa: E402
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = Path("/tmp/facekit-pool")
 RUN = Path("/tmp/facekit-run")
@@ -56,7 +58,6 @@ SMALLEST_PART = 8 * 2**20  # below this, the pool would take more calls than a l
 LARGE_FILE = 4 * 2**20  # a tracked file this large stays behind with travel-light
 TRAVEL_LIGHT_BEGIN = "# >>> tools/lease_train.py travel-light (undo: python tools/lease_train.py travel-light --undo)"
 TRAVEL_LIGHT_END = "# <<< tools/lease_train.py travel-light"
-MANIFEST_COLUMNS = ["shard", "member", "identity"]
 
 
 def _git(repository: Path, *args: str) -> str:
@@ -85,8 +86,15 @@ def travel_light(repository: Path = REPOSITORY, undo: bool = False) -> list[str]
         left_behind = [line.lstrip("/") for line in lines[begin + 1:end]]
         if not undo:
             return left_behind
-        _git(repository, "reset", "-q", "--", *left_behind)
         exclude.write_text("".join(f"{line}\n" for line in lines[:begin] + lines[end + 1:]))
+        in_head = set(_git(repository, "ls-tree", "-r", "-z", "--name-only", "HEAD", "--", *left_behind).split("\0"))
+        _git(repository, "reset", "-q", "--", *[name for name in left_behind if name in in_head])
+        committed_away = [name for name in left_behind if name not in in_head]
+        if committed_away:
+            # A commit made meanwhile took the staged removal with it: stage the files again, and say so loudly.
+            _git(repository, "add", "--", *committed_away)
+            print(f"warning: a commit made during the lease removed {', '.join(committed_away)} from the "
+                  "repository; they are staged again: commit them", file=sys.stderr)
         return left_behind
     if undo:
         return []
@@ -121,7 +129,7 @@ def pack(data: Path, output: Path, part_mib: float, teacher: Path | None, init: 
     if init is not None and not (init.is_file() and init.with_suffix(".json").is_file()):
         raise SystemExit(f"--init takes released weights with their card beside them: {init} and "
                          f"{init.with_suffix('.json')}")
-    with open(data / "manifest.tsv", newline="") as handle:
+    with open(data / "manifest.tsv", newline="", encoding="utf-8") as handle:
         rows = [{k: r[k] for k in MANIFEST_COLUMNS} for r in csv.DictReader(handle, delimiter="\t")]
     if output.exists():
         strangers = [p.name for p in output.iterdir() if not p.name.startswith("part-")]
@@ -154,7 +162,7 @@ def pack(data: Path, output: Path, part_mib: float, teacher: Path | None, init: 
             writer.close()
         for source in sources.values():
             source.close()
-    with open(parts[0] / "manifest.tsv", "w", newline="") as handle:
+    with open(parts[0] / "manifest.tsv", "w", newline="", encoding="utf-8") as handle:
         table = csv.DictWriter(handle, MANIFEST_COLUMNS, delimiter="\t", lineterminator="\n")
         table.writeheader()
         table.writerows(rows)
@@ -266,7 +274,7 @@ def check_weights_can_come_back(train_args: argparse.Namespace, pool: Path,
     config = ModelConfig(width=train_args.width, blocks=blocks, embedding_size=train_args.embedding_size)
     with torch.device("meta"):  # parameters with shapes and no storage: counting them costs nothing
         trunk = sum(p.numel() for p in InceptionResNetV2(config).parameters())
-    with open(pool / "manifest.tsv", newline="") as handle:
+    with open(pool / "manifest.tsv", newline="", encoding="utf-8") as handle:
         identities = len({row["identity"] for row in csv.DictReader(handle, delimiter="\t")})
     half_bytes = 2 * (trunk + identities * config.embedding_size)
     if half_bytes > return_bytes:
@@ -282,7 +290,7 @@ def train_on_device(train_args: list[str], pool: Path = POOL, run: Path = RUN) -
     parser = argparse.ArgumentParser(prog="facekit")
     training_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     args = ["train", str(pool), "--output", str(run), *train_args]
-    if "--device" not in train_args:
+    if not any(arg == "--device" or arg.startswith("--device=") for arg in train_args):
         args += ["--device", "cuda"]
     parsed = parser.parse_args(args)
     check_weights_can_come_back(parsed, pool)
