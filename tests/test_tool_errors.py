@@ -114,10 +114,10 @@ def test_release_model_names_an_evaluation_file_that_is_not_one(option, content,
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncated", "is not a readable checkpoint (truncated or damaged?)"),
-    ("text", "is not a readable checkpoint (truncated or damaged?)"),
-    ("no weights", "is not a checkpoint of `facekit train`"),
-    ("another model's", "does not fit"),
+    ("truncated", "cannot read checkpoint {} (truncated, or not one?): PytorchStreamReader failed"),
+    ("text", "cannot read checkpoint {} (truncated, or not one?)"),
+    ("no weights", "{} is not a training checkpoint"),
+    ("another model's", "{} does not fit"),
 ])
 def test_release_model_says_a_checkpoint_is_damaged(damage, message, tiny_run, tmp_path, tool_script):
     import torch
@@ -133,7 +133,7 @@ def test_release_model_says_a_checkpoint_is_damaged(damage, message, tiny_run, t
         torch.save({"epoch": 1} if damage == "no weights" else {"model": {}}, checkpoint)
     line = one_error_line([sys.executable, tool_script("release_model"), str(run),
                            "--output", str(tmp_path / "released" / "model")])
-    assert line.startswith(f"error: {checkpoint} {message}"), line
+    assert line.startswith(f"error: {message.format(checkpoint)}"), line
 
 
 @pytest.mark.parametrize("count", ["--limit=-1", "--limit=0", "--workers=0", "--min-per-class=0", "--limit-classes=0"])

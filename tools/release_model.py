@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from facekit.alignment import TEMPLATE_112
 from facekit.export import beside, export_onnx
 from facekit.representation import DEFAULT_MODEL
-from facekit.training.train import earlier_stages, save_weights, shipped_weights
+from facekit.training.train import _read_checkpoint, earlier_stages, save_weights, shipped_weights
 
 # The false accept rate of the 1:N identify threshold: with the 40 enrolled faces of the round trip
 # (20 people, 2 photos), 40 x 5e-3 bounds the share of strangers given a name at 20 %.
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.run / "checkpoint.pt"
     if checkpoint.exists():
         # The checkpoint may be newer than model.safetensors when a run was stopped early.
-        state = read_checkpoint(checkpoint)
+        state = _read_checkpoint(checkpoint, torch.device("cpu"))
         try:
             model.load_state_dict(state["model"] if args.last_step else shipped_weights(state))
         except RuntimeError as exc:  # its message lists every mismatched tensor, one per line
@@ -133,17 +132,6 @@ def read_evaluation(path: Path, option: str) -> dict:
             and all(is_number(value) for value in evaluation["threshold_at_far"].values())):
         raise ValueError(f"{path} is not an evaluation: {expected}")
     return evaluation
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A training run's checkpoint.pt, read as data only; one that cannot be read is a ValueError naming it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:  # KeyError: a text file, say
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or damaged?)") from exc
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise ValueError(f"{path} is not a checkpoint of `facekit train` (it holds no model weights)")
-    return state
 
 
 def average_weights(model: torch.nn.Module, other_paths: list[Path]) -> dict:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from facekit.errors import first_line
+from facekit.errors import first_line, one_line
 from facekit.export import beside
 from facekit.model import ModelConfig, build_model
 from facekit.training.data import (
@@ -264,10 +264,17 @@ def _read_checkpoint(path: str | Path, device: torch.device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # the unpickler fails on other files in many ways (a text file: KeyError: 101)
-        why = f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
+        # The reason is kept where it says one (no permission; out of memory on the device, which a good file
+        # meets too), not the unpickler's bare key.
+        if isinstance(exc, OSError) and exc.strerror:
+            why = f": {exc.strerror}"
+        elif isinstance(exc, RuntimeError):
+            why = f": {one_line(exc).split('. ')[0]}"  # torch's own first sentence; the rest is advice
+        else:
+            why = ""
         raise ValueError(f"cannot read checkpoint {path} (truncated, or not one?){why}") from exc
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a training checkpoint (a run's checkpoint.pt)")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} is not a training checkpoint (a run's checkpoint.pt; it holds no model weights)")
     return state
 
 
