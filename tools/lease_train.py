@@ -12,7 +12,7 @@ machine keeps while it stays warm, and the trained weights come back cut into pa
     here:    python tools/lease_train.py pack ../shared/data/train --output .lease --teacher dlib.npy \
                  --init facekit/weights/facekit-irv2.safetensors     # prints the device calls to make
     device:  python3 tools/lease_train.py stash .lease/part-1        # carry [".lease/part-1"]; then part-2, ...
-    device:  python3 tools/lease_train.py train -- --minutes 6 --width 0.5 --batch-size 512 --lr 0.04 \
+    device:  python3 tools/lease_train.py train -- --minutes 5 --width 0.5 --batch-size 512 --lr 0.04 \
                  --compile --init-from /tmp/facekit-pool/init.safetensors      # the README gives the losses
     here:    python tools/lease_train.py unpack FILES_AT --output runs/gpu
     here:    python tools/lease_train.py travel-light --undo
