@@ -184,6 +184,12 @@ def counted(number: int, noun: str, plural: str | None = None) -> str:
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
+def shows_progress(args: argparse.Namespace) -> bool:
+    """A progress bar only for a person watching: not with --quiet or --json, nor into a redirected log, where its
+    redrawn frames would bury the summary."""
+    return not (args.quiet or args.json) and sys.stderr.isatty()
+
+
 def check_workers(workers: int) -> None:
     if workers < 0:
         raise CliError("--workers must be 0 or more")
@@ -218,7 +224,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
         gallery.require_writable()  # a read-only gallery: said before any photo is read, not after a batch
-        report = enroll(pipeline, gallery, people, workers=args.workers, progress=not (args.quiet or args.json),
+        report = enroll(pipeline, gallery, people, workers=args.workers, progress=shows_progress(args),
                         sync=args.sync)
         total = len(gallery)
     summary = {

@@ -75,7 +75,7 @@ def pair_scores(pairs, table: dict[str, np.ndarray | None]) -> tuple[np.ndarray,
 
 
 def run(args: argparse.Namespace) -> int:
-    from facekit.cli import CliError, check_workers, make_pipeline, require_existing
+    from facekit.cli import CliError, check_workers, make_pipeline, require_existing, shows_progress
     from facekit.errors import escape_control_characters
     from facekit.evaluation import (
         format_metrics,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.protocol == "pairs":
         pairs = read_list_file(args.pairs_csv, "CSV file", lambda: read_pairs_csv(args.pairs_csv, args.root))
     pipeline = make_pipeline(args)
-    progress = not (args.quiet or args.json)
+    progress = shows_progress(args)
     extra: dict = {}
     if args.protocol == "identify":
         result, scores, same = identification(pipeline, args, progress)

@@ -916,3 +916,32 @@ def test_identify_with_an_empty_gallery_gives_no_similarity_in_every_output(tmp_
     assert code == 0 and out.splitlines()[1].endswith(",unknown,")
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery))
     assert code == 0 and "unknown  no one enrolled to compare with" in out
+
+
+def test_the_progress_bar_is_for_a_terminal_not_a_redirected_log(tmp_path, people):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    command = [sys.executable, "-m", "facekit", "enroll", str(people), "--gallery", str(tmp_path / "gallery")]
+    logged = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0 and "4 faces enrolled" in logged.stdout
+    assert logged.stderr == ""  # the bar's redrawn frames buried the log's lines
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a new pty is 0 columns wide
+    with os.fdopen(controller, "rb") as screen:
+        watched = subprocess.run(command[:-1] + [str(tmp_path / "gallery2")], stdout=subprocess.PIPE,
+                                 stderr=terminal, timeout=300)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = screen.read1(65536)
+            except OSError:  # EIO: everything the closed terminal held has been read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    shown = shown.decode(errors="replace")
+    assert watched.returncode == 0 and "enrolling" in shown
