@@ -29,6 +29,12 @@ def make_clip(path: Path, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarra
     writer.release()
 
 
+def without_gallery(tmp_path: Path) -> dict[str, str]:
+    """An environment whose default gallery ($FACEKIT_GALLERY) is not there: a warning, where a --gallery given
+    that is not there is an error."""
+    return {**os.environ, "FACEKIT_GALLERY": str(tmp_path / "none")}
+
+
 def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
     clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr)
@@ -94,8 +100,8 @@ def test_webcam_says_a_source_it_cannot_read_in_its_own_line_alone(tmp_path, too
     text.write_text("not a video\n")
     for source, error in ((str(text), f"error: no frames could be read from '{text}'"),
                           ("99", "error: cannot open video source '99'")):
-        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", source,
-                                 "--gallery", str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", source],
+                                capture_output=True, text=True, timeout=300, env=without_gallery(tmp_path))
         assert result.returncode in (1, 2) and result.stderr.splitlines() == [
             f"warning: no gallery at {tmp_path / 'none'}; every face will be unknown", error], result.stderr
 
@@ -165,26 +171,32 @@ def test_webcam_refuses_an_output_it_would_not_write_or_its_own_source(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "link.avi"]
 
 
-def test_webcam_finishes_the_video_when_terminated(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+def test_webcam_finishes_the_video_and_sums_up_when_stopped(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
     # SIGTERM (kill, timeout, a service manager) ended the process before the writer was released: an .mp4
-    # without its index, which nothing can play.
-    clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
+    # without its index, which nothing can play. Ctrl-C and SIGTERM, the usual end of a camera run, then said
+    # nothing of what was recorded: no summary, only "interrupted" or not a word.
+    clip = tmp_path / "clip.avi"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=150)
-    process = subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
-                                "--output", str(out), "--gallery", str(tmp_path / "none")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not out.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # a few frames into the loop
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
-    video = cv2.VideoCapture(str(out))
-    count = 0
-    while video.read()[0]:
-        count += 1
-    assert 0 < count < 150
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / f"{stop.name}.mp4"
+        process = subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+                                    "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=without_gallery(tmp_path))
+        deadline = time.monotonic() + 120
+        while not out.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few frames into the loop
+        process.send_signal(stop)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 128 + stop and "Traceback" not in stderr, (stop, stderr)
+        video = cv2.VideoCapture(str(out))
+        count = 0
+        while video.read()[0]:
+            count += 1
+        assert 0 < count < 150
+        summary = re.fullmatch(rf"(\d+) frames, [\d.]+ frames per second, [\d.]+ faces per frame, written to "
+                               rf"{re.escape(str(out))}\n", stdout)
+        assert summary and int(summary.group(1)) == count, (stop, stdout)
 
 
 class FakeCapture:
@@ -215,7 +227,8 @@ def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch)
     camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 15, fps=100.0, delay=0.05)
     monkeypatch.setattr(webcam, "open_source", lambda source: camera)
     out = tmp_path / "out.avi"
-    assert webcam.main(["--headless", "--source", "0", "--output", str(out), "--gallery", str(tmp_path / "none")]) == 0
+    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
+    assert webcam.main(["--headless", "--source", "0", "--output", str(out)]) == 0
     video = cv2.VideoCapture(str(out))
     count = 0
     while video.read()[0]:
@@ -256,8 +269,8 @@ def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkey
     monkeypatch.setattr(webcam, "create_detector", recorded_create_detector)
     drawn: list[list[dict]] = []
     monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
-    assert webcam.main(["--headless", "--source", "clip", "--detector", "mtcnn",
-                        "--gallery", str(tmp_path / "none")]) == 0
+    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
+    assert webcam.main(["--headless", "--source", "clip", "--detector", "mtcnn"]) == 0
     assert len(searched) == 3 and max(searched) <= detectors[0].max_side
     # Found all the same, in the frame's coordinates: Grace Hopper's face lies in x 420-620 of the 640 px clip.
     assert [len(results) for results in drawn] == [2, 2, 2]
@@ -273,8 +286,8 @@ def test_webcam_shows_progress_on_a_terminal(tmp_path, astronaut_bgr, grace_hopp
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=10)
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a pty is 0 wide until told
-    with subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
-                           "--gallery", str(tmp_path / "none")], stdout=subprocess.PIPE, stderr=secondary) as run:
+    with subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip)],
+                          stdout=subprocess.PIPE, stderr=secondary, env=without_gallery(tmp_path)) as run:
         os.close(secondary)
         shown = b""
         while chunk := _read_pty(primary):
@@ -307,3 +320,41 @@ def test_webcam_checks_the_gallery_before_the_first_frame(tmp_path, load_tool, m
     assert "128-d" in capsys.readouterr().err and not camera.reads
     assert webcam.main(["--headless", "--source", "clip", "--gallery", str(empty)]) == 0
     assert "is empty" in capsys.readouterr().err
+
+
+def test_webcam_refuses_a_gallery_given_that_is_not_there(tmp_path, load_tool, monkeypatch, capsys):
+    # A mistyped --gallery only warned that every face would be unknown and ran to the end, exit 0, where
+    # `facekit identify` refuses it. The default gallery may not exist yet: the camera can run before enrolling.
+    webcam = load_tool("webcam")
+    camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 2)
+    monkeypatch.setattr(webcam, "open_source", lambda source: camera)
+    mistyped = tmp_path / "galeries" / "defualt"
+    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(mistyped)]) == 2
+    assert capsys.readouterr().err == f"error: no gallery at {mistyped} (no gallery.sqlite there)\n"
+    assert not camera.reads and not mistyped.exists()
+    monkeypatch.delenv("FACEKIT_GALLERY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert webcam.main(["--headless", "--source", "clip"]) == 0
+    default = tmp_path / "galleries" / "default"
+    assert capsys.readouterr().err == f"warning: no gallery at {default}; every face will be unknown\n"
+
+
+def test_webcam_takes_the_embedding_model_and_smallest_face_as_the_cli_does(tmp_path, load_tool, monkeypatch,
+                                                                            capsys):
+    # The README's upgrade note says to pass the old model with --weights, which the script did not take.
+    from facekit.representation import DEFAULT_MODEL
+
+    webcam = load_tool("webcam")
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)]))
+    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
+    missing = tmp_path / "old-model.safetensors"
+    assert webcam.main(["--headless", "--source", "clip", "--weights", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: model file not found: {missing}\n"
+    pipelines = []
+    pipeline_class = webcam.FacePipeline
+    monkeypatch.setattr(webcam, "FacePipeline", lambda *args, **kwargs: pipelines.append(
+        pipeline_class(*args, **kwargs)) or pipelines[-1])
+    monkeypatch.setenv("FACEKIT_WEIGHTS", str(missing))  # --weights wins over it, as in the CLI
+    assert webcam.main(["--headless", "--source", "clip", "--weights", f"{DEFAULT_MODEL}.safetensors",
+                        "--detector", "haar", "--min-face", "60"]) == 0
+    assert pipelines[0].detector.min_face == 60 and pipelines[0].embedder.model_id

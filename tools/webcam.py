@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Live face recognition on a camera or a video file.
 
-    python tools/webcam.py                      # camera 0, window, q quits
+    python tools/webcam.py --headless --output out.mp4   # camera 0, until Ctrl-C
     python tools/webcam.py --source clip.mp4 --headless --output out.mp4 --max-frames 90
+    python tools/webcam.py                      # a window (q quits): needs opencv-python, not the headless build
 
 Faces are detected every frame and matched to tracks by box overlap; a track is
 re-identified only when it is new, every --reidentify-every frames, or when the face may be another
@@ -12,8 +13,8 @@ default) or Haar, whose full search is the loop's other expensive step, the whol
 searched every --search-every frames and, in between, only around the faces being tracked.
 
 Large frames are searched on a smaller copy (the detectors' own) and embedded from the frame itself. From a
-camera, each annotated frame is written as often as keeps --output in step with the clock. SIGTERM and SIGHUP stop
-the loop as Ctrl-C does, after the video is finished.
+camera, each annotated frame is written as often as keeps --output in step with the clock. Ctrl-C, SIGTERM and SIGHUP
+stop the loop after the video is finished, and the summary is printed before the exit code says what stopped it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from facekit.cli import check_threshold, quiet_opencv, report_errors
+from facekit.cli import EXIT_INTERRUPTED, check_threshold, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
     parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto")
     parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="embedding model (.safetensors + .json card; default: $FACEKIT_WEIGHTS or the shipped "
+                             "one): the one the gallery was enrolled with")
+    parser.add_argument("--min-face", type=int, metavar="PX",
+                        help="smallest face width to find, in pixels (default: the live detector's own)")
     parser.add_argument("--headless", action="store_true", help="no window")
     parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -159,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     try:
-        pipeline = FacePipeline(create_detector(args.detector, args.yunet_model, live=True), flip=False)
+        pipeline = FacePipeline(create_detector(args.detector, args.yunet_model, args.min_face, live=True),
+                                weights=args.weights, flip=False)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     gallery_path = default_gallery_path(args.gallery)
     gallery = None
-    if (gallery_path / "gallery.sqlite").exists():
+    # A --gallery that is not there is a typo, refused as `facekit identify` refuses it. The default one may not
+    # exist yet: the camera can run before anyone is enrolled.
+    if args.gallery is not None or (gallery_path / "gallery.sqlite").exists():
         try:
             # Another model's gallery is refused before the loop: by its fingerprint, or (one stored before
             # galleries kept it) by its width, which gallery.search would otherwise refuse at the first face.
@@ -202,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     # On a terminal only (disable=None): otherwise a long clip in --headless runs without a word until the end.
     progress = tqdm(total=total or None, unit="frame", disable=None, leave=False, file=sys.stderr)
     frames, faces_seen, started, fps = 0, 0, time.perf_counter(), 0.0
+    stopped_with = None  # the exit code of a Ctrl-C, SIGTERM or SIGHUP that ended the loop
     try:
         while args.max_frames is None or frames < args.max_frames:
             ok, frame = capture.read()
@@ -243,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                 cv2.imshow("facekit", annotated)
                 if cv2.waitKey(1) & 0xFF == ord("q"):
                     break
+    except KeyboardInterrupt:
+        # Ctrl-C is how a camera run ends: it gets the summary, as the end of a clip does.
+        stopped_with = EXIT_INTERRUPTED
+    except SystemExit as exc:  # SIGTERM or SIGHUP, by the handler at the bottom
+        stopped_with = exc.code
     finally:
         progress.close()
         capture.release()
@@ -253,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.headless:
             cv2.destroyAllWindows()
     if frames == 0:
+        if stopped_with is not None:
+            return stopped_with
         print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
         return 1
     written = f", written to {Path(args.output)}" if args.output else ""
     print(f"{frames} frames, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame{written}")
-    return 0
+    return 0 if stopped_with is None else stopped_with
 
 
 if __name__ == "__main__":
