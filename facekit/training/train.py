@@ -582,6 +582,7 @@ def train(config: TrainConfig) -> dict:
             ok = ok & torch.stack([torch.isfinite(value).all() for value in kept]).all()
         if not bool(ok):
             left = f"; {checkpoint_path} is left as it was" if checkpoint_path.exists() else ""
+            bar.close()  # else its last frame is redrawn when the process exits, after the error line
             raise ValueError(f"training diverged by step {step}: the loss or the weights are NaN or infinite "
                              f"(--lr too high?), and the run stopped before saving them{left}")
 
