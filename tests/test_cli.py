@@ -945,3 +945,18 @@ def test_the_progress_bar_is_for_a_terminal_not_a_redirected_log(tmp_path, peopl
             shown += chunk
     shown = shown.decode(errors="replace")
     assert watched.returncode == 0 and "enrolling" in shown
+
+
+def test_verify_says_when_a_photo_holds_several_faces(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
+    # enroll warns that it took a group photo's largest face; verify compared it without a word.
+    height = astronaut_bgr.shape[0]
+    grace = cv2.resize(grace_hopper_bgr, (round(grace_hopper_bgr.shape[1] * height / grace_hopper_bgr.shape[0]),
+                                          height))
+    group, single = tmp_path / "group.jpg", tmp_path / "single.jpg"
+    cv2.imwrite(str(group), np.hstack([astronaut_bgr, grace]))
+    cv2.imwrite(str(single), astronaut_bgr)
+    code, out, err = run_cli(capsys, "verify", str(group), str(single))
+    assert code == 0 and out.startswith(("same person", "different people"))
+    assert err == f"warning: {group}: 2 faces, compared the largest\n"
+    code, _, err = run_cli(capsys, "verify", str(single), str(single))
+    assert code == 0 and err == ""
