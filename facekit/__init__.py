@@ -63,9 +63,9 @@ def pipeline() -> FacePipeline:
 def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:
     """Any image the API takes as a uint8 array: BGR, or grey as a grey array was given (the detectors take it)."""
     import numpy as np
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    from facekit.imageio import _to_bgr, decode_image, load_image
+    from facekit.imageio import decode_image, from_pil, load_image
 
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:  # as_bgr's own refusal does not say what was given or how to convert it
@@ -74,11 +74,7 @@ def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:
             raise ValueError(f"{name} is a {image.dtype} array, not uint8: {hint}")
         return image
     if isinstance(image, Image.Image):  # it states its mode, so unlike an array's its channel order is known
-        try:
-            image = ImageOps.exif_transpose(image)  # upright, as load_image gives the same file
-        except Exception:  # as in load_image: a broken EXIF block should not cost the photo itself
-            pass
-        return _to_bgr(image)
+        return from_pil(image)  # upright, as load_image gives the same file
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode_image(bytes(image), name=name)
     if not isinstance(image, (str, os.PathLike)):

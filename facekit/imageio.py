@@ -139,6 +139,11 @@ def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"corrupt or truncated image: {name} ({one_line(error)})") from None
     # Read before the EXIF turn: the turned copy has no TIFF tags.
     tiff_samples = _tiff_samples(image.tag_v2) if image.format == "TIFF" else None
+    return from_pil(image, tiff_samples)
+
+
+def from_pil(image: Image.Image, tiff_samples: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded PIL image as an HxWx3 uint8 BGR array, turned upright by its EXIF orientation."""
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # A broken EXIF block should not cost the photo itself.

@@ -31,10 +31,11 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from facekit.cli import EXIT_INTERRUPTED, check_threshold, quiet_opencv, report_errors
+from facekit.cli import check_threshold, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
+from facekit.errors import EXIT_INTERRUPTED
 from facekit.recognition import FacePipeline, identify_image
 
 # What --output can hold, by extension, and the codec written to it.
