@@ -237,6 +237,34 @@ def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch)
     assert abs(count / video.get(cv2.CAP_PROP_FPS) - elapsed) < 0.25 * elapsed
 
 
+def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, load_tool, monkeypatch, capsys):
+    # A signal landing between the frame's count and its writing (here Ctrl-C while it is drawn) summed up one
+    # frame more than the video held: the loop now stops after the frame in hand, not inside it.
+    webcam = load_tool("webcam")
+    monkeypatch.setattr(webcam, "open_source",
+                        lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 10))
+    draw_results = webcam.draw_results
+
+    def interrupted_at_the_fourth(frame, results, fps):
+        if len(drawn) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        drawn.append(frame)
+        return draw_results(frame, results, fps=fps)
+
+    drawn: list[np.ndarray] = []
+    monkeypatch.setattr(webcam, "draw_results", interrupted_at_the_fourth)
+    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
+    out = tmp_path / "out.avi"
+    assert webcam.main(["--headless", "--source", "clip", "--output", str(out)]) == 128 + signal.SIGINT
+    video = cv2.VideoCapture(str(out))
+    count = 0
+    while video.read()[0]:
+        count += 1
+    assert count == len(drawn) == 4
+    assert capsys.readouterr().out.startswith("4 frames, ")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is put back
+
+
 def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkeypatch, astronaut_bgr,
                                                      grace_hopper_bgr):
     # Live MTCNN looked for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:

@@ -14,7 +14,8 @@ searched every --search-every frames and, in between, only around the faces bein
 
 Large frames are searched on a smaller copy (the detectors' own) and embedded from the frame itself. From a
 camera, each annotated frame is written as often as keeps --output in step with the clock. Ctrl-C, SIGTERM and SIGHUP
-stop the loop after the video is finished, and the summary is printed before the exit code says what stopped it.
+stop the loop after the frame in hand (a second one at once); the video is finished, and the summary printed before
+the exit code says what stopped it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +39,6 @@ from facekit.cli import check_threshold, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
-from facekit.errors import EXIT_INTERRUPTED
 from facekit.recognition import FacePipeline, identify_image
 
 # What --output can hold, by extension, and the codec written to it.
@@ -127,6 +130,35 @@ def frame_rate(capture: cv2.VideoCapture) -> float:
     return rate if 0 < rate <= 1000 else 25.0
 
 
+@dataclass
+class StopRequest:
+    exit_code: int | None = None  # 128 + the signal that asked the loop to stop
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Ctrl-C, SIGTERM (kill, timeout, service managers) and SIGHUP (a closed terminal) ask the loop to stop after
+    the frame in hand: the frame counted is then the frame written, and the writer is released, since an .mp4
+    without its index cannot be played. A second signal ends the run at once, for a source that hangs."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield request
+        return
+
+    def ask_to_stop(signum: int, _frame: object) -> None:
+        if request.exit_code is not None:
+            sys.exit(128 + signum)
+        request.exit_code = 128 + signum
+
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {name: signal.signal(getattr(signal, name), ask_to_stop) for name in names}
+    try:
+        yield request
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="0", help="camera index or video file (default: 0)")
@@ -212,76 +244,67 @@ def main(argv: list[str] | None = None) -> int:
     # On a terminal only (disable=None): otherwise a long clip in --headless runs without a word until the end.
     progress = tqdm(total=total or None, unit="frame", disable=None, leave=False, file=sys.stderr)
     frames, faces_seen, started, fps = 0, 0, time.perf_counter(), 0.0
-    stopped_with = None  # the exit code of a Ctrl-C, SIGTERM or SIGHUP that ended the loop
-    try:
-        while args.max_frames is None or frames < args.max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if not searches_near or frames % args.search_every == 0:
-                faces = pipeline.detect(frame)
-            else:
-                faces = pipeline.detect_near(frame, [track.box for track in tracker.tracks.values()])
-            faces_seen += len(faces)
-            tracks = tracker.update([f.box for f in faces], frames)
-            stale = [i for i, t in enumerate(tracks) if needs_identifying(t, frames, args.reidentify_every)]
-            if stale:
-                fresh = identify_image(pipeline, gallery, frame, threshold, top_k=1, faces=[faces[i] for i in stale])
-                for i, result in zip(stale, fresh):
-                    tracks[i].result, tracks[i].last_identified = result, frames
-                    tracks[i].identified_width, tracks[i].resumed = tracks[i].box[2], False
-            results = []
-            for face, track in zip(faces, tracks):
-                results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
-            frames += 1
-            progress.update()
-            fps = frames / (time.perf_counter() - started)
-            annotated = draw_results(frame, results, fps=fps)
-            if args.output:
-                if writer is None:
-                    fourcc = cv2.VideoWriter_fourcc(*CODECS[Path(args.output).suffix.lower()])
-                    writer = cv2.VideoWriter(args.output, fourcc, rate, (frame.shape[1], frame.shape[0]))
-                    if not writer.isOpened():
-                        print(f"error: cannot write {args.output}", file=sys.stderr)
-                        return 2
-                    recording = time.perf_counter()
-                # From a camera, a loop at 10 fps recorded at the camera's 30 would play three times too fast.
-                copies = int((time.perf_counter() - recording) * rate) + 1 - recorded if camera else 1
-                for _ in range(copies):
-                    writer.write(annotated)
-                recorded += max(0, copies)
-            if not args.headless:
-                cv2.imshow("facekit", annotated)
-                if cv2.waitKey(1) & 0xFF == ord("q"):
+    with stop_on_signals() as stop:
+        try:
+            while (args.max_frames is None or frames < args.max_frames) and stop.exit_code is None:
+                ok, frame = capture.read()
+                if not ok:
                     break
-    except KeyboardInterrupt:
-        # Ctrl-C is how a camera run ends: it gets the summary, as the end of a clip does.
-        stopped_with = EXIT_INTERRUPTED
-    except SystemExit as exc:  # SIGTERM or SIGHUP, by the handler at the bottom
-        stopped_with = exc.code
-    finally:
-        progress.close()
-        capture.release()
-        if writer is not None:
-            writer.release()
-        if gallery is not None:
-            gallery.close()
-        if not args.headless:
-            cv2.destroyAllWindows()
+                if not searches_near or frames % args.search_every == 0:
+                    faces = pipeline.detect(frame)
+                else:
+                    faces = pipeline.detect_near(frame, [track.box for track in tracker.tracks.values()])
+                faces_seen += len(faces)
+                tracks = tracker.update([f.box for f in faces], frames)
+                stale = [i for i, t in enumerate(tracks) if needs_identifying(t, frames, args.reidentify_every)]
+                if stale:
+                    fresh = identify_image(pipeline, gallery, frame, threshold, top_k=1,
+                                           faces=[faces[i] for i in stale])
+                    for i, result in zip(stale, fresh):
+                        tracks[i].result, tracks[i].last_identified = result, frames
+                        tracks[i].identified_width, tracks[i].resumed = tracks[i].box[2], False
+                results = []
+                for face, track in zip(faces, tracks):
+                    results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
+                frames += 1
+                progress.update()
+                fps = frames / (time.perf_counter() - started)
+                annotated = draw_results(frame, results, fps=fps)
+                if args.output:
+                    if writer is None:
+                        fourcc = cv2.VideoWriter_fourcc(*CODECS[Path(args.output).suffix.lower()])
+                        writer = cv2.VideoWriter(args.output, fourcc, rate, (frame.shape[1], frame.shape[0]))
+                        if not writer.isOpened():
+                            print(f"error: cannot write {args.output}", file=sys.stderr)
+                            return 2
+                        recording = time.perf_counter()
+                    # From a camera, a loop at 10 fps recorded at the camera's 30 would play three times too fast.
+                    copies = int((time.perf_counter() - recording) * rate) + 1 - recorded if camera else 1
+                    for _ in range(copies):
+                        writer.write(annotated)
+                    recorded += max(0, copies)
+                if not args.headless:
+                    cv2.imshow("facekit", annotated)
+                    if cv2.waitKey(1) & 0xFF == ord("q"):
+                        break
+        finally:
+            progress.close()
+            capture.release()
+            if writer is not None:
+                writer.release()
+            if gallery is not None:
+                gallery.close()
+            if not args.headless:
+                cv2.destroyAllWindows()
     if frames == 0:
-        if stopped_with is not None:
-            return stopped_with
+        if stop.exit_code is not None:
+            return stop.exit_code
         print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
         return 1
     written = f", written to {Path(args.output)}" if args.output else ""
     print(f"{frames} frames, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame{written}")
-    return 0 if stopped_with is None else stopped_with
+    return 0 if stop.exit_code is None else stop.exit_code
 
 
 if __name__ == "__main__":
-    # kill, timeout and service managers stop a process with SIGTERM, a closed terminal with SIGHUP: left to their
-    # default, they end it before the writer is released, and an .mp4 without its index cannot be played.
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda signum, _: sys.exit(128 + signum))
     sys.exit(report_errors(main))
