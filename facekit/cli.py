@@ -1,7 +1,7 @@
 """The `facekit` command line: a thin layer over facekit.recognition, .datastore and .evaluation.
 
-Exit codes: 0 success; 1 nothing could be done (no readable image, no face, a failed check);
-2 usage error (bad arguments, missing path, unusable gallery or model).
+Exit codes: 0 success, every photo done; 1 a photo that could not be read or held no face (the others still
+done), nothing to do or remove, a failed check; 2 usage error (bad arguments, missing path, unusable gallery or model).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What enroll passes over by its own rule, not a photo that failed: these alone leave its exit code 0.
+ENROLL_PASSES_OVER = ("not an image file name", "symlinked folder not followed")
 
 
 class CliError(Exception):
@@ -38,6 +40,18 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an argument it does not know is an error under its own usage line. argparse hands it up
+    to the top-level parser, whose usage (`facekit [-h] [--version] COMMAND ...`) does not show the options meant."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +78,7 @@ def _add_gallery_option(parser: argparse.ArgumentParser, default: object = None)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facekit", description="Offline face recognition: enroll, identify, verify.")
     parser.add_argument("--version", action="version", version=f"facekit {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=SubcommandParser)
 
     enroll = commands.add_parser("enroll", help="enroll a folder with one sub-folder of photos per person")
     enroll.add_argument("people_dir", metavar="PEOPLE_DIR")
@@ -89,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true",
                         help="one JSON object per image per line: {image, faces}, or {image, error} for an image "
                              "that cannot be read")
-    output.add_argument("--csv", action="store_true", help="CSV, one row per face")
+    output.add_argument("--csv", action="store_true",
+                        help="CSV, one row per face: image, face, x, y, w, h, identity (empty if unknown), "
+                             "similarity, error; an image without faces or that cannot be read gets one row with "
+                             "only image and error")
     identify.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and names drawn")
 
     verify = commands.add_parser("verify", help="are the main faces in two images the same person?")
@@ -236,7 +253,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.sync:
         summary["removed"] = len(report.removed)
         summary["removed_files"] = [{"path": p, "identity": who} for p, who in report.removed]
+    # A photo unreadable, without a face or under a name the gallery cannot hold, or a folder that could not be
+    # listed: the others were still enrolled, and the exit code tells a script that not every photo was.
+    failed = [(path, reason) for path, reason in report.skipped if reason not in ENROLL_PASSES_OVER]
     if args.json:
+        for path, reason in failed:  # as text mode says them: stderr names what failed, whatever stdout holds
+            print(escape_control_characters(f"skipped {path}: {reason}"), file=sys.stderr)
         print(json.dumps(summary))
     else:
         for warning in report.warnings:
@@ -252,7 +274,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(escape_control_characters(f"--sync: {counted(len(report.removed), 'face')} removed (photo deleted "
                                             f"from {people} or changed)"))
     nothing_done = report.enrolled == 0 and report.already_enrolled == 0
-    return EXIT_FAILED if nothing_done else EXIT_OK
+    return EXIT_FAILED if nothing_done or failed else EXIT_OK
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
@@ -271,12 +293,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
     threshold = pipeline.identify_threshold_for(len(gallery)) if args.threshold is None else args.threshold
     annotate_dir = annotation_folder(args.annotate) if args.annotate else None
     annotated: set[Path] = set()
-    writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity"]) if args.csv else None
-    processed = found = not_annotated = 0
+    writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]) if args.csv else None
+    processed = found = failed = not_annotated = 0
 
     def unreadable(error: OSError) -> None:
-        nonlocal found
+        nonlocal found, failed
         found += 1  # a folder that could not be listed may hold images: "no images" would not be true
+        failed += 1
         message = f"error: cannot read folder {error.filename}: {error.strerror or error}"
         print(escape_control_characters(message), file=sys.stderr)
 
@@ -284,18 +307,27 @@ def cmd_identify(args: argparse.Namespace) -> int:
         for item in pipeline.load_many(iter_image_paths(args.images, unreadable)):
             found += 1
             if item.error:
+                failed += 1
                 print(f"error: {escape_control_characters(item.error)}", file=sys.stderr)
                 if args.json:  # a record for every image, so that a reader of the stream knows which ones failed
                     print(json.dumps({"image": item.path, "error": item.error}), flush=True)
+                elif writer:
+                    writer.writerow([item.path, *[""] * 7, item.error])
                 continue
             processed += 1
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
+            if not faces:  # "0 faces" is still printed below, so that every photo has its record
+                failed += 1
+                print(f"error: {escape_control_characters(f'no face found in {item.path}')}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"image": item.path, "faces": faces}), flush=True)
             elif writer:
+                if not faces:
+                    writer.writerow([item.path, *[""] * 7, "no face found"])
                 for number, face in enumerate(faces):
-                    writer.writerow([item.path, number, *face["box"], face["identity"] or "unknown",
-                                     face["similarity"]])
+                    # Empty, as JSON's null: "unknown" would read as the name of someone enrolled as unknown.
+                    writer.writerow([item.path, number, *face["box"], face["identity"] or "",
+                                     "" if face["similarity"] is None else face["similarity"], ""])
             else:
                 print(f"{escape_control_characters(item.path)}: {counted(len(faces), 'face')}")
                 for face in faces:
@@ -321,9 +353,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
         message = "no image could be read" if found else f"no images ({extensions}) in {', '.join(args.images)}"
         print(f"error: {escape_control_characters(message)}", file=sys.stderr)
         return EXIT_FAILED
-    if not_annotated:  # the copies asked for are not all there (each said above): not a success for a script
-        return EXIT_FAILED
-    return EXIT_OK
+    # A photo unreadable or without a face, or a copy asked for and not written (each said above): the other photos
+    # were identified, and the exit code tells a script that not every one was.
+    return EXIT_FAILED if failed or not_annotated else EXIT_OK
 
 
 def annotation_folder(path: str) -> Path:
@@ -452,7 +484,7 @@ def remove_photos(gallery, photos: list[str]) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from facekit.datastore import GalleryWarning
+    from facekit.datastore import GalleryWarning, clean_identity
 
     # Opening repairs a damaged index from the database; `check` must still report that it found damage.
     with warnings.catch_warnings(record=True) as repairs:
@@ -482,6 +514,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         elif args.action == "photos":
             print_photos(gallery.photos(args.name), args)
         elif args.action == "remove":
+            # As remove-photo: a name that is not enrolled is a valid request that found nothing (1), while a name
+            # no identity can have stays a usage error (2), from clean_identity.
+            if clean_identity(args.name) not in dict(gallery.identities()):
+                raise CliError(f"not enrolled in {gallery.root}: {args.name}", EXIT_FAILED)
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({counted(removed, 'face')})")
         elif args.action == "remove-photo":

@@ -102,7 +102,7 @@ def test_round_trip_on_bundled_photos(tmp_path, people, capsys, astronaut_bgr, g
 
     code, out, _ = run_cli(capsys, "identify", str(probes / "grace.jpg"), "--gallery", gallery, "--csv")
     rows = out.strip().splitlines()
-    assert rows[0] == "image,face,x,y,w,h,identity,similarity" and rows[1].split(",")[6] == "grace_hopper"
+    assert rows[0] == "image,face,x,y,w,h,identity,similarity,error" and rows[1].split(",")[6] == "grace_hopper"
 
     annotated = tmp_path / "annotated"
     code, out, _ = run_cli(capsys, "identify", str(probes), "--gallery", gallery, "--annotate", str(annotated))
@@ -401,8 +401,8 @@ def test_bad_input_leaves_the_gallery_intact(tmp_path, people, capsys, grace_hop
     assert "Traceback" not in err
     for path in bad.values():
         code, out, err = run_cli(capsys, "identify", str(path), "--gallery", gallery)
-        if path.name == "no_face.png":
-            assert code == 0 and "0 faces" in out
+        if path.name == "no_face.png":  # its record is still printed, and the error said
+            assert (code, err) == (1, f"error: no face found in {path}\n") and "0 faces" in out
         else:
             assert code == 1 and len(err.strip().splitlines()) == 2 and "Traceback" not in err
     # A path that is not there is a usage error before any work, as for enroll.
@@ -435,7 +435,7 @@ def test_identify_json_gives_an_image_that_cannot_be_read_a_record_with_its_erro
     (folder / "c_text.jpg").write_text("not a photo")
     code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", str(gallery), "--json")
     records = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and [record["image"] for record in records] == [
+    assert code == 1 and [record["image"] for record in records] == [
         str(folder / name) for name in ("a.jpg", "b_truncated.jpg", "c_text.jpg")]
     assert len(records[0]["faces"]) == 1 and [set(record) for record in records[1:]] == [{"image", "error"}] * 2
     assert records[2]["error"] == f"not an image: {folder / 'c_text.jpg'}"
@@ -535,7 +535,7 @@ def test_enroll_summary_counts_add_up_with_other_files(tmp_path, people, capsys)
     (people / "eileen_collins" / "blank.jpg").write_bytes(cv2.imencode(".jpg", np.full((200, 200, 3), 90, np.uint8))[1])
     gallery = str(tmp_path / "gallery")
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
-    assert code == 0 and "2 people, 6 files: 4 faces enrolled, 0 already enrolled, 2 skipped" in out
+    assert code == 1 and "2 people, 6 files: 4 faces enrolled, 0 already enrolled, 2 skipped" in out  # no face
     assert "notes.txt: not an image file name" in err and "blank.jpg: no face found" in err
     code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
     summary = json.loads(out)
@@ -706,7 +706,7 @@ def test_file_and_folder_names_that_are_not_utf8_are_enrolled_or_skipped_not_fat
     gallery = str(tmp_path / "gallery")
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
     # The Latin-1 file is a.jpg's twin, so already enrolled; c.jpg after it was still enrolled.
-    assert code == 0 and "5 faces enrolled, 1 already enrolled, 1 skipped" in out, err
+    assert code == 1 and "5 faces enrolled, 1 already enrolled, 1 skipped" in out, err  # José's photo
     assert "not valid UTF-8" in err
     code, out, _ = run_cli(capsys, "gallery", "photos", "grace_hopper", "--gallery", gallery)
     assert "c.jpg" in out
@@ -724,21 +724,21 @@ def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line
     (folder / "not\na photo.jpg").write_text("text named .jpg")
     shutil.copy(folder / "a.jpg", folder / "two\nlines\x1b[2J.jpg")  # \x1b[2J: a terminal's clear-screen
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
-    assert code == 0 and "1 skipped" in out
+    assert code == 1 and "1 skipped" in out
     assert err.splitlines() == [f"skipped {folder}/not\\na photo.jpg: not an image: {folder}/not\\na photo.jpg"]
     code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery)
-    assert code == 0 and err == f"error: not an image: {folder}/not\\na photo.jpg\n"
+    assert code == 1 and err == f"error: not an image: {folder}/not\\na photo.jpg\n"
     assert f"{folder}/two\\nlines\\x1b[2J.jpg: 1 face\n" in out and "\x1b" not in out
     assert len(out.splitlines()) == 6  # three photos, one face each: a line per photo, a line per face
     code, _, err = run_cli(capsys, "identify", str(tmp_path / "gone\n.jpg"), "--gallery", gallery)
     assert code == 2 and err == f"error: not found: {tmp_path}/gone\\n.jpg\n"
-    # JSON and CSV escape or quote a name themselves: one record per photo still (JSON's has the unreadable one too).
+    # JSON and CSV escape or quote a name themselves: one record per photo still, the unreadable one too.
     code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--json")
     assert [json.loads(line)["image"] for line in out.splitlines()] == [
         str(folder / name) for name in ("a.jpg", "b.jpg", "not\na photo.jpg", "two\nlines\x1b[2J.jpg")]
     code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--csv")
     assert [row[0] for row in csv.reader(io.StringIO(out))][1:] == [
-        str(folder / name) for name in ("a.jpg", "b.jpg", "two\nlines\x1b[2J.jpg")]
+        str(folder / name) for name in ("a.jpg", "b.jpg", "not\na photo.jpg", "two\nlines\x1b[2J.jpg")]
 
 
 def test_a_negative_number_of_workers_is_a_usage_error(tmp_path, people, capsys):
@@ -857,7 +857,7 @@ def test_enroll_sync_removes_nothing_under_a_folder_it_cannot_read(tmp_path, peo
     finally:
         (people / "grace_hopper").chmod(0o700)
         older.chmod(0o700)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the photos under those folders were not enrolled
     assert f"skipped {people / 'grace_hopper'}: cannot read folder: Permission denied" in result.stderr
     assert f"skipped {older}: cannot read folder: Permission denied" in result.stderr
     assert result.stdout.splitlines()[1:] == [
@@ -913,7 +913,7 @@ def test_identify_with_an_empty_gallery_gives_no_similarity_in_every_output(tmp_
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery), "--json")
     assert code == 0 and json.loads(out)["faces"][0]["similarity"] is None
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery), "--csv")
-    assert code == 0 and out.splitlines()[1].endswith(",unknown,")
+    assert code == 0 and out.splitlines()[1].endswith(",,,")  # identity, similarity and error: all empty
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery))
     assert code == 0 and "unknown  no one enrolled to compare with" in out
 
@@ -960,3 +960,85 @@ def test_verify_says_when_a_photo_holds_several_faces(tmp_path, capsys, astronau
     assert err == f"warning: {group}: 2 faces, compared the largest\n"
     code, _, err = run_cli(capsys, "verify", str(single), str(single))
     assert code == 0 and err == ""
+
+
+def test_a_photo_that_failed_among_good_ones_is_said_and_makes_enroll_and_identify_exit_1(tmp_path, people, capsys):
+    """The good photos are still enrolled and identified and printed; each unreadable or faceless one is one line on
+    stderr, and the exit code tells a script that not every photo was done."""
+    folder = people / "grace_hopper"
+    blank, text = folder / "blank.png", folder / "text.jpg"
+    cv2.imwrite(str(blank), np.full((300, 300, 3), 127, np.uint8))
+    text.write_text("not a photo")
+    gallery = str(tmp_path / "gallery")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 1 and "4 faces enrolled, 0 already enrolled, 2 skipped" in out
+    failures = [f"skipped {blank}: no face found", f"skipped {text}: not an image: {text}"]
+    assert err.splitlines() == failures
+    # --json and --sync: the same rule, and stderr still names what failed.
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json", "--sync")
+    assert (code, err.splitlines()) == (1, failures)
+    assert (json.loads(out)["already_enrolled"], json.loads(out)["removed"]) == (4, 0)
+    with Gallery.open(gallery, create=False) as opened:
+        assert len(opened) == 4 and opened.check() == []
+
+    code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery)
+    assert code == 1 and err.splitlines() == [f"error: no face found in {blank}", f"error: not an image: {text}"]
+    assert [line for line in out.splitlines() if not line.startswith("  ")] == [
+        f"{folder / 'a.jpg'}: 1 face", f"{folder / 'b.jpg'}: 1 face", f"{blank}: 0 faces"]
+    code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--json")
+    records = {Path(record["image"]).name: record for record in map(json.loads, out.splitlines())}
+    assert code == 1 and len(err.splitlines()) == 2 and records["blank.png"] == {"image": str(blank), "faces": []}
+    assert set(records) == {"a.jpg", "b.jpg", "blank.png", "text.jpg"}
+    code, out, err = run_cli(capsys, "identify", str(folder / "a.jpg"), "--gallery", gallery)
+    assert (code, err) == (0, "") and "grace_hopper" in out
+
+
+def test_identify_csv_gives_every_photo_a_row_and_an_unknown_face_no_name(tmp_path, capsys, astronaut_bgr,
+                                                                         grace_hopper_bgr):
+    """A photo without a face or that cannot be read gets a row with its error; an unknown face's identity is empty,
+    as JSON's null, where "unknown" would be the name of someone enrolled as such."""
+    (tmp_path / "people" / "unknown").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "people" / "unknown" / "a.jpg"), grace_hopper_bgr)
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(tmp_path / "people"), "--gallery", gallery, "--quiet")[0] == 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a_astronaut.jpg"), astronaut_bgr)
+    cv2.imwrite(str(folder / "b_blank.png"), np.full((300, 300, 3), 127, np.uint8))
+    cv2.imwrite(str(folder / "c_grace.jpg"), variant(grace_hopper_bgr, 7))
+    (folder / "d_text.jpg").write_text("not a photo")
+    code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--csv")
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert code == 1 and len(err.splitlines()) == 2
+    assert list(rows[0]) == ["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]
+    assert [(Path(row["image"]).name, row["face"], row["identity"], row["error"]) for row in rows] == [
+        ("a_astronaut.jpg", "0", "", ""), ("b_blank.png", "", "", "no face found"),
+        ("c_grace.jpg", "0", "unknown", ""), ("d_text.jpg", "", "", f"not an image: {folder / 'd_text.jpg'}")]
+    assert float(rows[0]["similarity"]) < float(rows[2]["similarity"])  # a stranger's is there too, only lower
+    assert all(not any(row[key] for key in ("x", "y", "w", "h", "similarity")) for row in (rows[1], rows[3]))
+
+
+@pytest.mark.parametrize(("command", "prog"), [("identify photo.jpg", "facekit identify"),
+                                               ("gallery list", "facekit gallery list")])
+def test_a_wrong_flag_after_a_command_gets_that_commands_usage(capsys, command, prog):
+    """Not the top-level `usage: facekit [-h] [--version] COMMAND ...`, which shows none of the options meant."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--bogus"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"usage: {prog} [-h]")
+    assert err.splitlines()[-1] == f"{prog}: error: unrecognized arguments: --bogus"
+
+
+def test_removing_a_person_or_photo_not_enrolled_exits_1_naming_it(tmp_path, capsys):
+    """Both are valid requests that found nothing to remove; a name no identity can have stays a usage error."""
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=128) as opened:
+        opened.add("ada", np.eye(1, 128, dtype=np.float32),
+                   [{"path": "a.jpg", "sha256": "1" * 64, "box": [0, 0, 9, 9]}])
+    assert run_cli(capsys, "gallery", "remove", "nobody", "--gallery", str(gallery)) == (
+        1, "", f"error: not enrolled in {gallery}: nobody\n")
+    assert run_cli(capsys, "gallery", "remove-photo", "b.jpg", "--gallery", str(gallery)) == (
+        1, "", f"error: not enrolled in {gallery}: b.jpg\n")
+    code, _, err = run_cli(capsys, "gallery", "remove", "a/b", "--gallery", str(gallery))
+    assert code == 2 and err == "error: identity name 'a/b' contains a path separator\n"
+    assert run_cli(capsys, "gallery", "remove", "ada", "--gallery", str(gallery)) == (0, "removed ada (1 face)\n", "")

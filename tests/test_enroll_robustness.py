@@ -239,15 +239,18 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
 
     runs = {form: facekit("identify", folder, "--gallery", uninterrupted, *option)
             for form, option in (("text", []), ("json", ["--json"]), ("csv", ["--csv"]))}
+    failed = sorted([*bad, "f_no_face.png"])  # a photo without a face is said too, and its record still given
     for result in runs.values():
-        assert result.returncode == 0
+        assert result.returncode == 1
         errors = result.stderr.splitlines()
-        assert len(errors) == len(bad) and all(line.startswith("error: ") for line in errors), result.stderr
-        assert [name for name in bad if any(name in line for line in errors)] == bad
-    # JSON gives a bad file a record too, with the error stderr shows; CSV's rows are faces, and a bad file has none.
+        assert len(errors) == len(failed) and all(line.startswith("error: ") for line in errors), result.stderr
+        assert [name for name in failed if any(name in line for line in errors)] == failed
+    # JSON gives a bad file a record too, with the error stderr shows; so does CSV, a row per face or else one.
     records = [json.loads(line) for line in runs["json"].stdout.splitlines()]
     assert [Path(record["image"]).name for record in records] == sorted([*readable, *bad])
-    assert runs["json"].stderr.splitlines() == [f"error: {record['error']}" for record in records if "error" in record]
+    assert runs["json"].stderr.splitlines() == [
+        f"error: {record['error']}" if "error" in record else f"error: no face found in {record['image']}"
+        for record in records if not record.get("faces")]
     for record in records:
         name = Path(record["image"]).name
         if name in bad:
@@ -256,8 +259,9 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
             expected = readable[name]
             assert [face["identity"] for face in record["faces"]] == ([expected] if expected else [])
     rows = list(csv.reader(io.StringIO(runs["csv"].stdout)))
-    assert rows[0] == ["image", "face", "x", "y", "w", "h", "identity", "similarity"]
-    assert [(Path(row[0]).name, row[6]) for row in rows[1:]] == [(name, who) for name, who in readable.items() if who]
+    assert rows[0] == ["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]
+    assert [(Path(row[0]).name, row[6], bool(row[8])) for row in rows[1:]] == sorted(
+        [(name, who or "", not who) for name, who in readable.items()] + [(name, "", True) for name in bad])
     summaries = [line for line in runs["text"].stdout.splitlines() if not line.startswith("  at ")]
     assert summaries == [f"{folder / name}: {'1 face' if who else '0 faces'}" for name, who in readable.items()]
 
@@ -276,13 +280,13 @@ def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, peop
             return subprocess.run(unprivileged([*FACEKIT, *map(str, args)]), capture_output=True, text=True,
                                   timeout=300)
 
-        result = run("enroll", folder, "--gallery", gallery, "--quiet")
-        assert result.returncode == 0 and "1 person, 4 files: 2 faces enrolled" in result.stdout, result.stderr
+        result = run("enroll", folder, "--gallery", gallery, "--quiet")  # their photos not enrolled: exit 1
+        assert result.returncode == 1 and "1 person, 4 files: 2 faces enrolled" in result.stdout, result.stderr
         assert result.stderr.splitlines() == [f"skipped {folder / 'carol'}: cannot read folder: Permission denied",
                                               f"skipped {folder / 'eileen' / 'older'}: cannot read folder: "
                                               "Permission denied"]
         result = run("identify", folder, "--gallery", gallery)
-        assert result.returncode == 0 and result.stdout.count(": 1 face\n") == 2
+        assert result.returncode == 1 and result.stdout.count(": 1 face\n") == 2
         assert result.stderr.splitlines() == [f"error: cannot read folder {folder / 'carol'}: Permission denied",
                                               f"error: cannot read folder {folder / 'eileen' / 'older'}: "
                                               "Permission denied"]
