@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 
@@ -170,3 +173,20 @@ def test_round_trip_says_what_its_lfw_folder_lacks(photos, arguments, message, t
         shutil.copy(grace_hopper_path, lfw / "Grace_Hopper" / f"Grace_Hopper_{number + 1:04d}.jpg")
     line = one_error_line([sys.executable, tool_script("round_trip"), "--lfw", str(lfw), *arguments])
     assert line.startswith("error: " + message.format(lfw=lfw)), line
+
+
+def test_round_trip_counts_a_stranger_without_a_face_rather_than_stop(tmp_path, tool_script, grace_hopper_path):
+    # identify exits 1 for a photo in which no face was found; the round trip counts it as no_face, as its figures
+    # are meant to, rather than stopping at the exit code.
+    lfw = tmp_path / "lfw"
+    (lfw / "Grace_Hopper").mkdir(parents=True)
+    hopper = cv2.imread(str(grace_hopper_path))
+    for number, photo in enumerate([hopper, cv2.flip(hopper, 1), hopper[20:]]):  # three photos, not one thrice
+        cv2.imwrite(str(lfw / "Grace_Hopper" / f"Grace_Hopper_{number + 1:04d}.jpg"), photo)
+    (lfw / "Nobody").mkdir()
+    cv2.imwrite(str(lfw / "Nobody" / "Nobody_0001.jpg"), np.full((250, 250, 3), 128, np.uint8))
+    result = subprocess.run([sys.executable, tool_script("round_trip"), "--lfw", str(lfw), "--people", "1", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert (figures["enrolled_faces"], figures["rank1"], figures["strangers"], figures["no_face"]) == (2, 1.0, 1, 1)
