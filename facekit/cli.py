@@ -483,8 +483,17 @@ def remove_photos(gallery, photos: list[str]) -> int:
     return EXIT_FAILED if missing else EXIT_OK
 
 
+def require_enrolled(gallery, name: str) -> None:
+    """As remove-photo: a name that is not enrolled is a valid request that found nothing (1), while a name no
+    identity can have stays a usage error (2), from clean_identity."""
+    from facekit.datastore import clean_identity
+
+    if clean_identity(name) not in dict(gallery.identities()):
+        raise CliError(f"not enrolled in {gallery.root}: {name}", EXIT_FAILED)
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from facekit.datastore import GalleryWarning, clean_identity
+    from facekit.datastore import GalleryWarning
 
     # Opening repairs a damaged index from the database; `check` must still report that it found damage.
     with warnings.catch_warnings(record=True) as repairs:
@@ -512,17 +521,17 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 for key, value in stats.items():
                     print(f"{key}: {value}")
         elif args.action == "photos":
+            if args.name is not None:
+                require_enrolled(gallery, args.name)
             print_photos(gallery.photos(args.name), args)
         elif args.action == "remove":
-            # As remove-photo: a name that is not enrolled is a valid request that found nothing (1), while a name
-            # no identity can have stays a usage error (2), from clean_identity.
-            if clean_identity(args.name) not in dict(gallery.identities()):
-                raise CliError(f"not enrolled in {gallery.root}: {args.name}", EXIT_FAILED)
+            require_enrolled(gallery, args.name)
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({counted(removed, 'face')})")
         elif args.action == "remove-photo":
             return remove_photos(gallery, args.photos)
         elif args.action == "rename":
+            require_enrolled(gallery, args.old)
             gallery.rename(args.old, args.new, merge=args.merge)
             print(f"renamed {args.old} to {args.new}")
         elif args.action == "check":

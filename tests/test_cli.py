@@ -1030,7 +1030,8 @@ def test_a_wrong_flag_after_a_command_gets_that_commands_usage(capsys, command, 
 
 
 def test_removing_a_person_or_photo_not_enrolled_exits_1_naming_it(tmp_path, capsys):
-    """Both are valid requests that found nothing to remove; a name no identity can have stays a usage error."""
+    """Valid requests that found nothing to remove, rename or list; a name no identity can have stays a usage
+    error."""
     gallery = tmp_path / "gallery"
     with Gallery.open(gallery, dim=128) as opened:
         opened.add("ada", np.eye(1, 128, dtype=np.float32),
@@ -1039,6 +1040,10 @@ def test_removing_a_person_or_photo_not_enrolled_exits_1_naming_it(tmp_path, cap
         1, "", f"error: not enrolled in {gallery}: nobody\n")
     assert run_cli(capsys, "gallery", "remove-photo", "b.jpg", "--gallery", str(gallery)) == (
         1, "", f"error: not enrolled in {gallery}: b.jpg\n")
+    assert run_cli(capsys, "gallery", "rename", "nobody", "ada2", "--gallery", str(gallery)) == (
+        1, "", f"error: not enrolled in {gallery}: nobody\n")
+    assert run_cli(capsys, "gallery", "photos", "nobody", "--gallery", str(gallery)) == (
+        1, "", f"error: not enrolled in {gallery}: nobody\n")
     code, _, err = run_cli(capsys, "gallery", "remove", "a/b", "--gallery", str(gallery))
     assert code == 2 and err == "error: identity name 'a/b' contains a path separator\n"
     assert run_cli(capsys, "gallery", "remove", "ada", "--gallery", str(gallery)) == (0, "removed ada (1 face)\n", "")
