@@ -206,7 +206,7 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
 
 def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
     """The largest face of an image that should hold one (verify, add_face) and its embedding; a FacekitWarning
-    says where it was found only with the image turned."""
+    says where it was found only with the image turned, or among several (as the CLI says both)."""
     import warnings
 
     found = pipeline().find_one_face(image)
@@ -214,6 +214,8 @@ def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
         raise ValueError(f"no face found in {name}")
     if found.warning:
         warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=3)
+    if len(found.faces) > 1:  # a group photo's largest face may not be the one meant
+        warnings.warn(f"{name}: {len(found.faces)} faces, used the largest", FacekitWarning, stacklevel=3)
     return found.faces[0], pipeline().embed_found(image, found)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import warnings
 
 import cv2
 import numpy as np
@@ -281,3 +282,19 @@ def test_many_photos_are_embedded_through_load_many_as_the_readme_says(grace_hop
              for item in pipeline.load_many(paths)]
     assert [error is None for error, _ in found] == [True, False, True]
     assert np.array_equal(found[0][1][0], facekit.face_embeddings(grace_hopper_path)[0][1])
+
+
+def test_verify_and_add_face_warn_when_an_image_holds_several_faces(tmp_path, astronaut_bgr, grace_hopper_bgr):
+    # The CLI's verify and enroll say that a group photo's largest face was taken; the API took it without a word.
+    height = astronaut_bgr.shape[0]
+    grace = cv2.resize(grace_hopper_bgr, (round(grace_hopper_bgr.shape[1] * height / grace_hopper_bgr.shape[0]),
+                                          height))
+    group = np.hstack([astronaut_bgr, grace])
+    with pytest.warns(facekit.FacekitWarning, match="the first image: 2 faces, used the largest"):
+        facekit.verify(group, astronaut_bgr)
+    with Gallery.open(tmp_path / "gallery", dim=facekit.pipeline().embedder.dim) as gallery:
+        with pytest.warns(facekit.FacekitWarning, match="the image: 2 faces, used the largest"):
+            facekit.add_face(gallery, "astronaut", group)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        facekit.verify(astronaut_bgr, astronaut_bgr)
