@@ -154,7 +154,8 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
 def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False, sync: bool = False) -> EnrollReport:
     """`facekit enroll`: the largest face of each photo in a folder of per-person folders; photos enrolled
     already (by content) are skipped. The report lists what was enrolled, skipped and why. With sync, the faces
-    enrolled from photos in that folder that have since been deleted or changed are then removed (report.removed)."""
+    enrolled from photos in that folder that have since been deleted or changed are then removed (report.removed),
+    and those of photos renamed or moved in it follow them (report.moved: given to another person's folder)."""
     from facekit.recognition import enroll as enroll_folder
 
     _check_gallery(gallery)

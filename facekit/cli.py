@@ -253,6 +253,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.sync:
         summary["removed"] = len(report.removed)
         summary["removed_files"] = [{"path": p, "identity": who} for p, who in report.removed]
+        summary["moved_files"] = [{"path": p, "identity": who, "old_path": old, "old_identity": was}
+                                  for p, who, old, was in report.moved]
     # A photo unreadable, without a face or under a name the gallery cannot hold, or a folder that could not be
     # listed: the others were still enrolled, and the exit code tells a script that not every photo was.
     failed = [(path, reason) for path, reason in report.skipped if reason not in ENROLL_PASSES_OVER]
@@ -273,6 +275,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                 print(escape_control_characters(f"removed {path} from {identity}"))
             print(escape_control_characters(f"--sync: {counted(len(report.removed), 'face')} removed (photo deleted "
                                             f"from {people} or changed)"))
+            for path, identity, _, was in report.moved:
+                print(escape_control_characters(f"moved {path} from {was} to {identity}"))
+            if report.moved:
+                print(f"--sync: {counted(len(report.moved), 'face')} moved (photo moved to another person's folder)")
     nothing_done = report.enrolled == 0 and report.already_enrolled == 0
     return EXIT_FAILED if nothing_done or failed else EXIT_OK
 

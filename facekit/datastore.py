@@ -745,6 +745,42 @@ class Gallery:
                  "named_by": list(dict.fromkeys(by_digest.get(sha, []) + by_path.get(path, [])))}
                 for _, name, path, sha, created in rows]
 
+    def move_photos(self, moves: list[tuple[str, str, str, str]]) -> list[dict]:
+        """Point the faces enrolled from photos that were renamed or moved at where the photos are now: each move
+        (sha256, old path, new path, identity) gives the faces recorded from that content at that path the new path
+        and the identity (made if new), all the moves in one transaction; an identity left without faces goes.
+        Returns the faces moved ({identity, path, sha256, old_identity, old_path}); a move that names no face is
+        passed over.
+
+        The embeddings stay as they are: the index holds them by id, and only the database says whose they are, so
+        a move, like rename, never touches the index files."""
+        wanted = []
+        for sha, old, new, identity in moves:
+            ((new, sha, _),) = _clean_sources([{"path": new, "sha256": sha, "box": None}], 1)
+            wanted.append((sha, printable_path(str(old)), new, clean_identity(identity)))
+        moved = []
+        with self.writer(), self._transaction(write=True) as conn:
+            now = time.time()
+            for sha, old, new, name in wanted:
+                # Matched by content and path: in a swap of two photos' names, the first move must not take the second.
+                faces = conn.execute(f"SELECT e.id, i.name {LIVE_ROWS} WHERE e.sha256 = ? AND e.source_path = ?"
+                                     " ORDER BY e.id", (sha, old)).fetchall()
+                if not faces:
+                    continue
+                conn.execute("INSERT OR IGNORE INTO identities(name, created) VALUES (?, ?)", (name, now))
+                (identity_id,) = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+                conn.executemany("UPDATE embeddings SET identity_id = ?, source_path = ? WHERE id = ?",
+                                 [(identity_id, new, face_id) for face_id, _ in faces])
+                moved.extend({"identity": name, "path": new, "sha256": sha, "old_identity": was, "old_path": old}
+                             for _, was in faces)
+            if not moved:
+                return []
+            conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
+            self._bump_generation(conn)
+            self._load_live()
+            self._data_generation = self._generation()
+        return moved
+
     def rename(self, old: str, new: str, *, merge: bool = False) -> None:
         """Rename an identity. Renaming onto an existing name is refused unless merge=True, because merging
         two people's faces by a typo is silent and hard to undo; with merge=True the embeddings join `new`."""

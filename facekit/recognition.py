@@ -354,6 +354,8 @@ class EnrollReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
     removed: list[tuple[str, str]] = field(default_factory=list)  # (path, identity): faces taken out by sync
+    # (path, identity, old path, old identity): faces sync gave to another person, their photo moved to that folder
+    moved: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -411,7 +413,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     committed before it, and a Ctrl-C (KeyboardInterrupt) waits for the batch's commits and checkpoint to end.
 
     With sync, the faces enrolled from a path inside people_dir whose photo is gone from it or has changed are then
-    removed (listed in report.removed); faces enrolled from anywhere else are never touched.
+    removed (listed in report.removed), unless their photo was renamed or moved inside people_dir: then the face is
+    recorded at its new path, and as the person whose folder holds it now (listed in report.moved where that is
+    someone else); faces enrolled from anywhere else are never touched.
     """
     from tqdm import tqdm
 
@@ -421,6 +425,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     report.people = sorted({identity for identity, _ in pairs})
     identity_of = {path: identity for identity, path in pairs}
     hashed: dict[str, str] = {}  # absolute path -> sha256, of every listed photo that could be read
+    enrolled_as_another: dict[str, str] = {}  # absolute path -> its warning, which sync withdraws if it moves the face
     pending: list[tuple[str, LoadedImage, Face, np.ndarray]] = []  # (identity, photo, face, aligned crop)
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
@@ -430,8 +435,10 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             return False
         report.already_enrolled += 1
         if holder != identity:
-            report.warnings.append(f"{item.path}: the same photo is enrolled as {holder}; not added to {identity} "
-                                   "(`facekit gallery remove-photo` takes it out of the gallery)")
+            warning = (f"{item.path}: the same photo is enrolled as {holder}; not added to {identity} "
+                       "(`facekit gallery remove-photo` takes it out of the gallery)")
+            report.warnings.append(warning)
+            enrolled_as_another[printable_path(os.path.abspath(item.path))] = warning
         return True
 
     def flush() -> None:
@@ -482,18 +489,27 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 flush()
         flush()
     if sync:
-        listed = {printable_path(os.path.abspath(path)) for _, path in pairs}
+        listed = {printable_path(os.path.abspath(path)): identity for identity, path in pairs}
         # os.walk's error (see collect_people): under such a folder a photo's absence says nothing.
         unlisted = [path for path, reason in skipped if reason.startswith("cannot read folder")]
-        report.removed = _remove_changed_photos(gallery, people_dir, listed, hashed, unlisted)
+        report.removed, moved = _sync_photos(gallery, people_dir, listed, hashed, unlisted)
+        report.moved = [(face["path"], face["identity"], face["old_path"], face["old_identity"]) for face in moved
+                        if face["identity"] != face["old_identity"]]
+        withdrawn = {enrolled_as_another.get(path) for path, *_ in report.moved}
+        report.warnings = [warning for warning in report.warnings if warning not in withdrawn]
     return report
 
 
-def _remove_changed_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: set[str], hashed: dict[str, str],
-                           unlisted_folders: list[str]) -> list[tuple[str, str]]:
-    """enroll's sync: remove the faces recorded from a path inside people_dir where no file is any more, or whose
-    content's sha256 is no longer the one recorded; returns their (path, identity). Paths are compared as enroll
-    records them: absolute, symlinks as named."""
+def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[str, str], hashed: dict[str, str],
+                 unlisted_folders: list[str]) -> tuple[list[tuple[str, str]], list[dict]]:
+    """enroll's sync, for the faces recorded from a path inside people_dir where no file is any more, or whose
+    content's sha256 is no longer the one recorded. One whose content is now at a listed path (listed: path ->
+    identity) that no face records is moved there (Gallery.move_photos), as the person of that path; the others are
+    removed. Returns the faces removed, (path, identity), and moved (move_photos's dicts). Paths are compared as
+    enroll records them: absolute, symlinks as named.
+
+    Content at several such paths (copies) goes to one in the same person's folder if there is one, else to the first
+    by name; a face per path, and the other copies stay unenrolled, as enroll skips them."""
     inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
     unreadable = tuple(os.path.join(printable_path(os.path.abspath(folder)), "") for folder in unlisted_folders)
 
@@ -513,13 +529,27 @@ def _remove_changed_photos(gallery: Gallery, people_dir: str | os.PathLike, list
     with HeldInterrupts() as interrupts, gallery.writer():
         photos = gallery.photos()
         is_changed = [changed(photo) for photo in photos]
+        recorded = {photo["path"] for photo, gone in zip(photos, is_changed) if not gone}
+        free_paths: dict[str, list[str]] = {}  # sha256 -> the listed paths holding it that no face records
+        for path, sha256 in sorted(hashed.items()):
+            if path not in recorded:
+                free_paths.setdefault(sha256, []).append(path)
+        moves = []
+        for photo, gone in zip(photos, is_changed):
+            free = free_paths.get(photo["sha256"]) if gone else None
+            if free:
+                new = min(free, key=lambda path: (listed[path] != photo["identity"], path))
+                free.remove(new)
+                moves.append((photo["sha256"], photo["path"], new, listed[new]))
         # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
-        # folder (a photo renamed, which enroll skipped as enrolled already), keeps all of its faces.
+        # folder (moved above, or a copy whose path a face records), keeps all of its faces.
         kept = {photo["sha256"] for photo, gone in zip(photos, is_changed) if not gone} | set(hashed.values())
         digests = {photo["sha256"] for photo, gone in zip(photos, is_changed) if gone} - kept
+        # Each a transaction, in this order: a kill between them leaves faces moved, and the removals to the next sync.
         interrupts.hold()
+        moved = gallery.move_photos(moves) if moves else []
         removed = gallery.remove_photos(sorted(digests)) if digests else []
-    return [(face["path"], face["identity"]) for face in removed]
+    return [(face["path"], face["identity"]) for face in removed], moved
 
 
 def iter_image_paths(inputs: Iterable[str], unreadable: Callable[[OSError], None] | None = None) -> Iterator[str]:

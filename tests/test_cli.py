@@ -895,6 +895,124 @@ def test_enroll_sync_keeps_a_photo_that_is_still_there_though_enroll_does_not_li
         assert [photo["path"] for photo in opened.photos()] == [p["path"] for p in before if "grace" in p["path"]]
 
 
+def test_enroll_sync_records_a_photo_renamed_in_its_persons_folder_at_its_new_path(tmp_path, people, capsys):
+    """A photo renamed, or moved into a sub-folder of its person's folder, is skipped as enrolled already and keeps
+    its face; --sync records it at its new path, so `gallery photos` lists a file that is there and removing the
+    photo by that path finds it."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    with Gallery.open(gallery) as opened:
+        before = opened.photos()
+    renamed, moved = people / "eileen_collins" / "launch.jpg", people / "grace_hopper" / "1984" / "b.jpg"
+    (people / "eileen_collins" / "a.jpg").rename(renamed)
+    moved.parent.mkdir()
+    (people / "grace_hopper" / "b.jpg").rename(moved)
+    new_paths = {str(people / "eileen_collins" / "a.jpg"): str(renamed),
+                 str(people / "grace_hopper" / "b.jpg"): str(moved)}
+
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json", "--sync")
+    assert code == 0, err
+    with Gallery.open(gallery) as opened:
+        assert opened.photos() == [{**photo, "path": new_paths.get(photo["path"], photo["path"])} for photo in before]
+        assert [face["identity"] for face in opened.remove_photos(str(moved))] == ["grace_hopper"]
+    summary = json.loads(out)
+    assert (summary["enrolled"], summary["already_enrolled"], summary["removed"]) == (0, 4, 0)
+    assert summary["moved_files"] == summary["warnings"] == []
+    code, out, _ = run_cli(capsys, "gallery", "photos", "eileen_collins", "--gallery", gallery)
+    assert [line.split()[-1] for line in out.splitlines()] == [str(renamed), str(people / "eileen_collins" / "b.jpg")]
+
+
+def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_person(tmp_path, people, capsys,
+                                                                                   astronaut_bgr):
+    """A mislabelled photo put right: Eileen's photos enrolled from Grace's folder and from a misspelt folder, then
+    moved to hers. Without --sync enroll warns that they are enrolled as someone else and keeps them so; with --sync
+    their faces (ids and embeddings as they were) are Eileen's, at their new paths, enroll says so instead of the
+    warning, and the misspelt person, left without faces, goes."""
+    wrong, misspelt = people / "grace_hopper" / "c.jpg", people / "eileen_colins" / "d.jpg"
+    misspelt.parent.mkdir()
+    cv2.imwrite(str(wrong), variant(astronaut_bgr, 3))
+    cv2.imwrite(str(misspelt), variant(astronaut_bgr, 4))
+    gallery = tmp_path / "gallery"
+    assert run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--quiet")[0] == 0
+
+    def stored() -> dict[str, tuple]:
+        with contextlib.closing(sqlite3.connect(gallery / "gallery.sqlite")) as db:
+            rows = db.execute("SELECT e.sha256, e.id, i.name, e.source_path, e.created, e.vector FROM embeddings e"
+                              " JOIN identities i ON i.id = e.identity_id")
+            return {sha: tuple(rest) for sha, *rest in rows}
+
+    before = stored()
+    eileen = people / "eileen_collins"
+    wrong.rename(eileen / "c.jpg")
+    misspelt.rename(eileen / "d.jpg")
+    misspelt.parent.rmdir()
+
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--json")
+    assert code == 0 and "moved_files" not in json.loads(out)
+    assert json.loads(out)["warnings"] == [
+        f"{eileen / name}: the same photo is enrolled as {holder}; not added to eileen_collins (`facekit gallery "
+        "remove-photo` takes it out of the gallery)" for name, holder in (("c.jpg", "grace_hopper"),
+                                                                          ("d.jpg", "eileen_colins"))]
+    assert stored() == before
+
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--sync", "--quiet")
+    assert code == 0 and "warning" not in err, err
+    assert out.splitlines()[1:] == [
+        f"--sync: 0 faces removed (photo deleted from {people} or changed)",
+        f"moved {eileen / 'd.jpg'} from eileen_colins to eileen_collins",
+        f"moved {eileen / 'c.jpg'} from grace_hopper to eileen_collins",
+        "--sync: 2 faces moved (photo moved to another person's folder)"]
+    after = stored()
+    moved = {sha: (*row[:1], "eileen_collins", str(eileen / Path(row[2]).name), *row[3:]) for sha, row in before.items()
+             if row[1] in ("grace_hopper", "eileen_colins") and Path(row[2]).name in ("c.jpg", "d.jpg")}
+    assert len(moved) == 2 and after == {**before, **moved}
+    code, out, _ = run_cli(capsys, "gallery", "list", "--gallery", str(gallery))
+    assert out.split() == ["eileen_collins", "grace_hopper"]
+    assert run_cli(capsys, "gallery", "check", "--gallery", str(gallery))[0] == 0
+
+    code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--sync", "--json")
+    summary = json.loads(out)
+    assert code == 0 and (summary["removed"], summary["moved_files"], summary["warnings"]) == (0, [], [])
+
+
+def test_enroll_sync_follows_a_photo_to_one_copy_and_two_swapped_names(tmp_path, people, capsys, astronaut_bgr):
+    """Content deleted from its path but copied to several: its face goes to a copy in its person's folder, the first
+    by name, not to one in another's (which enroll warns of as enrolled already); two photos whose names were
+    swapped each take the other's path; a photo enrolled from outside PEOPLE_DIR and moved into it stays as it was
+    enrolled; nothing is removed."""
+    import facekit
+
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    outside = tmp_path / "elsewhere" / "ada.jpg"
+    outside.parent.mkdir()
+    cv2.imwrite(str(outside), variant(astronaut_bgr, 9))
+    with Gallery.open(gallery) as opened:
+        facekit.add_face(opened, "ada", outside)
+        before = {photo["sha256"]: photo for photo in opened.photos()}
+    eileen, grace = people / "eileen_collins", people / "grace_hopper"
+    outside.rename(eileen / "ada.jpg")
+    (grace / "copy").mkdir()
+    for copy in (eileen / "a0.jpg", grace / "x.jpg", grace / "copy" / "a.jpg"):
+        shutil.copy(grace / "a.jpg", copy)
+    (grace / "a.jpg").unlink()
+    (eileen / "a.jpg").rename(eileen / "swap.jpg")
+    (eileen / "b.jpg").rename(eileen / "a.jpg")
+    (eileen / "swap.jpg").rename(eileen / "b.jpg")
+    with Gallery.open(gallery) as opened:
+        report = facekit.enroll(people, opened, sync=True)
+        after = {photo["sha256"]: photo for photo in opened.photos()}
+    new_paths = {grace / "a.jpg": grace / "copy" / "a.jpg", eileen / "a.jpg": eileen / "b.jpg",
+                 eileen / "b.jpg": eileen / "a.jpg"}
+    assert after == {sha: {**photo, "path": str(new_paths.get(Path(photo["path"]), photo["path"]))}
+                     for sha, photo in before.items()}
+    assert (report.enrolled, report.removed, report.moved) == (0, [], [])
+    assert report.warnings == [
+        f"{eileen / name}: the same photo is enrolled as {holder}; not added to eileen_collins (`facekit gallery "
+        "remove-photo` takes it out of the gallery)"
+        for name, holder in (("a0.jpg", "grace_hopper"), ("ada.jpg", "ada"))]
+
+
 def test_a_face_whose_person_another_face_took_says_so(tmp_path, people, capsys, astronaut_bgr):
     gallery = str(tmp_path / "gallery")
     assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0

@@ -415,6 +415,68 @@ def test_remove_photos_takes_the_start_of_a_digest_that_names_one_photo_only(pat
         assert gallery.identities() == [("ann", 1)] and gallery.check() == []
 
 
+def test_move_photos_gives_faces_a_new_path_and_person_in_one_transaction_and_leaves_the_index(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What enroll --sync does with photos renamed or moved to another person's folder: the faces keep their ids and
+    vectors, a reader that loaded the index before finds them under their new person, the index files are not
+    rewritten, a person left without faces goes, and a move interrupted before its commit changes nothing."""
+    a1, a2, b1, x, y = sources("a1", "a2", "b1", "x", "y")
+    with Gallery.open(path, dim=DIM) as writer, Gallery.open(path, dim=DIM) as reader:
+        ids = writer.add("alice", vectors(1, 2), [a1, a2]) + writer.add("bob", vectors(2), [b1])
+        ids += writer.add("cy", vectors(3, 2), [x, y])
+        assert reader.search(vectors(2)[0])[0][0].identity == "bob"
+        before, files = writer.photos(), index_files(path)
+
+        def interrupted(self: Gallery, conn: sqlite3.Connection) -> int:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Gallery, "_bump_generation", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                writer.move_photos([(b1["sha256"], "b1.jpg", "/people/alice/b1.jpg", "alice")])
+        assert writer.photos() == before and writer.identities() == [("alice", 2), ("bob", 1), ("cy", 2)]
+
+        moved = writer.move_photos([
+            (b1["sha256"], "b1.jpg", "/people/alice/b1.jpg", "alice"),  # bob's only photo: bob goes
+            (a2["sha256"].upper(), "a2.jpg", "/people/dee/a2.jpg", " dee "),  # a person not yet enrolled
+            (x["sha256"], "x.jpg", "y.jpg", "cy"), (y["sha256"], "y.jpg", "x.jpg", "cy"),  # two names swapped
+            (a1["sha256"], "b1.jpg", "/people/dee/a1.jpg", "dee"),  # no face of that content at that path
+        ])
+        assert [(face["old_identity"], face["old_path"], face["identity"], face["path"]) for face in moved] == [
+            ("bob", "b1.jpg", "alice", "/people/alice/b1.jpg"), ("alice", "a2.jpg", "dee", "/people/dee/a2.jpg"),
+            ("cy", "x.jpg", "cy", "y.jpg"), ("cy", "y.jpg", "cy", "x.jpg")]
+        after = writer.photos()
+        assert [(photo["identity"], photo["path"], photo["sha256"]) for photo in after] == [
+            ("alice", "a1.jpg", a1["sha256"]), ("alice", "/people/alice/b1.jpg", b1["sha256"]),
+            ("cy", "y.jpg", x["sha256"]), ("cy", "x.jpg", y["sha256"]), ("dee", "/people/dee/a2.jpg", a2["sha256"])]
+        assert sorted(photo["created"] for photo in after) == sorted(photo["created"] for photo in before)
+        best = reader.search(vectors(2)[0])[0][0]
+        assert (best.identity, best.embedding_id, best.source_path) == ("alice", ids[2], "/people/alice/b1.jpg")
+        assert reader.search(vectors(1, 2)[1])[0][0].identity == "dee"
+        assert index_files(path) == files and writer.check() == []
+        assert writer.move_photos([]) == []
+        with pytest.raises(GalleryError, match="contains a path separator"):
+            writer.move_photos([(a1["sha256"], "a1.jpg", "/people/a1.jpg", "a/b")])
+        assert writer.photos() == after
+
+
+def test_move_photos_in_a_read_only_gallery_is_refused_and_changes_nothing(filled: Path) -> None:
+    move = ("import sys; from facekit.datastore import Gallery, GalleryError\n"
+            "with Gallery.open(sys.argv[1], create=False) as gallery:\n"
+            "    try:\n"
+            "        gallery.move_photos([(sys.argv[2], 'bob-2-0.jpg', '/people/alice/b.jpg', 'alice')])\n"
+            "    except GalleryError as exc:\n"
+            "        print(exc)\n")
+    with read_only(filled):
+        before = listing(filled)
+        command = [sys.executable, "-c", move, str(filled), sources("bob-2-0")[0]["sha256"]]
+        result = subprocess.run(unprivileged(command), capture_output=True, text=True, timeout=120)
+        assert listing(filled) == before
+    assert result.stdout == f"gallery {filled} is read-only: no write permission on {filled}\n", result.stderr
+    with Gallery.open(filled, create=False) as gallery:
+        assert gallery.identities() == [("alice", 2), ("bob", 2)]
+
+
 def test_a_reader_with_the_old_index_never_returns_a_removed_face(path: Path) -> None:
     """Another Gallery (or process) loaded the index before a removal. Searched while the writer purges, and
     after the old index files are gone, it answers from the live faces only."""
