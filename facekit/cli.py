@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--json", action="store_true", help="print the summary as JSON")
     enroll.add_argument("--quiet", action="store_true", help="no progress bar")
     enroll.add_argument("--sync", action="store_true", help="then remove the faces enrolled from photos in PEOPLE_DIR "
-                        "that have since been deleted from it or changed (by default they stay)")
+                        "that have since been deleted from it or changed (by default they stay), and follow photos "
+                        "renamed or moved in it: to their new path, and to the person whose folder holds them now")
 
     identify = commands.add_parser("identify", help="name every face in images or folders")
     identify.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
@@ -322,18 +323,33 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 continue
             processed += 1
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
-            if not faces:  # "0 faces" is still printed below, so that every photo has its record
+            # Why this photo makes the exit code 1, in its JSON record and CSV rows too, so that a reader of the
+            # output knows which photo it was. "0 faces" is still printed below, so that every photo has its record.
+            problem = None if faces else "no face found"
+            if not faces:
                 failed += 1
                 print(f"error: {escape_control_characters(f'no face found in {item.path}')}", file=sys.stderr)
+            annotated_copy = None
+            if annotate_dir:
+                out = annotated_path(annotate_dir, item.path, annotated)
+                annotated.add(out)
+                not_written = write_annotated(out, draw_results(item.image, faces))
+                if not_written:  # as for an image that cannot be read: said, and the other images still identified
+                    problem = problem or f"cannot write {out}: {not_written}"
+                    not_annotated += 1
+                    print(f"error: {escape_control_characters(f'cannot write {out}: {not_written}')}", file=sys.stderr)
+                else:
+                    annotated_copy = out
             if args.json:
-                print(json.dumps({"image": item.path, "faces": faces}), flush=True)
+                print(json.dumps({"image": item.path, "faces": faces, **({"error": problem} if problem else {})}),
+                      flush=True)
             elif writer:
                 if not faces:
-                    writer.writerow([item.path, *[""] * 7, "no face found"])
+                    writer.writerow([item.path, *[""] * 7, problem])
                 for number, face in enumerate(faces):
                     # Empty, as JSON's null: "unknown" would read as the name of someone enrolled as unknown.
                     writer.writerow([item.path, number, *face["box"], face["identity"] or "",
-                                     "" if face["similarity"] is None else face["similarity"], ""])
+                                     "" if face["similarity"] is None else face["similarity"], problem or ""])
             else:
                 print(f"{escape_control_characters(item.path)}: {counted(len(faces), 'face')}")
                 for face in faces:
@@ -345,15 +361,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     similarity = "no one enrolled to compare with" if face["similarity"] is None \
                         else f"similarity {face['similarity']:.3f}"
                     print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  {similarity}")
-            if annotate_dir:
-                out = annotated_path(annotate_dir, item.path, annotated)
-                annotated.add(out)
-                problem = write_annotated(out, draw_results(item.image, faces))
-                if problem:  # as for an image that cannot be read: said, and the other images still identified
-                    not_annotated += 1
-                    print(f"error: {escape_control_characters(f'cannot write {out}: {problem}')}", file=sys.stderr)
-                elif not (args.json or writer):  # the name is the tool's choice (never the photo's own): say it
-                    print(f"  annotated copy: {escape_control_characters(str(out))}")
+                if annotated_copy:  # the name is the tool's choice (never the photo's own): say it
+                    print(f"  annotated copy: {escape_control_characters(str(annotated_copy))}")
     if processed == 0:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         message = "no image could be read" if found else f"no images ({extensions}) in {', '.join(args.images)}"

@@ -149,6 +149,14 @@ def test_an_annotated_copy_that_cannot_be_written_is_said_and_the_other_images_s
     assert code == 1 and err == f"error: cannot write {out_dir / 'a.annotated.jpg'}: Is a directory\n"
     assert f"{photos[0]}: 1 face" in out and f"{photos[1]}: 1 face" in out
     assert cv2.imread(str(out_dir / "b.annotated.jpg")) is not None
+    # JSON and CSV say which photo it was, as they do for a photo without a face: the exit code alone did not.
+    why = f"cannot write {out_dir / 'a.annotated.jpg'}: Is a directory"
+    code, out, _ = run_cli(capfd, "identify", *map(str, photos), "--gallery", str(gallery), "--annotate",
+                           str(out_dir), "--json")
+    assert code == 1 and [json.loads(line).get("error") for line in out.splitlines()] == [why, None]
+    code, out, _ = run_cli(capfd, "identify", *map(str, photos), "--gallery", str(gallery), "--annotate",
+                           str(out_dir), "--csv")
+    assert code == 1 and [row["error"] for row in csv.DictReader(io.StringIO(out, newline=""))] == [why, ""]
 
 
 def test_annotate_to_a_folder_that_cannot_be_written_is_one_line_with_the_reason(tmp_path, astronaut_bgr):
@@ -1105,7 +1113,8 @@ def test_a_photo_that_failed_among_good_ones_is_said_and_makes_enroll_and_identi
         f"{folder / 'a.jpg'}: 1 face", f"{folder / 'b.jpg'}: 1 face", f"{blank}: 0 faces"]
     code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--json")
     records = {Path(record["image"]).name: record for record in map(json.loads, out.splitlines())}
-    assert code == 1 and len(err.splitlines()) == 2 and records["blank.png"] == {"image": str(blank), "faces": []}
+    assert code == 1 and len(err.splitlines()) == 2
+    assert records["blank.png"] == {"image": str(blank), "faces": [], "error": "no face found"}
     assert set(records) == {"a.jpg", "b.jpg", "blank.png", "text.jpg"}
     code, out, err = run_cli(capsys, "identify", str(folder / "a.jpg"), "--gallery", gallery)
     assert (code, err) == (0, "") and "grace_hopper" in out

@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("$ facekit " + " ".join(command[3:]), flush=True)
         result = subprocess.run(command)
         if result.returncode != 0:
-            return result.returncode
-    print(f"annotated image: {args.workdir / 'annotated' / 'both.annotated.jpg'}")
+            return result.returncode  # identify's own output ends with the annotated copy's path
     return 0
 
 
