@@ -248,9 +248,11 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
     # JSON gives a bad file a record too, with the error stderr shows; so does CSV, a row per face or else one.
     records = [json.loads(line) for line in runs["json"].stdout.splitlines()]
     assert [Path(record["image"]).name for record in records] == sorted([*readable, *bad])
+    # A record without faces says why (its error); stderr names a faceless photo, which the record already does.
     assert runs["json"].stderr.splitlines() == [
-        f"error: {record['error']}" if "error" in record else f"error: no face found in {record['image']}"
+        f"error: no face found in {record['image']}" if "faces" in record else f"error: {record['error']}"
         for record in records if not record.get("faces")]
+    assert all(record["error"] for record in records if not record.get("faces"))
     for record in records:
         name = Path(record["image"]).name
         if name in bad:
