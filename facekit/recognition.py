@@ -492,7 +492,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         listed = {printable_path(os.path.abspath(path)): identity for identity, path in pairs}
         # os.walk's error (see collect_people): under such a folder a photo's absence says nothing.
         unlisted = [path for path, reason in skipped if reason.startswith("cannot read folder")]
-        report.removed, moved = _sync_photos(gallery, people_dir, listed, hashed, unlisted)
+        report.removed, moved = _sync_photos(gallery, people_dir, listed, hashed, unlisted,
+                                             _unnamed_content(skipped))
         report.moved = [(face["path"], face["identity"], face["old_path"], face["old_identity"]) for face in moved
                         if face["identity"] != face["old_identity"]]
         withdrawn = {enrolled_as_another.get(path) for path, *_ in report.moved}
@@ -500,8 +501,22 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     return report
 
 
+def _unnamed_content(skipped: list[tuple[str, str]]) -> set[str]:
+    """The sha256 of the photos collect_people passed over for their folder's name (one no identity can have): a
+    photo moved into such a folder is not gone, and sync must not remove its face."""
+    digests = set()
+    for path, reason in skipped:
+        if reason.startswith("identity name") and Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+            try:
+                digests.add(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+            except OSError:
+                continue
+    return digests
+
+
 def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[str, str], hashed: dict[str, str],
-                 unlisted_folders: list[str]) -> tuple[list[tuple[str, str]], list[dict]]:
+                 unlisted_folders: list[str], unnamed_content: frozenset[str] | set[str] = frozenset()
+                 ) -> tuple[list[tuple[str, str]], list[dict]]:
     """enroll's sync, for the faces recorded from a path inside people_dir where no file is any more, or whose
     content's sha256 is no longer the one recorded. One whose content is now at a listed path (listed: path ->
     identity) that no face records is moved there (Gallery.move_photos), as the person of that path; the others are
@@ -509,9 +524,15 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
     enroll records them: absolute, symlinks as named.
 
     Content at several such paths (copies) goes to one in the same person's folder if there is one, else to the first
-    by name; a face per path, and the other copies stay unenrolled, as enroll skips them."""
+    by name; a face per path, and the other copies stay unenrolled, as enroll skips them. A face that stays in its
+    folder keeps its identity, which `gallery rename` may have made other than the folder's name. Content found only
+    under a folder whose name no identity can have (unnamed_content) keeps its face where it was."""
     inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
     unreadable = tuple(os.path.join(printable_path(os.path.abspath(folder)), "") for folder in unlisted_folders)
+
+    def person_folder(path: str) -> str:
+        """The entry of people_dir a path lies under: its person's folder (or a loose photo's own name)."""
+        return path[len(inside):].split(os.sep, 1)[0]
 
     def changed(photo: dict) -> bool:
         path = photo["path"]
@@ -538,12 +559,16 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
         for photo, gone in zip(photos, is_changed):
             free = free_paths.get(photo["sha256"]) if gone else None
             if free:
-                new = min(free, key=lambda path: (listed[path] != photo["identity"], path))
+                folder = person_folder(photo["path"])
+                new = min(free, key=lambda path: (person_folder(path) != folder, listed[path] != photo["identity"],
+                                                  path))
                 free.remove(new)
-                moves.append((photo["sha256"], photo["path"], new, listed[new]))
+                identity = photo["identity"] if person_folder(new) == folder else listed[new]
+                moves.append((photo["sha256"], photo["path"], new, identity))
         # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
         # folder (moved above, or a copy whose path a face records), keeps all of its faces.
         kept = {photo["sha256"] for photo, gone in zip(photos, is_changed) if not gone} | set(hashed.values())
+        kept |= unnamed_content
         digests = {photo["sha256"] for photo, gone in zip(photos, is_changed) if gone} - kept
         # Each a transaction, in this order: a kill between them leaves faces moved, and the removals to the next sync.
         interrupts.hold()

@@ -930,6 +930,30 @@ def test_enroll_sync_records_a_photo_renamed_in_its_persons_folder_at_its_new_pa
     assert [line.split()[-1] for line in out.splitlines()] == [str(renamed), str(people / "eileen_collins" / "b.jpg")]
 
 
+def test_enroll_sync_keeps_a_renamed_persons_name_and_a_face_moved_under_a_folder_no_name_fits(tmp_path, people,
+                                                                                               capsys):
+    """A photo renamed in its own folder stays with its person whatever `gallery rename` called them (it was moved
+    to a new person named after the folder, as if to another's folder); one moved into a folder whose name no
+    identity can have is skipped and said, and its face is kept (it was removed as if the photo were gone)."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    assert run_cli(capsys, "gallery", "rename", "eileen_collins", "Eileen Collins", "--gallery", gallery)[0] == 0
+    (people / "eileen_collins" / "a.jpg").rename(people / "eileen_collins" / "launch.jpg")
+    unnamed = people / "bad\x01name"
+    unnamed.mkdir()
+    (people / "grace_hopper" / "b.jpg").rename(unnamed / "b.jpg")
+
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json", "--sync")
+    summary = json.loads(out)
+    assert code == 1 and (summary["removed"], summary["moved_files"]) == (0, []), out
+    shown = str(unnamed / "b.jpg").replace("\x01", "\\x01")  # as the CLI escapes a control character
+    assert err.splitlines() == [f"skipped {shown}: identity name 'bad\\x01name' contains control characters"]
+    with Gallery.open(gallery, create=False) as opened:
+        assert opened.identities() == [("Eileen Collins", 2), ("grace_hopper", 2)]
+        paths = {Path(photo["path"]).name for photo in opened.photos("Eileen Collins")}
+        assert paths == {"launch.jpg", "b.jpg"} and opened.check() == []
+
+
 def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_person(tmp_path, people, capsys,
                                                                                    astronaut_bgr):
     """A mislabelled photo put right: Eileen's photos enrolled from Grace's folder and from a misspelt folder, then

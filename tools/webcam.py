@@ -14,8 +14,8 @@ searched every --search-every frames and, in between, only around the faces bein
 
 Large frames are searched on a smaller copy (the detectors' own) and embedded from the frame itself. From a
 camera, each annotated frame is written as often as keeps --output in step with the clock. Ctrl-C, SIGTERM and SIGHUP
-stop the loop after the frame in hand (a second one at once); the video is finished, and the summary printed before
-the exit code says what stopped it.
+stop the loop after the frame in hand (a second one without waiting for it); the video is finished, and the summary
+printed before the exit code says what stopped it.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ class StopRequest:
 def stop_on_signals() -> Iterator[StopRequest]:
     """Ctrl-C, SIGTERM (kill, timeout, service managers) and SIGHUP (a closed terminal) ask the loop to stop after
     the frame in hand: the frame counted is then the frame written, and the writer is released, since an .mp4
-    without its index cannot be played. A second signal ends the run at once, for a source that hangs."""
+    without its index cannot be played. A second signal ends the run without finishing the frame, for a slow
+    one; a read blocked inside OpenCV still returns first, since Python runs handlers between its calls."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield request
