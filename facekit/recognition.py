@@ -412,6 +412,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     lock, a photo per transaction, then checkpointed: a kill loses at most the batch in flight, never anything
     committed before it, and a Ctrl-C (KeyboardInterrupt) waits for the batch's commits and checkpoint to end.
 
+    A folder renamed in the gallery only (see _follow_renamed_people) adds to the person it was renamed to.
+
     With sync, the faces enrolled from a path inside people_dir whose photo is gone from it or has changed are then
     removed (listed in report.removed), unless their photo was renamed or moved inside people_dir: then the face is
     recorded at its new path, and as the person whose folder holds it now (listed in report.moved where that is
@@ -421,6 +423,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
 
     gallery.bind_model(pipeline.embedder.model_id)  # before any detection: a refusal should come at once
     pairs, skipped = collect_people(people_dir)
+    pairs = _follow_renamed_people(gallery, people_dir, pairs)
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = sorted({identity for identity, _ in pairs})
     identity_of = {path: identity for identity, path in pairs}
@@ -499,6 +502,31 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         withdrawn = {enrolled_as_another.get(path) for path, *_ in report.moved}
         report.warnings = [warning for warning in report.warnings if warning not in withdrawn]
     return report
+
+
+def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
+                           pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """pairs, with a folder's photos under the name `gallery rename` gave its person: a folder whose name is no
+    identity in the gallery, while every face enrolled from it is one other identity's. Else each new photo went to a
+    new person named after the folder (one person split in two), and every enrolled one was warned of as someone
+    else's. A loose photo in people_dir counts as its own folder."""
+    enrolled = {name for name, _ in gallery.identities()}
+    if all(identity in enrolled for identity, _ in pairs):
+        return pairs
+    inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
+
+    def entry(path: str) -> str:  # the folder (or loose photo) of people_dir a recorded path lies under
+        return path[len(inside):].split(os.sep, 1)[0]
+
+    holders: dict[str, set[str]] = {}
+    for photo in gallery.photos():
+        if photo["path"].startswith(inside):
+            holders.setdefault(entry(photo["path"]), set()).add(photo["identity"])
+    followed = []
+    for identity, path in pairs:
+        holder = holders.get(entry(printable_path(os.path.abspath(path))), set())
+        followed.append((next(iter(holder)) if identity not in enrolled and len(holder) == 1 else identity, path))
+    return followed
 
 
 def _unnamed_content(skipped: list[tuple[str, str]]) -> set[str]:

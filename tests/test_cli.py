@@ -954,6 +954,25 @@ def test_enroll_sync_keeps_a_renamed_persons_name_and_a_face_moved_under_a_folde
         assert paths == {"launch.jpg", "b.jpg"} and opened.check() == []
 
 
+def test_enroll_after_gallery_rename_adds_the_folders_new_photos_to_the_renamed_person(tmp_path, people, capsys,
+                                                                                       astronaut_bgr):
+    """After `gallery rename`, the next enroll warned of every photo in the folder as enrolled as someone else and
+    enrolled its new photos under the folder's name: one person split in two. A folder whose name is no longer in
+    the gallery, and whose faces are all one other person's, now adds to that person; a new folder is a new person."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    assert run_cli(capsys, "gallery", "rename", "eileen_collins", "Eileen Collins", "--gallery", gallery)[0] == 0
+    cv2.imwrite(str(people / "eileen_collins" / "c.jpg"), variant(astronaut_bgr, 5))
+    (people / "someone_new").mkdir()
+    cv2.imwrite(str(people / "someone_new" / "a.jpg"), variant(astronaut_bgr, 6))
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
+    summary = json.loads(out)
+    assert (code, err, summary["warnings"]) == (0, "", [])
+    assert (summary["enrolled"], summary["already_enrolled"]) == (2, 4)
+    with Gallery.open(gallery, create=False) as opened:
+        assert opened.identities() == [("Eileen Collins", 3), ("grace_hopper", 2), ("someone_new", 1)]
+
+
 def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_person(tmp_path, people, capsys,
                                                                                    astronaut_bgr):
     """A mislabelled photo put right: Eileen's photos enrolled from Grace's folder and from a misspelt folder, then
