@@ -685,9 +685,7 @@ class Gallery:
             identity_id = self._identity_id(conn, name)
             removed = conn.execute("DELETE FROM embeddings WHERE identity_id = ?", (identity_id,)).rowcount
             conn.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
-            self._bump_generation(conn)
-            self._load_live()  # the index keeps the vectors as tombstones until the write ends
-            self._data_generation = self._generation()
+            self._relabelled(conn)  # the index keeps the vectors as tombstones until the write ends
             self._forgetting = True
         return removed
 
@@ -737,9 +735,7 @@ class Gallery:
                 return []
             conn.executemany("DELETE FROM embeddings WHERE id = ?", [(row[0],) for row in rows])
             conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
-            self._bump_generation(conn)
-            self._load_live()  # the index keeps the vectors as tombstones until the write ends
-            self._data_generation = self._generation()
+            self._relabelled(conn)  # the index keeps the vectors as tombstones until the write ends
             self._forgetting = True
         return [{"identity": name, "path": path, "sha256": sha, "created": created,
                  "named_by": list(dict.fromkeys(by_digest.get(sha, []) + by_path.get(path, [])))}
@@ -776,9 +772,7 @@ class Gallery:
             if not moved:
                 return []
             conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
-            self._bump_generation(conn)
-            self._load_live()
-            self._data_generation = self._generation()
+            self._relabelled(conn)
         return moved
 
     def rename(self, old: str, new: str, *, merge: bool = False) -> None:
@@ -798,9 +792,7 @@ class Gallery:
             else:
                 conn.execute("UPDATE embeddings SET identity_id = ? WHERE identity_id = ?", (target[0], old_id))
                 conn.execute("DELETE FROM identities WHERE id = ?", (old_id,))
-            self._bump_generation(conn)
-            self._load_live()
-            self._data_generation = self._generation()
+            self._relabelled(conn)
 
     def rebuild(self, index: str | None = None) -> None:
         """Remake the index from the database (the source of truth) and write it; `index` ("auto", "flat",
@@ -1093,6 +1085,13 @@ class Gallery:
 
     def _generation(self) -> int:
         return int(self._meta("data_generation"))
+
+    def _relabelled(self, conn: sqlite3.Connection) -> None:
+        """After a write that changed only whose faces are, where from, or which are live (the vectors stay in the
+        index): a new generation for other processes, and this one's live rows and names re-read at once."""
+        self._bump_generation(conn)
+        self._load_live()
+        self._data_generation = self._generation()
 
     def _bump_generation(self, conn: sqlite3.Connection) -> int:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'data_generation'")

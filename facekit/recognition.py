@@ -504,6 +504,18 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     return report
 
 
+def _recorded_prefix(folder: str | os.PathLike) -> str:
+    """What the paths enroll records under folder start with: absolute (symlinks as named), printable, and ending
+    in a separator, so that a sibling folder whose name starts with folder's is not taken for it."""
+    return os.path.join(printable_path(os.path.abspath(folder)), "")
+
+
+def _person_folder(inside: str, path: str) -> str:
+    """The entry of people_dir (its _recorded_prefix: inside) a recorded path lies under: its person's folder, or a
+    loose photo's own name."""
+    return path[len(inside):].split(os.sep, 1)[0]
+
+
 def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
                            pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """pairs, with a folder's photos under the name `gallery rename` gave its person: a folder whose name is no
@@ -513,18 +525,14 @@ def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
     enrolled = {name for name, _ in gallery.identities()}
     if all(identity in enrolled for identity, _ in pairs):
         return pairs
-    inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
-
-    def entry(path: str) -> str:  # the folder (or loose photo) of people_dir a recorded path lies under
-        return path[len(inside):].split(os.sep, 1)[0]
-
+    inside = _recorded_prefix(people_dir)
     holders: dict[str, set[str]] = {}
     for photo in gallery.photos():
         if photo["path"].startswith(inside):
-            holders.setdefault(entry(photo["path"]), set()).add(photo["identity"])
+            holders.setdefault(_person_folder(inside, photo["path"]), set()).add(photo["identity"])
     followed = []
     for identity, path in pairs:
-        holder = holders.get(entry(printable_path(os.path.abspath(path))), set())
+        holder = holders.get(_person_folder(inside, printable_path(os.path.abspath(path))), set())
         followed.append((next(iter(holder)) if identity not in enrolled and len(holder) == 1 else identity, path))
     return followed
 
@@ -555,12 +563,8 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
     by name; a face per path, and the other copies stay unenrolled, as enroll skips them. A face that stays in its
     folder keeps its identity, which `gallery rename` may have made other than the folder's name. Content found only
     under a folder whose name no identity can have (unnamed_content) keeps its face where it was."""
-    inside = os.path.join(printable_path(os.path.abspath(people_dir)), "")
-    unreadable = tuple(os.path.join(printable_path(os.path.abspath(folder)), "") for folder in unlisted_folders)
-
-    def person_folder(path: str) -> str:
-        """The entry of people_dir a path lies under: its person's folder (or a loose photo's own name)."""
-        return path[len(inside):].split(os.sep, 1)[0]
+    inside = _recorded_prefix(people_dir)
+    unreadable = tuple(_recorded_prefix(folder) for folder in unlisted_folders)
 
     def changed(photo: dict) -> bool:
         path = photo["path"]
@@ -587,11 +591,11 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
         for photo, gone in zip(photos, is_changed):
             free = free_paths.get(photo["sha256"]) if gone else None
             if free:
-                folder = person_folder(photo["path"])
-                new = min(free, key=lambda path: (person_folder(path) != folder, listed[path] != photo["identity"],
-                                                  path))
+                folder = _person_folder(inside, photo["path"])
+                new = min(free, key=lambda path: (_person_folder(inside, path) != folder,
+                                                  listed[path] != photo["identity"], path))
                 free.remove(new)
-                identity = photo["identity"] if person_folder(new) == folder else listed[new]
+                identity = photo["identity"] if _person_folder(inside, new) == folder else listed[new]
                 moves.append((photo["sha256"], photo["path"], new, identity))
         # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
         # folder (moved above, or a copy whose path a face records), keeps all of its faces.
