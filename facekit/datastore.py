@@ -304,8 +304,8 @@ class ShardedIndex:
 
 
 # --- the writer lock ---------------------------------------------------------------------------------------
-# Kept in this module, which imports nothing from facekit: tools/crash_test.py loads it by path so that its
-# children start without the package's torch import.
+# Kept in this module, whose imports from facekit (the package, which loads its parts lazily, errors and export)
+# never load torch: tools/crash_test.py's children import it, and each would otherwise spend seconds on torch.
 
 
 class LockTimeout(TimeoutError):
@@ -478,6 +478,7 @@ CREATE INDEX IF NOT EXISTS embeddings_sha256 ON embeddings(sha256);
 CREATE INDEX IF NOT EXISTS embeddings_identity ON embeddings(identity_id);
 """
 LIVE_ROWS = "FROM embeddings e JOIN identities i ON i.id = e.identity_id"
+NO_INDEX_YET = "the gallery has no index yet"  # the index problem of a gallery whose index was never written
 GALLERY_TABLES = {"meta", "identities", "embeddings"}  # every facekit version has made all three, in one transaction
 
 
@@ -489,17 +490,18 @@ class Gallery:
 
     Mutations (add, remove, rename, rebuild) run under writer(), the exclusive gallery lock, and take it
     themselves for a single call; wrap many calls in one `with gallery.writer():` so the index file is
-    written once, when the block ends. Readers never take the lock: every search reads one SQLite snapshot
-    and sees a writer's committed changes whole or not at all. A gallery this process may only read (read_only)
-    is searched and listed all the same, and refuses every write with one line. A Gallery object is not
-    thread-safe."""
+    written once, when the block ends. Readers take no lock of ours: every search reads one SQLite snapshot
+    and sees a writer's committed changes whole or not at all. The exception is a read-only gallery that SQLite
+    reads as immutable (see _read_only_mode()): _steady() holds the lock shared around each of its transactions,
+    so writers and it wait for each other. A gallery this process may only read (read_only) is searched and
+    listed all the same, and refuses every write with one line. A Gallery object is not thread-safe."""
 
     def __init__(self, root: Path, lock_timeout: float, create: bool) -> None:
         self.root = root
         self.lock_timeout = lock_timeout
-        self._unwritable = _unwritable(root)  # why this process may not write the folder or database, if it may not
+        self._why_unwritable = _unwritable(root)  # None if this process may write the folder and database
         self._immutable = False  # SQLite reads gallery.sqlite as a file nobody writes: see _read_only_mode()
-        self._files_seen: tuple = ()  # gallery.sqlite as it was when an immutable connection was opened
+        self._db_fingerprint_seen: tuple = ()  # gallery.sqlite as it was when an immutable connection was opened
         self._conn = self._connect(create)
         self._lock = FileLock(root / LOCK_NAME)  # after _connect: a database refused there leaves no lock file made
         self._writer_depth = 0
@@ -603,7 +605,11 @@ class Gallery:
             raise GalleryError(f"gallery {self.root} is read-only: {why}")
 
     def _why_read_only(self) -> str | None:
-        return self._unwritable or self._lock_problem()
+        return self._why_unwritable or self._lock_problem()
+
+    def _busy(self) -> GalleryError:
+        return GalleryError(f"gallery {self.root} is busy: another process has been writing to it for "
+                            f"{self.lock_timeout:g} s")
 
     def _lock_problem(self) -> str | None:
         if self._lock.opened():
@@ -620,9 +626,7 @@ class Gallery:
             try:
                 self._lock.acquire(self.lock_timeout)
             except LockTimeout as exc:
-                raise GalleryError(
-                    f"gallery {self.root} is busy: another process has been writing to it for {self.lock_timeout:g} s"
-                ) from exc
+                raise self._busy() from exc
             try:
                 self._refresh()  # another writer may have changed the gallery since we last looked
             except BaseException:
@@ -656,8 +660,7 @@ class Gallery:
         with self.writer():
             now = time.time()
             with self._transaction(write=True) as conn:
-                conn.execute("INSERT OR IGNORE INTO identities(name, created) VALUES (?, ?)", (name, now))
-                (identity_id,) = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+                identity_id = self._ensure_identity(conn, name, now)
                 ids = [
                     conn.execute(
                         "INSERT INTO embeddings(identity_id, source_path, sha256, box, created, vector)"
@@ -734,7 +737,7 @@ class Gallery:
             if not rows:
                 return []
             conn.executemany("DELETE FROM embeddings WHERE id = ?", [(row[0],) for row in rows])
-            conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
+            self._delete_faceless_identities(conn)
             self._relabelled(conn)  # the index keeps the vectors as tombstones until the write ends
             self._forgetting = True
         return [{"identity": name, "path": path, "sha256": sha, "created": created,
@@ -763,15 +766,14 @@ class Gallery:
                                      " ORDER BY e.id", (sha, old)).fetchall()
                 if not faces:
                     continue
-                conn.execute("INSERT OR IGNORE INTO identities(name, created) VALUES (?, ?)", (name, now))
-                (identity_id,) = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+                identity_id = self._ensure_identity(conn, name, now)
                 conn.executemany("UPDATE embeddings SET identity_id = ?, source_path = ? WHERE id = ?",
                                  [(identity_id, new, face_id) for face_id, _ in faces])
                 moved.extend({"identity": name, "path": new, "sha256": sha, "old_identity": was, "old_path": old}
                              for _, was in faces)
             if not moved:
                 return []
-            conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
+            self._delete_faceless_identities(conn)
             self._relabelled(conn)
         return moved
 
@@ -815,18 +817,14 @@ class Gallery:
         vectors = unit_vectors(queries, self.dim, "queries")
         if not isinstance(k, int) or k < 1:
             raise GalleryError(f"k must be a positive integer, not {k!r}")
-        for attempt in range(5):
-            with self._transaction():  # one snapshot: index view, names and source paths agree
-                if not self._sync(final=attempt == 4):
-                    continue
-                results = self._rank(vectors, k)
-                wanted = sorted({m.embedding_id for matches in results for m in matches})
-                paths = self._source_paths(wanted)
-            for matches in results:
-                for match in matches:
-                    match.source_path = paths.get(match.embedding_id, "")
-            return results
-        raise AssertionError("unreachable: the final attempt never retries")
+        with self._synced():  # one snapshot: index view, names and source paths agree
+            results = self._rank(vectors, k)
+            wanted = sorted({m.embedding_id for matches in results for m in matches})
+            paths = self._source_paths(wanted)
+        for matches in results:
+            for match in matches:
+                match.source_path = paths.get(match.embedding_id, "")
+        return results
 
     def has_source(self, sha256: str) -> bool:
         """Whether a file with this content hash has already been enrolled."""
@@ -882,7 +880,7 @@ class Gallery:
             "dim": self.dim,
             "shards": len(index.shards),
             "index_vectors": index.ntotal,
-            "tombstones": self._tombstones(),
+            "tombstones": self._tombstone_count(),
             "index_generation": self._index_generation,
             "bytes_on_disk": _folder_bytes(self.root),
             "threads": faiss.omp_get_max_threads(),
@@ -951,7 +949,7 @@ class Gallery:
         """A connection to gallery.sqlite. The first one (`create` given) refuses a database that is not a gallery
         before anything is written, and lets one with no tables yet become a new gallery only if `create`."""
         db = self.root / DB_NAME
-        if self._unwritable:
+        if self._why_unwritable:
             uri = f"{db.absolute().as_uri()}?{self._read_only_mode()}"
             conn = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, isolation_level=None)
         else:
@@ -962,7 +960,7 @@ class Gallery:
             except BaseException:
                 conn.close()
                 raise
-        if not self._unwritable:
+        if not self._why_unwritable:
             # Two processes creating one gallery both switch its new file to WAL, and SQLite answers the second at
             # once with "database is locked" (its busy timeout does not apply: waiting could deadlock), so it retries.
             deadline = time.monotonic() + self.lock_timeout
@@ -1025,19 +1023,19 @@ class Gallery:
         for path in (db, wal, shm):
             if path.exists() and not os.access(path, os.R_OK):
                 raise GalleryError(f"cannot read gallery {self.root}: no read permission on {path}")
-        files = self._files()
+        fingerprint = self._db_fingerprint()
         self._immutable = not (wal.exists() and shm.exists())
         if not self._immutable:
             return "mode=ro"
         if _size(wal) > 0:  # read without it, gallery.sqlite would be an older version of the gallery
             raise GalleryError(
                 f"cannot read gallery {self.root}: {wal.name} holds changes that SQLite reads only through {shm.name}, "
-                f"which is missing and cannot be made ({self._unwritable}); opening the gallery once with write "
+                f"which is missing and cannot be made ({self._why_unwritable}); opening the gallery once with write "
                 "access folds them into the database")
-        self._files_seen = files
+        self._db_fingerprint_seen = fingerprint
         return "mode=ro&immutable=1"
 
-    def _files(self) -> tuple:
+    def _db_fingerprint(self) -> tuple:
         """What changes when anyone writes gallery.sqlite or opens it for writing (which makes its -wal file)."""
         db = self.root / DB_NAME
         stat = db.stat()
@@ -1054,7 +1052,7 @@ class Gallery:
         shared = False
         try:
             while self._immutable:
-                if self._files() != self._files_seen:
+                if self._db_fingerprint() != self._db_fingerprint_seen:
                     self._reconnect()
                     continue
                 # No lock file (and none can be made here): no writer to keep out, as every writer makes one first.
@@ -1063,8 +1061,7 @@ class Gallery:
                 shared = self._lock.try_acquire(shared=True)
                 if not shared:
                     if time.monotonic() > deadline:
-                        raise GalleryError(f"gallery {self.root} is busy: another process has been writing to it "
-                                           f"for {self.lock_timeout:g} s")
+                        raise self._busy()
                     time.sleep(0.01)
             yield
         finally:
@@ -1080,6 +1077,10 @@ class Gallery:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    def _manifest(self) -> dict | None:
+        """The index files' checkpoint record; None before the first one is written."""
+        return json.loads(self._meta("manifest") or "null")
+
     def _set_meta(self, key: str, value: object) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
 
@@ -1093,9 +1094,17 @@ class Gallery:
         self._load_live()
         self._data_generation = self._generation()
 
+    def _delete_faceless_identities(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM embeddings)")
+
     def _bump_generation(self, conn: sqlite3.Connection) -> int:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'data_generation'")
         return self._generation()
+
+    def _ensure_identity(self, conn: sqlite3.Connection, name: str, now: float) -> int:
+        """The id of identity `name`, made (created `now`) if there is none."""
+        conn.execute("INSERT OR IGNORE INTO identities(name, created) VALUES (?, ?)", (name, now))
+        return self._identity_id(conn, name)
 
     def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
@@ -1107,11 +1116,8 @@ class Gallery:
         """Create tables on first use and read the settings; True if the caller changed index or shards."""
         with self._transaction() as conn:
             ready = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
-            wants_change = (index != "auto" and ready and index != self._meta("index")) or (
-                shards is not None and ready and str(shards) != self._meta("shards")
-            )
-            if ready and not wants_change:  # the common case, a plain read: readers never queue behind writers
-                self._read_settings(dim)
+            if ready and not self._settings_changed_by(index, shards):
+                self._read_settings(dim)  # the common case, a plain read: readers never queue behind writers
                 return False
         self.require_writable()
         with self._transaction(write=True) as conn:
@@ -1122,16 +1128,20 @@ class Gallery:
                         "shards": shards or 1}
             for key, value in {**defaults, "data_generation": 0}.items():
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
-            self._read_settings(dim)
-            changed = False
-            if index != "auto" and index != self._request:
-                self._set_meta("index", index)
-                changed = True
-            if shards is not None and shards != self._n_shards:
-                self._set_meta("shards", shards)
-                changed = True
-            self._read_settings(dim)
-        return changed
+            changes = self._settings_changed_by(index, shards)  # again: a writer may have changed them meanwhile
+            for key, value in changes.items():
+                self._set_meta(key, value)
+            self._read_settings(dim)  # a newer format or another dim raises, and rolls the changes back
+        return bool(changes)
+
+    def _settings_changed_by(self, index: str, shards: int | None) -> dict[str, object]:
+        """The meta rows that Gallery.open's `index` and `shards` change: those given that differ from the stored."""
+        changes: dict[str, object] = {}
+        if index != "auto" and index != self._meta("index"):
+            changes["index"] = index
+        if shards is not None and shards != int(self._meta("shards")):
+            changes["shards"] = shards
+        return changes
 
     def _read_settings(self, dim: int | None) -> None:
         if int(self._meta("format_version")) > FORMAT_VERSION:
@@ -1139,21 +1149,31 @@ class Gallery:
         self.dim = int(self._meta("dim"))
         if dim is not None and self.dim != dim:
             raise GalleryError(f"gallery {self.root} holds {self.dim}-d embeddings, not {dim}-d (another model?)")
+        self._read_index_settings()
+
+    def _read_index_settings(self) -> None:
+        """The index kind asked for and the shard count: unlike dim, another process's open may change them."""
         self._request = self._meta("index")
         self._n_shards = int(self._meta("shards"))
 
     def _refresh(self) -> None:
+        with self._synced():
+            pass
+
+    @contextlib.contextmanager
+    def _synced(self) -> Iterator[None]:
+        """A read transaction whose snapshot the in-memory view has been brought up to."""
         for attempt in range(5):
             with self._transaction():
-                if self._sync(final=attempt == 4):
+                if self._sync(final=attempt == 4):  # a final attempt never asks for a retry, so one yields
+                    yield
                     return
 
     def _sync(self, final: bool) -> bool:
         """Bring the in-memory view up to this transaction's snapshot. False: retry in a new transaction."""
         generation = self._generation()
-        self._request = self._meta("index")
-        self._n_shards = int(self._meta("shards"))
-        manifest = json.loads(self._meta("manifest") or "null")
+        self._read_index_settings()
+        manifest = self._manifest()
         manifest_generation = manifest["generation"] if manifest else 0
         # A new checkpoint alone (a removal's purge, a rebuild) leaves the data generation as it was, and must be
         # loaded all the same: the old index still holds the removed faces' vectors.
@@ -1183,7 +1203,7 @@ class Gallery:
 
     def _read_index_files(self, manifest: dict | None) -> ShardedIndex:
         if manifest is None:
-            raise GalleryError("the gallery has no index yet")
+            raise GalleryError(NO_INDEX_YET)
         shards = []
         for entry in manifest["files"]:
             path = self.root / entry["name"]
@@ -1270,20 +1290,21 @@ class Gallery:
         it purged the index (the user asked for those faces to be forgotten; they must not wait for some later
         write), and clear files left by a crash."""
         if self.read_only or not self._lock.try_acquire():
-            if self._index_problem or self._lag or self._tombstones():
+            if self._index_needs_repair():
                 why = "the gallery is read-only" if self.read_only else "another process is writing"
                 log.info("gallery %s: index repaired in memory only; %s", self.root, why)
             return
         try:
-            if self._index_problem or self._lag or self._tombstones():
+            if self._index_needs_repair():
                 self._index = None  # look again now that no writer can be half way through
                 self._refresh()
-            removed = self._tombstones()
+            removed = self._tombstone_count()
+            repair = self._index_needs_repair()  # before the rebuild, which leaves no tombstones
             if removed:
                 with self._transaction():
                     self._build_from_db()
-            if self._index_problem or self._lag or removed:
-                new = self._index_problem == "the gallery has no index yet" and not len(self._live_ids)
+            if repair:
+                new = self._index_problem == NO_INDEX_YET and not len(self._live_ids)
                 if not new:
                     why = "; ".join(filter(None, [
                         self._index_problem,
@@ -1300,6 +1321,10 @@ class Gallery:
         finally:
             self._lock.release()
 
+    def _index_needs_repair(self) -> bool:
+        """Whether the index files could not be used, lacked rows, or hold removed faces' vectors."""
+        return bool(self._index_problem or self._lag or self._tombstone_count())
+
     def _checkpoint(self) -> None:
         """End of a write: purge removed faces' vectors, re-type the index if due, write it if it has changed,
         and empty the write-ahead log."""
@@ -1310,7 +1335,7 @@ class Gallery:
         have = self._index.spec
         grown = wanted.kind == "ivf" and have.kind == "ivf" and wanted.nlist >= 2 * have.nlist
         rebuild = wanted.kind != have.kind or grown or len(self._index.shards) != self._n_shards
-        purge = self._tombstones() > 0  # removed faces: their vectors must not stay in the index files
+        purge = self._tombstone_count() > 0  # removed faces: their vectors must not stay in the index files
         if rebuild or purge:
             with self._transaction():
                 self._build_from_db()
@@ -1340,12 +1365,12 @@ class Gallery:
                 "rows; every later write tries again, and closing the last connection to the gallery clears them",
                 GalleryWarning, 2)
 
-    def _tombstones(self) -> int:
+    def _tombstone_count(self) -> int:
         """Vectors in the in-memory index whose rows are gone (all live rows are in it)."""
         return self._index.ntotal - len(self._live_ids) if self._index is not None else 0
 
     def _write_index(self) -> None:
-        manifest = json.loads(self._meta("manifest") or "null")
+        manifest = self._manifest()
         generation = (manifest["generation"] if manifest else 0) + 1
         files = []
         for number, shard in enumerate(self._index.shards):
@@ -1362,7 +1387,7 @@ class Gallery:
 
     def _remove_stray_files(self) -> None:
         """Index files no manifest names: older generations, or a crash between write and commit."""
-        manifest = json.loads(self._meta("manifest") or "null")
+        manifest = self._manifest()
         keep = {entry["name"] for entry in manifest["files"]} if manifest else set()
         for path in self.root.iterdir():
             if INDEX_FILE.fullmatch(path.name) and path.name not in keep:
@@ -1427,7 +1452,7 @@ class Gallery:
             "SELECT id FROM embeddings WHERE length(vector) != ?", (4 * self.dim,)
         ):
             problems.append(f"embedding {embedding_id} has a vector of the wrong size")
-        manifest = json.loads(self._meta("manifest") or "null")
+        manifest = self._manifest()
         try:
             on_disk = self._read_index_files(manifest)
         except (GalleryError, _IndexVanished) as exc:
