@@ -4,6 +4,7 @@
     image = facekit.load_image("photo.jpg")
     faces = facekit.face_embeddings(image)            # [(Face, embedding), ...]
     facekit.compare(faces[0][1], other_embedding)     # cosine similarity, not a yes/no: verify() says that
+    facekit.compare(a, b) >= facekit.pipeline().threshold  # verify's yes/no (face_recognition's compare_faces)
     facekit.verify("a.jpg", "b.jpg")                  # {"same": bool, "similarity": ..., "threshold": ...}
 
     with facekit.Gallery.open("galleries/default") as gallery:
@@ -123,6 +124,7 @@ def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndar
 
 def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = None) -> dict:
     """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}."""
+    check_threshold(threshold)
     found = []
     for image, which in ((image_a, "first"), (image_b, "second")):
         name = str(image) if isinstance(image, (str, os.PathLike)) else f"the {which} image"
@@ -141,6 +143,8 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     gallery is a facekit.Gallery (or None): open a path with facekit.Gallery.open(path, create=False)."""
     from facekit.recognition import identify_image
 
+    check_threshold(threshold)
+    check_top_k(top_k)
     if gallery is not None:
         _check_gallery(gallery)
     faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as before
@@ -218,6 +222,19 @@ def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
     if len(found.faces) > 1:  # a group photo's largest face may not be the one meant
         warnings.warn(f"{name}: {len(found.faces)} faces, used the largest", FacekitWarning, stacklevel=3)
     return found.faces[0], pipeline().embed_found(image, found)
+
+
+def check_threshold(threshold: float | None, name: str = "threshold") -> None:
+    """A cosine similarity: beyond [-1, 1] (or nan) every face would silently be unknown, or every pair the same.
+    One check for the CLI too, given its option's name ("--threshold")."""
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"{name} is a cosine similarity, between -1 and 1, not {threshold}")
+
+
+def check_top_k(top_k: int, name: str = "top_k") -> None:
+    """Fewer than one candidate is no list: a negative top_k cut candidates off the end."""
+    if top_k < 1:
+        raise ValueError(f"{name} must be at least 1")
 
 
 def _check_gallery(gallery: object) -> None:

@@ -67,6 +67,15 @@ HAAR_SIZE_SLACK = 1.25
 
 @dataclass
 class Face:
+    """One face found in an image.
+
+    box: (x, y, width, height) in pixels of the image given (a file or PIL image as turned upright by its EXIF
+    orientation), (x, y) its top-left corner; not clipped to the image.
+    score: the detector's confidence, 0 to 1.
+    landmarks: (5, 2) float32 array of (x, y) points in the same pixels: left eye, right eye (left and right as
+    seen in the image), nose, left and right mouth corner.
+    """
+
     box: tuple[float, float, float, float]  # x, y, w, h in original image pixels
     score: float
     landmarks: np.ndarray  # (5, 2) float32: left eye, right eye, nose, left and right mouth corner
@@ -91,7 +100,10 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 BGR image, got shape {image.shape}")
+        # Four channels are not taken as BGRA: an array does not say its channel order, and PIL's RGBA is the other.
+        hint = ("; drop the alpha channel (arr[..., :3] of BGRA, arr[..., 2::-1] of RGBA as PIL gives it), or pass "
+                "the PIL image, which facekit converts by its mode" if image.ndim == 3 and image.shape[2] == 4 else "")
+        raise ValueError(f"expected an HxWx3 BGR image, got shape {image.shape}{hint}")
     return image
 
 

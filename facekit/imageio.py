@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -60,9 +61,23 @@ _silence_pillow_libtiff()
 logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as an HxWx3 uint8 BGR array, upright according to its EXIF orientation."""
-    return decode_image(read_image_file(path, max_pixels), name=str(path), max_pixels=max_pixels)
+def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file, by its path or from a file object opened in binary mode, as an HxWx3 uint8 BGR array,
+    upright according to its EXIF orientation."""
+    if isinstance(path, (str, os.PathLike)):
+        return decode_image(read_image_file(path, max_pixels), name=str(path), max_pixels=max_pixels)
+    if isinstance(path, io.TextIOBase) or not hasattr(path, "read"):
+        raise TypeError(f"load_image takes a file's path or a file object opened in binary mode ('rb'), not "
+                        f"{type(path).__name__}")
+    name = path.name if isinstance(getattr(path, "name", None), str) else "<file object>"
+    limit = _file_size_limit(max_pixels)
+    try:
+        data = path.read(limit + 1)  # a stream's size is not known before it is read
+    except OSError as error:
+        raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ImageError(f"file too large for an image: over {limit / 1e6:.0f} MB: {name}")
+    return decode_image(data, name=name, max_pixels=max_pixels)
 
 
 def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
@@ -77,14 +92,19 @@ def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
         raise ImageError(f"cannot read {path}: {error.strerror or error}") from None
     if not path.is_file():
         raise ImageError(f"not a file: {path}")
-    # A smaller pixel limit is the header's to enforce: it says the image's size, where this can only guess.
-    limit = max(max_pixels, DEFAULT_MAX_PIXELS) * MAX_BYTES_PER_PIXEL
+    limit = _file_size_limit(max_pixels)
     if size > limit:
         raise ImageError(f"file too large for an image: {size / 1e6:.0f} MB (limit {limit / 1e6:.0f} MB): {path}")
     try:
         return path.read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _file_size_limit(max_pixels: int) -> int:
+    """The most bytes an image file within max_pixels can need."""
+    # A smaller pixel limit is the header's to enforce: it says the image's size, where this can only guess.
+    return max(max_pixels, DEFAULT_MAX_PIXELS) * MAX_BYTES_PER_PIXEL
 
 
 def header_fits(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:

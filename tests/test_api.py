@@ -175,8 +175,8 @@ def test_identify_gives_each_face_the_threshold_it_was_decided_by(tmp_path, astr
         [face] = facekit.identify(grace_hopper_bgr, gallery)
         assert face["identity"] is None and face["similarity"] == face["candidates"][0]["similarity"] < 0.5
         assert face["threshold"] == facekit.pipeline().identify_threshold_for(1)
-        [face] = facekit.identify(grace_hopper_bgr, gallery, threshold=-1.0, top_k=0)
-        assert (face["identity"], face["candidates"], face["threshold"]) == ("eileen_collins", [], -1.0)
+        [face] = facekit.identify(grace_hopper_bgr, gallery, threshold=-1.0, top_k=1)
+        assert (face["identity"], len(face["candidates"]), face["threshold"]) == ("eileen_collins", 1, -1.0)
         assert isinstance(face["similarity"], float)
 
 
@@ -298,3 +298,45 @@ def test_verify_and_add_face_warn_when_an_image_holds_several_faces(tmp_path, as
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         facekit.verify(astronaut_bgr, astronaut_bgr)
+
+
+def test_a_four_channel_array_is_refused_with_how_to_drop_its_alpha(astronaut_bgr):
+    rgb = astronaut_bgr[:, :, ::-1]
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])  # np.asarray of an RGBA PNG opened with PIL
+    with pytest.raises(ValueError, match=r"^expected an HxWx3 BGR image, got shape \(512, 512, 4\); drop the alpha "
+                                         r"channel \(arr\[\.\.\., :3\] of BGRA, arr\[\.\.\., 2::-1\] of RGBA"):
+        facekit.face_embeddings(rgba)
+    expected = facekit.face_embeddings(astronaut_bgr)[0][1]
+    assert np.array_equal(facekit.face_embeddings(rgba[..., 2::-1])[0][1], expected)  # the hint's remedy works
+    assert np.array_equal(facekit.face_embeddings(Image.fromarray(rgba))[0][1], expected)
+
+
+def test_verify_and_identify_refuse_a_threshold_or_top_k_the_cli_refuses(tmp_path, astronaut_bgr):
+    for threshold in (55, 1.5, -1.01, float("nan")):
+        with pytest.raises(ValueError, match=rf"^threshold is a cosine similarity, between -1 and 1, not {threshold}$"):
+            facekit.verify(astronaut_bgr, astronaut_bgr, threshold=threshold)
+        with pytest.raises(ValueError, match=rf"^threshold is a cosine similarity, between -1 and 1, not {threshold}$"):
+            facekit.identify(astronaut_bgr, None, threshold=threshold)
+    for top_k in (0, -1):
+        with pytest.raises(ValueError, match=r"^top_k must be at least 1$"):
+            facekit.identify(astronaut_bgr, None, top_k=top_k)
+    assert facekit.verify(astronaut_bgr, astronaut_bgr, threshold=1.0)["threshold"] == 1.0
+    # The module docstring's compare_faces: compare against the pipeline's threshold, as verify decides.
+    mirrored = np.ascontiguousarray(astronaut_bgr[:, ::-1])
+    result = facekit.verify(astronaut_bgr, mirrored)
+    same = facekit.compare(facekit.face_embeddings(astronaut_bgr)[0][1],
+                           facekit.face_embeddings(mirrored)[0][1]) >= facekit.pipeline().threshold
+    assert result["same"] is True and same == result["same"] and result["threshold"] == facekit.pipeline().threshold
+
+
+def test_help_on_face_gives_the_box_format_and_the_landmark_order_the_detector_gives(astronaut_bgr):
+    doc = " ".join(facekit.Face.__doc__.split())  # as help() shows it, less its line breaks
+    assert "(x, y, width, height) in pixels of the image given" in doc
+    assert "left eye, right eye (left and right as seen in the image), nose, left and right mouth corner" in doc
+    [face] = facekit.detect_faces(astronaut_bgr)
+    left_eye, right_eye, nose, left_mouth, right_mouth = face.landmarks
+    x, y, width, height = face.box
+    assert left_eye[0] < nose[0] < right_eye[0] and left_mouth[0] < right_mouth[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
+    assert all(x < px < x + width and y < py < y + height for px, py in face.landmarks)
+    assert 0 <= face.score <= 1

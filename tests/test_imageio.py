@@ -496,3 +496,29 @@ def test_header_fits_reads_the_size_without_decoding(grace_hopper_path):
     assert not header_fits(b"") and not header_fits(b"not an image at all")
     ok, encoded = cv2.imencode(".png", np.zeros((8000, 8000), np.uint8))  # 64 megapixels in a small file
     assert ok and len(encoded) < 1_000_000 and not header_fits(encoded.tobytes())
+
+
+def test_a_binary_file_object_loads_as_its_file_does(grace_hopper_path: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib's get_sample_data gives an open file, as face_recognition's load_image_file takes one."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        np.testing.assert_array_equal(load_image(handle), load_image(grace_hopper_path))
+    with pytest.raises(ImageError, match=r"^not an image: <file object>$"):
+        load_image(io.BytesIO(b"hello"))
+    (tmp_path / "notes.jpg").write_text("hello")
+    with open(tmp_path / "notes.jpg", "rb") as handle, pytest.raises(ImageError, match=r"^not an image: .*notes.jpg$"):
+        load_image(handle)
+    with open(tmp_path / "notes.jpg") as handle, pytest.raises(
+            TypeError, match=r"^load_image takes a file's path or a file object opened in binary mode \('rb'\), not "
+                             r"TextIOWrapper$"):
+        load_image(handle)
+    with pytest.raises(TypeError, match=r"opened in binary mode \('rb'\), not list$"):
+        load_image([grace_hopper_path])
+    # As a file larger than any image is refused, and the stream is read no further than that tells.
+    monkeypatch.setattr(imageio, "_file_size_limit", lambda max_pixels: 1000)
+    stream = io.BytesIO(grace_hopper_path.read_bytes())
+    with pytest.raises(ImageError, match=r"^file too large for an image: "):
+        load_image(stream)
+    assert stream.tell() == 1001
