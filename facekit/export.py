@@ -53,9 +53,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def weights_base(weights: str | os.PathLike | None) -> Path:
     """The <base> of <base>.safetensors and its card <base>.json: the path given, less either suffix."""
-    from facekit.representation import DEFAULT_MODEL
+    from facekit.representation import weights_or_default
 
-    base = Path(weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL)
+    base = Path(weights_or_default(weights))
     return base.with_suffix("") if base.suffix in {".safetensors", ".json"} else base
 
 
@@ -331,7 +331,7 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
     detector and its largest face is aligned, the same way the pipeline would.
     """
     from facekit.alignment import align_face
-    from facekit.imageio import DEFAULT_MAX_PIXELS, MAX_BYTES_PER_PIXEL, ImageError, decode_image, load_image
+    from facekit.imageio import DEFAULT_MAX_PIXELS, ImageError, _file_size_limit, decode_image, load_image
 
     if count < 1:  # else the loop below never stops early and quantisation takes every image found
         raise ValueError(f"the calibration crop count must be at least 1, not {count}")
@@ -356,7 +356,7 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
                 else:
                     if path not in archives:
                         archives[path] = stack.enter_context(zipfile.ZipFile(path))
-                    if archives[path].getinfo(member).file_size > DEFAULT_MAX_PIXELS * MAX_BYTES_PER_PIXEL:
+                    if archives[path].getinfo(member).file_size > _file_size_limit(DEFAULT_MAX_PIXELS):
                         continue
                     image = decode_image(archives[path].read(member), name=f"{path}:{member}")
             except (ImageError, zipfile.BadZipFile):  # BadZipFile: a member whose data fails its checksum
@@ -536,6 +536,13 @@ def cached_model(weights: str | os.PathLike | None = None, int8: bool = False) -
         raise FileNotFoundError(
             f"no int8 model for these weights in {path.parent}; make one with "
             "`facekit export onnx --int8 --calibration CROPS_OR_PHOTOS --cache`")
+    # Said before export_onnx can say "exporting weights to ONNX needs PyTorch": embedding asked for no export.
+    from facekit.representation import require_torch
+
+    shipped, weights_file = beside(weights, ".onnx"), beside(weights, ".safetensors")
+    why = (f"{shipped} is not an export of {weights_file}" if shipped.is_file()
+           else f"{weights_file} has no ONNX file beside it ({shipped})")
+    require_torch(f"{why}, and making one")
     try:
         export_onnx(weights, path)
     except OSError as exc:

@@ -46,7 +46,9 @@ class ModelWarning(FacekitWarning):
     """The model could not be used as asked, or its card lacks a value, and facekit stood in for it."""
 
 
-TORCH_EXTRA = "pip install 'facekit[train]'"
+# torch itself, not a facekit extra: PyPI's `facekit` is another project, and a bare torch is GBs of CUDA on Linux.
+TORCH_EXTRA = ("pip install torch --index-url https://download.pytorch.org/whl/cpu "
+               "(the CPU build; or, in a clone, pip install -e '.[train]')")
 
 
 def require_torch(purpose: str):
@@ -61,6 +63,11 @@ def require_torch(purpose: str):
         raise ModuleNotFoundError(f"{purpose} needs PyTorch, which is not installed: {TORCH_EXTRA}",
                                   name="torch") from None
     return torch
+
+
+def weights_or_default(weights: str | os.PathLike | None) -> str | os.PathLike:
+    """The embedding weights to use: those given, else $FACEKIT_WEIGHTS, else the shipped model."""
+    return weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL
 
 
 def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNetV2, dict]:
@@ -182,7 +189,7 @@ class Embedder:
                  threads: int | None = None, batch_size: int = 64, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown embedder backend: {backend!r} (choose one of {', '.join(BACKENDS)})")
-        weights = weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL
+        weights = weights_or_default(weights)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size

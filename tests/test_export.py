@@ -263,7 +263,27 @@ def test_enroll_and_identify_run_without_torch_installed(weights, cache, tmp_pat
     script = f"import sys; from facekit.cli import main; sys.exit(main(['train', {str(tmp_path)!r}]))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "error: facekit train needs PyTorch, which is not installed: pip install 'facekit[train]'"]
+        "error: facekit train needs PyTorch, which is not installed: pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu (the CPU build; or, in a clone, pip install -e '.[train]')"]
+
+
+def test_weights_without_their_onnx_file_say_why_identify_needs_torch(tiny, tmp_path, monkeypatch, capsys,
+                                                                       grace_hopper_bgr):
+    """identify asked for no export: its error says the ONNX file is missing or stale, not "exporting ... needs"."""
+    photo = tmp_path / "grace.jpg"
+    cv2.imwrite(str(photo), grace_hopper_bgr)
+    base = copy_model(tiny, tmp_path / "other")
+    monkeypatch.setenv("FACEKIT_CACHE", str(tmp_path / "cache"))  # no export of tiny made by an earlier test
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where torch is not installed
+    hint = "needs PyTorch, which is not installed: pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    command = ["identify", str(photo), "--weights", f"{base}.safetensors", "--gallery", str(tmp_path / "gallery")]
+    assert main(command) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {base}.safetensors has no ONNX file beside it ({base}.onnx), and making one {hint}")
+    Path(f"{base}.onnx").write_bytes(b"not a model")  # damaged, or exported from other weights: no use either way
+    assert main(command) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {base}.onnx is not an export of {base}.safetensors, and making one {hint}")
 
 
 def test_int8_needs_calibration_data(weights, capsys):

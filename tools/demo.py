@@ -20,8 +20,15 @@ import numpy as np
 
 
 def bundled_photos() -> dict[str, np.ndarray]:
-    from matplotlib import cbook
-    from skimage import data
+    try:
+        from matplotlib import cbook
+        from skimage import data
+    except ModuleNotFoundError as exc:  # the `demo` extra, which a plain install of facekit leaves out
+        module = (exc.name or "").split(".")[0]
+        package = {"skimage": "scikit-image"}.get(module, module)
+        raise ModuleNotFoundError(f"the demo's photos ship inside scikit-image and matplotlib, and {package} is not "
+                                  "installed: pip install -e '.[demo]' (in a clone) or pip install scikit-image "
+                                  "matplotlib", name=exc.name) from None
 
     grace = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     return {"Eileen Collins": np.ascontiguousarray(data.astronaut()[:, :, ::-1]), "Grace Hopper": grace}
