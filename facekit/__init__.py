@@ -147,7 +147,7 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     check_top_k(top_k)
     if gallery is not None:
         _check_gallery(gallery)
-    faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as before
+    faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as with an empty one
     threshold = pipeline().identify_threshold_for(faces_enrolled) if threshold is None else threshold
     results = identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
     for face in results:
@@ -180,13 +180,12 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
 
     from facekit.datastore import clean_identity
     from facekit.imageio import decode_image, read_image_file
+    from facekit.recognition import recorded_path
 
     _check_gallery(gallery)
     _check_size(gallery)
     if isinstance(image, (str, os.PathLike)):  # read once: the hash recorded is that of the bytes embedded
-        # Absolute, so that the path still names the photo from another folder; abspath, not resolve, keeps a
-        # symlink as the user named it.
-        name, source, data = str(image), os.path.abspath(image), read_image_file(image)
+        name, data, source = str(image), read_image_file(image), recorded_path(image)
         array = decode_image(data, name=name)
     elif isinstance(image, (bytes, bytearray, memoryview)):  # hashed as its file would be, so a copy is one photo
         name, source, data = "the image", "<bytes>", bytes(image)

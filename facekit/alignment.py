@@ -14,7 +14,7 @@ CROP_SIZE = 112
 # Five points closer together than this cannot fix a scale: the warp would blow one pixel up into the whole crop.
 MIN_LANDMARK_SPREAD = 2.0
 # The warp matrix is float32, which cannot place a point farther out than this to the nearest pixel; no image facekit
-# loads comes near it, so such landmarks are nonsense (1e30 gave a crop of the image's border colour).
+# loads comes near it, so such landmarks are nonsense (1e30 gives a crop of the image's border colour).
 MAX_LANDMARK_COORDINATE = 2.0**24
 # cv2.warpAffine refuses a source image this wide or tall (SHRT_MAX), though a 40 MP panorama is within the pixel limit.
 WARP_MAX_SIDE = 32767
@@ -69,7 +69,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) 
         raise ValueError(problem)
     scale = size / CROP_SIZE
     # Scaled about the crop's outer corner, (-0.5, -0.5) with pixel centres at whole numbers, as cv2.resize scales:
-    # about (0, 0) a 224 crop framed the face half a pixel off the 112 one. At 112 the template is exactly as it was.
+    # about (0, 0) a 224 crop would frame the face half a pixel off the 112 one. At 112 the template is unchanged.
     template = TEMPLATE_112 * scale + (scale - 1) / 2
     matrix = similarity_transform(landmarks, template)
     if max(image.shape[:2]) >= WARP_MAX_SIDE:

@@ -63,8 +63,9 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
     unknown one are two dark greys that cannot be told apart."""
     canvas = _bgr_copy(image)
     if fps is not None:
-        # Sized to the frame (0.7 at 640 px, as before) and outlined, to be read on a 4K frame and a white wall;
-        # drawn first, so that a face's label near the corner covers it rather than the other way round.
+        # Sized to the frame (about 0.7 at 640 px, the scale the origin's 8 and 24 px are given for) and outlined,
+        # to be read on a 4K frame and a white wall; drawn first, so that a face's label near the corner covers it
+        # rather than the other way round.
         scale = max(0.4, max(canvas.shape[:2]) / 900)
         bold = max(2, round(scale * 2.8))
         origin = (round(8 * scale / 0.7), round(24 * scale / 0.7))

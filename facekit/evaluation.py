@@ -151,10 +151,8 @@ def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list
     return pairs
 
 
-def _accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float, failed: np.ndarray | None = None) -> float:
-    correct = (scores >= threshold) == same
-    if failed is not None:
-        correct &= ~failed
+def _accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float, failed: np.ndarray) -> float:
+    correct = ((scores >= threshold) == same) & ~failed
     return float(correct.mean())
 
 

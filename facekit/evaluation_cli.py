@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{result['gallery_images_without_face']} with a face not found, "
                   f"{result['gallery_images_unreadable']} unreadable)")
     if args.plot:
-        # After the results: a plot that fails now (a folder removed meanwhile) no longer loses the evaluation.
+        # Plotted after the results are printed: a plot that fails (its folder removed meanwhile) costs only the plot.
         sys.stdout.flush()
         try:
             plot_roc(scores, same, args.plot)
@@ -208,7 +208,7 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
             identity = clean_identity(row["identity"])
         except GalleryError as exc:
             raise CliError(f"{probes_file}: line {line}: {exc}") from exc
-        # Rank-k is closed-set: a person the gallery lacks (or misspelt) was a miss at every rank, unannounced.
+        # Rank-k is closed-set: a person the gallery lacks (or misspelt) would be a miss at every rank, unannounced.
         if identity not in people:
             raise CliError(f"{probes_file}: line {line}: {identity!r} has no folder in {args.gallery_dir}")
         probes.append((str(root / row["path"].strip()), identity))

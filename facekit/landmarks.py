@@ -161,7 +161,8 @@ class LandmarkPredictor:
         # Averaging with the mirrored crop cancels much of the left/right bias for a second tiny forward pass.
         self.flip_test = flip_test
         # Trained on aligned crops, the net places points on real photos with a steady offset (eyes too far
-        # apart, mouth too low); the card holds that offset as measured on photos, in face-frame units.
+        # apart, mouth too low); the card holds that offset as measured on photos, in eye distances along and
+        # across the eye line (remove_bias turns and scales it to each face).
         calibration = card.get("bias_correction", {}).get("offsets") if correct_bias else None
         self.bias = np.asarray(calibration if calibration is not None else np.zeros((5, 2)), np.float32)
 

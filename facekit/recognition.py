@@ -441,7 +441,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             warning = (f"{item.path}: the same photo is enrolled as {holder}; not added to {identity} "
                        "(`facekit gallery remove-photo` takes it out of the gallery)")
             report.warnings.append(warning)
-            enrolled_as_another[printable_path(os.path.abspath(item.path))] = warning
+            enrolled_as_another[recorded_path(item.path)] = warning
         return True
 
     def flush() -> None:
@@ -458,9 +458,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             for (identity, item, face, _), embedding in zip(pending, embeddings):
                 if already_enrolled(item, identity):  # the same file may sit twice in one batch
                     continue
-                # Absolute, so that the path still names the photo from another folder; abspath, not resolve, keeps
-                # a symlink as the user named it.
-                gallery.add(identity, embedding[None], [{"path": os.path.abspath(item.path), "sha256": item.sha256,
+                gallery.add(identity, embedding[None], [{"path": recorded_path(item.path), "sha256": item.sha256,
                                                          "box": [float(v) for v in face.box]}])
                 report.enrolled += 1
         pending.clear()
@@ -471,7 +469,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
             bar.update(1)
             report.images += 1
             if item.sha256:
-                hashed[printable_path(os.path.abspath(item.path))] = item.sha256
+                hashed[recorded_path(item.path)] = item.sha256
             if item.error:
                 report.skipped.append((item.path, item.error))
                 continue
@@ -492,7 +490,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 flush()
         flush()
     if sync:
-        listed = {printable_path(os.path.abspath(path)): identity for identity, path in pairs}
+        listed = {recorded_path(path): identity for identity, path in pairs}
         # os.walk's error (see collect_people): under such a folder a photo's absence says nothing.
         unlisted = [path for path, reason in skipped if reason.startswith("cannot read folder")]
         report.removed, moved = _sync_photos(gallery, people_dir, listed, hashed, unlisted,
@@ -504,10 +502,16 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     return report
 
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """A photo's path as the gallery records it: absolute, so that it still names the photo from another folder
+    (abspath, not resolve, keeps a symlink as the user named it), and printable (printable_path)."""
+    return printable_path(os.path.abspath(path))
+
+
 def _recorded_prefix(folder: str | os.PathLike) -> str:
-    """What the paths enroll records under folder start with: absolute (symlinks as named), printable, and ending
-    in a separator, so that a sibling folder whose name starts with folder's is not taken for it."""
-    return os.path.join(printable_path(os.path.abspath(folder)), "")
+    """What the paths enroll records under folder start with: folder's recorded_path, ending in a separator, so
+    that a sibling folder whose name starts with folder's is not taken for it."""
+    return os.path.join(recorded_path(folder), "")
 
 
 def _person_folder(inside: str, path: str) -> str:
@@ -532,7 +536,7 @@ def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
             holders.setdefault(_person_folder(inside, photo["path"]), set()).add(photo["identity"])
     followed = []
     for identity, path in pairs:
-        holder = holders.get(_person_folder(inside, printable_path(os.path.abspath(path))), set())
+        holder = holders.get(_person_folder(inside, recorded_path(path)), set())
         followed.append((next(iter(holder)) if identity not in enrolled and len(holder) == 1 else identity, path))
     return followed
 
