@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -84,7 +84,6 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint.pt or released .safetensors to fine-tune, with a fresh schedule
     average_from: float | None = None  # ship the mean of the weights after each step from this fraction on
     device: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _distributed(device: torch.device) -> tuple[int, int, int]:
@@ -173,7 +172,7 @@ def cpu_has_native_bf16() -> bool:
     return not checks or any(check() for check in checks)
 
 
-def _lr_at(progress: float, config: TrainConfig, step_share: float = 0.0) -> float:
+def _lr_at(progress: float, config: TrainConfig, step_share: float) -> float:
     """The rate of the step that starts at progress and takes step_share of the run. Warm-up follows the progress
     at the step's end, so step k of W runs at (k + 1) / W of the rate: the first step, at 0, would learn nothing."""
     if progress < config.warmup_fraction:
@@ -422,6 +421,114 @@ def _training_device(name: str | None) -> torch.device:
     return device
 
 
+def _teacher_targets(config: TrainConfig, num_crops: int,
+                     device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
+    """The teacher's centred targets for DistillationLoss and its raw ones for the relational loss, each None where
+    its loss is off, and the number of crops with a target (None where no teacher is loaded)."""
+    if not (config.teacher and (config.distill_weight > 0 or config.relation_weight > 0)):
+        return None, None, None
+    centred, raw = load_teacher(config.teacher, num_crops)
+    teacher = centred.to(device) if config.distill_weight > 0 else None
+    teacher_raw = raw.to(device) if config.relation_weight > 0 else None
+    loaded = teacher if teacher is not None else teacher_raw
+    return teacher, teacher_raw, int(torch.isfinite(loaded[:, 0]).sum())
+
+
+def _init_from(config: TrainConfig, model: torch.nn.Module, margin_loss: CombinedMarginLoss, crops: CropSet,
+               images: torch.Tensor, labels: torch.Tensor, device: torch.device, use_bf16: bool) -> None:
+    """Weights and class centres from --init-from only: the new run gets its own schedule, steps and clock."""
+    if config.init_from.endswith(".safetensors"):
+        _load_released_weights(model, config.init_from, model.config)
+        # A released model has no class centres: each identity's starts at its mean embedding, so
+        # ArcFace does not begin by tearing the trained embedding apart to fit random centres.
+        centres = imprinted_centres(model, config.init_from, crops, images, labels, device, use_bf16,
+                                    config.cache_dir)
+        margin_loss.weight.data.copy_(centres)
+    else:
+        state = _read_checkpoint(config.init_from, device)
+        with _fits(config.init_from, "--init-from a run of the same architecture on the same identities"):
+            model.load_state_dict(shipped_weights(state))  # what that run released, its mean if it kept one
+            margin_loss.load_state_dict(state["margin_loss"])
+
+
+def _resume(path: Path, device: torch.device, model: torch.nn.Module, margin_loss: CombinedMarginLoss,
+            distill: DistillationLoss | None, optimizer: torch.optim.Optimizer,
+            averaged: torch.optim.swa_utils.AveragedModel | None) -> tuple[int, float, dict]:
+    """Loads a run's checkpoint into its modules and optimizer; returns the step and the seconds it was written at,
+    and the checkpoint itself, which holds the generator states (_saved_rng_state)."""
+    state = _read_checkpoint(path, device)
+    with _fits(path, "--no-resume to start afresh there, or another --output"):
+        model.load_state_dict(state["model"])
+        margin_loss.load_state_dict(state["margin_loss"])
+        if distill is not None and "distill" in state:
+            distill.load_state_dict(state["distill"])
+        optimizer.load_state_dict(state["optimizer"])
+        if averaged is not None and "averaged" in state:
+            averaged.load_state_dict(state["averaged"])
+        return int(state["step"]), float(state["elapsed"]), state
+
+
+class _Clock:
+    """How far a run has got, from 0 to 1: through its time budget (--minutes) where it has one, else its steps."""
+
+    def __init__(self, config: TrainConfig, num_crops: int, elapsed_before: float, device: torch.device,
+                 world: int) -> None:
+        self.budget_s = config.minutes * 60 if config.minutes else None
+        self.total_steps = int(config.epochs * max(1, num_crops // config.batch_size))
+        self.warmup_fraction = config.warmup_fraction
+        self.elapsed_before, self.device, self.world = elapsed_before, device, world
+        self.start = time.time()
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Seconds of training, the runs this one resumes included."""
+        return self.elapsed_before + (time.time() if now is None else now) - self.start
+
+    def progress(self, step: int) -> float:
+        if not self.budget_s:
+            return min(1.0, step / max(1, self.total_steps))
+        elapsed = self.elapsed()
+        if self.world > 1:
+            # Every process must stop at the same step (a lone extra step waits forever for its peers)
+            # and use the same learning rate, so all follow rank 0's clock.
+            shared = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, 0)
+            elapsed = float(shared.item())
+        return min(1.0, elapsed / self.budget_s)
+
+    def step_share(self, step: int, fraction: float) -> float:
+        """The share of the run the step that started at fraction takes, for _lr_at's warm-up. Under a time budget
+        it is known once the step is computed (so the rate is set just before the update), and asked for in warm-up
+        alone: progress() is a collective under DDP, and every process is in warm-up at the same steps."""
+        if not self.budget_s:
+            return 1.0 / max(1, self.total_steps)
+        return self.progress(step) - fraction if fraction < self.warmup_fraction else 0.0
+
+
+def _batch_losses(config: TrainConfig, raw: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                  margin_scale: float, margin_loss: CombinedMarginLoss, distill: DistillationLoss | None,
+                  teacher: torch.Tensor | None, teacher_raw: torch.Tensor | None,
+                  every_crop_has_a_target: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each loss on a batch's float32 embeddings (before normalisation), 0 where it is off, and their weighted sum.
+    index: the batch's rows of the crops, and of the teacher's targets."""
+    parts = {name: torch.zeros((), device=raw.device) for name in ("arcface", "triplet", "distill", "relation")}
+    if config.arcface_weight > 0:
+        parts["arcface"] = margin_loss(raw, labels, margin_scale)
+    if config.triplet_weight > 0:
+        parts["triplet"] = triplet_loss(raw, labels, config.triplet_margin, config.triplet_mining)
+    if distill is not None:
+        target = teacher[index.to(teacher.device)]
+        known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
+        if every_crop_has_a_target or known.any():
+            parts["distill"] = distill(raw[known], target[known])
+    if teacher_raw is not None:
+        target = teacher_raw[index.to(teacher_raw.device)]
+        known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
+        parts["relation"] = relational_distillation_loss(raw[known], target[known], config.relation_closest)
+    loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
+            + config.distill_weight * parts["distill"] + config.relation_weight * parts["relation"])
+    return parts, loss
+
+
 def train(config: TrainConfig) -> dict:
     _check_config(config)
     device = _training_device(config.device)
@@ -452,21 +559,14 @@ def train(config: TrainConfig) -> dict:
     labels = torch.from_numpy(crops.labels)
     if on_gpu:
         images, labels = images.to(device), labels.to(device)
-    teacher, teacher_raw = None, None  # centred targets for DistillationLoss, raw ones for the relational loss
-    if config.teacher and (config.distill_weight > 0 or config.relation_weight > 0):
-        centred, raw = load_teacher(config.teacher, len(images))
-        teacher = centred.to(device) if config.distill_weight > 0 else None
-        teacher_raw = raw.to(device) if config.relation_weight > 0 else None
-    loaded_teacher = teacher if teacher is not None else teacher_raw
-    teacher_targets = int(torch.isfinite(loaded_teacher[:, 0]).sum()) if loaded_teacher is not None else 0
-    if loaded_teacher is not None and is_main:
+    teacher, teacher_raw, teacher_targets = _teacher_targets(config, len(images), device)
+    if teacher_targets is not None and is_main:
         print(f"teacher targets for {teacher_targets} of {len(images)} crops")
     # A finished teacher run has a target for every crop (the centred table, counted where both are loaded, lacks
     # every row the raw one lacks). Then no batch needs its crops without one left out: a boolean mask, and asking
     # whether it holds any, would make the CPU wait for the GPU at every step.
     every_crop_has_a_target = teacher_targets == len(images)
 
-    model_config = ModelConfig(width=config.width, blocks=tuple(config.blocks), embedding_size=config.embedding_size)
     model = build_model(config.width, config.blocks, config.embedding_size).to(device)
     model = model.to(memory_format=torch.channels_last)
     margin_loss = CombinedMarginLoss(config.embedding_size, crops.num_classes, s=config.arcface_s,
@@ -481,19 +581,7 @@ def train(config: TrainConfig) -> dict:
     step, elapsed_before, state = 0, 0.0, {}
     checkpoint_path = output / "checkpoint.pt"
     if config.init_from and not (config.resume and checkpoint_path.exists()):
-        # Weights and class centres only: the new run gets its own schedule, steps and clock.
-        if config.init_from.endswith(".safetensors"):
-            _load_released_weights(model, config.init_from, model_config)
-            # A released model has no class centres: each identity's starts at its mean embedding, so
-            # ArcFace does not begin by tearing the trained embedding apart to fit random centres.
-            centres = imprinted_centres(model, config.init_from, crops, images, labels, device, use_bf16,
-                                        config.cache_dir)
-            margin_loss.weight.data.copy_(centres)
-        else:
-            state = _read_checkpoint(config.init_from, device)
-            with _fits(config.init_from, "--init-from a run of the same architecture on the same identities"):
-                model.load_state_dict(shipped_weights(state))  # what that run released, its mean if it kept one
-                margin_loss.load_state_dict(state["margin_loss"])
+        _init_from(config, model, margin_loss, crops, images, labels, device, use_bf16)
         if is_main:
             print(f"initialised from {config.init_from}")
     # The tail of the schedule wanders around a minimum; the mean of the weights along it (stochastic weight
@@ -505,16 +593,8 @@ def train(config: TrainConfig) -> dict:
         averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True,
                                                        avg_fn=torch.optim.swa_utils.get_swa_avg_fn())
     if config.resume and checkpoint_path.exists():
-        state = _read_checkpoint(checkpoint_path, device)
-        with _fits(checkpoint_path, "--no-resume to start afresh there, or another --output"):
-            model.load_state_dict(state["model"])
-            margin_loss.load_state_dict(state["margin_loss"])
-            if distill is not None and "distill" in state:
-                distill.load_state_dict(state["distill"])
-            optimizer.load_state_dict(state["optimizer"])
-            if averaged is not None and "averaged" in state:
-                averaged.load_state_dict(state["averaged"])
-            step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        step, elapsed_before, state = _resume(checkpoint_path, device, model, margin_loss, distill, optimizer,
+                                              averaged)
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
 
@@ -542,31 +622,8 @@ def train(config: TrainConfig) -> dict:
         torch.set_rng_state(saved_rng["torch_rng"].cpu())
         if on_gpu and "cuda_rng" in saved_rng:
             torch.cuda.set_rng_state(saved_rng["cuda_rng"].cpu(), device)
-    steps_per_epoch = max(1, len(images) // config.batch_size)
-    total_steps = int(config.epochs * steps_per_epoch)
-    budget_s = config.minutes * 60 if config.minutes else None
     callback = (VerificationCallback(config.val_pairs, config.val_root, device)
                 if is_main and config.val_pairs and config.val_root else None)
-
-    def progress() -> float:
-        if not budget_s:
-            return min(1.0, step / max(1, total_steps))
-        elapsed = elapsed_before + time.time() - start
-        if world > 1:
-            # Every process must stop at the same step (a lone extra step waits forever for its peers)
-            # and use the same learning rate, so all follow rank 0's clock.
-            clock = torch.tensor([elapsed], dtype=torch.float64, device=device)
-            dist.broadcast(clock, 0)
-            elapsed = float(clock.item())
-        return min(1.0, elapsed / budget_s)
-
-    def step_share() -> float:
-        """The share of the run this step takes, for _lr_at's warm-up. Under a time budget it is known once the
-        step is computed (so the rate is set just before the update), and asked for in warm-up alone: progress()
-        is a collective under DDP, and every process is in warm-up at the same steps."""
-        if not budget_s:
-            return 1.0 / max(1, total_steps)
-        return progress() - fraction if fraction < config.warmup_fraction else 0.0
 
     # Whether every step's loss so far was finite. It stays on the device, and is read only on log and checkpoint
     # steps: reading it back waits for the device's queue.
@@ -593,8 +650,7 @@ def train(config: TrainConfig) -> dict:
         if not is_main:
             return
         state = {"model": model.state_dict(), "margin_loss": margin_loss.state_dict(),
-                 "optimizer": optimizer.state_dict(), "step": step,
-                 "elapsed": elapsed_before + time.time() - start}
+                 "optimizer": optimizer.state_dict(), "step": step, "elapsed": clock.elapsed()}
         if distill is not None:
             state["distill"] = distill.state_dict()
         if averaged is not None:
@@ -613,12 +669,12 @@ def train(config: TrainConfig) -> dict:
     if config.compile:
         batch_rows = per_rank_batch // config.pk_k * config.pk_k if use_pk else per_rank_batch
         _compile_before_the_clock(forward, model, optimizer, batch_rows, device, use_bf16)
-    start = time.time()
+    clock = _Clock(config, len(images), elapsed_before, device, world)
     bar = tqdm(total=1000, desc="training", unit="‰", disable=not is_main)
     batches = iter(sampler)
     last_log, images_since_log = time.time(), 0
     latest_val: dict = {}
-    fraction = progress()
+    fraction = clock.progress(step)
     while fraction < 1.0:
         index = torch.from_numpy(next(batches))
         if on_gpu:  # from pinned memory the copy is queued; from pageable memory it waits for the GPU's queue
@@ -629,31 +685,15 @@ def train(config: TrainConfig) -> dict:
         margin_scale = min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction else 1.0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             raw = forward(x, normalize=False)
-        raw = raw.float()
-        parts = {"arcface": torch.zeros((), device=device), "triplet": torch.zeros((), device=device),
-                 "distill": torch.zeros((), device=device), "relation": torch.zeros((), device=device)}
-        if config.arcface_weight > 0:
-            parts["arcface"] = margin_loss(raw, batch_labels, margin_scale)
-        if config.triplet_weight > 0:
-            parts["triplet"] = triplet_loss(raw, batch_labels, config.triplet_margin, config.triplet_mining)
-        if distill is not None:
-            target = teacher[index.to(teacher.device)]
-            known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
-            if every_crop_has_a_target or known.any():
-                parts["distill"] = distill(raw[known], target[known])
-        if teacher_raw is not None:
-            target = teacher_raw[index.to(teacher_raw.device)]
-            known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
-            parts["relation"] = relational_distillation_loss(raw[known], target[known], config.relation_closest)
-        loss = (config.arcface_weight * parts["arcface"] + config.triplet_weight * parts["triplet"]
-                + config.distill_weight * parts["distill"] + config.relation_weight * parts["relation"])
+        parts, loss = _batch_losses(config, raw.float(), batch_labels, index, margin_scale, margin_loss, distill,
+                                    teacher, teacher_raw, every_crop_has_a_target)
         finite &= torch.isfinite(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
             _average_head_gradients(head_params, world)
         torch.nn.utils.clip_grad_norm_(params, 5.0)
-        lr = _lr_at(fraction, config, step_share())
+        lr = _lr_at(fraction, config, clock.step_share(step, fraction))
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
@@ -661,7 +701,7 @@ def train(config: TrainConfig) -> dict:
         images_since_log += len(index) * world
         if averaged is not None and fraction >= config.average_from:
             averaged.update_parameters(model)
-        fraction = progress()
+        fraction = clock.progress(step)
         if step % config.log_every == 0:
             stop_if_diverged(weights_too=False)
         bar.n = int(fraction * 1000)
@@ -674,7 +714,7 @@ def train(config: TrainConfig) -> dict:
                        f"+- {latest_val['accuracy_std']:.4f}, TAR@1e-3 {latest_val['tar_at_far_1e-3']:.3f}")
         if is_main and step % config.log_every == 0:
             now = time.time()
-            log.writerow([step, round(elapsed_before + now - start, 1), round(lr, 6), round(loss.item(), 4),
+            log.writerow([step, round(clock.elapsed(now), 1), round(lr, 6), round(loss.item(), 4),
                           round(parts["arcface"].item(), 4), round(parts["triplet"].item(), 4),
                           round(parts["distill"].item(), 4), round(images_since_log / (now - last_log), 1),
                           latest_val.get("accuracy", ""), round(parts["relation"].item(), 4)])
@@ -683,9 +723,9 @@ def train(config: TrainConfig) -> dict:
         if step % config.checkpoint_every == 0:
             save_checkpoint()
     bar.close()
-    result: dict = {"steps": step, "minutes": round((elapsed_before + time.time() - start) / 60, 1),
+    result: dict = {"steps": step, "minutes": round(clock.elapsed() / 60, 1),
                     "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
-    if loaded_teacher is not None:
+    if teacher_targets is not None:
         result["teacher_targets"] = teacher_targets
     if averaged is not None:
         result["steps_averaged"] = int(averaged.n_averaged)
@@ -700,7 +740,7 @@ def train(config: TrainConfig) -> dict:
             result["val"] = latest_val
         card = {"training": {**asdict(config), **result, "num_classes": crops.num_classes,
                              "num_images": len(images), "stages_before": earlier_stages(config.init_from)}}
-        save_weights(shipped.eval(), model_config, output / "model", card)
+        save_weights(shipped.eval(), model.config, output / "model", card)
         (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     log_file.close()
     if world > 1:
