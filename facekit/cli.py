@@ -64,7 +64,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="PATH", help="embedding model (.safetensors + .json card)")
     parser.add_argument("--min-face", type=int, metavar="PX",
                         help="smallest face width to find, in pixels; photos over 640 px are searched on a copy "
-                             "that large, so by default faces under about 1/30 of the longer side are missed; "
+                             "that large, so by default faces under 1/32 of the longer side are missed; "
                              "asking for smaller ones searches a larger copy, which takes longer (default: 20 "
                              "in a copy of at most 640 px)")
     parser.add_argument("--no-flip", action="store_true", help="skip mirror test-time augmentation (faster)")
@@ -191,9 +191,13 @@ def make_pipeline(args: argparse.Namespace):
 
 
 def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None):
-    from facekit.datastore import Gallery, default_gallery_path
+    from facekit.datastore import DB_NAME, Gallery, default_gallery_path
 
     path = default_gallery_path(args.gallery)
+    if not create and not (path / DB_NAME).exists():
+        # Often the first command a newcomer runs, before any enroll: say how a gallery is made, or found.
+        raise CliError(f"no gallery at {path} (no {DB_NAME} there): enroll people first with `facekit enroll "
+                       "PEOPLE_DIR`, or point --gallery (or $FACEKIT_GALLERY) at one")
     return Gallery.open(path, create=create, dim=dim)
 
 
@@ -214,9 +218,9 @@ def check_workers(workers: int) -> None:
 
 
 def check_threshold(threshold: float | None) -> None:
-    # A cosine similarity: beyond [-1, 1] (or nan) every face would silently be unknown, or every pair the same.
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise CliError(f"--threshold is a cosine similarity, between -1 and 1, not {threshold}")
+    from facekit import check_threshold as check
+
+    check(threshold, "--threshold")  # the API's check, so that both refuse the same values in the same words
 
 
 def csv_output(header: list[str]):
@@ -227,14 +231,23 @@ def csv_output(header: list[str]):
     return writer
 
 
+# What makes a spreadsheet take a cell for a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(cell: str) -> str:
+    """A text cell (a name, a path, an error) for --csv: one that a spreadsheet would run as a formula, such as an
+    identity renamed to =HYPERLINK(...), gets a leading ' so that it is shown instead. Never for numbers: a negative
+    similarity starts with '-' and must stay a number."""
+    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from facekit.recognition import collect_people, enroll
 
     check_workers(args.workers)
     people = Path(args.people_dir)
-    if not people.is_dir():
-        raise CliError(f"not a folder: {people}" if people.exists() else f"folder not found: {people}")
-    photos, skipped = collect_people(people)
+    photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
     if not photos:
         # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
         why = f"; skipped {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
@@ -285,12 +298,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from facekit import check_top_k
     from facekit.drawing import draw_results
     from facekit.imageio import IMAGE_EXTENSIONS
     from facekit.recognition import identify_image, iter_image_paths
 
-    if args.top_k < 1:
-        raise CliError("--top-k must be at least 1")
+    check_top_k(args.top_k, "--top-k")
     if args.annotate == "":
         raise CliError('--annotate is empty (an unset variable in "$VAR"?); give the folder for the annotated copies')
     check_threshold(args.threshold)
@@ -319,7 +332,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 if args.json:  # a record for every image, so that a reader of the stream knows which ones failed
                     print(json.dumps({"image": item.path, "error": item.error}), flush=True)
                 elif writer:
-                    writer.writerow([item.path, *[""] * 7, item.error])
+                    writer.writerow([csv_text(item.path), *[""] * 7, csv_text(item.error)])
                 continue
             processed += 1
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
@@ -341,15 +354,18 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 else:
                     annotated_copy = out
             if args.json:
-                print(json.dumps({"image": item.path, "faces": faces, **({"error": problem} if problem else {})}),
-                      flush=True)
+                # The copy's name is the tool's choice (numbered on a clash): a reader of the stream needs it.
+                print(json.dumps({"image": item.path, "faces": faces,
+                                  **({"annotated": str(annotated_copy)} if annotated_copy else {}),
+                                  **({"error": problem} if problem else {})}), flush=True)
             elif writer:
                 if not faces:
-                    writer.writerow([item.path, *[""] * 7, problem])
+                    writer.writerow([csv_text(item.path), *[""] * 7, csv_text(problem)])
                 for number, face in enumerate(faces):
                     # Empty, as JSON's null: "unknown" would read as the name of someone enrolled as unknown.
-                    writer.writerow([item.path, number, *face["box"], face["identity"] or "",
-                                     "" if face["similarity"] is None else face["similarity"], problem or ""])
+                    writer.writerow([csv_text(item.path), number, *face["box"], csv_text(face["identity"] or ""),
+                                     "" if face["similarity"] is None else face["similarity"],
+                                     csv_text(problem or "")])
             else:
                 print(f"{escape_control_characters(item.path)}: {counted(len(faces), 'face')}")
                 for face in faces:
@@ -423,10 +439,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     embeddings = []
     for path in (args.image_a, args.image_b):
         item = pipeline.load(path, expect_face=True)
-        if item.error:
-            raise CliError(item.error, EXIT_FAILED)
-        if not item.faces:
-            raise CliError(f"no face found in {path}", EXIT_FAILED)
+        problem = item.error or (None if item.faces else "no face found")
+        if problem:
+            if args.json:  # as identify --json's record for such an image: a reader of stdout learns which failed
+                print(json.dumps({"image": path, "error": problem}))
+            raise CliError(item.error or f"no face found in {path}", EXIT_FAILED)
         if item.found.warning:
             print(f"warning: {escape_control_characters(f'{path}: {item.found.warning}')}", file=sys.stderr)
         if len(item.faces) > 1:  # as enroll says it: a group photo's largest face may not be the one meant
@@ -450,7 +467,7 @@ def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps({**photo, "created": created}))
         elif writer:
-            writer.writerow([photo["identity"], created, photo["sha256"], photo["path"]])
+            writer.writerow([csv_text(photo["identity"]), created, photo["sha256"], csv_text(photo["path"])])
         else:
             print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {escape_control_characters(photo['path'])}")
 
@@ -507,6 +524,25 @@ def require_enrolled(gallery, name: str) -> None:
         raise CliError(f"not enrolled in {gallery.root}: {name}", EXIT_FAILED)
 
 
+def rename_identity(gallery, old: str, new: str, merge: bool) -> int:
+    """Checked here, before Gallery.rename, so that a name taken is refused in the CLI's terms (--merge), and a merge
+    is said as one: two people's faces are now one person's."""
+    from facekit.datastore import clean_identity
+
+    require_enrolled(gallery, old)
+    faces = dict(gallery.identities())
+    old_name, new_name = clean_identity(old), clean_identity(new)  # as the gallery holds them
+    merging = new_name in faces and new_name != old_name
+    if merging and not merge:
+        raise CliError(f"identity {new_name!r} already exists: add --merge to merge {old}'s faces into it")
+    gallery.rename(old, new, merge=merge)
+    if merging:
+        print(f"merged {old} into {new} ({counted(faces[old_name], 'face')})")
+    else:
+        print(f"renamed {old} to {new}")
+    return EXIT_OK
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
     from facekit.datastore import GalleryWarning
 
@@ -525,7 +561,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps({"identity": name, "faces": count}))
                 elif writer:
-                    writer.writerow([name, count])
+                    writer.writerow([csv_text(name), count])
                 else:
                     print(name)
         elif args.action == "stats":
@@ -546,9 +582,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         elif args.action == "remove-photo":
             return remove_photos(gallery, args.photos)
         elif args.action == "rename":
-            require_enrolled(gallery, args.old)
-            gallery.rename(args.old, args.new, merge=args.merge)
-            print(f"renamed {args.old} to {args.new}")
+            return rename_identity(gallery, args.old, args.new, args.merge)
         elif args.action == "check":
             problems = [f"{message} (repaired on opening)" for message in repaired] + gallery.check()
             if args.json:
@@ -635,7 +669,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
     imported, since a tool that never opens a gallery may run where faiss is not installed."""
     own = [getattr(sys.modules.get(module), name, None)
            for module, name in (("facekit.datastore", "GalleryError"), ("facekit.imageio", "ImageError"))]
-    # ModuleNotFoundError: an optional extra not installed (facekit[train]).
+    # ModuleNotFoundError: an optional extra not installed (torch, for the train extra).
     return (FileNotFoundError, NotADirectoryError, ValueError, ModuleNotFoundError, *(c for c in own if c))
 
 

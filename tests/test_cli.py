@@ -125,6 +125,10 @@ def test_annotated_copies_never_overwrite_a_photo_or_each_other(tmp_path, people
     # Each copy's name is said under its photo: the second "a.jpg" got a name the user could not guess.
     said = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("  annotated copy: ")]
     assert said == [str(out_dir / "a.annotated.jpg"), str(out_dir / "a-2.annotated.jpg")]
+    # --json says it too: only the human output did, and a script had to guess the "-2".
+    code, out, _ = run_cli(capsys, "identify", *map(str, photos), "--gallery", gallery, "--annotate", str(out_dir),
+                           "--json")
+    assert code == 0 and [json.loads(line)["annotated"] for line in out.splitlines()] == said
     # A folder that cannot be made (a file is in the way) or written is one line and a non-zero exit.
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -154,6 +158,7 @@ def test_an_annotated_copy_that_cannot_be_written_is_said_and_the_other_images_s
     code, out, _ = run_cli(capfd, "identify", *map(str, photos), "--gallery", str(gallery), "--annotate",
                            str(out_dir), "--json")
     assert code == 1 and [json.loads(line).get("error") for line in out.splitlines()] == [why, None]
+    assert [json.loads(line).get("annotated") for line in out.splitlines()] == [None, str(out_dir / "b.annotated.jpg")]
     code, out, _ = run_cli(capfd, "identify", *map(str, photos), "--gallery", str(gallery), "--annotate",
                            str(out_dir), "--csv")
     assert code == 1 and [row["error"] for row in csv.DictReader(io.StringIO(out, newline=""))] == [why, ""]
@@ -237,6 +242,21 @@ def test_verify(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
     assert different["similarity"] < same["similarity"] - 0.2
     code, out, err = run_cli(capsys, "verify", paths["a1"], str(tmp_path / "missing.jpg"))
     assert (code, err) == (2, f"error: not found: {tmp_path / 'missing.jpg'}\n")  # a usage error, as for identify
+
+
+def test_verify_json_gives_a_photo_without_a_face_or_unreadable_a_record_with_its_error(tmp_path, capsys,
+                                                                                      astronaut_bgr):
+    """As identify --json does: stdout held nothing, and a script reading it had only the exit code."""
+    face, blank, text = tmp_path / "face.jpg", tmp_path / "blank.png", tmp_path / "text.jpg"
+    cv2.imwrite(str(face), astronaut_bgr)
+    cv2.imwrite(str(blank), np.full((300, 300, 3), 127, np.uint8))
+    text.write_text("not a photo")
+    code, out, err = run_cli(capsys, "verify", str(face), str(blank), "--json")
+    assert (code, json.loads(out), err) == (1, {"image": str(blank), "error": "no face found"},
+                                            f"error: no face found in {blank}\n")
+    code, out, err = run_cli(capsys, "verify", str(text), str(face), "--json")
+    assert (code, json.loads(out), err) == (1, {"image": str(text), "error": f"not an image: {text}"},
+                                            f"error: not an image: {text}\n")
 
 
 def test_min_face_finds_small_faces_in_a_large_photo(tmp_path, capsys, astronaut_bgr, small_face_photo):
@@ -361,6 +381,23 @@ def test_gallery_commands(tmp_path, people, capsys):
     assert code == 0 and out.split() == ["ada"]
 
 
+def test_identify_and_gallery_actions_without_a_gallery_say_how_to_make_one(tmp_path, capsys, monkeypatch,
+                                                                           astronaut_bgr):
+    """Run before any enroll, identify only said there was no gallery, and left the newcomer to guess the next step."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACEKIT_GALLERY", raising=False)
+    cv2.imwrite(str(tmp_path / "photo.jpg"), astronaut_bgr)
+    hint = "enroll people first with `facekit enroll PEOPLE_DIR`, or point --gallery (or $FACEKIT_GALLERY) at one"
+    default = tmp_path / "galleries" / "default"
+    assert run_cli(capsys, "identify", "photo.jpg") == (
+        2, "", f"error: no gallery at {default} (no gallery.sqlite there): {hint}\n")
+    mistyped = tmp_path / "galeries"
+    for action in (["list"], ["photos"], ["rename", "a", "b"], ["check"]):
+        assert run_cli(capsys, "gallery", *action, "--gallery", str(mistyped)) == (
+            2, "", f"error: no gallery at {mistyped} (no gallery.sqlite there): {hint}\n")
+    assert not default.exists() and not mistyped.exists()
+
+
 def test_a_database_error_after_opening_is_one_line(tmp_path, people, capsys, monkeypatch):
     # A page damaged where opening does not read, or a full disk, surfaces from SQLite mid-command.
     import sqlite3
@@ -418,6 +455,8 @@ def test_bad_input_leaves_the_gallery_intact(tmp_path, people, capsys, grace_hop
     assert code == 2 and err == f"error: not found: {tmp_path / 'missing.jpg'}\n"
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "missing_dir"), "--gallery", gallery)
     assert code == 2 and err.strip() == f"error: folder not found: {tmp_path / 'missing_dir'}"
+    code, _, err = run_cli(capsys, "enroll", str(bad["empty"]), "--gallery", gallery)
+    assert (code, err) == (2, f"error: not a folder: {bad['empty']}\n")
     # A folder without photos says so, and makes no empty gallery where none was.
     (tmp_path / "empty_people" / "nobody").mkdir(parents=True)
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "empty_people"), "--gallery", str(tmp_path / "new"))
@@ -1217,3 +1256,47 @@ def test_removing_a_person_or_photo_not_enrolled_exits_1_naming_it(tmp_path, cap
     code, _, err = run_cli(capsys, "gallery", "remove", "a/b", "--gallery", str(gallery))
     assert code == 2 and err == "error: identity name 'a/b' contains a path separator\n"
     assert run_cli(capsys, "gallery", "remove", "ada", "--gallery", str(gallery)) == (0, "removed ada (1 face)\n", "")
+
+
+def test_rename_onto_a_name_taken_asks_for_merge_and_then_says_it_merged(tmp_path, capsys):
+    """The refusal spoke of Python's merge=True, and a merge was reported as a rename."""
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=128) as opened:
+        for number, name in enumerate(["ada", "ada", "bob"]):
+            opened.add(name, np.eye(1, 128, number, dtype=np.float32),
+                       [{"path": f"{number}.jpg", "sha256": f"{number}" * 64, "box": [0, 0, 9, 9]}])
+    assert run_cli(capsys, "gallery", "rename", "ada", "bob", "--gallery", str(gallery)) == (
+        2, "", "error: identity 'bob' already exists: add --merge to merge ada's faces into it\n")
+    assert run_cli(capsys, "gallery", "rename", "ada", "bob", "--merge", "--gallery", str(gallery)) == (
+        0, "merged ada into bob (2 faces)\n", "")
+    assert run_cli(capsys, "gallery", "list", "--json", "--gallery", str(gallery)) == (
+        0, '{"identity": "bob", "faces": 3}\n', "")
+    assert run_cli(capsys, "gallery", "rename", "bob", "cy", "--merge", "--gallery", str(gallery)) == (
+        0, "renamed bob to cy\n", "")
+
+
+def test_csv_text_cells_a_spreadsheet_would_run_as_formulas_are_quoted_and_numbers_are_not(
+        tmp_path, capsys, monkeypatch, astronaut_bgr):
+    """An identity renamed to =HYPERLINK(...) reached a spreadsheet as a formula. Names, paths and errors that start
+    with = + - @, a tab or a carriage return get a leading ' (OWASP); a negative similarity stays a number."""
+    import facekit
+
+    embedding = facekit.face_embeddings(astronaut_bgr)[0][1]
+    away = -embedding * (np.arange(embedding.size) % 2)  # half of the face's vector, reversed: similarity about -0.7
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=embedding.size) as opened:
+        opened.add("=HYPERLINK(1)", away[None], [{"path": "@photo.jpg", "sha256": "1" * 64, "box": [0, 0, 9, 9]}])
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite("+astronaut.jpg", astronaut_bgr)
+    Path("=text.jpg").write_text("not a photo")
+    code, out, _ = run_cli(capsys, "identify", "+astronaut.jpg", "=text.jpg", "--csv", "--threshold", "-1",
+                           "--gallery", str(gallery))
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert code == 1 and [(row["image"], row["identity"], row["error"]) for row in rows] == [
+        ("'+astronaut.jpg", "'=HYPERLINK(1)", ""), ("'=text.jpg", "", "not an image: =text.jpg")]
+    assert -0.9 < float(rows[0]["similarity"]) < -0.5
+    code, out, _ = run_cli(capsys, "gallery", "list", "--csv", "--gallery", str(gallery))
+    assert (code, out) == (0, "identity,faces\r\n'=HYPERLINK(1),1\r\n")
+    code, out, _ = run_cli(capsys, "gallery", "photos", "--csv", "--gallery", str(gallery))
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert code == 0 and [(row["identity"], row["path"]) for row in rows] == [("'=HYPERLINK(1)", "'@photo.jpg")]
