@@ -331,7 +331,7 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
     detector and its largest face is aligned, the same way the pipeline would.
     """
     from facekit.alignment import align_face
-    from facekit.imageio import DEFAULT_MAX_PIXELS, ImageError, _file_size_limit, decode_image, load_image
+    from facekit.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image, load_image, max_file_bytes
 
     if count < 1:  # else the loop below never stops early and quantisation takes every image found
         raise ValueError(f"the calibration crop count must be at least 1, not {count}")
@@ -356,7 +356,7 @@ def calibration_crops(source: str | os.PathLike, count: int = CALIBRATION_CROPS)
                 else:
                     if path not in archives:
                         archives[path] = stack.enter_context(zipfile.ZipFile(path))
-                    if archives[path].getinfo(member).file_size > _file_size_limit(DEFAULT_MAX_PIXELS):
+                    if archives[path].getinfo(member).file_size > max_file_bytes(DEFAULT_MAX_PIXELS):
                         continue
                     image = decode_image(archives[path].read(member), name=f"{path}:{member}")
             except (ImageError, zipfile.BadZipFile):  # BadZipFile: a member whose data fails its checksum

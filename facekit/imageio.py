@@ -70,7 +70,7 @@ def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX
         raise TypeError(f"load_image takes a file's path or a file object opened in binary mode ('rb'), not "
                         f"{type(path).__name__}")
     name = path.name if isinstance(getattr(path, "name", None), str) else "<file object>"
-    limit = _file_size_limit(max_pixels)
+    limit = max_file_bytes(max_pixels)
     try:
         data = path.read(limit + 1)  # a stream's size is not known before it is read
     except OSError as error:
@@ -92,7 +92,7 @@ def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
         raise ImageError(f"cannot read {path}: {error.strerror or error}") from None
     if not path.is_file():
         raise ImageError(f"not a file: {path}")
-    limit = _file_size_limit(max_pixels)
+    limit = max_file_bytes(max_pixels)
     if size > limit:
         raise ImageError(f"file too large for an image: {size / 1e6:.0f} MB (limit {limit / 1e6:.0f} MB): {path}")
     try:
@@ -101,7 +101,7 @@ def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
         raise ImageError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _file_size_limit(max_pixels: int) -> int:
+def max_file_bytes(max_pixels: int) -> int:
     """The most bytes an image file within max_pixels can need."""
     # A smaller pixel limit is the header's to enforce: it says the image's size, where this can only guess.
     return max(max_pixels, DEFAULT_MAX_PIXELS) * MAX_BYTES_PER_PIXEL

@@ -517,7 +517,7 @@ def test_a_binary_file_object_loads_as_its_file_does(grace_hopper_path: Path, tm
     with pytest.raises(TypeError, match=r"opened in binary mode \('rb'\), not list$"):
         load_image([grace_hopper_path])
     # As a file larger than any image is refused, and the stream is read no further than that tells.
-    monkeypatch.setattr(imageio, "_file_size_limit", lambda max_pixels: 1000)
+    monkeypatch.setattr(imageio, "max_file_bytes", lambda max_pixels: 1000)
     stream = io.BytesIO(grace_hopper_path.read_bytes())
     with pytest.raises(ImageError, match=r"^file too large for an image: "):
         load_image(stream)
