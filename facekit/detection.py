@@ -617,7 +617,7 @@ def create_detector(backend: str = "auto", yunet_model: str | None = None, min_f
     MTCNN (installed with facekit), else Haar.
 
     min_face: the narrowest face to find, in pixels. None finds faces from DEFAULT_MIN_FACE pixels in photos up to
-    640 px and from about 1/30 of the longer side in larger ones, which are searched on a 640 px copy; a number
+    640 px and from 1/32 of the longer side in larger ones, which are searched on a 640 px copy; a number
     is honoured in any photo, by searching a larger copy where needed (slower: see _downscale).
 
     live: for a video loop. Haar then skips its retries (finer pyramid, second cascade, turned copies), which
