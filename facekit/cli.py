@@ -194,8 +194,10 @@ def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None)
     from facekit.datastore import DB_NAME, Gallery, default_gallery_path
 
     path = default_gallery_path(args.gallery)
-    if not create and not (path / DB_NAME).exists():
-        # Often the first command a newcomer runs, before any enroll: say how a gallery is made, or found.
+    nothing_there = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    if not create and nothing_there:
+        # Often the first command a newcomer runs, before any enroll: say how a gallery is made, or found. A folder
+        # holding something else (index files without their database) gets Gallery.open's own diagnosis.
         raise CliError(f"no gallery at {path} (no {DB_NAME} there): enroll people first with `facekit enroll "
                        "PEOPLE_DIR`, or point --gallery (or $FACEKIT_GALLERY) at one")
     return Gallery.open(path, create=create, dim=dim)
@@ -544,7 +546,7 @@ def rename_identity(gallery, old: str, new: str, merge: bool) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from facekit.datastore import GalleryWarning
+    from facekit.datastore import IVF_MIN_VECTORS, GalleryWarning
 
     # Opening repairs a damaged index from the database; `check` must still report that it found damage.
     with warnings.catch_warnings(record=True) as repairs:
@@ -596,7 +598,11 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         elif args.action == "rebuild":
             gallery.rebuild(args.index)
-            print(f"rebuilt the {gallery.stats()['index']} index from {counted(len(gallery), 'face')}")
+            stats = gallery.stats()
+            # IVF needs faces to train its clusters on: a small gallery keeps a flat index until it has them.
+            waiting = (f" (ivf once it holds {IVF_MIN_VECTORS} faces)"
+                       if stats["index_request"] == "ivf" and stats["index"] != "ivf" else "")
+            print(f"rebuilt the {stats['index']} index from {counted(len(gallery), 'face')}{waiting}")
     return EXIT_OK
 
 

@@ -305,7 +305,8 @@ class ShardedIndex:
 
 # --- the writer lock ---------------------------------------------------------------------------------------
 # Kept in this module, whose imports from facekit (the package, which loads its parts lazily, errors and export)
-# never load torch: tools/crash_test.py's children import it, and each would otherwise spend seconds on torch.
+# never load torch: a process that only opens a gallery (`facekit gallery list`, tools/crash_test.py's many
+# children) starts in well under a second.
 
 
 class LockTimeout(TimeoutError):
@@ -544,8 +545,6 @@ class Gallery:
         root = Path(path)
         db = root / DB_NAME
         if not db.exists():
-            if not create:
-                raise GalleryError(f"no gallery at {root} (no {DB_NAME} there)")
             if root.exists() and not root.is_dir():
                 raise GalleryError(f"{root} exists and is not a folder")
             # A new gallery makes its database before any index file: index files without it mean it was deleted,
@@ -553,6 +552,8 @@ class Gallery:
             if root.is_dir() and _holds_index_files(root):
                 raise GalleryError(f"{DB_NAME} is missing from {root}, which holds index files: restore the database "
                                    "from a backup; nothing was changed")
+            if not create:
+                raise GalleryError(f"no gallery at {root} (no {DB_NAME} there)")
             try:
                 root.mkdir(parents=True)
             except FileExistsError:

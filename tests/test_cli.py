@@ -374,6 +374,9 @@ def test_gallery_commands(tmp_path, people, capsys):
     assert code == 0 and "hnsw" in out
     code, out, _ = run_cli(capsys, "gallery", "stats", "--json", "--gallery", gallery)
     assert (json.loads(out)["index"], json.loads(out)["index_request"]) == ("hnsw", "hnsw")
+    # IVF on a gallery too small to train it is a flat index for now, which rebuild says rather than leave a puzzle.
+    code, out, _ = run_cli(capsys, "gallery", "rebuild", "--index", "ivf", "--gallery", gallery)
+    assert (code, out) == (0, "rebuilt the flat index from 2 faces (ivf once it holds 100 faces)\n")
     # A gallery of another embedding size (a model trained with --embedding-size 128) is maintained as well.
     with Gallery.open(tmp_path / "small", dim=128) as small:
         small.add("ada", np.eye(1, 128, dtype=np.float32), [{"path": "a.jpg", "sha256": "1" * 64, "box": [0, 0, 9, 9]}])
@@ -396,6 +399,13 @@ def test_identify_and_gallery_actions_without_a_gallery_say_how_to_make_one(tmp_
         assert run_cli(capsys, "gallery", *action, "--gallery", str(mistyped)) == (
             2, "", f"error: no gallery at {mistyped} (no gallery.sqlite there): {hint}\n")
     assert not default.exists() and not mistyped.exists()
+    # Not where something else lies there: enrolling would not help a folder whose database was deleted, or a file.
+    (tmp_path / "index-00000001-0.faiss").write_bytes(b"")
+    assert run_cli(capsys, "identify", "photo.jpg", "--gallery", str(tmp_path)) == (
+        2, "", f"error: gallery.sqlite is missing from {tmp_path}, which holds index files: restore the database "
+               "from a backup; nothing was changed\n")
+    assert run_cli(capsys, "gallery", "list", "--gallery", str(tmp_path / "photo.jpg")) == (
+        2, "", f"error: {tmp_path / 'photo.jpg'} exists and is not a folder\n")
 
 
 def test_a_database_error_after_opening_is_one_line(tmp_path, people, capsys, monkeypatch):
