@@ -18,6 +18,7 @@ Arrays are BGR (OpenCV's order); pass a PIL image, or reverse an RGB array's cha
 
 from __future__ import annotations
 
+import numbers
 import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -226,12 +227,16 @@ def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
 def check_threshold(threshold: float | None, name: str = "threshold") -> None:
     """A cosine similarity: beyond [-1, 1] (or nan) every face would silently be unknown, or every pair the same.
     One check for the CLI too, given its option's name ("--threshold")."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+        raise TypeError(f"{name} is a cosine similarity, a number between -1 and 1, not {type(threshold).__name__}")
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise ValueError(f"{name} is a cosine similarity, between -1 and 1, not {threshold}")
 
 
 def check_top_k(top_k: int, name: str = "top_k") -> None:
     """Fewer than one candidate is no list: a negative top_k cut candidates off the end."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise TypeError(f"{name} is a number of candidates, an integer, not {type(top_k).__name__}")
     if top_k < 1:
         raise ValueError(f"{name} must be at least 1")
 

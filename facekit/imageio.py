@@ -71,10 +71,17 @@ def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX
                         f"{type(path).__name__}")
     name = path.name if isinstance(getattr(path, "name", None), str) else "<file object>"
     limit = max_file_bytes(max_pixels)
+    chunks: list[bytes] = []
+    size = 0
     try:
-        data = path.read(limit + 1)  # a stream's size is not known before it is read
+        # A stream's size is not known before it is read, and an unbuffered one (a pipe) gives what it has so far:
+        # read until it ends or passes the limit.
+        while size <= limit and (chunk := path.read(limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as error:
         raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
+    data = b"".join(chunks)
     if len(data) > limit:
         raise ImageError(f"file too large for an image: over {limit / 1e6:.0f} MB: {name}")
     return decode_image(data, name=name, max_pixels=max_pixels)

@@ -320,6 +320,15 @@ def test_verify_and_identify_refuse_a_threshold_or_top_k_the_cli_refuses(tmp_pat
     for top_k in (0, -1):
         with pytest.raises(ValueError, match=r"^top_k must be at least 1$"):
             facekit.identify(astronaut_bgr, None, top_k=top_k)
+    # Of the wrong type, each is one line naming it, not a comparison's or a slice's own complaint.
+    for threshold, given in (("0.5", "str"), (True, "bool")):
+        with pytest.raises(TypeError, match=rf"^threshold is a cosine similarity, a number between -1 and 1, not "
+                                            rf"{given}$"):
+            facekit.verify(astronaut_bgr, astronaut_bgr, threshold=threshold)
+    for top_k, given in ((2.5, "float"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=rf"^top_k is a number of candidates, an integer, not {given}$"):
+            facekit.identify(astronaut_bgr, None, top_k=top_k)
+    assert facekit.identify(astronaut_bgr, None, threshold=np.float32(0.5), top_k=np.int64(2))[0]["threshold"] == 0.5
     assert facekit.verify(astronaut_bgr, astronaut_bgr, threshold=1.0)["threshold"] == 1.0
     # The module docstring's compare_faces: compare against the pipeline's threshold, as verify decides.
     mirrored = np.ascontiguousarray(astronaut_bgr[:, ::-1])

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import io
+import os
 import resource
 import struct
 import subprocess
 import sys
+import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -516,6 +519,22 @@ def test_a_binary_file_object_loads_as_its_file_does(grace_hopper_path: Path, tm
         load_image(handle)
     with pytest.raises(TypeError, match=r"opened in binary mode \('rb'\), not list$"):
         load_image([grace_hopper_path])
+    # A pipe, unbuffered, gives what has arrived so far: the whole image must still be read (one read() took 44 bytes).
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        data = grace_hopper_path.read_bytes()
+        with open(write_end, "wb") as sink:  # the head first, the rest once the reader has had time to take it
+            sink.write(data[:1000])
+            sink.flush()
+            time.sleep(0.5)
+            sink.write(data[1000:])
+
+    writer = threading.Thread(target=feed)
+    with open(read_end, "rb", buffering=0) as pipe:
+        writer.start()
+        np.testing.assert_array_equal(load_image(pipe), load_image(grace_hopper_path))
+    writer.join()
     # As a file larger than any image is refused, and the stream is read no further than that tells.
     monkeypatch.setattr(imageio, "max_file_bytes", lambda max_pixels: 1000)
     stream = io.BytesIO(grace_hopper_path.read_bytes())
