@@ -72,7 +72,11 @@ def model_file(weights: str | os.PathLike | None, suffix: str) -> Path:
     path = beside(weights, suffix)
     if not path.is_file():
         base = weights_base(weights)
-        hint = f" ({base} is a folder: name the model's {suffix} file in it)" if base.is_dir() else ""
+        hint = ""
+        if base.is_dir():
+            hint = f" ({base} is a folder: name the model's {suffix} file in it)"
+        elif base.is_file():  # a photo or an .onnx file given as --weights: the name, not the file, is wrong
+            hint = f" ({base} is not a model: --weights takes a .safetensors file, its .json card beside it)"
         raise FileNotFoundError(f"model file not found: {path}{hint}")
     return path
 

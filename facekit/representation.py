@@ -70,6 +70,15 @@ def weights_or_default(weights: str | os.PathLike | None) -> str | os.PathLike:
     return weights or os.environ.get("FACEKIT_WEIGHTS") or DEFAULT_MODEL
 
 
+def torch_or_exit(purpose: str):
+    """require_torch for a script's first lines, before any report_errors can catch: its one line, and exit 2."""
+    try:
+        return require_torch(purpose)
+    except ModuleNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def load_model(path: str | os.PathLike = DEFAULT_MODEL) -> tuple[InceptionResNetV2, dict]:
     """Load <path>.safetensors and its model card <path>.json (safetensors: no code runs on load)."""
     torch = require_torch("loading weights into the torch model")

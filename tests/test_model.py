@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -63,6 +64,11 @@ def test_weights_round_trip_through_safetensors(tmp_path):
 def test_missing_weights_give_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_model(tmp_path / "nothing")
+    # A photo given as the weights: the message named only photo.jpg.safetensors, as if that file were missing.
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8")
+    hint = f"({tmp_path / 'photo.jpg'} is not a model: --weights takes a .safetensors file, its .json card beside it)"
+    with pytest.raises(FileNotFoundError, match=re.escape(hint)):
+        load_model(tmp_path / "photo.jpg")
 
 
 def test_shipped_model_card_is_complete():

@@ -190,3 +190,14 @@ def test_round_trip_counts_a_stranger_without_a_face_rather_than_stop(tmp_path, 
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert (figures["enrolled_faces"], figures["rank1"], figures["strangers"], figures["no_face"]) == (2, 1.0, 1, 1)
+
+
+@pytest.mark.parametrize("tool", ["dlib_resnet", "lease_train", "release_model", "teacher_embeddings", "teacher_lfw",
+                                  "train_landmarks"])
+def test_a_tool_that_needs_torch_says_so_in_one_line_where_it_is_missing(tool_script, tool: str) -> None:
+    """Torch is the train extra, which a plain install leaves out: these tools ended in a ModuleNotFoundError
+    traceback, even for --help, where `facekit train` says it in one line."""
+    without_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+                     "runpy.run_path(sys.argv[0], run_name='__main__')")
+    line = one_error_line([sys.executable, "-c", without_torch, tool_script(tool), "--help"])
+    assert re.fullmatch(r"error: tools/\w+\.py needs PyTorch, which is not installed: pip install torch .*", line)

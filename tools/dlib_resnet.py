@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
+    from facekit.representation import torch_or_exit
+
+    torch_or_exit("tools/dlib_resnet.py")
 import torch.nn.functional as F
 
 CHIP_SIZE = 150  # dlib.get_face_chip(image, landmarks, 150, 0.25) gives the network's input

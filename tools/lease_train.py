@@ -45,7 +45,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facekit.training.data import MANIFEST_COLUMNS  # noqa: E402
+try:
+    from facekit.training.data import MANIFEST_COLUMNS
+except ModuleNotFoundError as missing:  # the train extra: one line, as `facekit train` says it, not a traceback
+    if missing.name != "torch":
+        raise
+    from facekit.representation import torch_or_exit
+
+    torch_or_exit("tools/lease_train.py")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = Path("/tmp/facekit-pool")

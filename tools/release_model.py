@@ -16,7 +16,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
+    from facekit.representation import torch_or_exit
+
+    torch_or_exit("tools/release_model.py")
 
 from facekit.alignment import TEMPLATE_112
 from facekit.export import beside, export_onnx

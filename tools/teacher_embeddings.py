@@ -54,7 +54,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
+    from facekit.representation import torch_or_exit
+
+    torch_or_exit("tools/teacher_embeddings.py")
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -27,7 +27,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
+    from facekit.representation import torch_or_exit
+
+    torch_or_exit("tools/train_landmarks.py")
 from safetensors.torch import save_file
 
 from facekit.landmarks import (
