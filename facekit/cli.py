@@ -260,9 +260,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         report = enroll(pipeline, gallery, people, workers=args.workers, progress=shows_progress(args),
                         sync=args.sync)
         total = len(gallery)
+    # A photo unreadable, without a face or under a name the gallery cannot hold, or a folder that could not be
+    # listed: the others were still enrolled, and the exit code tells a script that not every photo was.
+    failed = [(path, reason) for path, reason in report.skipped if reason not in ENROLL_PASSES_OVER]
     summary = {
         "people": len(report.people), "files": report.files, "images": report.images, "enrolled": report.enrolled,
-        "already_enrolled": report.already_enrolled, "skipped": len(report.skipped),
+        # "skipped" and "skipped_files" count and list the failed ones too, as they did before "failed" was added.
+        "already_enrolled": report.already_enrolled, "skipped": len(report.skipped), "failed": len(failed),
         "gallery_faces": total, "skipped_files": [{"path": p, "reason": r} for p, r in report.skipped],
         "warnings": report.warnings,
     }
@@ -271,21 +275,20 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         summary["removed_files"] = [{"path": p, "identity": who} for p, who in report.removed]
         summary["moved_files"] = [{"path": p, "identity": who, "old_path": old, "old_identity": was}
                                   for p, who, old, was in report.moved]
-    # A photo unreadable, without a face or under a name the gallery cannot hold, or a folder that could not be
-    # listed: the others were still enrolled, and the exit code tells a script that not every photo was.
-    failed = [(path, reason) for path, reason in report.skipped if reason not in ENROLL_PASSES_OVER]
     if args.json:
         for path, reason in failed:  # as text mode says them: stderr names what failed, whatever stdout holds
-            print(escape_control_characters(f"skipped {path}: {reason}"), file=sys.stderr)
+            print(escape_control_characters(f"failed {path}: {reason}"), file=sys.stderr)
         print(json.dumps(summary))
     else:
         for warning in report.warnings:
             print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
-        for path, reason in report.skipped:
-            print(escape_control_characters(f"skipped {path}: {reason}"), file=sys.stderr)
+        for path, reason in report.skipped:  # "failed" for those that make the exit code 1, in their order
+            word = "skipped" if reason in ENROLL_PASSES_OVER else "failed"
+            print(escape_control_characters(f"{word} {path}: {reason}"), file=sys.stderr)
         print(f"{counted(summary['people'], 'person', 'people')}, {counted(report.files, 'file')}: "
               f"{counted(report.enrolled, 'face')} enrolled, {report.already_enrolled} already enrolled, "
-              f"{len(report.skipped)} skipped; gallery now holds {counted(total, 'face')}")
+              f"{len(failed)} failed, {len(report.skipped) - len(failed)} skipped; "
+              f"gallery now holds {counted(total, 'face')}")
         if args.sync:
             for path, identity in report.removed:
                 print(escape_control_characters(f"removed {path} from {identity}"))

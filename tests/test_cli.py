@@ -592,11 +592,29 @@ def test_enroll_summary_counts_add_up_with_other_files(tmp_path, people, capsys)
     (people / "eileen_collins" / "blank.jpg").write_bytes(cv2.imencode(".jpg", np.full((200, 200, 3), 90, np.uint8))[1])
     gallery = str(tmp_path / "gallery")
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
-    assert code == 1 and "2 people, 6 files: 4 faces enrolled, 0 already enrolled, 2 skipped" in out  # no face
+    assert code == 1 and "2 people, 6 files: 4 faces enrolled, 0 already enrolled, 1 failed, 1 skipped" in out
     assert "notes.txt: not an image file name" in err and "blank.jpg: no face found" in err
     code, out, _ = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
     summary = json.loads(out)
     assert (summary["files"], summary["images"], summary["already_enrolled"], summary["skipped"]) == (6, 5, 4, 2)
+
+
+def test_enroll_says_a_failed_photo_apart_from_a_file_passed_over_by_rule(tmp_path, people, capsys):
+    """Only the faceless photo makes the exit code 1: it alone is `failed`, the file without an image extension is
+    `skipped`, so that a user seeing exit 1 knows which line caused it."""
+    blank, notes = people / "grace_hopper" / "blank.png", people / "grace_hopper" / "notes.txt"
+    cv2.imwrite(str(blank), np.full((300, 300, 3), 127, np.uint8))
+    notes.write_text("not a photo")
+    gallery = str(tmp_path / "gallery")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 1
+    assert sorted(err.splitlines()) == [f"failed {blank}: no face found", f"skipped {notes}: not an image file name"]
+    assert out.splitlines() == ["2 people, 6 files: 4 faces enrolled, 0 already enrolled, 1 failed, 1 skipped; "
+                                "gallery now holds 4 faces"]
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
+    summary = json.loads(out)
+    assert code == 1 and err.splitlines() == [f"failed {blank}: no face found"]
+    assert (summary["failed"], summary["skipped"], len(summary["skipped_files"])) == (1, 2, 2)
 
 
 def test_one_wrong_photo_is_listed_and_removed_without_its_person(tmp_path, people, capsys, astronaut_bgr):
@@ -763,7 +781,7 @@ def test_file_and_folder_names_that_are_not_utf8_are_enrolled_or_skipped_not_fat
     gallery = str(tmp_path / "gallery")
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
     # The Latin-1 file is a.jpg's twin, so already enrolled; c.jpg after it was still enrolled.
-    assert code == 1 and "5 faces enrolled, 1 already enrolled, 1 skipped" in out, err  # José's photo
+    assert code == 1 and "5 faces enrolled, 1 already enrolled, 1 failed, 0 skipped" in out, err  # José's photo
     assert "not valid UTF-8" in err
     code, out, _ = run_cli(capsys, "gallery", "photos", "grace_hopper", "--gallery", gallery)
     assert "c.jpg" in out
@@ -781,8 +799,8 @@ def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line
     (folder / "not\na photo.jpg").write_text("text named .jpg")
     shutil.copy(folder / "a.jpg", folder / "two\nlines\x1b[2J.jpg")  # \x1b[2J: a terminal's clear-screen
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
-    assert code == 1 and "1 skipped" in out
-    assert err.splitlines() == [f"skipped {folder}/not\\na photo.jpg: not an image: {folder}/not\\na photo.jpg"]
+    assert code == 1 and "1 failed, 0 skipped" in out
+    assert err.splitlines() == [f"failed {folder}/not\\na photo.jpg: not an image: {folder}/not\\na photo.jpg"]
     code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery)
     assert code == 1 and err == f"error: not an image: {folder}/not\\na photo.jpg\n"
     assert f"{folder}/two\\nlines\\x1b[2J.jpg: 1 face\n" in out and "\x1b" not in out
@@ -915,8 +933,8 @@ def test_enroll_sync_removes_nothing_under_a_folder_it_cannot_read(tmp_path, peo
         (people / "grace_hopper").chmod(0o700)
         older.chmod(0o700)
     assert result.returncode == 1, result.stderr  # the photos under those folders were not enrolled
-    assert f"skipped {people / 'grace_hopper'}: cannot read folder: Permission denied" in result.stderr
-    assert f"skipped {older}: cannot read folder: Permission denied" in result.stderr
+    assert f"failed {people / 'grace_hopper'}: cannot read folder: Permission denied" in result.stderr
+    assert f"failed {older}: cannot read folder: Permission denied" in result.stderr
     assert result.stdout.splitlines()[1:] == [
         f"removed {deleted} from eileen_collins", f"--sync: 1 face removed (photo deleted from {people} or changed)"]
     with Gallery.open(gallery) as opened:
@@ -996,7 +1014,7 @@ def test_enroll_sync_keeps_a_renamed_persons_name_and_a_face_moved_under_a_folde
     summary = json.loads(out)
     assert code == 1 and (summary["removed"], summary["moved_files"]) == (0, []), out
     shown = str(unnamed / "b.jpg").replace("\x01", "\\x01")  # as the CLI escapes a control character
-    assert err.splitlines() == [f"skipped {shown}: identity name 'bad\\x01name' contains control characters"]
+    assert err.splitlines() == [f"failed {shown}: identity name 'bad\\x01name' contains control characters"]
     with Gallery.open(gallery, create=False) as opened:
         assert opened.identities() == [("Eileen Collins", 2), ("grace_hopper", 2)]
         paths = {Path(photo["path"]).name for photo in opened.photos("Eileen Collins")}
@@ -1189,8 +1207,8 @@ def test_a_photo_that_failed_among_good_ones_is_said_and_makes_enroll_and_identi
     text.write_text("not a photo")
     gallery = str(tmp_path / "gallery")
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
-    assert code == 1 and "4 faces enrolled, 0 already enrolled, 2 skipped" in out
-    failures = [f"skipped {blank}: no face found", f"skipped {text}: not an image: {text}"]
+    assert code == 1 and "4 faces enrolled, 0 already enrolled, 2 failed, 0 skipped" in out
+    failures = [f"failed {blank}: no face found", f"failed {text}: not an image: {text}"]
     assert err.splitlines() == failures
     # --json and --sync: the same rule, and stderr still names what failed.
     code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json", "--sync")

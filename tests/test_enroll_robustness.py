@@ -284,8 +284,8 @@ def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, peop
 
         result = run("enroll", folder, "--gallery", gallery, "--quiet")  # their photos not enrolled: exit 1
         assert result.returncode == 1 and "1 person, 4 files: 2 faces enrolled" in result.stdout, result.stderr
-        assert result.stderr.splitlines() == [f"skipped {folder / 'carol'}: cannot read folder: Permission denied",
-                                              f"skipped {folder / 'eileen' / 'older'}: cannot read folder: "
+        assert result.stderr.splitlines() == [f"failed {folder / 'carol'}: cannot read folder: Permission denied",
+                                              f"failed {folder / 'eileen' / 'older'}: cannot read folder: "
                                               "Permission denied"]
         result = run("identify", folder, "--gallery", gallery)
         assert result.returncode == 1 and result.stdout.count(": 1 face\n") == 2
