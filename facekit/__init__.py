@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -93,11 +94,24 @@ def detect_faces(image: ImageLike) -> list[Face]:
     return pipeline().detect(_as_image(image))
 
 
-def face_embeddings(image: ImageLike) -> list[tuple[Face, np.ndarray]]:
+def face_embeddings(image: ImageLike, faces: Iterable[Face] | None = None) -> list[tuple[Face, np.ndarray]]:
     """Every face with its L2-normalised embedding. Arrays are BGR (OpenCV's order); pass a PIL image, or reverse
     an RGB array's channels with arr[..., ::-1]: RGB taken for BGR is not refused, but matches worse and can miss
-    faces."""
-    return [(r.face, r.embedding) for r in pipeline().analyze(_as_image(image))]
+    faces.
+
+    faces: embed these instead of detecting: detect_faces's (some of them, say), or Face(box, score, landmarks)
+    made from another detector's five points in the same order; each is aligned by its landmarks."""
+    from facekit.detection import Face
+
+    array = _as_image(image)
+    if faces is None:
+        return [(r.face, r.embedding) for r in pipeline().analyze(array)]
+    faces = list(faces)
+    for face in faces:
+        if not isinstance(face, Face):  # a box alone cannot be aligned: alignment needs the five points
+            raise TypeError(f"faces must be facekit.Face objects (detect_faces's, or Face(box, score, landmarks) "
+                            f"with five (x, y) points), not {type(face).__name__}")
+    return list(zip(faces, pipeline().embed_faces(array, faces)))
 
 
 def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndarray:

@@ -349,3 +349,22 @@ def test_help_on_face_gives_the_box_format_and_the_landmark_order_the_detector_g
     assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
     assert all(x < px < x + width and y < py < y + height for px, py in face.landmarks)
     assert 0 <= face.score <= 1
+
+
+def test_face_embeddings_of_faces_given_embed_those_as_detected_ones_are(astronaut_bgr, grace_hopper_bgr):
+    """face_recognition's face_encodings(image, known_face_locations): detect once, keep some, embed those; or bring
+    another detector's five points as a Face."""
+    [(detected, embedding)] = facekit.face_embeddings(astronaut_bgr)
+    [(given, again)] = facekit.face_embeddings(astronaut_bgr, facekit.detect_faces(astronaut_bgr))
+    assert given.box == detected.box and np.allclose(again, embedding, atol=1e-6)
+    own = facekit.Face(box=(0.0, 0.0, 1.0, 1.0), score=1.0, landmarks=detected.landmarks + 0.5)  # another detector's
+    [(_, own_embedding)] = facekit.face_embeddings(astronaut_bgr, [own])
+    assert facekit.compare(own_embedding, embedding) > 0.95  # half a pixel off: the same face
+    other = facekit.face_embeddings(grace_hopper_bgr)[0][1]
+    assert facekit.compare(own_embedding, other) < 0.5
+    assert facekit.face_embeddings(astronaut_bgr, []) == []
+    with pytest.raises(TypeError, match=r"^faces must be facekit\.Face objects .* not tuple$"):
+        facekit.face_embeddings(astronaut_bgr, [detected.box])
+    flat = facekit.Face(box=detected.box, score=1.0, landmarks=np.zeros((5, 2), np.float32))
+    with pytest.raises(ValueError, match=r"^landmarks lie within 2 px of each other$"):
+        facekit.face_embeddings(astronaut_bgr, [flat])
