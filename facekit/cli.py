@@ -252,7 +252,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
     if not photos:
         # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
-        why = f"; skipped {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        word = "skipped" if skipped and skipped[0][1] in ENROLL_PASSES_OVER else "failed"  # as the report says it
+        why = f"; {word} {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person){why}", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:

@@ -471,6 +471,12 @@ def test_bad_input_leaves_the_gallery_intact(tmp_path, people, capsys, grace_hop
     (tmp_path / "empty_people" / "nobody").mkdir(parents=True)
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "empty_people"), "--gallery", str(tmp_path / "new"))
     assert code == 1 and err.strip().startswith("error: no photos to enroll in") and not (tmp_path / "new").exists()
+    # Only a file passed over by rule: named as enroll's report names it, skipped (a failure would be "failed").
+    (tmp_path / "empty_people" / "nobody" / "notes.txt").write_text("")
+    code, _, err = run_cli(capsys, "enroll", str(tmp_path / "empty_people"), "--gallery", str(tmp_path / "new"))
+    assert (code, err) == (1, f"error: no photos to enroll in {tmp_path / 'empty_people'} (one sub-folder of photos "
+                              f"per person); skipped {tmp_path / 'empty_people' / 'nobody' / 'notes.txt'}: not an "
+                              "image file name\n")
     # A gallery that cannot be created (a file is in the way) is one line too.
     (tmp_path / "a_file").write_text("")
     code, _, err = run_cli(capsys, "enroll", str(people), "--gallery", str(tmp_path / "a_file" / "gallery"))

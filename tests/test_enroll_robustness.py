@@ -302,7 +302,7 @@ def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, peop
         shutil.rmtree(folder / "eileen")
         result = run("enroll", folder, "--gallery", gallery)
         assert result.returncode == 1 and result.stderr == (
-            f"error: no photos to enroll in {folder} (one sub-folder of photos per person); skipped "
+            f"error: no photos to enroll in {folder} (one sub-folder of photos per person); failed "
             f"{folder / 'carol'}: cannot read folder: Permission denied\n")
     finally:
         for locked in (folder / "carol", folder / "eileen" / "older"):
