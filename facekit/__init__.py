@@ -101,16 +101,30 @@ def face_embeddings(image: ImageLike, faces: Iterable[Face] | None = None) -> li
 
     faces: embed these instead of detecting: detect_faces's (some of them, say), or Face(box, score, landmarks)
     made from another detector's five points in the same order; each is aligned by its landmarks."""
+    import numpy as np
+
+    from facekit.alignment import landmarks_problem
     from facekit.detection import Face
 
     array = _as_image(image)
     if faces is None:
         return [(r.face, r.embedding) for r in pipeline().analyze(array)]
+    if isinstance(faces, Face):
+        raise TypeError("faces is a list of Faces: pass [face] for one")
     faces = list(faces)
+    height, width = array.shape[:2]
     for face in faces:
         if not isinstance(face, Face):  # a box alone cannot be aligned: alignment needs the five points
             raise TypeError(f"faces must be facekit.Face objects (detect_faces's, or Face(box, score, landmarks) "
                             f"with five (x, y) points), not {type(face).__name__}")
+        problem = landmarks_problem(face.landmarks)
+        if problem:
+            raise ValueError(problem)
+        # Off the image, alignment would embed its edge pixels, repeated, as if they were a face.
+        x, y = np.asarray(face.landmarks, np.float64).mean(0)
+        if not (0 <= x < width and 0 <= y < height):
+            raise ValueError(f"a face's landmarks lie outside the {width}x{height} image (centred at "
+                             f"{x:.0f}, {y:.0f}): another image's face?")
     return list(zip(faces, pipeline().embed_faces(array, faces)))
 
 
@@ -139,14 +153,14 @@ def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndar
 
 def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = None) -> dict:
     """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}."""
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     found = []
     for image, which in ((image_a, "first"), (image_b, "second")):
         name = str(image) if isinstance(image, (str, os.PathLike)) else f"the {which} image"
         found.append(_largest_face(_as_image(image, name), name)[1])
     threshold = pipeline().threshold if threshold is None else threshold
     similarity = compare(*found)
-    return {"same": similarity >= threshold, "similarity": similarity, "threshold": threshold}
+    return {"same": bool(similarity >= threshold), "similarity": similarity, "threshold": threshold}
 
 
 def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None = None,
@@ -158,8 +172,7 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     gallery is a facekit.Gallery (or None): open a path with facekit.Gallery.open(path, create=False)."""
     from facekit.recognition import identify_image
 
-    check_threshold(threshold)
-    check_top_k(top_k)
+    threshold, top_k = check_threshold(threshold), check_top_k(top_k)
     if gallery is not None:
         _check_gallery(gallery)
     faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as with an empty one
@@ -238,21 +251,26 @@ def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
     return found.faces[0], pipeline().embed_found(image, found)
 
 
-def check_threshold(threshold: float | None, name: str = "threshold") -> None:
-    """A cosine similarity: beyond [-1, 1] (or nan) every face would silently be unknown, or every pair the same.
-    One check for the CLI too, given its option's name ("--threshold")."""
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+def check_threshold(threshold: float | None, name: str = "threshold") -> float | None:
+    """A cosine similarity, as a float (numpy's too, so that results stay JSON-serialisable): beyond [-1, 1] (or
+    nan) every face would silently be unknown, or every pair the same. One check for the CLI too, given its option's
+    name ("--threshold")."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"{name} is a cosine similarity, a number between -1 and 1, not {type(threshold).__name__}")
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
+    if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"{name} is a cosine similarity, between -1 and 1, not {threshold}")
+    return float(threshold)
 
 
-def check_top_k(top_k: int, name: str = "top_k") -> None:
-    """Fewer than one candidate is no list: a negative top_k cut candidates off the end."""
+def check_top_k(top_k: int, name: str = "top_k") -> int:
+    """A count of candidates, as an int (numpy's too: the gallery takes Python ints); fewer than one is no list."""
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
         raise TypeError(f"{name} is a number of candidates, an integer, not {type(top_k).__name__}")
     if top_k < 1:
         raise ValueError(f"{name} must be at least 1")
+    return int(top_k)
 
 
 def _check_gallery(gallery: object) -> None:

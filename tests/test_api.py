@@ -328,7 +328,13 @@ def test_verify_and_identify_refuse_a_threshold_or_top_k_the_cli_refuses(tmp_pat
     for top_k, given in ((2.5, "float"), (None, "NoneType")):
         with pytest.raises(TypeError, match=rf"^top_k is a number of candidates, an integer, not {given}$"):
             facekit.identify(astronaut_bgr, None, top_k=top_k)
-    assert facekit.identify(astronaut_bgr, None, threshold=np.float32(0.5), top_k=np.int64(2))[0]["threshold"] == 0.5
+    # numpy's numbers are numbers: a search takes them, and the results stay JSON (np.float32 made same a np.bool_,
+    # and the gallery refused np.int64 as k).
+    with facekit.Gallery.open(tmp_path / "gallery", dim=facekit.pipeline().embedder.dim) as gallery:
+        facekit.add_face(gallery, "eileen", astronaut_bgr)
+        results = facekit.identify(astronaut_bgr, gallery, threshold=np.float32(0.5), top_k=np.int64(2))
+    assert results[0]["identity"] == "eileen" and json.loads(json.dumps(results))[0]["threshold"] == 0.5
+    assert json.dumps(facekit.verify(astronaut_bgr, astronaut_bgr, threshold=np.float32(0.5)))
     assert facekit.verify(astronaut_bgr, astronaut_bgr, threshold=1.0)["threshold"] == 1.0
     # The module docstring's compare_faces: compare against the pipeline's threshold, as verify decides.
     mirrored = np.ascontiguousarray(astronaut_bgr[:, ::-1])
@@ -368,3 +374,10 @@ def test_face_embeddings_of_faces_given_embed_those_as_detected_ones_are(astrona
     flat = facekit.Face(box=detected.box, score=1.0, landmarks=np.zeros((5, 2), np.float32))
     with pytest.raises(ValueError, match=r"^landmarks lie within 2 px of each other$"):
         facekit.face_embeddings(astronaut_bgr, [flat])
+    # A face of another image, off this one: its crop would be this image's edge pixels repeated, embedded silently.
+    away = facekit.Face(box=detected.box, score=1.0, landmarks=detected.landmarks + 5000)
+    with pytest.raises(ValueError, match=r"^a face's landmarks lie outside the 512x512 image \(centred at "):
+        facekit.face_embeddings(astronaut_bgr, [away])
+    with pytest.raises(TypeError, match=r"^faces is a list of Faces: pass \[face\] for one$"):
+        facekit.face_embeddings(astronaut_bgr, detected)
+    assert len(facekit.face_embeddings(astronaut_bgr, (face for face in [detected]))) == 1  # any iterable
