@@ -59,9 +59,12 @@ def require_torch(purpose: str):
     """
     try:
         import torch
-    except ImportError:
-        raise ModuleNotFoundError(f"{purpose} needs PyTorch, which is not installed: {TORCH_EXTRA}",
-                                  name="torch") from None
+    except ImportError as failure:
+        if isinstance(failure, ModuleNotFoundError) and failure.name == "torch":
+            state = "which is not installed"
+        else:  # torch is there, and a module or library it needs is not: that is what to fix
+            state = f"which is installed but cannot be imported ({failure})"
+        raise ModuleNotFoundError(f"{purpose} needs PyTorch, {state}: {TORCH_EXTRA}", name="torch") from None
     return torch
 
 
@@ -71,7 +74,7 @@ def weights_or_default(weights: str | os.PathLike | None) -> str | os.PathLike:
 
 
 def torch_or_exit(purpose: str):
-    """require_torch for a script's first lines, before any report_errors can catch: its one line, and exit 2."""
+    """require_torch for a script's first lines (tools/), before any report_errors can catch: its one line, exit 2."""
     try:
         return require_torch(purpose)
     except ModuleNotFoundError as exc:

@@ -234,7 +234,8 @@ def test_enroll_and_identify_run_without_torch_installed(weights, cache, tmp_pat
     # Packages that cannot be imported stand in for an install without the extra (sympy comes with torch).
     for missing in ("torch", "sympy"):
         (tmp_path / "no_torch" / missing).mkdir(parents=True)
-        (tmp_path / "no_torch" / missing / "__init__.py").write_text(f"raise ImportError('no {missing}')\n")
+        (tmp_path / "no_torch" / missing / "__init__.py").write_text(
+            f"raise ModuleNotFoundError({f'No module named {missing!r}'!r}, name={missing!r})\n")
     options = f"'--gallery', {str(tmp_path / 'gallery')!r}, '--detector', 'haar', '--weights', {str(weights)!r}"
     script = ("import sys; from facekit.cli import main; "
               f"assert main(['enroll', {str(tmp_path / 'people')!r}, '--quiet', {options}]) == 0; "

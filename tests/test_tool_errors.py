@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -200,4 +201,17 @@ def test_a_tool_that_needs_torch_says_so_in_one_line_where_it_is_missing(tool_sc
     without_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
                      "runpy.run_path(sys.argv[0], run_name='__main__')")
     line = one_error_line([sys.executable, "-c", without_torch, tool_script(tool), "--help"])
-    assert re.fullmatch(r"error: tools/\w+\.py needs PyTorch, which is not installed: pip install torch .*", line)
+    assert re.fullmatch(rf"error: tools/{tool}\.py needs PyTorch, which is not installed: pip install torch .*", line)
+
+
+def test_a_torch_that_cannot_import_a_module_of_its_own_is_not_called_missing(tool_script, tmp_path) -> None:
+    """Torch installed but broken (something it imports is missing) is said so, with that module: not 'install torch'
+    as if it were absent."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("import a_module_torch_needs_and_lacks\n")
+    result = subprocess.run([sys.executable, tool_script("dlib_resnet"), "--help"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert (result.returncode, result.stderr) == (
+        2, "error: tools/dlib_resnet.py needs PyTorch, which is installed but cannot be imported (No module named "
+           "'a_module_torch_needs_and_lacks'): pip install torch --index-url https://download.pytorch.org/whl/cpu "
+           "(the CPU build; or, in a clone, pip install -e '.[train]')\n")

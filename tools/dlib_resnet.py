@@ -29,12 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import torch
-except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
-    from facekit.representation import torch_or_exit
+from facekit.representation import torch_or_exit
 
-    torch_or_exit("tools/dlib_resnet.py")
+torch = torch_or_exit("tools/dlib_resnet.py")  # one line where it is missing, not a traceback
 import torch.nn.functional as F
 
 CHIP_SIZE = 150  # dlib.get_face_chip(image, landmarks, 150, 0.25) gives the network's input

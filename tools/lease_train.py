@@ -45,14 +45,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-try:
-    from facekit.training.data import MANIFEST_COLUMNS
-except ModuleNotFoundError as missing:  # the train extra: one line, as `facekit train` says it, not a traceback
-    if missing.name != "torch":
-        raise
-    from facekit.representation import torch_or_exit
+from facekit.representation import torch_or_exit
 
-    torch_or_exit("tools/lease_train.py")
+torch_or_exit("tools/lease_train.py")  # one line where it is missing, not a traceback
+from facekit.training.data import MANIFEST_COLUMNS  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = Path("/tmp/facekit-pool")

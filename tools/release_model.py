@@ -16,12 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
-try:
-    import torch
-except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
-    from facekit.representation import torch_or_exit
+from facekit.representation import torch_or_exit
 
-    torch_or_exit("tools/release_model.py")
+torch = torch_or_exit("tools/release_model.py")  # one line where it is missing, not a traceback
 
 from facekit.alignment import TEMPLATE_112
 from facekit.export import beside, export_onnx

@@ -54,18 +54,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-try:
-    import torch
-except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
-    from facekit.representation import torch_or_exit
-
-    torch_or_exit("tools/teacher_embeddings.py")
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling dlib_resnet, also when loaded by path
 
+from facekit.representation import torch_or_exit
+
+torch = torch_or_exit("tools/teacher_embeddings.py")  # one line where it is missing, not a traceback
 from dlib_resnet import CHIP_SIZE, DlibResNet  # noqa: E402
 
 from facekit.errors import one_line  # noqa: E402

@@ -26,6 +26,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling tools, when imported by the tests
 
+from facekit.representation import torch_or_exit
+
+torch_or_exit("tools/teacher_lfw.py")  # teacher_embeddings's networks run in torch
 from lfw_neighbours import SHARED, aligned_crops, pair_metrics  # noqa: E402
 from teacher_embeddings import embeddings_in_order, make_teacher  # noqa: E402
 

@@ -28,12 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-try:
-    import torch
-except ModuleNotFoundError:  # the train extra: one line, as `facekit train` says it, not a traceback
-    from facekit.representation import torch_or_exit
+from facekit.representation import torch_or_exit
 
-    torch_or_exit("tools/train_landmarks.py")
+torch = torch_or_exit("tools/train_landmarks.py")  # one line where it is missing, not a traceback
 from safetensors.torch import save_file
 
 from facekit.landmarks import (
