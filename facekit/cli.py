@@ -191,13 +191,13 @@ def make_pipeline(args: argparse.Namespace):
 
 
 def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None):
-    from facekit.datastore import DB_NAME, Gallery, default_gallery_path
+    from facekit.datastore import DB_NAME, Gallery, default_gallery_path, holds_index_files
 
     path = default_gallery_path(args.gallery)
-    nothing_there = not path.exists() or (path.is_dir() and not any(path.iterdir()))
-    if not create and nothing_there:
-        # Often the first command a newcomer runs, before any enroll: say how a gallery is made, or found. A folder
-        # holding something else (index files without their database) gets Gallery.open's own diagnosis.
+    enroll_would_make_one = not path.exists() or (path.is_dir() and not holds_index_files(path))
+    if not create and not (path / DB_NAME).exists() and enroll_would_make_one:
+        # Often the first command a newcomer runs, before any enroll: say how a gallery is made, or found. Index
+        # files without their database, or a file in the way, get Gallery.open's own diagnosis: enroll refuses both.
         raise CliError(f"no gallery at {path} (no {DB_NAME} there): enroll people first with `facekit enroll "
                        "PEOPLE_DIR`, or point --gallery (or $FACEKIT_GALLERY) at one")
     return Gallery.open(path, create=create, dim=dim)

@@ -418,7 +418,7 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _holds_index_files(root: Path) -> bool:
+def holds_index_files(root: Path) -> bool:
     """Whether a gallery's index files are in root: then its database held faces, and no new one may be made there."""
     return any(INDEX_FILE.fullmatch(name) for name in os.listdir(root))
 
@@ -549,7 +549,7 @@ class Gallery:
                 raise GalleryError(f"{root} exists and is not a folder")
             # A new gallery makes its database before any index file: index files without it mean it was deleted,
             # and a new database here would be taken for that one emptied.
-            if root.is_dir() and _holds_index_files(root):
+            if root.is_dir() and holds_index_files(root):
                 raise GalleryError(f"{DB_NAME} is missing from {root}, which holds index files: restore the database "
                                    "from a backup; nothing was changed")
             if not create:
@@ -990,7 +990,7 @@ class Gallery:
         db = self.root / DB_NAME
         # Looked at before the database: a process creating this gallery now commits its tables before it writes any
         # index file, so index files seen here mean its tables are seen below.
-        holds_index = _holds_index_files(self.root)
+        holds_index = holds_index_files(self.root)
         holds_log = _size(Path(f"{db}-wal")) > 0  # before the database's size: a new gallery's log follows its header
         if _size(db) == 0:
             tables = []  # SQLite is not asked: reading a 0-byte database deletes its -wal file

@@ -399,6 +399,11 @@ def test_identify_and_gallery_actions_without_a_gallery_say_how_to_make_one(tmp_
         assert run_cli(capsys, "gallery", *action, "--gallery", str(mistyped)) == (
             2, "", f"error: no gallery at {mistyped} (no gallery.sqlite there): {hint}\n")
     assert not default.exists() and not mistyped.exists()
+    # A folder holding other files is one enroll would make a gallery in: the hint stands there.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    assert run_cli(capsys, "gallery", "list", "--gallery", str(tmp_path / "notes")) == (
+        2, "", f"error: no gallery at {tmp_path / 'notes'} (no gallery.sqlite there): {hint}\n")
     # Not where something else lies there: enrolling would not help a folder whose database was deleted, or a file.
     (tmp_path / "index-00000001-0.faiss").write_bytes(b"")
     assert run_cli(capsys, "identify", "photo.jpg", "--gallery", str(tmp_path)) == (
