@@ -34,6 +34,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ENROLL_PASSES_OVER = ("not an image file name", "symlinked folder not followed")
 
 
+def not_enrolled_as(reason: str) -> str:
+    """How enroll says a file it did not enroll: "failed" (its exit code is then 1), or "skipped" by rule."""
+    return "skipped" if reason in ENROLL_PASSES_OVER else "failed"
+
+
 class CliError(Exception):
     """A user-facing failure: printed as one line, exits with `code`."""
 
@@ -244,6 +249,11 @@ def csv_text(cell: str) -> str:
     return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
 
 
+def csv_error_row(path: str, error: str) -> list[str]:
+    """identify --csv's one row for a photo without faces or that cannot be read: only its image and error."""
+    return [csv_text(path), *[""] * 7, csv_text(error)]
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from facekit.recognition import collect_people, enroll
 
@@ -252,8 +262,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
     if not photos:
         # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
-        word = "skipped" if skipped and skipped[0][1] in ENROLL_PASSES_OVER else "failed"  # as the report says it
-        why = f"; {word} {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        why = f"; {not_enrolled_as(skipped[0][1])} {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person){why}", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
@@ -263,7 +272,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         total = len(gallery)
     # A photo unreadable, without a face or under a name the gallery cannot hold, or a folder that could not be
     # listed: the others were still enrolled, and the exit code tells a script that not every photo was.
-    failed = [(path, reason) for path, reason in report.skipped if reason not in ENROLL_PASSES_OVER]
+    failed = [(path, reason) for path, reason in report.skipped if not_enrolled_as(reason) == "failed"]
     summary = {
         "people": len(report.people), "files": report.files, "images": report.images, "enrolled": report.enrolled,
         # "skipped" and "skipped_files" count and list the failed ones too, as they did before "failed" was added.
@@ -283,9 +292,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     else:
         for warning in report.warnings:
             print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
-        for path, reason in report.skipped:  # "failed" for those that make the exit code 1, in their order
-            word = "skipped" if reason in ENROLL_PASSES_OVER else "failed"
-            print(escape_control_characters(f"{word} {path}: {reason}"), file=sys.stderr)
+        for path, reason in report.skipped:
+            print(escape_control_characters(f"{not_enrolled_as(reason)} {path}: {reason}"), file=sys.stderr)
         print(f"{counted(summary['people'], 'person', 'people')}, {counted(report.files, 'file')}: "
               f"{counted(report.enrolled, 'face')} enrolled, {report.already_enrolled} already enrolled, "
               f"{len(failed)} failed, {len(report.skipped) - len(failed)} skipped; "
@@ -338,7 +346,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 if args.json:  # a record for every image, so that a reader of the stream knows which ones failed
                     print(json.dumps({"image": item.path, "error": item.error}), flush=True)
                 elif writer:
-                    writer.writerow([csv_text(item.path), *[""] * 7, csv_text(item.error)])
+                    writer.writerow(csv_error_row(item.path, item.error))
                 continue
             processed += 1
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
@@ -366,7 +374,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                                   **({"error": problem} if problem else {})}), flush=True)
             elif writer:
                 if not faces:
-                    writer.writerow([csv_text(item.path), *[""] * 7, csv_text(problem)])
+                    writer.writerow(csv_error_row(item.path, problem))
                 for number, face in enumerate(faces):
                     # Empty, as JSON's null: "unknown" would read as the name of someone enrolled as unknown.
                     writer.writerow([csv_text(item.path), number, *face["box"], csv_text(face["identity"] or ""),

@@ -555,8 +555,7 @@ def _unnamed_content(skipped: list[tuple[str, str]]) -> set[str]:
 
 
 def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[str, str], hashed: dict[str, str],
-                 unlisted_folders: list[str], unnamed_content: frozenset[str] | set[str] = frozenset()
-                 ) -> tuple[list[tuple[str, str]], list[dict]]:
+                 unlisted_folders: list[str], unnamed_content: set[str]) -> tuple[list[tuple[str, str]], list[dict]]:
     """enroll's sync, for the faces recorded from a path inside people_dir where no file is any more, or whose
     content's sha256 is no longer the one recorded. One whose content is now at a listed path (listed: path ->
     identity) that no face records is moved there (Gallery.move_photos), as the person of that path; the others are
