@@ -320,3 +320,62 @@ def test_one_person_is_named_once_in_a_photo(tmp_path, mtcnn_pipeline, astronaut
         expected = runner_up["identity"] if runner_up["similarity"] >= 0.3 else None
         assert other["identity"] == expected != "eileen"
         assert other["similarity"] == (runner_up if expected else other["candidates"][0])["similarity"]
+
+
+def photos_of_two_people(people, astronaut_bgr, grace_hopper_path) -> None:
+    """Eileen Collins's photo, and Grace Hopper's in her folder and (a wrong photo) in Eileen's."""
+    for person in ("eileen_collins", "grace_hopper"):
+        (people / person).mkdir(parents=True)
+    cv2.imwrite(str(people / "eileen_collins" / "a.png"), astronaut_bgr)
+    shutil.copy(grace_hopper_path, people / "eileen_collins" / "b.jpg")
+    shutil.copy(grace_hopper_path, people / "grace_hopper" / "a.jpg")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_enroll_run_again_neither_decodes_nor_searches_the_photos_enrolled_already(
+        tmp_path, workers, astronaut_bgr, grace_hopper_path, mtcnn_pipeline):
+    """A second enroll decoded every photo and searched it for a face, then found from its sha256 that it was
+    enrolled: 2.6 s of 3.8 s for 74 LFW photos. Its report, and sync's following of a renamed photo, stay."""
+    people = tmp_path / "people"
+    photos_of_two_people(people, astronaut_bgr, grace_hopper_path)
+    with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
+        first = enroll(mtcnn_pipeline, gallery, people, workers=workers, progress=False)
+        (people / "eileen_collins" / "a.png").rename(people / "eileen_collins" / "renamed.png")
+        detector = CountingMTCNN()
+        again = enroll(FacePipeline(detector=detector, embedder=mtcnn_pipeline.embedder), gallery, people,
+                       workers=workers, progress=False, sync=True)
+        paths = sorted(photo["path"] for photo in gallery.photos())
+    assert detector.searches == []
+    assert (first.enrolled, first.already_enrolled, again.enrolled, again.already_enrolled) == (2, 1, 0, 3)
+    assert again.warnings == first.warnings == [
+        f"{people / 'grace_hopper' / 'a.jpg'}: the same photo is enrolled as eileen_collins; not added to "
+        "grace_hopper (`facekit gallery remove-photo` takes it out of the gallery)"]
+    assert (again.skipped, again.removed, again.moved) == ([], [], [])
+    assert paths == [str(people / "eileen_collins" / "b.jpg"), str(people / "eileen_collins" / "renamed.png")]
+
+
+def test_a_photo_taken_out_of_the_gallery_once_enroll_has_listed_it_is_enrolled_again(
+        tmp_path, monkeypatch, astronaut_bgr, grace_hopper_path, mtcnn_pipeline):
+    """Enroll lists the enrolled photos as it starts, and does not decode those; one removed from the gallery after
+    that (`facekit gallery remove-photo` beside it) is decoded and enrolled, not reported faceless."""
+    people = tmp_path / "people"
+    photos_of_two_people(people, astronaut_bgr, grace_hopper_path)
+    removed = people / "eileen_collins" / "a.png"
+    with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
+        enroll(mtcnn_pipeline, gallery, people, progress=False)
+        listing = gallery.photos
+
+        def listed_then_one_removed(identity: str | None = None) -> list[dict]:
+            listed = listing(identity)
+            monkeypatch.setattr(gallery, "photos", listing)
+            assert [face["path"] for face in gallery.remove_photos([str(removed)])] == [str(removed)]
+            return listed
+
+        monkeypatch.setattr(gallery, "photos", listed_then_one_removed)
+        detector = CountingMTCNN()
+        report = enroll(FacePipeline(detector=detector, embedder=mtcnn_pipeline.embedder), gallery, people,
+                        progress=False)
+        paths = sorted(photo["path"] for photo in gallery.photos())
+    assert [shape for _, shape, _ in detector.searches] == [astronaut_bgr.shape]
+    assert (report.enrolled, report.already_enrolled, report.skipped) == (1, 2, [])
+    assert paths == [str(removed), str(people / "eileen_collins" / "b.jpg")]
