@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from facekit import imageio
-from facekit.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image, load_image
+from facekit.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image, from_pil, load_image
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,115 @@ def test_sixteen_bit_images(tmp_path: Path, photo_rgb: np.ndarray, suffix: str, 
     image = load_image(path)
     assert image.shape == (112, 96, 3) and image.dtype == np.uint8
     assert _mean_abs_diff(image, bgr8) < 1.0
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+# Name -> (mode, format, save options) of the files photo folders hold; "RGB;16" is 16 bits a sample, from OpenCV.
+DECODE_CASES: dict[str, tuple[str, str, dict]] = {
+    "jpeg": ("RGB", "JPEG", {}),
+    **{f"jpeg orientation {turn}": ("RGB", "JPEG", {"exif": _exif(turn)}) for turn in range(1, 9)},
+    "jpeg grey": ("L", "JPEG", {}),
+    "jpeg grey orientation 6": ("L", "JPEG", {"exif": _exif(6)}),
+    "jpeg cmyk": ("CMYK", "JPEG", {}),
+    "png": ("RGB", "PNG", {}),
+    "png transparent colour": ("RGB", "PNG", {"transparency": (255, 255, 255)}),
+    "png rgba": ("RGBA", "PNG", {}),
+    "png rgba orientation 6": ("RGBA", "PNG", {"exif": _exif(6)}),
+    "png grey": ("L", "PNG", {}),
+    "png grey transparent shade": ("L", "PNG", {"transparency": 128}),
+    "png grey alpha": ("LA", "PNG", {}),
+    "png palette": ("P", "PNG", {}),
+    "png palette transparency": ("P", "PNG", {"transparency": 0}),
+    "png 1-bit": ("1", "PNG", {}),
+    "png 16-bit grey": ("I;16", "PNG", {}),
+    "png 16-bit colour": ("RGB;16", "PNG", {}),
+    "gif": ("P", "GIF", {}),
+    "gif transparency": ("P", "GIF", {"transparency": 0}),
+    "webp": ("RGB", "WEBP", {"lossless": True}),
+    "webp rgba": ("RGBA", "WEBP", {"lossless": True}),
+    "bmp": ("RGB", "BMP", {}),
+    "bmp grey": ("L", "BMP", {}),
+    "tiff": ("RGB", "TIFF", {}),
+    "tiff orientation 8": ("RGB", "TIFF", {"tiffinfo": {0x0112: 8}}),
+    "tiff rgba": ("RGBA", "TIFF", {}),
+    "tiff cmyk": ("CMYK", "TIFF", {}),
+    "tiff 16-bit grey": ("I;16", "TIFF", {}),
+    "tiff 16-bit colour": ("RGB;16", "TIFF", {}),
+}
+
+
+def _encoded(rgb: np.ndarray, mode: str, file_format: str, options: dict) -> bytes:
+    if mode == "RGB;16":
+        ok, encoded = cv2.imencode("." + file_format.lower(), _bgr(rgb).astype(np.uint16) * 257 + 100)
+        assert ok
+        return encoded.tobytes()
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L"), np.uint16) * 256 + 200)
+    elif mode in ("RGBA", "LA"):
+        # Alpha from clear to opaque across the photo, so that every blend weight occurs.
+        alpha = np.broadcast_to(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), rgb.shape[:2])
+        image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert(mode)
+    else:
+        image = Image.fromarray(rgb).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, file_format, **options)
+    return buffer.getvalue()
+
+
+def _plain_bgr(data: bytes) -> np.ndarray:
+    """The pixels decode_image gave before it left out Pillow's needless copies: Pillow's own EXIF turn and
+    conversions, composited on white where there is transparency, and numpy's channel flip."""
+    with Image.open(io.BytesIO(data)) as image:
+        upright = ImageOps.exif_transpose(image)
+    if upright.mode == "I;16":
+        return np.dstack([(np.asarray(upright) // 257).astype(np.uint8)] * 3)
+    if upright.mode in ("RGBA", "LA") or (upright.mode == "P" and "transparency" in upright.info):
+        white = Image.new("RGBA", upright.size, (255, 255, 255, 255))
+        upright = Image.alpha_composite(white, upright.convert("RGBA"))
+    return np.ascontiguousarray(np.asarray(upright.convert("RGB"))[:, :, ::-1])
+
+
+@pytest.mark.parametrize("case", sorted(DECODE_CASES))
+def test_decoded_pixels_are_those_of_pillows_plain_conversion(monkeypatch: pytest.MonkeyPatch, photo_rgb: np.ndarray,
+                                                                case: str) -> None:
+    data = _encoded(photo_rgb, *DECODE_CASES[case])
+    expected = _plain_bgr(data)
+    # A row a band, bands of 10 rows and 2 left over, the photo in one band.
+    for band_pixels in (50, 1000, imageio.BAND_PIXELS):
+        monkeypatch.setattr(imageio, "BAND_PIXELS", band_pixels)
+        decoded = decode_image(data)
+        assert decoded.dtype == np.uint8 and decoded.flags.c_contiguous and decoded.flags.writeable
+        np.testing.assert_array_equal(decoded, expected)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        before = image.size, image.mode, image.tobytes()
+        np.testing.assert_array_equal(from_pil(image), expected)
+        assert (image.size, image.mode, image.tobytes()) == before  # the caller's image is not turned in place
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's peak memory of a process")
+def test_decoding_a_large_photo_holds_little_more_than_its_pixels(tmp_path: Path, astronaut_bgr: np.ndarray) -> None:
+    """Pillow's decoded image (4 bytes a pixel) and the BGR array (3) must coexist; the decoder's peak memory was
+    six times the array's size, in copies it did not need. Measured in a fresh interpreter: ru_maxrss would start
+    from pytest's own peak, which a child inherits."""
+    path = tmp_path / "large.jpg"
+    assert cv2.imwrite(str(path), cv2.resize(astronaut_bgr, (3000, 2000)))
+    script = ("import re, sys\nfrom facekit.imageio import decode_image\n"
+              "def peak_kib():\n"
+              "    return int(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))\n"
+              "data = open(sys.argv[1], 'rb').read()\n"
+              "before = peak_kib()\n"
+              "pixels = decode_image(data)\n"
+              "print((peak_kib() - before) * 1024 / pixels.nbytes)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 4.0  # about 2.7
+
 
 
 def test_missing_file(tmp_path: Path) -> None:
