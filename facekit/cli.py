@@ -39,6 +39,12 @@ def not_enrolled_as(reason: str) -> str:
     return "skipped" if reason in ENROLL_PASSES_OVER else "failed"
 
 
+def not_enrolled_line(path: str, reason: str) -> str:
+    """'failed PATH: reason'. An image's own error names the file ("not an image: PATH", "cannot read PATH: ..."),
+    which the line has just named: it is said once."""
+    return f"{not_enrolled_as(reason)} {path}: {reason.replace(f': {path}', '').replace(f' {path}', '')}"
+
+
 class CliError(Exception):
     """A user-facing failure: printed as one line, exits with `code`."""
 
@@ -86,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=SubcommandParser)
 
     enroll = commands.add_parser("enroll", help="enroll a folder with one sub-folder of photos per person")
-    enroll.add_argument("people_dir", metavar="PEOPLE_DIR")
+    enroll.add_argument("people_dir", metavar="PEOPLE_DIR",
+                        help="a folder with a sub-folder of photos per person, named as the person")
     _add_gallery_option(enroll)
     _add_pipeline_options(enroll)
     enroll.add_argument("--workers", type=int, default=1, help="look-ahead: up to 2 x N images decoded and detected "
@@ -98,13 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "renamed or moved in it: to their new path, and to the person whose folder holds them now")
 
     identify = commands.add_parser("identify", help="name every face in images or folders")
-    identify.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    identify.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
+                          help="a photo, or a folder searched for photos, its sub-folders too")
     _add_gallery_option(identify)
     _add_pipeline_options(identify)
     identify.add_argument("--threshold", type=float, help="minimum cosine similarity for a match "
                                                           "(default: from the model card, calibrated on LFW for "
                                                           "search in a gallery, stricter as the gallery grows)")
-    identify.add_argument("--top-k", type=int, default=3, help="candidates listed per face (default: 3)")
+    identify.add_argument("--top-k", type=int, default=3,
+                          help="candidates searched per face and listed in --json (default: 3); where a face's "
+                               "best is given to a more similar face in the photo, it is named as one of its other "
+                               "top-k candidates, or unknown")
     output = identify.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="one JSON object per image per line: {image, faces}, or {image, error} for an image "
@@ -113,14 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CSV, one row per face: image, face, x, y, w, h, identity (empty if unknown), "
                              "similarity, error; an image without faces or that cannot be read gets one row with "
                              "only image and error")
-    identify.add_argument("--annotate", metavar="OUT_DIR", help="write copies with boxes and names drawn")
+    identify.add_argument("--annotate", metavar="OUT_DIR",
+                          help="write copies with boxes and names drawn, as OUT_DIR/NAME.annotated.jpg (NAME-2... "
+                               "where that is taken): a copy replaces only an annotated copy facekit wrote before, "
+                               "never a photo being identified, and those in OUT_DIR are identified only if named")
 
     verify = commands.add_parser("verify", help="are the main faces in two images the same person?")
-    verify.add_argument("image_a", metavar="A")
-    verify.add_argument("image_b", metavar="B")
+    verify.add_argument("image_a", metavar="A", help="the first photo")
+    verify.add_argument("image_b", metavar="B", help="the second photo")
     _add_pipeline_options(verify)
     verify.add_argument("--threshold", type=float, help="default: the model card's, LFW's 10-fold threshold")
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true",
+                        help='one JSON object: {"same", "similarity", "threshold"}, or {"image", "error"} for a '
+                             "photo without a face or that cannot be read")
 
     gallery = commands.add_parser("gallery", help="inspect and maintain a gallery")
     _add_gallery_option(gallery)
@@ -131,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "number of faces")
     list_format.add_argument("--csv", action="store_true", help="CSV, one row per identity: identity, faces")
     stats = actions.add_parser("stats", help="counts, index type, size on disk")
-    stats.add_argument("--json", action="store_true")
-    photos = actions.add_parser("photos", help="the photos enrolled, one per line: identity, date, sha256, path")
+    stats.add_argument("--json", action="store_true", help="one JSON object of the same counts")
+    photos = actions.add_parser("photos", help="the photos enrolled, one per line: identity, created (when "
+                                                  "enrolled, UTC), sha256, path")
     photos.add_argument("name", nargs="?", help="only this identity's")
     photo_format = photos.add_mutually_exclusive_group()
     photo_format.add_argument("--json", action="store_true", help="one JSON object per photo per line")
@@ -145,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="a photo file (matched by content and path), its path as enrolled (relative or "
                                    "absolute), or its sha256")
     rename = actions.add_parser("rename", help="rename an identity")
-    rename.add_argument("old")
-    rename.add_argument("new")
+    rename.add_argument("old", help="the identity's name now")
+    rename.add_argument("new", help="its new name")
     rename.add_argument("--merge", action="store_true", help="merge into NEW if it exists")
     check = actions.add_parser("check", help="verify that the index and the database agree; exit 1 if not, or "
                                                      "if opening it had to repair the index")
@@ -262,7 +279,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
     if not photos:
         # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
-        why = f"; {not_enrolled_as(skipped[0][1])} {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        why = f"; {not_enrolled_line(*skipped[0])}" if skipped else ""
         raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person){why}", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:
@@ -287,13 +304,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                                   for p, who, old, was in report.moved]
     if args.json:
         for path, reason in failed:  # as text mode says them: stderr names what failed, whatever stdout holds
-            print(escape_control_characters(f"failed {path}: {reason}"), file=sys.stderr)
+            print(escape_control_characters(not_enrolled_line(path, reason)), file=sys.stderr)
         print(json.dumps(summary))
     else:
         for warning in report.warnings:
             print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
         for path, reason in report.skipped:
-            print(escape_control_characters(f"{not_enrolled_as(reason)} {path}: {reason}"), file=sys.stderr)
+            print(escape_control_characters(not_enrolled_line(path, reason)), file=sys.stderr)
         print(f"{counted(summary['people'], 'person', 'people')}, {counted(report.files, 'file')}: "
               f"{counted(report.enrolled, 'face')} enrolled, {report.already_enrolled} already enrolled, "
               f"{len(failed)} failed, {len(report.skipped) - len(failed)} skipped; "
@@ -315,7 +332,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from facekit import check_top_k
     from facekit.drawing import draw_results
     from facekit.imageio import IMAGE_EXTENSIONS
-    from facekit.recognition import identify_image, iter_image_paths
+    from facekit.recognition import identify_image
 
     check_top_k(args.top_k, "--top-k")
     if args.annotate == "":
@@ -338,7 +355,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print(escape_control_characters(message), file=sys.stderr)
 
     with gallery:
-        for item in pipeline.load_many(iter_image_paths(args.images, unreadable)):
+        photos = photos_to_identify(args.images, annotate_dir, unreadable)
+        being_identified = {file_identity(photo) for photo in photos} - {None}
+        for item in pipeline.load_many(photos):
             found += 1
             if item.error:
                 failed += 1
@@ -358,7 +377,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 print(f"error: {escape_control_characters(f'no face found in {item.path}')}", file=sys.stderr)
             annotated_copy = None
             if annotate_dir:
-                out = annotated_path(annotate_dir, item.path, annotated)
+                out = annotated_path(annotate_dir, item.path, annotated, being_identified)
                 annotated.add(out)
                 not_written = write_annotated(out, draw_results(item.image, faces))
                 if not_written:  # as for an image that cannot be read: said, and the other images still identified
@@ -407,6 +426,8 @@ def annotation_folder(path: str) -> Path:
     """--annotate's folder, made if need be and written to once: one that cannot take the copies (read-only, no
     permission) stops the command with the reason before any photo is read, rather than at every photo."""
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():  # mkdir's own "File exists" does not say what is wrong with it
+        raise CliError(f"cannot write annotated copies to {folder}: a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):
@@ -428,21 +449,74 @@ def write_annotated(out: Path, image: np.ndarray) -> str | None:
     if not encoded:
         return f"OpenCV cannot encode a {image.shape[1]}x{image.shape[0]} image as JPEG"
     try:
-        out.write_bytes(data.tobytes())
+        out.write_bytes(ANNOTATED_COPY_START + data.tobytes()[len(JPEG_START):])
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
 
 
-def annotated_path(annotate_dir: Path, image_path: str, taken: set[Path]) -> Path:
-    """OUT_DIR/<stem>.annotated.jpg: the suffix keeps the copy off any photo in OUT_DIR (the input itself, when
-    OUT_DIR is its own folder), and photos of one name in different folders are numbered rather than overwritten."""
+JPEG_START = b"\xff\xd8"
+# A JPEG comment right after the start of the image: what tells the copies facekit wrote from the photos beside them,
+# which may have any name (a user's own b.annotated.jpg).
+ANNOTATED_COPY_COMMENT = b"facekit annotated copy"
+ANNOTATED_COPY_START = (JPEG_START + b"\xff\xfe" + (len(ANNOTATED_COPY_COMMENT) + 2).to_bytes(2, "big")
+                        + ANNOTATED_COPY_COMMENT)
+
+
+def is_annotated_copy(path: Path) -> bool:
+    """A file (not a link, nor a pipe that would block the read) that facekit wrote as an annotated copy."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(ANNOTATED_COPY_START)) == ANNOTATED_COPY_START
+    except OSError:  # gone, or cannot be read: not a copy facekit may replace
+        return False
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """The file under a path, however it is reached (a symlink, a hard link), or None where there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def photos_to_identify(inputs: list[str], annotate_dir: Path | None,
+                       unreadable: Callable[[OSError], None]) -> list[str]:
+    """The photos named and those found in the folders named, less the annotated copies in OUT_DIR that an earlier
+    run wrote: `identify photos --annotate photos` run again took them for photos and drew on them."""
+    from facekit.recognition import iter_image_paths
+
+    photos = []
+    for given in inputs:
+        found = iter_image_paths([given], unreadable)
+        if annotate_dir and Path(given).is_dir():
+            out_dir = annotate_dir.resolve()
+            found = (path for path in found
+                     if not (Path(path).parent.resolve() == out_dir and is_annotated_copy(Path(path))))
+        photos.extend(found)
+    return photos
+
+
+def annotated_path(annotate_dir: Path, image_path: str, written: set[Path],
+                   being_identified: set[tuple[int, int]]) -> Path:
+    """OUT_DIR/<stem>.annotated.jpg, or <stem>-2..., the first name that this run has not written to and that holds
+    nothing, or an annotated copy facekit wrote that is not a photo being identified. Any other file there, a photo
+    most of all, is never replaced (a folder is left to fail at writing, and be said)."""
     stem, number = Path(image_path).stem, 1
     out = annotate_dir / f"{stem}.annotated.jpg"
-    while out in taken or out.resolve() == Path(image_path).resolve():
+    while out in written or not may_replace(out, being_identified):
         number += 1
         out = annotate_dir / f"{stem}-{number}.annotated.jpg"
     return out
+
+
+def may_replace(out: Path, being_identified: set[tuple[int, int]]) -> bool:
+    if not os.path.lexists(out) or (out.is_dir() and not out.is_symlink()):
+        return True
+    return is_annotated_copy(out) and file_identity(out) not in being_identified
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

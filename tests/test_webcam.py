@@ -265,6 +265,14 @@ def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, load_too
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is put back
 
 
+def test_one_frame_is_summed_up_as_one_frame(tmp_path, load_tool, monkeypatch, capsys):
+    webcam = load_tool("webcam")
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)]))
+    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
+    assert webcam.main(["--headless", "--source", "clip"]) == 0
+    assert capsys.readouterr().out.startswith("1 frame, ")  # not "1 frames"
+
+
 def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkeypatch, astronaut_bgr,
                                                      grace_hopper_bgr):
     # Live MTCNN looked for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:

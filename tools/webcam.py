@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from facekit.cli import check_threshold, quiet_opencv, report_errors
+from facekit.cli import check_threshold, counted, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import DETECTOR_BACKENDS, create_detector
 from facekit.drawing import draw_results
@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
     parser.add_argument("--search-every", type=int, default=5, metavar="N",
                         help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
-    parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto")
+    parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
+                        help="face detector; auto uses YuNet when a model file is configured, else MTCNN "
+                             "(default: auto)")
     parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
     parser.add_argument("--weights", metavar="PATH",
                         help="embedding model (.safetensors + .json card; default: $FACEKIT_WEIGHTS or the shipped "
@@ -303,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
         return 1
     written = f", written to {Path(args.output)}" if args.output else ""
-    print(f"{frames} frames, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame{written}")
+    print(f"{counted(frames, 'frame')}, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame"
+          f"{written}")
     return 0 if stop.exit_code is None else stop.exit_code
 
 
