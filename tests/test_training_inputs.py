@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from facekit import FacekitWarning
 from facekit.cli import main
-from facekit.training.data import load_crops
+from facekit.training.data import load_crops, load_teacher
 from facekit.training.train import TrainConfig, train
 
 TINY = ["--width", "0.0625", "--blocks", "1,1,1", "--embedding-size", "16", "--batch-size", "4", "--epochs", "1",
@@ -194,3 +195,81 @@ def test_a_diverging_run_stops_and_keeps_what_it_saved_before(tmp_path, astronau
         train(TrainConfig(**{**vars(config), "epochs": 3, "lr": 1e38, "log_every": 1}))  # steps 5 to 12
     assert int(re.search(r"by step (\d+)", str(error.value)).group(1)) < 12  # the log step's check, not the last
     assert {name: (run / name).read_bytes() for name in saved} == saved
+
+
+class MeanColourTeacher:
+    """A teacher for tools/teacher_embeddings.py that needs no optional peer: a crop's mean colour, and a 1."""
+
+    name, dim = "mean-colour", 4
+
+    def embed(self, crop_rgb: np.ndarray) -> np.ndarray:
+        return np.append(crop_rgb.mean((0, 1)), 1.0).astype(np.float32)
+
+
+def _teacher_run(teachers, monkeypatch, pool: Path, output: Path, *options: str) -> Path:
+    """tools/teacher_embeddings.py on the pool: its table, with its run record OUTPUT.json beside it."""
+    monkeypatch.setattr(teachers, "make_teacher", lambda *_: MeanColourTeacher())
+    assert teachers.main([str(pool), "--teacher", "dlib", "--output", str(output), "--quiet", *options]) == 0
+    return output
+
+
+def test_a_teacher_table_made_for_other_crops_is_refused(tmp_path, capsys, monkeypatch, astronaut_bgr, teachers):
+    """Row i of a teacher table is crop i of the crops it was made for: made for 2 of the 4 identities, its rows
+    here would be other crops' targets (in the shared pool, whose manifest mixes identities, nearly all of them)."""
+    pool = tmp_path / "pool"
+    _zip_pool(pool, astronaut_bgr)
+    table = _teacher_run(teachers, monkeypatch, pool, tmp_path / "teacher.npy", "--limit-classes", "2")
+    code, err = _train(capsys, pool, "--teacher", str(table), "--distill-weight", "1")
+    assert code == 2 and "teacher.npy were made for other crops (8 crops, not 16" in _one_error(err)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    # Given the settings the crops were read with, those that differ are named too.
+    settings = TrainConfig(data=str(pool), output=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"\(8 crops, not 16; --limit-classes 2, not unset, as teacher.npy.json "
+                                         r"records\): compute a table for these with tools/teacher_embeddings.py"):
+        load_teacher(table, 16, settings)
+    with pytest.raises(ValueError, match=r"\(--min-per-class 2, not 3, as"):
+        load_teacher(table, 8, TrainConfig(**{**vars(settings), "limit_classes": 2, "min_per_class": 3}))
+    (tmp_path / "teacher.npy.json").write_text("{}")
+    with pytest.raises(ValueError, match="teacher.npy.json is not a teacher run record .*: 'run'"):
+        load_teacher(table, 8, settings)
+
+
+def test_a_teacher_run_cut_short_trains_on_the_crops_it_reached(tmp_path, capsys, monkeypatch, astronaut_bgr,
+                                                                  teachers):
+    """--limit 6: OUTPUT holds the first 6 rows and OUTPUT.partial.npy all 16, zero past the 6th. Both are
+    checked against the run record and train, with targets for the 6 crops the run reached."""
+    pool = tmp_path / "pool"
+    _zip_pool(pool, astronaut_bgr)
+    table = _teacher_run(teachers, monkeypatch, pool, tmp_path / "teacher.npy", "--limit", "6")
+    settings = TrainConfig(data=str(pool), output=str(tmp_path / "run"))
+    for path in (table, tmp_path / "teacher.npy.partial.npy"):
+        centred, _ = load_teacher(path, 16, settings)
+        assert torch.isfinite(centred[:, 0]).tolist() == [True] * 6 + [False] * 10
+        code, err = _train(capsys, pool, "--teacher", str(path), "--distill-weight", "1")
+        assert code == 0 and "warning" not in err, err
+        shutil.rmtree(tmp_path / "run")
+    # The pool moved: the same crops, so only a warning that says where the table was made.
+    shutil.move(pool, tmp_path / "moved")
+    with pytest.warns(FacekitWarning, match=r"were made from \S*pool, not \S*moved; taken to be these crops"):
+        load_teacher(table, 16, TrainConfig(**{**vars(settings), "data": str(tmp_path / "moved")}))
+
+
+def test_a_teacher_table_without_a_run_record_trains_with_a_warning(tmp_path, capsys, astronaut_bgr):
+    """A table made some other way: its rows are taken to be the crops in order, which nothing can check."""
+    _crop_folder(tmp_path / "crops", astronaut_bgr)
+    np.save(tmp_path / "teacher.npy", np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32))
+    code, err = _train(capsys, tmp_path / "crops", "--teacher", str(tmp_path / "teacher.npy"), "--distill-weight", "1")
+    assert code == 0 and "teacher.npy has no run record beside it (teacher.npy.json, written by " in err, err
+
+
+@pytest.mark.parametrize("rows, message", [
+    (np.ones(16, np.float32), r"have shape \(16,\); a teacher table is 2-D, one row of numbers per crop"),
+    (np.full((16, 4), np.nan, np.float32), "have no usable rows"),
+    (np.zeros((10, 4), np.float32), "have no usable rows"),
+], ids=["one-dimensional", "all-nan", "all-zero"])
+def test_a_teacher_table_that_gives_no_target_is_one_line_error(tmp_path, capsys, astronaut_bgr, rows, message):
+    _crop_folder(tmp_path / "crops", astronaut_bgr)
+    np.save(tmp_path / "teacher.npy", rows)
+    code, err = _train(capsys, tmp_path / "crops", "--teacher", str(tmp_path / "teacher.npy"), "--distill-weight", "1")
+    assert code == 2 and re.search(message, _one_error(err)) and "RuntimeWarning" not in err, err
+    assert not (tmp_path / "run" / "model.safetensors").exists()

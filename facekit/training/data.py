@@ -10,12 +10,15 @@ import contextlib
 import csv
 import functools
 import hashlib
+import json
 import math
 import os
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from facekit import FacekitWarning
 from facekit.errors import one_line
 from facekit.imageio import IMAGE_EXTENSIONS, header_fits
 
@@ -187,12 +191,23 @@ def _pool_key(root: Path, rows: list[tuple[str, str, str]], min_per_class: int, 
     return digest.hexdigest()[:16]
 
 
-def load_teacher(path: str | Path, num_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+class PoolSettings(Protocol):
+    """What load_crops was given for the crops (a TrainConfig has these)."""
+
+    data: str
+    min_per_class: int
+    limit_classes: int | None
+
+
+def load_teacher(path: str | Path, num_crops: int,
+                 pool: PoolSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher embeddings (row i for crop i), L2-normalised: centred first (the distillation targets), and
     as they are (the relational loss's); NaN rows have no target.
 
     A teacher run still in progress (tools/teacher_embeddings.py's OUTPUT.partial.npy) has zero rows
     for the crops it has not reached, so training can distil from whatever part of the pool is done.
+    Where the run's record (OUTPUT.json) is beside the table, it must name these crops: num_crops of them,
+    and pool's settings where given.
     """
     not_a_table = f"{path} is not a teacher table .npy (one row of numbers per crop: tools/teacher_embeddings.py)"
     try:
@@ -201,16 +216,53 @@ def load_teacher(path: str | Path, num_crops: int) -> tuple[torch.Tensor, torch.
         raise ValueError(not_a_table) from None
     if not isinstance(rows, np.ndarray) or rows.dtype.kind not in "fiu":  # an .npz archive, text, records
         raise ValueError(not_a_table)
-    if rows.ndim != 2 or len(rows) > num_crops:
-        raise ValueError(f"teacher embeddings {path} have shape {rows.shape}; expected at most {num_crops} rows")
+    if rows.ndim != 2:
+        raise ValueError(f"teacher embeddings {path} have shape {rows.shape}; a teacher table is 2-D, one row of "
+                         f"numbers per crop ({num_crops} x the teacher's size here)")
+    if len(rows) > num_crops:
+        raise ValueError(f"teacher embeddings {path} have {len(rows)} rows; expected at most {num_crops} rows, one "
+                         "per crop")
     table = np.full((num_crops, rows.shape[1]), np.nan, np.float32)
     table[:len(rows)] = rows
-    known = np.linalg.norm(table, axis=1) > 0
+    known = np.isfinite(table).all(1) & (np.linalg.norm(table, axis=1) > 0)
+    if not known.any():
+        raise ValueError(f"teacher embeddings {path} have no usable rows (every one is zero, NaN or infinite): "
+                         "no crop would have a target")
+    _check_teacher_record(Path(path), num_crops, pool)
+    table[~known] = np.nan
     centred = table.copy()
     # dlib's descriptors share a large common component (random crops: mean cosine 0.84); a cosine
     # target would be mostly that offset, and distilling it collapsed the student's embeddings.
     centred[known] -= centred[known].mean(0)
     return _unit_rows(centred), _unit_rows(table)
+
+
+def _check_teacher_record(path: Path, num_crops: int, pool: PoolSettings | None) -> None:
+    """Row i of a table is crop i only of the crops it was computed for, and a pool read with other settings holds
+    other crops in other rows (a manifest mixes identities): where the run's record says which, they must be these."""
+    record = path.with_name(path.name.removesuffix(".partial.npy") + ".json")
+    if not record.is_file():
+        warnings.warn(f"{path} has no run record beside it ({record.name}, written by tools/teacher_embeddings.py): "
+                      "that its rows are these crops in order cannot be checked", FacekitWarning, stacklevel=3)
+        return
+    try:
+        run = json.loads(record.read_text(encoding="utf-8"))["run"]
+        made_for, made_from = (run["crops"], run["min_per_class"], run["limit_classes"]), run["data"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{record} is not a teacher run record (tools/teacher_embeddings.py's OUTPUT.json): "
+                         f"{one_line(error)}") from None
+    here = (num_crops, *((pool.min_per_class, pool.limit_classes) if pool else made_for[1:]))
+    templates = ("{} crops", "--min-per-class {}", "--limit-classes {}")  # counts: none is 0, so unset is None
+    differences = [f"{template.format(made or 'unset')}, not {wanted or 'unset'}"
+                   for template, made, wanted in zip(templates, made_for, here) if made != wanted]
+    if differences:
+        raise ValueError(f"teacher embeddings {path} were made for other crops ({'; '.join(differences)}, as "
+                         f"{record.name} records): compute a table for these with tools/teacher_embeddings.py, "
+                         "given this data, --min-per-class and --limit-classes")
+    # Only a warning: a pool moved or copied elsewhere holds the same crops.
+    if pool and made_from != str(Path(pool.data).resolve()):
+        warnings.warn(f"teacher embeddings {path} were made from {made_from}, not {Path(pool.data).resolve()}; "
+                      "taken to be these crops, as their count and settings agree", FacekitWarning, stacklevel=3)
 
 
 def _unit_rows(table: np.ndarray) -> torch.Tensor:

@@ -48,8 +48,6 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float =
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     positive_mask = same & ~eye
     has_positive = positive_mask.any(1)
-    if not has_positive.any():
-        return embeddings.sum() * 0.0
     large = distance.detach().max() + 1.0
     hardest_positive = torch.where(positive_mask, distance, torch.zeros_like(distance)).max(1).values
     if mining == "batch_hard":
@@ -64,7 +62,9 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float =
         losses = F.relu(hardest_positive - negative + margin)
     else:
         raise ValueError(f"unknown triplet mining: {mining}")
-    return losses[has_positive].mean()
+    # The mean over anchors with a positive, 0 where none has one, by arithmetic: asking which anchors have one
+    # (a boolean index, a tensor's truth) would make the CPU wait for the GPU every step.
+    return torch.where(has_positive, losses, 0.0).sum() / has_positive.sum().clamp_min(1)
 
 
 class DistillationLoss(nn.Module):
