@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from facekit.detector_names import DETECTOR_BACKENDS
 from facekit.errors import (
     EXIT_INTERRUPTED,
     INTERRUPTED,
@@ -65,9 +66,21 @@ class SubcommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
-def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    from facekit.detection import DETECTOR_BACKENDS
+class VersionAction(argparse.Action):
+    """--version, which looks the installed version up (importlib.metadata, tens of ms) only when it is given, not
+    for every command as argparse's own "version" action, handed the string, would."""
 
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"facekit {_version()}")
+        parser.exit()
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
                         help="face detector; auto uses YuNet when a model file is configured, else MTCNN "
                              "(default: auto)")
@@ -88,7 +101,7 @@ def _add_gallery_option(parser: argparse.ArgumentParser, default: object = None)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facekit", description="Offline face recognition: enroll, identify, verify.")
-    parser.add_argument("--version", action="version", version=f"facekit {_version()}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=SubcommandParser)
 
     enroll = commands.add_parser("enroll", help="enroll a folder with one sub-folder of photos per person")
@@ -272,11 +285,14 @@ def csv_error_row(path: str, error: str) -> list[str]:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from facekit import FacekitWarning
     from facekit.recognition import collect_people, enroll
 
     check_workers(args.workers)
     people = Path(args.people_dir)
-    photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
+    with warnings.catch_warnings():  # enroll() collects again below, and says them then
+        warnings.simplefilter("ignore", FacekitWarning)
+        photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
     if not photos:
         # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
         why = f"; {not_enrolled_line(*skipped[0])}" if skipped else ""
@@ -330,7 +346,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_identify(args: argparse.Namespace) -> int:
     from facekit import check_top_k
-    from facekit.drawing import draw_results
     from facekit.imageio import IMAGE_EXTENSIONS
     from facekit.recognition import identify_image
 
@@ -343,6 +358,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     gallery = open_gallery(args, create=False, dim=pipeline.embedder.dim)
     threshold = pipeline.identify_threshold_for(len(gallery)) if args.threshold is None else args.threshold
     annotate_dir = annotation_folder(args.annotate) if args.annotate else None
+    if annotate_dir:
+        from facekit.drawing import draw_results  # PIL's ImageDraw and fonts: only for the copies
     annotated: set[Path] = set()
     writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]) if args.csv else None
     processed = found = failed = not_annotated = 0

@@ -68,6 +68,9 @@ IVF_TRAIN_PER_CLUSTER = 32  # k-means sample size; enough to place routing centr
 IVF_MIN_VECTORS = 100  # 4-bit PQ needs 16 training points; below 100 a flat index is exact and instant
 IVF_RERANK_FACTOR = 4  # candidates re-ranked with the exact vectors, per hit asked for
 MAX_NAME_LENGTH = 128
+RESERVED_NAME = "unknown"  # what identify prints for a face no one matches
+# add() stores float32 unit vectors, whose length is 1 to within about 1e-6: a stored one further off is damaged.
+UNIT_LENGTH_TOLERANCE = 1e-3
 LOCK_TIMEOUT_S = 30.0
 _ROWS_PER_CHUNK = 16_384
 _BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -140,6 +143,13 @@ def clean_identity(name: object) -> str:
     return name
 
 
+def refuse_reserved_name(name: str) -> None:
+    """GalleryError for a new identity named as identify names a face no one matches (its clean_identity form, in any
+    case): its faces could not be told from a stranger's. One already stored under it may still be read and renamed."""
+    if name.casefold() == RESERVED_NAME:
+        raise GalleryError(f"identity name {name!r} is reserved: it is what identify prints for a face no one matches")
+
+
 def unit_vectors(vectors: object, dim: int, what: str = "embeddings") -> np.ndarray:
     """(n, dim) float32 rows scaled to unit length; NaN, infinite or zero vectors are refused.
 
@@ -189,6 +199,19 @@ def _clean_sources(sources: object, count: int) -> list[tuple[str, str, str | No
 
 def _is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value))
+
+
+def _decode_vectors(rows: list[tuple[int, object]], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, intact, vectors) of (embedding id, stored vector) rows: `intact` marks the rows whose vector is dim
+    float32 numbers of unit length, and `vectors` holds theirs only. A row outside it is damaged (bytes flipped in
+    gallery.sqlite): searched, it would name the wrong person with a similarity far above 1."""
+    ids = np.array([row[0] for row in rows], np.int64)
+    sized = np.array([isinstance(blob, bytes) and len(blob) == 4 * dim for _, blob in rows], bool)
+    vectors = np.zeros((len(rows), dim), np.float32)
+    vectors[sized] = np.frombuffer(b"".join(blob for (_, blob), ok in zip(rows, sized) if ok), "<f4").reshape(-1, dim)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN and overflowing numbers give lengths that fail below
+        intact = sized & (np.abs(np.linalg.norm(vectors, axis=1) - 1) <= UNIT_LENGTH_TOLERANCE)
+    return ids, intact, vectors[intact]
 
 
 # --- the index: one or more FAISS shards ------------------------------------------------------------------
@@ -520,6 +543,7 @@ class Gallery:
         self._live_ids = np.zeros(0, np.int64)  # sorted
         self._live_identity = np.zeros(0, np.int64)
         self._names: dict[int, str] = {}
+        self._left_out = np.zeros(0, np.int64)  # live rows the in-memory index lacks: their vectors are damaged
 
     @classmethod
     def open(
@@ -643,12 +667,13 @@ class Gallery:
             if self._writer_depth == 0:
                 try:
                     self._checkpoint()
-                except Exception:
+                except Exception as exc:
                     # The body's own error (a full disk, say) says more than the checkpoint's that followed it;
-                    # what was committed is in the database, and the next open rebuilds the index from it.
+                    # what was committed is in the database, and the next open rebuilds the index from it. One line:
+                    # the CLI configures no logging, and Python's fallback would print a traceback on stderr.
                     if not body_failed:
                         raise
-                    log.warning("gallery %s: index not saved after a failed write", self.root, exc_info=True)
+                    log.warning("gallery %s: index not saved after a failed write: %s", self.root, one_line(exc))
                 finally:
                     self._lock.release()
 
@@ -782,6 +807,8 @@ class Gallery:
         """Rename an identity. Renaming onto an existing name is refused unless merge=True, because merging
         two people's faces by a typo is silent and hard to undo; with merge=True the embeddings join `new`."""
         old, new = clean_identity(old), clean_identity(new)
+        if old != new:
+            refuse_reserved_name(new)
         with self.writer(), self._transaction(write=True) as conn:
             old_id = self._identity_id(conn, old)
             if old == new:
@@ -1079,14 +1106,58 @@ class Gallery:
         return None if row is None else row[0]
 
     def _manifest(self) -> dict | None:
-        """The index files' checkpoint record; None before the first one is written."""
-        return json.loads(self._meta("manifest") or "null")
+        """The index files' checkpoint record; None before the first one is written. A malformed one (a bit flipped
+        in gallery.sqlite) is a GalleryError: it describes only the index files, which are rebuilt from the database."""
+        # As bytes: text that is not UTF-8 would be an sqlite3 error, which ends the open instead.
+        row = self._conn.execute("SELECT CAST(value AS BLOB) FROM meta WHERE key = 'manifest'").fetchone()
+        if row is None:
+            return None
+        try:
+            manifest = json.loads(row[0].decode())
+            files = manifest["files"]
+            sound = (manifest["kind"] in INDEX_KINDS and isinstance(files, list) and len(files) > 0
+                     and all(isinstance(manifest[key], int) for key in ("generation", "nlist", "max_id"))
+                     and all(INDEX_FILE.fullmatch(entry["name"]) and isinstance(entry["crc32"], str)
+                             and isinstance(entry["ntotal"], int) for entry in files))
+        except (ValueError, TypeError, KeyError):
+            sound = False
+        if not sound:
+            raise GalleryError(f"the index manifest in {DB_NAME} is malformed")
+        return manifest
+
+    def _manifest_generation(self) -> int:
+        """The index checkpoint's generation: 0 before the first one, and while the manifest is malformed."""
+        try:
+            manifest = self._manifest()
+        except GalleryError:
+            return 0
+        return manifest["generation"] if manifest else 0
 
     def _set_meta(self, key: str, value: object) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
 
+    def _meta_int(self, key: str) -> int | None:
+        """An integer setting; None if its row is missing or holds no integer (a damaged database)."""
+        try:
+            return int(self._meta(key))
+        except (TypeError, ValueError):
+            return None
+
+    def _lost_settings(self) -> dict[str, object]:
+        """The settings missing or damaged in the database that can do with their default, which they are read as
+        and which a writable open restores: the index kind asked for, the shard count, and the data generation (a
+        counter that only tells readers that something changed)."""
+        lost: dict[str, object] = {}
+        if self._meta("index") not in ("auto", *INDEX_KINDS):
+            lost["index"] = "auto"
+        if not 1 <= (self._meta_int("shards") or 0) <= 256:
+            lost["shards"] = 1
+        if self._meta_int("data_generation") is None:
+            lost["data_generation"] = 0
+        return lost
+
     def _generation(self) -> int:
-        return int(self._meta("data_generation"))
+        return self._meta_int("data_generation") or 0
 
     def _relabelled(self, conn: sqlite3.Connection) -> None:
         """After a write that changed only whose faces are, where from, or which are live (the vectors stay in the
@@ -1103,9 +1174,12 @@ class Gallery:
         return self._generation()
 
     def _ensure_identity(self, conn: sqlite3.Connection, name: str, now: float) -> int:
-        """The id of identity `name`, made (created `now`) if there is none."""
-        conn.execute("INSERT OR IGNORE INTO identities(name, created) VALUES (?, ?)", (name, now))
-        return self._identity_id(conn, name)
+        """The id of identity `name`, made (created `now`) if there is none and its name is not reserved."""
+        row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return row[0]
+        refuse_reserved_name(name)
+        return conn.execute("INSERT INTO identities(name, created) VALUES (?, ?)", (name, now)).lastrowid
 
     def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
@@ -1114,48 +1188,62 @@ class Gallery:
         return row[0]
 
     def _init_schema(self, dim: int | None, index: str, shards: int | None) -> bool:
-        """Create tables on first use and read the settings; True if the caller changed index or shards."""
+        """Create tables on first use, restore lost settings (_lost_settings) where this process may write, and read
+        the settings; True if the caller changed index or shards, or a lost setting was restored."""
         with self._transaction() as conn:
             ready = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
-            if ready and not self._settings_changed_by(index, shards):
+            restore = bool(ready and self._lost_settings()) and not self.read_only
+            if ready and not self._settings_changed_by(index, shards) and not restore:
                 self._read_settings(dim)  # the common case, a plain read: readers never queue behind writers
                 return False
         self.require_writable()
         with self._transaction(write=True) as conn:
+            new = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None
             for statement in SCHEMA.split(";"):  # not executescript(): it would commit our transaction
                 if statement.strip():
                     conn.execute(statement)
-            defaults = {"format_version": FORMAT_VERSION, "dim": dim or DEFAULT_DIM, "index": index,
-                        "shards": shards or 1}
-            for key, value in {**defaults, "data_generation": 0}.items():
-                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+            if new:  # only then: a damaged gallery's lost dim must not be taken for the default
+                defaults = {"format_version": FORMAT_VERSION, "dim": dim or DEFAULT_DIM, "index": index,
+                            "shards": shards or 1}
+                for key, value in {**defaults, "data_generation": 0}.items():
+                    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+            lost = self._lost_settings()
             changes = self._settings_changed_by(index, shards)  # again: a writer may have changed them meanwhile
-            for key, value in changes.items():
+            for key, value in {**lost, **changes}.items():
                 self._set_meta(key, value)
             self._read_settings(dim)  # a newer format or another dim raises, and rolls the changes back
-        return bool(changes)
+        if lost:
+            restored = ", ".join(f"{key}={value}" for key, value in lost.items())
+            warnings.warn(f"gallery {self.root}: settings missing or damaged in {DB_NAME} restored to their defaults: "
+                          f"{restored}", GalleryWarning, 3)
+        return bool(changes or lost)
 
     def _settings_changed_by(self, index: str, shards: int | None) -> dict[str, object]:
         """The meta rows that Gallery.open's `index` and `shards` change: those given that differ from the stored."""
         changes: dict[str, object] = {}
         if index != "auto" and index != self._meta("index"):
             changes["index"] = index
-        if shards is not None and shards != int(self._meta("shards")):
+        if shards is not None and shards != self._meta_int("shards"):
             changes["shards"] = shards
         return changes
 
     def _read_settings(self, dim: int | None) -> None:
-        if int(self._meta("format_version")) > FORMAT_VERSION:
+        for key in ("format_version", "dim"):  # no default would do: without them the gallery cannot be read
+            if (self._meta_int(key) or 0) < 1:
+                raise GalleryError(f"{self.root / DB_NAME} is damaged: its {key} setting is missing or not a "
+                                   "positive integer; restore the database from a backup")
+        if self._meta_int("format_version") > FORMAT_VERSION:
             raise GalleryError(f"{self.root} was written by a newer facekit (format {self._meta('format_version')})")
-        self.dim = int(self._meta("dim"))
+        self.dim = self._meta_int("dim")
         if dim is not None and self.dim != dim:
             raise GalleryError(f"gallery {self.root} holds {self.dim}-d embeddings, not {dim}-d (another model?)")
         self._read_index_settings()
 
     def _read_index_settings(self) -> None:
         """The index kind asked for and the shard count: unlike dim, another process's open may change them."""
-        self._request = self._meta("index")
-        self._n_shards = int(self._meta("shards"))
+        lost = self._lost_settings()
+        self._request = lost.get("index") or self._meta("index")
+        self._n_shards = lost.get("shards") or self._meta_int("shards")
 
     def _refresh(self) -> None:
         with self._synced():
@@ -1174,8 +1262,7 @@ class Gallery:
         """Bring the in-memory view up to this transaction's snapshot. False: retry in a new transaction."""
         generation = self._generation()
         self._read_index_settings()
-        manifest = self._manifest()
-        manifest_generation = manifest["generation"] if manifest else 0
+        manifest_generation = self._manifest_generation()
         # A new checkpoint alone (a removal's purge, a rebuild) leaves the data generation as it was, and must be
         # loaded all the same: the old index still holds the removed faces' vectors.
         reloaded = self._index is None or manifest_generation != self._index_generation
@@ -1183,6 +1270,7 @@ class Gallery:
             return True
         if reloaded:
             try:
+                manifest = self._manifest()
                 self._index, self._index_problem = self._read_index_files(manifest), None
                 self._max_id = manifest["max_id"]
                 self._unsaved = False
@@ -1196,6 +1284,12 @@ class Gallery:
                 self._build_from_db()
             self._index_generation = manifest_generation
         self._load_live()
+        if reloaded and not self._index_problem:
+            # The rows the checkpoint covers but lacks: those whose damaged vectors the rebuild that wrote it left
+            # out. The index lacking any other is no damage of theirs, and rebuilt as removed faces are.
+            lacking = np.setdiff1d(self._live_ids[self._live_ids <= self._max_id], self._index.ids())
+            self._left_out = np.concatenate(
+                [np.zeros(0, np.int64), *(ids[~intact] for ids, intact, _ in self._vector_rows_of(lacking))])
         caught_up = self._catch_up()
         if reloaded:
             self._lag = caught_up
@@ -1213,6 +1307,8 @@ class Gallery:
                 checksum = _crc32(path)
             except FileNotFoundError:
                 raise self._missing_index_file(entry['name']) from None
+            except OSError as exc:  # a directory in its place, no read permission: rebuilt from the database
+                raise GalleryError(f"index file {entry['name']} cannot be read ({exc.strerror or exc})") from exc
             if checksum != entry["crc32"]:
                 raise GalleryError(f"index file {entry['name']} does not match its checksum")
             try:
@@ -1241,21 +1337,35 @@ class Gallery:
         self._live_ids, self._live_identity = table[:, 0].copy(), table[:, 1].copy()
         self._names = dict(self._conn.execute("SELECT id, name FROM identities"))
 
-    def _vector_rows(self, where: str = "", params: tuple = ()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _vector_rows(self, where: str = "", params: tuple = ()) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Live rows by id, a chunk at a time, as _decode_vectors gives them: (ids, intact, intact vectors)."""
         cursor = self._conn.execute(f"SELECT e.id, e.vector {LIVE_ROWS} {where} ORDER BY e.id", params)
         while rows := cursor.fetchmany(_ROWS_PER_CHUNK):
-            ids = np.array([row[0] for row in rows], np.int64)
-            vectors = np.frombuffer(b"".join(row[1] for row in rows), "<f4").reshape(len(rows), self.dim)
-            yield ids, vectors.astype(np.float32)
+            yield _decode_vectors(rows, self.dim)
+
+    def _vector_rows_of(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """_vector_rows of these live rows, asked for 500 at a time (SQLite caps the parameters of a statement)."""
+        for start in range(0, len(ids), 500):
+            part = tuple(int(i) for i in ids[start : start + 500])
+            yield from self._vector_rows(f"WHERE e.id IN ({','.join('?' * len(part))})", part)
 
     def _catch_up(self) -> int:
-        """Add the rows committed after the index checkpoint; returns how many."""
-        added = 0
-        for ids, vectors in self._vector_rows("WHERE e.id > ?", (self._max_id,)):
-            self._index.add(vectors, ids)
+        """Add the rows committed after the index checkpoint; returns how many. Damaged vectors are left out, with
+        a warning that names their photos."""
+        added, damaged = 0, []
+        for ids, intact, vectors in self._vector_rows("WHERE e.id > ?", (self._max_id,)):
+            self._index.add(vectors, ids[intact])
+            damaged.append(ids[~intact])
             self._max_id = int(ids[-1])
-            added += len(ids)
+            added += len(vectors)
         self._unsaved = self._unsaved or added > 0
+        if damaged and len(left_out := np.concatenate(damaged)):
+            self._left_out = np.union1d(self._left_out, left_out)
+            paths = list(self._source_paths([int(i) for i in left_out]).values())
+            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+            warnings.warn(f"gallery {self.root}: the index leaves out faces whose vector in {DB_NAME} is damaged (not "
+                          "unit length); take these photos out with `facekit gallery remove-photo` and enroll them "
+                          f"again: {shown}", GalleryWarning, 2)
         return added
 
     def _build_from_db(self) -> None:
@@ -1267,22 +1377,10 @@ class Gallery:
             rng = np.random.default_rng(0)
             size = min(len(self._live_ids), IVF_TRAIN_PER_CLUSTER * spec.nlist)
             sample = np.sort(rng.choice(self._live_ids, size, replace=False))
-            chunks = [
-                np.frombuffer(
-                    b"".join(
-                        blob
-                        for (blob,) in self._conn.execute(
-                            f"SELECT vector FROM embeddings WHERE id IN ({','.join('?' * len(part))}) ORDER BY id",
-                            [int(i) for i in part],
-                        )
-                    ),
-                    "<f4",
-                )
-                for part in np.array_split(sample, max(1, len(sample) // 500))
-            ]
-            train = np.concatenate(chunks).reshape(-1, self.dim).astype(np.float32)
+            train = np.concatenate([vectors for _, _, vectors in self._vector_rows_of(sample)])
         self._index = ShardedIndex.create(spec, self.dim, self._n_shards, train)
         self._max_id = 0
+        self._left_out = np.zeros(0, np.int64)
         self._catch_up()
         self._unsaved = True
 
@@ -1367,12 +1465,13 @@ class Gallery:
                 GalleryWarning, 2)
 
     def _tombstone_count(self) -> int:
-        """Vectors in the in-memory index whose rows are gone (all live rows are in it)."""
-        return self._index.ntotal - len(self._live_ids) if self._index is not None else 0
+        """Vectors in the in-memory index whose rows are gone (all live rows are in it, but those left out)."""
+        if self._index is None:
+            return 0
+        return self._index.ntotal - len(self._live_ids) + int(np.isin(self._left_out, self._live_ids).sum())
 
     def _write_index(self) -> None:
-        manifest = self._manifest()
-        generation = (manifest["generation"] if manifest else 0) + 1
+        generation = self._manifest_generation() + 1
         files = []
         for number, shard in enumerate(self._index.shards):
             path = self.root / f"index-{generation:08d}-{number}.faiss"
@@ -1388,11 +1487,16 @@ class Gallery:
 
     def _remove_stray_files(self) -> None:
         """Index files no manifest names: older generations, or a crash between write and commit."""
-        manifest = self._manifest()
+        try:
+            manifest = self._manifest()
+        except GalleryError:
+            return  # which files are current is not known: they stay until a checkpoint is recorded over it
         keep = {entry["name"] for entry in manifest["files"]} if manifest else set()
         for path in self.root.iterdir():
             if INDEX_FILE.fullmatch(path.name) and path.name not in keep:
-                path.unlink(missing_ok=True)
+                # A directory in an index file's place, say, is left to a human; every write tries again.
+                with contextlib.suppress(IsADirectoryError, PermissionError):
+                    path.unlink(missing_ok=True)
 
     def _rank(self, queries: np.ndarray, k: int) -> list[list[Match]]:
         ntotal = self._index.ntotal
@@ -1435,6 +1539,15 @@ class Gallery:
             paths.update(self._conn.execute(query, part))
         return paths
 
+    def _damaged_vectors(self) -> np.ndarray:
+        """The ids of the embeddings, live or not, whose stored vector is damaged (_decode_vectors)."""
+        damaged = [np.zeros(0, np.int64)]
+        cursor = self._conn.execute("SELECT id, vector FROM embeddings ORDER BY id")
+        while rows := cursor.fetchmany(_ROWS_PER_CHUNK):
+            ids, intact, _ = _decode_vectors(rows, self.dim)
+            damaged.append(ids[~intact])
+        return np.concatenate(damaged)
+
     def _problems(self) -> list[str]:
         problems = []
         integrity = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
@@ -1449,12 +1562,14 @@ class Gallery:
             "SELECT name FROM identities i WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.identity_id = i.id)"
         ):
             problems.append(f"identity {name!r} has no embeddings")
-        for (embedding_id,) in self._conn.execute(
-            "SELECT id FROM embeddings WHERE length(vector) != ?", (4 * self.dim,)
-        ):
-            problems.append(f"embedding {embedding_id} has a vector of the wrong size")
-        manifest = self._manifest()
+        for key in self._lost_settings():
+            problems.append(f"the {key} setting in {DB_NAME} is missing or damaged")
+        damaged = self._damaged_vectors()
+        for embedding_id, path in sorted(self._source_paths([int(i) for i in damaged]).items()):
+            problems.append(f"embedding {embedding_id} ({path}) has a damaged vector (not {self.dim} float32 numbers "
+                            "of unit length): take the photo out with `facekit gallery remove-photo`, enroll it again")
         try:
+            manifest = self._manifest()
             on_disk = self._read_index_files(manifest)
         except (GalleryError, _IndexVanished) as exc:
             problems.append(f"index: {exc or 'an index file named by the manifest is missing'}")
@@ -1464,7 +1579,7 @@ class Gallery:
         index_ids = on_disk.ids()
         live = np.array([row[0] for row in self._conn.execute(f"SELECT e.id {LIVE_ROWS}")], np.int64)
         covered = live[live <= manifest["max_id"]]
-        missing = np.setdiff1d(covered, index_ids)
+        missing = np.setdiff1d(np.setdiff1d(covered, index_ids), damaged)  # a rebuild leaves damaged vectors out
         behind = len(live) - len(covered)
         if len(missing):
             problems.append(f"index lacks {len(missing)} embeddings it should hold (e.g. id {missing[0]})")

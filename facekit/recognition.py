@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facekit import FacekitWarning
 from facekit.alignment import align_face, landmarks_problem
-from facekit.datastore import Gallery, GalleryError, Match, clean_identity
+from facekit.datastore import Gallery, GalleryError, Match, clean_identity, refuse_reserved_name
 from facekit.detection import (
     Detector,
     Face,
@@ -368,8 +370,10 @@ class EnrollReport:
 def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
 
-    Returns the pairs and the entries skipped with a reason (a folder that cannot be read among them). Symlinked
-    folders are not followed, so a link loop cannot trap the walk.
+    Returns the pairs and the entries skipped with a reason (a folder that cannot be read among them, and one named
+    as no new identity can be). Symlinked folders are not followed, so a link loop cannot trap the walk. Entries
+    whose names differ only in what clean_identity takes away ("Ann" and "Ann ") are one person, with a
+    FacekitWarning, as such names are easily made by mistake.
     """
     root = Path(people_dir)
     if not root.exists():
@@ -378,12 +382,17 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
         raise NotADirectoryError(f"not a folder: {root}")
     pairs: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
+    spellings: dict[str, set[str]] = {}  # identity -> the entry names that give it
 
     def add(identity: str, path: Path) -> None:
         try:
-            pairs.append((clean_identity(identity), str(path)))
+            name = clean_identity(identity)
+            refuse_reserved_name(name)
         except GalleryError as exc:
             skipped.append((str(path), str(exc)))
+            return
+        pairs.append((name, str(path)))
+        spellings.setdefault(name, set()).add(identity)
 
     def unreadable(error: OSError) -> None:  # os.walk passes over a folder it cannot list without a word
         skipped.append((str(error.filename), f"cannot read folder: {error.strerror or error}"))
@@ -407,6 +416,11 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
             add(entry.stem, entry)
         elif not entry.name.startswith("."):
             skipped.append((str(entry), "not an image file name"))
+    for name, spelt in spellings.items():
+        if len(spelt) > 1:
+            warnings.warn(f"{', '.join(map(repr, sorted(spelt)))} in {root} are all enrolled as {name!r}: names are "
+                          "compared without the spaces around them and with accents in one Unicode form",
+                          FacekitWarning, stacklevel=2)
     return pairs, skipped
 
 

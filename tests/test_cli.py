@@ -1281,11 +1281,14 @@ def test_a_photo_that_failed_among_good_ones_is_said_and_makes_enroll_and_identi
 def test_identify_csv_gives_every_photo_a_row_and_an_unknown_face_no_name(tmp_path, capsys, astronaut_bgr,
                                                                          grace_hopper_bgr):
     """A photo without a face or that cannot be read gets a row with its error; an unknown face's identity is empty,
-    as JSON's null, where "unknown" would be the name of someone enrolled as such."""
-    (tmp_path / "people" / "unknown").mkdir(parents=True)
-    cv2.imwrite(str(tmp_path / "people" / "unknown" / "a.jpg"), grace_hopper_bgr)
+    as JSON's null, where "unknown" would be the name of someone enrolled as such (a gallery from before the name
+    was reserved)."""
+    (tmp_path / "people" / "grace").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "people" / "grace" / "a.jpg"), grace_hopper_bgr)
     gallery = str(tmp_path / "gallery")
     assert run_cli(capsys, "enroll", str(tmp_path / "people"), "--gallery", gallery, "--quiet")[0] == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "gallery" / "gallery.sqlite")) as db, db:
+        db.execute("UPDATE identities SET name = 'unknown'")
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "a_astronaut.jpg"), astronaut_bgr)
@@ -1376,3 +1379,25 @@ def test_csv_text_cells_a_spreadsheet_would_run_as_formulas_are_quoted_and_numbe
     code, out, _ = run_cli(capsys, "gallery", "photos", "--csv", "--gallery", str(gallery))
     rows = list(csv.DictReader(io.StringIO(out, newline="")))
     assert code == 0 and [(row["identity"], row["path"]) for row in rows] == [("'=HYPERLINK(1)", "'@photo.jpg")]
+
+
+def test_the_parser_loads_no_opencv_and_looks_the_version_up_only_for_version():
+    """`facekit --help` and `facekit gallery list` waited for OpenCV and numpy, imported by facekit.detection for
+    --detector's choices, and for importlib.metadata's look-up of a --version not asked for."""
+    from importlib.metadata import version
+
+    probe = ("import sys; from facekit.cli import build_parser; build_parser(); "
+             "print(sorted({'cv2', 'facekit.detection', 'importlib.metadata'} & set(sys.modules)))")
+    built = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert (built.returncode, built.stdout) == (0, "[]\n")
+    asked = subprocess.run([sys.executable, "-m", "facekit", "--version"], capture_output=True, text=True, timeout=120)
+    assert (asked.returncode, asked.stdout, asked.stderr) == (0, f"facekit {version('facekit')}\n", "")
+
+
+def test_identify_without_annotate_does_not_load_the_drawing(tmp_path, capsys, monkeypatch, grace_hopper_path):
+    """facekit.drawing (PIL's ImageDraw, a font) is for --annotate's copies alone."""
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    monkeypatch.setitem(sys.modules, "facekit.drawing", None)  # importing it now raises ImportError
+    code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery))
+    assert code == 0 and ": 1 face" in out

@@ -726,6 +726,24 @@ def test_a_full_disk_stops_writes_with_their_own_error_and_never_reads(path: Pat
         assert gallery.check() == []
 
 
+def test_an_index_not_saved_after_a_failed_write_is_logged_in_one_line(path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The warning came with its traceback, which Python printed on stderr below it: the CLI configures no logging."""
+    def disk_full(*_args: object) -> None:
+        raise RuntimeError("Error: 'ret == (size)' failed: write error in index.faiss: No space left on device")
+
+    with Gallery.open(path, dim=DIM) as gallery:
+        monkeypatch.setattr(datastore.faiss, "write_index", disk_full)
+        with caplog.at_level("WARNING", "facekit.datastore"), pytest.raises(ValueError, match="the body's own"):
+            with gallery.writer():
+                enroll(gallery, "alice", 1)
+                raise ValueError("the body's own error")
+    (record,) = caplog.records
+    assert record.exc_info is None and re.fullmatch(
+        f"gallery {re.escape(str(path))}: index not saved after a failed write: cannot write .*/index-00000002-0"
+        r"\.faiss: .*No space left on device", record.getMessage())
+
+
 @pytest.mark.parametrize(
     "name", ["", "   ", ".", "..", "a/b", "a\\b", "tab\there", "new\nline", "bell\x07", "x" * 129, "rtl\u202eevil", 7]
 )
@@ -1225,3 +1243,157 @@ def test_a_new_gallery_is_made_in_a_new_folder_an_empty_one_or_one_with_other_fi
     with Gallery.open(path, create=False) as gallery:
         assert gallery.identities() == [("alice", 2)] and gallery.check() == []
     assert (path / "notes.txt").exists() == (folder == "shared")
+
+
+# --- damage inside gallery.sqlite: a stored vector, the manifest, a setting; an index file that cannot be read ------
+
+
+def sql(path: Path, statement: str, *params: object) -> None:
+    with contextlib.closing(sqlite3.connect(path / "gallery.sqlite")) as db, db:
+        db.execute(statement, params)
+
+
+def gallery_command(path: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "facekit.cli", "gallery", *args, "--gallery", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("damage", ["bytes flipped", "NaN", "too short"])
+def test_a_damaged_vector_is_reported_and_left_out_of_an_index_rebuilt_from_the_database(path: Path,
+                                                                                          damage: str) -> None:
+    """Bytes flipped in gallery.sqlite's vector pages: `check` said ok, and once a removal had rebuilt the index from
+    the database, identify named the wrong person with a similarity of 11.8 (a vector of the wrong size stopped
+    every rebuild with a traceback)."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        damaged_id, _ = enroll(gallery, "bob", 2)
+        # Any length given is stored as a unit vector, never taken for damage.
+        gallery.add("carol", vectors(3, 2) * np.array([[1e-3], [1e4]]), sources("carol-0", "carol-1"))
+    stored = vectors(2, 2)[0].astype("<f4").tobytes()
+    blob = {"bytes flipped": stored[:8] + bytes(b ^ 0xFF for b in stored[8:24]) + stored[24:],
+            "NaN": np.full(DIM, np.nan, "<f4").tobytes(), "too short": stored[:-4]}[damage]
+    sql(path, "UPDATE embeddings SET vector = ? WHERE id = ?", blob, damaged_id)
+    with Gallery.open(path, create=False) as gallery:  # its index files still hold the vector as it was
+        problems = gallery.check()
+        assert len(problems) == 1 and problems[0].startswith(f"embedding {damaged_id} (bob-2-0.jpg) has a damaged "
+                                                             "vector")
+        with pytest.warns(GalleryWarning, match=r"leaves out faces whose vector in gallery.sqlite is damaged .*: "
+                                                r"bob-2-0\.jpg$"):
+            gallery.rebuild()
+        for query, who in ((vectors(1, 2)[0], "alice"), (vectors(2, 2)[1], "bob"), (vectors(3, 2)[1], "carol")):
+            found = gallery.search(query, k=3)[0]
+            assert found[0].identity == who and found[0].similarity == pytest.approx(1.0, abs=1e-5)
+            assert all(m.similarity <= 1 + 1e-5 and m.embedding_id != damaged_id for m in found)
+        assert gallery.check() == problems  # and no other: the index lacks that face on purpose
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with Gallery.open(path, create=False) as gallery:  # the index files are not rebuilt on every open
+            assert gallery.stats()["tombstones"] == 0 and gallery.check() == problems
+            gallery.remove_photos("bob-2-0.jpg")
+            assert gallery.check() == [] and gallery.identities() == [("alice", 2), ("bob", 1), ("carol", 2)]
+    assert no_repair_warning(recorded)
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE meta SET value = replace(value, '\"generation\"', '\"generatioo\"') WHERE key = 'manifest'",
+    "UPDATE meta SET value = substr(value, 1, 20) WHERE key = 'manifest'",
+    "UPDATE meta SET value = CAST(X'7B22FF' AS TEXT) WHERE key = 'manifest'",  # not UTF-8
+    "UPDATE meta SET value = replace(value, 'index-', '../index-') WHERE key = 'manifest'",
+], ids=["key flipped", "cut short", "not UTF-8", "names a file elsewhere"])
+def test_a_malformed_manifest_is_an_index_problem_repaired_from_the_database(filled: Path, statement: str) -> None:
+    """A bit flipped in the manifest row gave a KeyError on every command, `gallery rebuild` included."""
+    sql(filled, statement)
+    listing = gallery_command(filled, "list")
+    assert (listing.returncode, listing.stdout) == (0, "alice\nbob\n") and listing.stderr == (
+        f"warning: gallery {filled}: the index manifest in gallery.sqlite is malformed; rebuilt it from "
+        "gallery.sqlite\n")
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with Gallery.open(filled, create=False) as gallery:
+            assert gallery.check() == [] and gallery.search(vectors(2, 2)[0])[0][0].identity == "bob"
+    assert no_repair_warning(recorded) and len(index_files(filled)) == 1  # the old generation's file is gone
+
+
+@pytest.mark.parametrize("statement, restored", [
+    ("DELETE FROM meta WHERE key = 'data_generation'", "data_generation=0"),
+    ("UPDATE meta SET value = 'bogus' WHERE key = 'index'", "index=auto"),
+    ("UPDATE meta SET value = 'x' WHERE key = 'shards'", "shards=1"),
+])
+def test_a_lost_setting_that_has_a_default_is_read_as_it_and_restored_where_writable(
+        filled: Path, monkeypatch: pytest.MonkeyPatch, statement: str, restored: str) -> None:
+    """Each stopped every command with a traceback (TypeError, KeyError)."""
+    sql(filled, statement)
+    with monkeypatch.context() as patch:
+        patch.setattr(datastore, "_unwritable", lambda root: "a test says so")
+        with Gallery.open(filled, create=False) as reader:
+            assert reader.read_only and reader.search(vectors(2, 2)[0])[0][0].identity == "bob"
+            assert reader.check() == [f"the {restored.split('=')[0]} setting in gallery.sqlite is missing or damaged"]
+    with pytest.warns(GalleryWarning, match=f"settings missing or damaged in gallery.sqlite restored to their "
+                                            f"defaults: {restored}$"):
+        gallery = Gallery.open(filled, create=False)
+    with gallery, Gallery.open(filled, create=False) as other:
+        assert other.search(vectors(2, 2)[0])[0][0].identity == "bob"
+        enroll(gallery, "carol", 3)
+        assert other.search(vectors(3, 2)[0])[0][0].identity == "carol"  # the data generation tells readers again
+        assert gallery.check() == [] and gallery.stats()["index_request"] == "auto"
+
+
+@pytest.mark.parametrize("key", ["format_version", "dim"])
+def test_a_lost_format_version_or_dim_stops_opening_in_one_line_and_is_not_guessed(filled: Path, key: str) -> None:
+    sql(filled, "DELETE FROM meta WHERE key = ?", key)
+    message = (f"{filled / 'gallery.sqlite'} is damaged: its {key} setting is missing or not a positive integer; "
+               "restore the database from a backup")
+    for index in ("auto", "flat"):  # another index kind writes the settings it changes
+        with pytest.raises(GalleryError, match=re.escape(message)):
+            Gallery.open(filled, index=index)
+    rebuild = gallery_command(filled, "rebuild")
+    assert (rebuild.returncode, rebuild.stdout, rebuild.stderr) == (2, "", f"error: {message}\n")
+    with contextlib.closing(sqlite3.connect(filled / "gallery.sqlite")) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall() == []
+
+
+def test_an_index_file_that_cannot_be_read_is_rebuilt_from_the_database(filled: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """IsADirectoryError (or PermissionError) stopped every command, `gallery list` and `gallery rebuild` included."""
+    (file,) = index_files(filled)
+    file.unlink()
+    file.mkdir()  # as no read permission would, which root is never refused
+    unreadable = f"index file {file.name} cannot be read (Is a directory)"
+    with monkeypatch.context() as patch:
+        patch.setattr(datastore, "_unwritable", lambda root: "a test says so")
+        with Gallery.open(filled, create=False) as reader:  # repaired in memory only
+            assert reader.search(vectors(2, 2)[0])[0][0].identity == "bob"
+            assert reader.check() == [f"index: {unreadable}"]
+            with pytest.raises(GalleryError, match="read-only: a test says so"):
+                reader.rebuild()
+    listing = gallery_command(filled, "list")
+    assert (listing.returncode, listing.stdout) == (0, "alice\nbob\n") and listing.stderr == (
+        f"warning: gallery {filled}: {unreadable}; rebuilt it from gallery.sqlite\n")
+    with Gallery.open(filled, create=False) as gallery:
+        assert gallery.check() == [] and gallery.search(vectors(1, 2)[0])[0][0].identity == "alice"
+        gallery.rebuild()
+        assert gallery.check() == [] and file.is_dir()  # not ours to delete
+
+
+def test_unknown_is_no_name_for_a_new_identity_but_one_stored_under_it_stays_usable(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reserved = "is reserved: it is what identify prints for a face no one matches"
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        for name in ("unknown", " Unknown ", "UNKNOWN"):
+            with pytest.raises(GalleryError, match=f"^identity name '{name.strip()}' {reserved}$"):
+                gallery.add(name, vectors(5), sources("x"))
+            with pytest.raises(GalleryError, match=reserved):
+                gallery.rename("alice", name)
+        assert gallery.identities() == [("alice", 2)]
+        for seed in (2, 3):
+            with monkeypatch.context() as patch:  # enrolled before facekit reserved the name
+                patch.setattr(datastore, "refuse_reserved_name", lambda name: None)
+                enroll(gallery, "unknown", seed)
+            enroll(gallery, "unknown", seed + 10, 1)  # more faces of it are no new identity
+            assert gallery.identities() == [("alice", 2), ("unknown", 3)]
+            if seed == 2:
+                assert gallery.remove("unknown") == 3
+            else:
+                gallery.rename("unknown", "bob")
+        assert gallery.identities() == [("alice", 2), ("bob", 3)] and gallery.check() == []

@@ -23,6 +23,9 @@ import pytest
 from conftest import unprivileged
 from test_cli import variant
 
+from facekit import FacekitWarning
+from facekit.recognition import collect_people
+
 FACEKIT = [sys.executable, "-m", "facekit.cli"]
 INTERRUPTED = "interrupted; everything committed before this point is kept"
 PHOTOS = 40
@@ -57,7 +60,7 @@ def swallowing(self, *args, **kwargs):
     load(self, *args, **kwargs)
 facekit.recognition.FacePipeline.__init__ = swallowing
 """
-# A Ctrl-C while the parser is built, which imports OpenCV for the detectors' names.
+# A Ctrl-C while the parser is built.
 CTRL_C_IN_PARSER = """
 def interrupted():
     raise KeyboardInterrupt
@@ -308,3 +311,43 @@ def test_folders_that_cannot_be_read_are_reported_not_passed_over(tmp_path, peop
         for locked in (folder / "carol", folder / "eileen" / "older"):
             if locked.exists():
                 locked.chmod(0o700)
+
+
+def test_folders_whose_names_differ_only_in_spaces_or_unicode_form_are_one_person_with_a_warning(tmp_path,
+                                                                                                grace_hopper_path):
+    """They were merged into one identity without a word."""
+    people = tmp_path / "people"
+    for folder in ("Ann", "Ann ", " Ann", "Zo\u00eb", "Zoe\u0308", "Bob"):  # Zoë composed, and decomposed
+        (people / folder).mkdir(parents=True)
+        shutil.copy(grace_hopper_path, people / folder / "1.jpg")
+    with pytest.warns(FacekitWarning) as told:
+        pairs, skipped = collect_people(people)
+    assert [identity for identity, _ in pairs] == ["Ann"] * 3 + ["Bob"] + ["Zo\u00eb"] * 2 and skipped == []
+    why = "names are compared without the spaces around them and with accents in one Unicode form"
+    assert [str(warning.message) for warning in told] == [
+        f"' Ann', 'Ann', 'Ann ' in {people} are all enrolled as 'Ann': {why}",
+        f"'Zoe\u0308', 'Zo\u00eb' in {people} are all enrolled as 'Zo\u00eb': {why}"]
+
+
+def test_a_folder_named_unknown_is_not_enrolled_and_enroll_says_why(tmp_path, people):
+    """identify prints "unknown" for a face no one matches: a person enrolled under that name could not be told from
+    a stranger."""
+    folder = tmp_path / "people"
+    shutil.copytree(people / "eileen", folder / "eileen", ignore=lambda _dir, names: sorted(names)[2:])
+    shutil.copytree(people / "grace", folder / "Unknown", ignore=lambda _dir, names: sorted(names)[1:])
+    (photo,) = (folder / "Unknown").iterdir()
+    result = facekit("enroll", folder, "--gallery", tmp_path / "gallery", "--quiet")
+    assert result.returncode == 1 and "1 person, 3 files: 2 faces enrolled" in result.stdout, result.stderr
+    assert result.stderr == (f"failed {photo}: identity name 'Unknown' is reserved: it is what identify prints for a "
+                             "face no one matches\n")
+    assert {identity for identity, *_ in enrolled(tmp_path / "gallery")} == {"eileen"}
+
+
+def test_enroll_says_a_merge_of_folder_names_once(tmp_path, grace_hopper_path):
+    """cmd_enroll and enroll() each collect the folder: the warning was printed twice."""
+    people = tmp_path / "people"
+    for folder in ("Ann", "Ann "):
+        (people / folder).mkdir(parents=True)
+        shutil.copy(grace_hopper_path, people / folder / "1.jpg")
+    result = facekit("enroll", people, "--gallery", tmp_path / "gallery", "--quiet")
+    assert result.returncode == 0 and result.stderr.count("are all enrolled as 'Ann'") == 1, result.stderr
