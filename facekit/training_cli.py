@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from facekit.representation import require_torch
 
     require_torch("facekit train")
-    from facekit.training.train import TrainConfig, train
+    from facekit.training.train import TrainConfig, TrainingStopped, train
 
     try:
         blocks = tuple(int(b) for b in args.blocks.split(","))
@@ -82,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16, resume=not args.no_resume, init_from=args.init_from, average_from=args.average_from,
         seed=args.seed, device=args.device,
     )
-    result = train(config)
+    try:
+        result = train(config)
+    except TrainingStopped as stopped:  # Ctrl-C or SIGTERM, after a checkpoint: one line on how to resume
+        if os.environ.get("RANK", "0") == "0":
+            print(stopped, file=sys.stderr)
+        return stopped.exit_code
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary rather than one per process
         print(json.dumps(result))
     return 0

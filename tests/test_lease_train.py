@@ -174,3 +174,24 @@ def test_travel_light_leaves_large_files_out_of_every_call_until_undone(tmp_path
     lease.travel_light(repository, undo=True)
     assert "removed weights/model.onnx from the repository" in capsys.readouterr().err
     assert _git(repository, "status", "--porcelain") == "A  weights/model.onnx\n?? notes.md\n"
+
+
+def test_a_train_call_with_other_options_on_a_warm_machine_starts_its_own_run(tmp_path, shared_data, load_tool,
+                                                                              monkeypatch, capsys):
+    """The machine keeps what the calls leave while it stays warm; one run folder for every call had a second call
+    resume the first's run, trained nothing and returned the first's weights under the second's options."""
+    lease = load_tool("lease_train")
+    _small_pool(tmp_path / "pool", shared_data)
+    monkeypatch.setattr(lease, "RUN", tmp_path / "facekit-run")
+    tiny = ["--device", "cpu", "--width", "0.125", "--blocks", "1,1,1", "--embedding-size", "32", "--batch-size", "8",
+            "--epochs", "1"]
+    cards = []
+    for call, lr in enumerate(("0.05", "0.01", "0.05")):
+        monkeypatch.setenv("OUT", str(tmp_path / f"out-{call}"))
+        assert lease.main(["train", "--pool", str(tmp_path / "pool"), "--", *tiny, "--lr", lr]) == 0
+        cards.append((json.loads((tmp_path / f"out-{call}" / "model.json").read_text())["training"],
+                      capsys.readouterr().out))
+    (first, _), (second, said), (again, said_again) = cards
+    assert second["lr"] == 0.01 and "resumed" not in said
+    assert len(list((tmp_path / "facekit-run").iterdir())) == 2
+    assert "resumed from" in said_again and again["steps"] == first["steps"]  # the same call again: its own run

@@ -867,3 +867,245 @@ def test_the_in_training_check_counts_a_pair_without_its_crop_as_an_error(tmp_pa
     result = VerificationCallback(str(pairs), str(tmp_path), torch.device("cpu"))(build_model(width=0.25))
     assert result["missing_crops"] == 2 and result["no_face"] == 2
     assert result["accuracy"] <= 6 / 8
+
+
+def _triplet_loss_by_definition(embeddings: torch.Tensor, labels: torch.Tensor, margin: float, mining: str) -> float:
+    """The triplet loss anchor by anchor, on triplet_loss's distances: the mean over the anchors with a positive."""
+    unit = torch.nn.functional.normalize(embeddings)
+    distance = (2.0 - 2.0 * unit @ unit.t()).clamp_min(0.0).add(1e-12).sqrt().tolist()
+    labels, losses = labels.tolist(), []
+    for anchor, (label, row) in enumerate(zip(labels, distance)):
+        positives = [row[other] for other, theirs in enumerate(labels) if theirs == label and other != anchor]
+        negatives = [row[other] for other, theirs in enumerate(labels) if theirs != label]
+        if not positives:
+            continue
+        farther = [d for d in negatives if d > max(positives)]  # semi-hard: the closest of these, where there is one
+        negative = min(farther) if mining == "semi_hard" and farther else min(negatives)
+        losses.append(max(max(positives) - negative + margin, 0.0))
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+def test_triplet_loss_is_the_mean_over_anchors_with_a_positive_without_waiting_for_the_device(monkeypatch):
+    """Anchors without a positive (an identity once in the batch) are left out of the mean, and a batch of only
+    those gives 0 that still backpropagates; and no value is read back on the way, which on a GPU would wait for
+    every queued kernel each step (counted on the CPU, as in the training-step test)."""
+    generator = torch.Generator().manual_seed(0)
+    label_sets = [[0, 0, 1, 2, 2, 3], [0, 1, 2, 3, 4, 5], torch.randint(6, (12,), generator=generator).tolist(),
+                  torch.randint(3, (16,), generator=generator).tolist()]
+    batches = [(torch.randn(len(labels), 8, generator=generator, requires_grad=True), torch.tensor(labels))
+               for labels in label_sets]
+    reads: list[str] = []
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args):
+            if name != "__getitem__" or (isinstance(args[0], torch.Tensor) and args[0].dtype == torch.bool):
+                reads.append(name)
+            return original(self, *args)
+
+        return read
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__getitem__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    losses = {(index, mining): triplet_loss(embeddings, labels, 0.2, mining)
+              for index, (embeddings, labels) in enumerate(batches) for mining in ("batch_hard", "semi_hard")}
+    monkeypatch.undo()
+    assert reads == []
+    for (index, mining), loss in losses.items():
+        embeddings, labels = batches[index]
+        assert loss.item() == pytest.approx(_triplet_loss_by_definition(embeddings.detach(), labels, 0.2, mining),
+                                            rel=1e-5, abs=1e-6), (label_sets[index], mining)
+    nobody_twice = losses[1, "batch_hard"]
+    assert nobody_twice.item() == 0.0
+    nobody_twice.backward()
+    assert torch.equal(batches[1][0].grad, torch.zeros(6, 8))
+
+
+def _tiny_config(tmp_path, shared_data, **changes) -> TrainConfig:
+    """16 real crops of 4 identities and a tiny model: 2 steps an epoch."""
+    if not (tmp_path / "crops").exists():
+        _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    settings = {"data": str(tmp_path / "crops"), "output": str(tmp_path / "run"), "width": 0.125, "blocks": (1, 1, 1),
+                "embedding_size": 32, "batch_size": 8, "epochs": 2, "lr": 0.05, "device": "cpu"}
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_distillation_alone_trains_through_batches_without_a_teacher_target(tmp_path, shared_data):
+    """A teacher table that has reached crop 2 of 16: of the 4 batches of a shuffled pass, 2 or more have no target,
+    and their loss, distillation alone, was a constant with nothing to differentiate."""
+    np.save(tmp_path / "teacher.npy", np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32))
+    config = _tiny_config(tmp_path, shared_data, arcface_weight=0.0, teacher=str(tmp_path / "teacher.npy"),
+                          distill_weight=1.0, batch_size=4, epochs=1, log_every=1)
+    assert train(config)["steps"] == 4
+    with open(tmp_path / "run" / "log.csv") as handle:
+        distill = [float(row["distill"]) for row in csv.DictReader(handle)]
+    assert len(distill) == 4 and 0.0 in distill and max(distill) > 0
+
+
+def _stop_at_step(signum: int, step: int):
+    """augment, with the signal sent to this process during the given step."""
+    calls = {"n": 0}
+
+    def augment_then_signal(x):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signum)
+        return augment(x)
+
+    return augment_then_signal
+
+
+def test_ctrl_c_checkpoints_the_step_in_hand_and_the_run_resumes_from_it(tmp_path, shared_data, monkeypatch):
+    import signal
+
+    import facekit.training.train as training
+
+    config = _tiny_config(tmp_path, shared_data, output=str(tmp_path / "whole"), epochs=3, average_from=0.5)
+    train(config)
+    interrupted = TrainConfig(**{**vars(config), "output": str(tmp_path / "interrupted")})
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(training, "augment", _stop_at_step(signal.SIGINT, 3))
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(interrupted)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert "stopped by Ctrl-C after step 3" in str(stopped.value) and "resumes" in str(stopped.value)
+    assert torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)["step"] == 3
+    train(interrupted)
+    whole, resumed = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+                      for name in ("whole", "interrupted"))
+    assert whole["step"] == resumed["step"] == 6
+    for part in ("model", "averaged", "margin_loss"):
+        for name, tensor in whole[part].items():
+            torch.testing.assert_close(resumed[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+
+
+def test_sigterm_stops_facekit_train_with_a_checkpoint_and_says_how_to_resume(tmp_path, shared_data, capsys):
+    _tiny_config(tmp_path, shared_data)
+    command = ["train", str(tmp_path / "crops"), "--output", str(tmp_path / "run"), "--width", "0.125", "--blocks",
+               "1,1,1", "--embedding-size", "32", "--batch-size", "8", "--epochs", "3", "--device", "cpu"]
+    stopped_by_sigterm = ("import signal, sys; import facekit.training.train as training; "
+                          "from test_training import _stop_at_step; from facekit.cli import main; "
+                          "training.augment = _stop_at_step(signal.SIGTERM, 3); sys.exit(main(sys.argv[1:]))")
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
+    completed = subprocess.run([sys.executable, "-c", stopped_by_sigterm, *command], capture_output=True, text=True,
+                               env=env, timeout=300)
+    assert completed.returncode == 128 + 15, completed.stderr[-2000:]
+    last_line = completed.stderr.strip().splitlines()[-1]  # the progress bar is not drawn after it
+    assert last_line.startswith("stopped by SIGTERM after step 3, which ") and "Traceback" not in completed.stderr
+    assert "the same command again resumes the run" in last_line
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
+    with open(tmp_path / "run" / "log.csv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [3]  # the step it stopped at is logged
+    from facekit.cli import main
+
+    assert main(command) == 0
+    assert "at step 3" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 6
+
+
+def test_a_run_resumes_only_under_the_settings_that_made_its_checkpoint(tmp_path, shared_data):
+    config = _tiny_config(tmp_path, shared_data, epochs=1)
+    train(config)
+    card = (tmp_path / "run" / "model.json").read_bytes()
+    release = str(tmp_path / "run" / "model.safetensors")
+    for change, differing in (({"lr": 0.01}, "--lr 0.05 there, 0.01 here"),
+                              ({"init_from": release}, f"--init-from unset there, {Path(release).resolve()} here"),
+                              ({"blocks": (1, 2, 1), "seed": 1}, "--blocks 1,1,1 there, 1,2,1 here; --seed 0 there")):
+        with pytest.raises(ValueError, match=r"checkpoint.pt does not fit this run \(settings differ: ") as refused:
+            train(TrainConfig(**{**vars(config), **change}))
+        assert differing in str(refused.value) and "another --output" in str(refused.value)
+    assert (tmp_path / "run" / "model.json").read_bytes() == card  # no card for weights the options did not make
+    # What changes neither weights nor batches may differ, and more epochs take a finished run further.
+    assert train(TrainConfig(**{**vars(config), "epochs": 2, "log_every": 1, "checkpoint_every": 3}))["steps"] == 4
+    # A checkpoint from before the settings were kept: an --init-from cannot be told from its own start.
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    del checkpoint["settings"]
+    torch.save(checkpoint, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="--init-from not recorded there"):
+        train(TrainConfig(**{**vars(config), "epochs": 2, "init_from": release}))
+
+
+def test_finished_run_logs_its_last_step_and_its_card_keeps_budget_and_time_apart(tmp_path, shared_data):
+    for name, budget in (("epochs", {"epochs": 1.5}), ("minutes", {"minutes": 0.01})):
+        config = _tiny_config(tmp_path, shared_data, output=str(tmp_path / name), **budget)
+        result = train(config)
+        with open(Path(config.output) / "log.csv") as handle:
+            assert [int(row["step"]) for row in csv.DictReader(handle)][-1] == result["steps"]  # log_every is 20
+        training = json.loads((Path(config.output) / "model.json").read_text())["training"]
+        # "minutes" is the time trained (tools/release_model.py adds it up over stages), not the --minutes budget.
+        assert training["minutes"] == result["minutes"] and training["budget_minutes"] == budget.get("minutes")
+        assert training["epochs"] == config.epochs
+
+
+def test_an_evaluation_that_could_not_run_is_refused_at_the_start(tmp_path, shared_data):
+    config = _tiny_config(tmp_path, shared_data, val_pairs=str(tmp_path / "pairs.txt"))
+    (tmp_path / "pairs.txt").write_text("1\nAnn\t1\t2\nAnn\t1\tBea\t1\n")
+    with pytest.raises(ValueError, match="--val-pairs needs --val-root"):
+        train(config)
+    with pytest.raises(ValueError, match="--val-root needs --val-pairs"):
+        train(TrainConfig(**{**vars(config), "val_pairs": None, "val_root": str(tmp_path)}))
+    with pytest.raises(ValueError, match=r"--val-root .*lfw-aligned holds no pair of the 2 that .*pairs.txt names \(no "
+                                         r".*Ann_0001.png, say\)"):
+        train(TrainConfig(**{**vars(config), "val_root": str(tmp_path / "lfw-aligned")}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_that_would_do_nothing_or_mislead_are_one_line_errors(tmp_path, capsys):
+    from facekit.cli import main
+
+    np.save(tmp_path / "teacher.npy", np.ones((4, 8), np.float32))
+    for options, message in (
+            (["--triplet-weight", "1", "--batch-size", "3"],
+             "--triplet-weight draws batches of identities, 4 crops of each: --batch-size 3 holds none; raise it to 4"),
+            (["--teacher", str(tmp_path / "teacher.npy")], "--teacher is read only for --distill-weight or"),
+            (["--distill-weight", "1"], "--distill-weight needs --teacher"),
+            (["--relation-weight", "1"], "--relation-weight needs --teacher")):
+        assert main(["train", str(tmp_path / "crops"), "--output", str(tmp_path / "run"), *options]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], options
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_gpu_index_for_every_process_under_torchrun_is_refused(tmp_path, monkeypatch):
+    """DDP gives each process the GPU of its LOCAL_RANK; `--device cuda:0` put every process's work on GPU 0."""
+    import torch.distributed as dist
+
+    def init_process_group(backend: str) -> None:
+        raise AssertionError("a process group started")
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device cuda:0 under torchrun would put every process on one GPU"):
+        train(TrainConfig(data=str(tmp_path), output=str(tmp_path / "run"), device="cuda:0"))
+
+
+def test_the_weight_average_is_kept_on_the_training_device(tmp_path, shared_data, monkeypatch):
+    """Kept on the CPU (no device given), the count of averaged steps made each update on a GPU copy between the
+    two hundreds of times, each copy waiting for the GPU's queue."""
+    from torch.optim.swa_utils import AveragedModel
+
+    devices = []
+
+    class RecordingAveragedModel(AveragedModel):
+        def __init__(self, model, device=None, **kwargs):
+            devices.append(device)
+            super().__init__(model, device, **kwargs)
+
+    monkeypatch.setattr(torch.optim.swa_utils, "AveragedModel", RecordingAveragedModel)
+    assert train(_tiny_config(tmp_path, shared_data, epochs=1, average_from=0.5))["steps_averaged"] == 1
+    assert devices == [torch.device("cpu")]
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_first_mismatch(tmp_path, shared_data):
+    """load_state_dict's first line names only the model's class ("...for InceptionResNetV2:"); what differs follows."""
+    config = _tiny_config(tmp_path, shared_data, epochs=1)
+    train(config)
+    with pytest.raises(ValueError, match=r"does not fit this run .*: size mismatch for embedding.weight: copying a "
+                                         r"param with shape torch.Size\(\[32, 192\]\) .*; --init-from a run of"):
+        train(TrainConfig(**{**vars(config), "embedding_size": 16, "output": str(tmp_path / "other"),
+                             "init_from": str(tmp_path / "run" / "checkpoint.pt")}))

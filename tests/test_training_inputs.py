@@ -192,7 +192,7 @@ def test_a_diverging_run_stops_and_keeps_what_it_saved_before(tmp_path, astronau
     run = tmp_path / "run"
     saved = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "model.safetensors", "model.json")}
     with pytest.raises(ValueError, match="training diverged by step .*checkpoint.pt is left as it was") as error:
-        train(TrainConfig(**{**vars(config), "epochs": 3, "lr": 1e38, "log_every": 1}))  # steps 5 to 12
+        train(TrainConfig(**{**vars(config), "epochs": 3, "lr": 1e38, "log_every": 1, "resume": False}))
     assert int(re.search(r"by step (\d+)", str(error.value)).group(1)) < 12  # the log step's check, not the last
     assert {name: (run / name).read_bytes() for name in saved} == saved
 
@@ -222,6 +222,11 @@ def test_a_teacher_table_made_for_other_crops_is_refused(tmp_path, capsys, monke
     code, err = _train(capsys, pool, "--teacher", str(table), "--distill-weight", "1")
     assert code == 2 and "teacher.npy were made for other crops (8 crops, not 16" in _one_error(err)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+    # The same 8 crops read with another --min-per-class: train gives load_teacher its settings, which are checked.
+    with pytest.raises(ValueError, match=r"\(--min-per-class 2, not 3, as teacher.npy.json records\)"):
+        train(TrainConfig(data=str(pool), output=str(tmp_path / "run"), teacher=str(table), distill_weight=1.0,
+                          limit_classes=2, min_per_class=3, width=0.0625, blocks=(1, 1, 1), embedding_size=16,
+                          batch_size=4, epochs=1, device="cpu"))
     # Given the settings the crops were read with, those that differ are named too.
     settings = TrainConfig(data=str(pool), output=str(tmp_path / "run"))
     with pytest.raises(ValueError, match=r"\(8 crops, not 16; --limit-classes 2, not unset, as teacher.npy.json "

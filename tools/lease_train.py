@@ -18,13 +18,14 @@ machine keeps while it stays warm, and the trained weights come back cut into pa
     here:    python tools/lease_train.py travel-light --undo
 
 `pack` sizes the parts to what a call can carry beside the repository as it is then. `train` passes
-everything after `--` to `facekit train` (on /tmp/facekit-pool, with --device cuda unless given), having
-first checked that the trained weights can come back, then writes to $OUT the run's model card, log.csv
-and result.json, and init.pt - the weights and class centres that `facekit train --init-from` needs -
-cut into 15 MiB parts. `unpack` joins the parts here into a run folder with init.pt and
-model.safetensors, ready for `facekit eval lfw --weights`, `tools/release_model.py` and further stages on
-the CPU. Run the device calls back to back: the machine is given back when it has been idle for half a
-minute.
+everything after `--` to `facekit train` (on /tmp/facekit-pool, with --device cuda unless given, into a run
+folder under /tmp/facekit-run of its own for each set of options: the same call again resumes its run, one
+with other options on the same warm machine starts its own), having first checked that the trained weights
+can come back, then writes to $OUT the run's model card, log.csv and result.json, and init.pt - the weights
+and class centres that `facekit train --init-from` needs - cut into 15 MiB parts. `unpack` joins the parts
+here into a run folder with init.pt and model.safetensors, ready for `facekit eval lfw --weights`,
+`tools/release_model.py` and further stages on the CPU. Run the device calls back to back: the machine is
+given back when it has been idle for half a minute.
 
 The folder .lease is git-ignored, so its parts travel only when a call names them in `carry`.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -286,10 +288,18 @@ def check_weights_can_come_back(train_args: argparse.Namespace, pool: Path,
                          "narrower width")
 
 
-def train_on_device(train_args: list[str], pool: Path = POOL, run: Path = RUN) -> int:
+def run_folder(runs: Path, train_args: list[str]) -> Path:
+    """The run folder of these options under runs. The machine keeps its folders while it stays warm: one folder
+    for all would have had a later call with other options resume the earlier run as its own."""
+    return runs / hashlib.sha256("\0".join(train_args).encode()).hexdigest()[:12]
+
+
+def train_on_device(train_args: list[str], pool: Path = POOL, run: Path | None = None) -> int:
     # Only `facekit train`'s own parser: the full CLI imports FAISS, which the GPU machine's image lacks.
     from facekit import training_cli
 
+    run = run or run_folder(RUN, train_args)
+    print(f"run folder: {run}")
     parser = argparse.ArgumentParser(prog="facekit")
     training_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     args = ["train", str(pool), "--output", str(run), *train_args]
@@ -322,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     stashing.add_argument("--pool", type=Path, default=POOL)
     training = verbs.add_parser("train", help="device: facekit train on the pool, results into $OUT")
     training.add_argument("--pool", type=Path, default=POOL)
-    training.add_argument("--run", type=Path, default=RUN)
+    training.add_argument("--run", type=Path, help=f"run folder (default: one for each set of options, in {RUN})")
     training.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then facekit train's options")
     unpacking = verbs.add_parser("unpack", help="here: join the returned parts into a run folder")
     unpacking.add_argument("files", type=Path, help="the folder the returned files are in")

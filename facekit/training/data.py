@@ -282,7 +282,7 @@ class PKSampler:
         self.groups = [g for g in np.split(order, bounds) if len(g) >= 2]
         if not 1 <= p <= len(self.groups):
             raise ValueError(f"a batch of {p} identities x {k} images needs {p} identities with 2 or more crops, "
-                             f"and there are {len(self.groups)}: lower --batch-size or --pk-k")
+                             f"and there are {len(self.groups)}: lower --batch-size")
 
     def __iter__(self):
         while True:

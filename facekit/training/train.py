@@ -14,7 +14,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -84,6 +86,55 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint.pt or released .safetensors to fine-tune, with a fresh schedule
     average_from: float | None = None  # ship the mean of the weights after each step from this fraction on
     device: str | None = None
+
+
+# The settings a run may be resumed under with other values: they change neither its weights nor its batches (where
+# and how fast it runs, what it evaluates and logs). The budget may change too, to take a finished run further.
+RESUMABLE_UNDER_OTHER = ("output", "resume", "device", "compile", "cache_dir", "val_pairs", "val_root", "eval_every",
+                         "checkpoint_every", "log_every", "minutes", "epochs")
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM once the step in hand was done and checkpointed; str() says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # as a shell reports a process ended by the signal
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM (kill, timeout, torchrun passing its own on) noted in the list yielded, for the loop to stop
+    after the step in hand, which it then checkpoints: killed mid-step, a run lost every step since its last periodic
+    checkpoint. A second signal stops at once, for a step that never ends (a DDP peer gone). The handlers before are
+    put back after; outside the main thread, which alone may set them, nothing changes."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def note(signum: int, _frame: object) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_signal(requested: list[int], device: torch.device, world: int) -> int:
+    """The signal that asked the run to stop, 0 if none; under DDP the highest any process got, so that all stop at
+    the same step (the checkpoint gathers from every process): a collective there, called by all at the same step."""
+    mine = requested[0] if requested else 0
+    if world == 1:
+        return mine
+    shared = torch.tensor(mine, device=device)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return int(shared.item())
 
 
 def _distributed(device: torch.device) -> tuple[int, int, int]:
@@ -181,6 +232,11 @@ def _lr_at(progress: float, config: TrainConfig, step_share: float) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(rest, 1.0)))
 
 
+def _aligned_crop(path: str) -> Path | None:
+    """The crop of an image a pair list names, as tools/align_dataset.py writes it (.png or .jpg); None if absent."""
+    return next((crop for crop in (Path(path).with_suffix(s) for s in (".png", ".jpg")) if crop.exists()), None)
+
+
 class VerificationCallback:
     """Every N steps: 10-fold accuracy on a pair list of already-aligned crops (e.g. LFW)."""
 
@@ -192,8 +248,7 @@ class VerificationCallback:
         self.index: dict[str, int] = {}
         crops = []
         for path in paths:
-            candidates = [Path(path).with_suffix(s) for s in (".png", ".jpg")]
-            found = next((c for c in candidates if c.exists()), None)
+            found = _aligned_crop(path)
             if found is None:
                 continue
             # Crops written by tools/align_dataset.py: our own files, so plain OpenCV decoding suffices.
@@ -284,7 +339,20 @@ def _fits(path: str | Path, remedy: str) -> Iterator[None]:
         yield
     except (RuntimeError, KeyError, ValueError) as exc:
         raise ValueError(f"{path} does not fit this run (another width, embedding size or set of identities?): "
-                         f"{first_line(exc)}; {remedy}") from exc
+                         f"{_first_mismatch(exc)}; {remedy}") from exc
+
+
+def _first_mismatch(error: BaseException) -> str:
+    """The first of the mismatches load_state_dict lists below its summary line (\"Error(s) in loading state_dict
+    for InceptionResNetV2:\"), which names none; of a list of keys, the first key."""
+    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    if not details:
+        return first_line(error)
+    kind, _, keys = details[0].rstrip(".").partition(": ")
+    if keys.startswith('"'):  # Missing key(s) in state_dict: "a", "b", ...
+        first, _, more = keys.partition(", ")
+        return f"{kind}: {first}{', ...' if more else ''}"
+    return details[0].rstrip(".")
 
 
 def _open_log(path: Path, resumed_step: int):
@@ -401,10 +469,40 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(f"{option} must be {words}{'' if math.isfinite(value) else ' and finite'}, not {value}")
     if len(config.blocks) != 3 or min(config.blocks) < 0:
         raise ValueError(f"--blocks takes three counts of 0 or more, e.g. 5,10,5, not {config.blocks}")
+    if config.teacher and not (config.distill_weight > 0 or config.relation_weight > 0):
+        raise ValueError("--teacher is read only for --distill-weight or --relation-weight, and both are 0: give one "
+                         "of them (e.g. --distill-weight 10), or leave --teacher out")
+    if not config.teacher and (config.distill_weight > 0 or config.relation_weight > 0):
+        option = "--distill-weight" if config.distill_weight > 0 else "--relation-weight"
+        raise ValueError(f"{option} needs --teacher, the teacher embeddings .npy (tools/teacher_embeddings.py)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.triplet_weight > 0 and config.batch_size // world < config.pk_k:
+        # Each process's share of a batch is whole identities of pk_k crops each (PKSampler).
+        processes = f" shared by {world} processes" if world > 1 else ""
+        raise ValueError(f"--triplet-weight draws batches of identities, {config.pk_k} crops of each: --batch-size "
+                         f"{config.batch_size}{processes} holds none; raise it to {config.pk_k * world} or more")
+    if bool(config.val_pairs) != bool(config.val_root):
+        raise ValueError("--val-pairs needs --val-root, the folder of aligned crops its pairs name "
+                         "(tools/align_dataset.py)" if config.val_pairs else
+                         "--val-root needs --val-pairs, the LFW-style pairs.txt to evaluate on")
     if not (config.arcface_weight > 0 or config.triplet_weight > 0
             or config.teacher and (config.distill_weight > 0 or config.relation_weight > 0)):
         raise ValueError("no loss to train: --arcface-weight and --triplet-weight are 0, and no --teacher with "
                          "--distill-weight or --relation-weight above 0")
+
+
+def _check_validation_crops(config: TrainConfig) -> None:
+    """--val-root must hold both crops of a pair at least: else the first evaluation, at step --eval-every (1000 by
+    default), ended the run. A pair with one missing counts as an error there, as in `facekit eval`."""
+    if not config.val_pairs:
+        return
+    from facekit.evaluation import read_lfw_pairs
+
+    pairs = read_lfw_pairs(config.val_pairs, config.val_root)
+    if not any(_aligned_crop(pair.path1) and _aligned_crop(pair.path2) for pair in pairs):
+        example = Path(pairs[0].path1).with_suffix(".png")
+        raise ValueError(f"--val-root {config.val_root} holds no pair of the {len(pairs)} that {config.val_pairs} "
+                         f"names (no {example}, say): give the folder tools/align_dataset.py wrote their crops to")
 
 
 def _training_device(name: str | None) -> torch.device:
@@ -421,13 +519,44 @@ def _training_device(name: str | None) -> torch.device:
     return device
 
 
+def _run_settings(config: TrainConfig) -> dict:
+    """What a checkpoint keeps of the settings that made it, for _check_same_run; paths resolved, so that a run
+    resumed from another folder with the same files is the same run."""
+    settings = {name: value for name, value in asdict(config).items() if name not in RESUMABLE_UNDER_OTHER}
+    for name in ("data", "teacher", "init_from"):
+        if settings[name]:
+            settings[name] = str(Path(settings[name]).resolve())
+    return settings
+
+
+def _check_same_run(path: Path, checkpoint: dict, config: TrainConfig) -> None:
+    """A run resumes only under the settings that made its checkpoint: resumed under others, it went on (or, when
+    finished, trained nothing) and wrote them on a card for weights they did not make, and an --init-from given
+    then was never loaded. Checkpoints from before they kept their settings can tell only --init-from apart."""
+    here, recorded = _run_settings(config), checkpoint.get("settings")
+    there = recorded if recorded is not None else {"init_from": None} if config.init_from else {}
+    differing = [name for name in here if name in there and there[name] != here[name]]
+    if not differing:
+        return
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "unset" if recorded is not None else "not recorded"
+        return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    options = "; ".join(f"{'DATA' if name == 'data' else '--' + name.replace('_', '-')} {shown(there[name])} there, "
+                        f"{shown(here[name])} here" for name in differing)
+    raise ValueError(f"{path} does not fit this run (settings differ: {options}): give the same to resume it, or "
+                     "another --output for a new run (--no-resume starts afresh in this one)")
+
+
 def _teacher_targets(config: TrainConfig, num_crops: int,
                      device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
     """The teacher's centred targets for DistillationLoss and its raw ones for the relational loss, each None where
     its loss is off, and the number of crops with a target (None where no teacher is loaded)."""
     if not (config.teacher and (config.distill_weight > 0 or config.relation_weight > 0)):
         return None, None, None
-    centred, raw = load_teacher(config.teacher, num_crops)
+    centred, raw = load_teacher(config.teacher, num_crops, config)
     teacher = centred.to(device) if config.distill_weight > 0 else None
     teacher_raw = raw.to(device) if config.relation_weight > 0 else None
     loaded = teacher if teacher is not None else teacher_raw
@@ -451,12 +580,11 @@ def _init_from(config: TrainConfig, model: torch.nn.Module, margin_loss: Combine
             margin_loss.load_state_dict(state["margin_loss"])
 
 
-def _resume(path: Path, device: torch.device, model: torch.nn.Module, margin_loss: CombinedMarginLoss,
+def _resume(path: Path, state: dict, model: torch.nn.Module, margin_loss: CombinedMarginLoss,
             distill: DistillationLoss | None, optimizer: torch.optim.Optimizer,
             averaged: torch.optim.swa_utils.AveragedModel | None) -> tuple[int, float, dict]:
-    """Loads a run's checkpoint into its modules and optimizer; returns the step and the seconds it was written at,
-    and the checkpoint itself, which holds the generator states (_saved_rng_state)."""
-    state = _read_checkpoint(path, device)
+    """Loads a run's checkpoint (read from path) into its modules and optimizer; returns the step and the seconds it
+    was written at, and the checkpoint itself, which holds the generator states (_saved_rng_state)."""
     with _fits(path, "--no-resume to start afresh there, or another --output"):
         model.load_state_dict(state["model"])
         margin_loss.load_state_dict(state["margin_loss"])
@@ -520,6 +648,8 @@ def _batch_losses(config: TrainConfig, raw: torch.Tensor, labels: torch.Tensor, 
         known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
         if every_crop_has_a_target or known.any():
             parts["distill"] = distill(raw[known], target[known])
+        else:  # a zero with a graph: distillation alone would leave the loss nothing to differentiate
+            parts["distill"] = raw.sum() * 0.0
     if teacher_raw is not None:
         target = teacher_raw[index.to(teacher_raw.device)]
         known = slice(None) if every_crop_has_a_target else torch.isfinite(target[:, 0])
@@ -531,7 +661,18 @@ def _batch_losses(config: TrainConfig, raw: torch.Tensor, labels: torch.Tensor, 
 
 def train(config: TrainConfig) -> dict:
     _check_config(config)
+    _check_validation_crops(config)
     device = _training_device(config.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is not None:
+        # DDP gives each process the GPU of its LOCAL_RANK (device_ids); one index would put every process on it.
+        raise ValueError(f"--device {config.device} under torchrun would put every process on one GPU: give "
+                         "--device cuda, and each process takes its own")
+    output = Path(config.output)
+    checkpoint_path = output / "checkpoint.pt"
+    # Read and checked before the crops are: a run that cannot resume is refused before minutes are spent.
+    saved = _read_checkpoint(checkpoint_path, device) if config.resume and checkpoint_path.exists() else None
+    if saved is not None:
+        _check_same_run(checkpoint_path, saved, config)
     rank, local_rank, world = _distributed(device)
     is_main = rank == 0
     if device.type == "cuda":
@@ -544,7 +685,6 @@ def train(config: TrainConfig) -> dict:
         print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated, and slower than "
               "float32 (6 times for the class centres on an AMD Zen 3); leave it off here", file=sys.stderr)
     torch.manual_seed(config.seed)  # the same initial heads in every process (DDP only copies the trunk's)
-    output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
 
     crops = load_crops(config.data, config.cache_dir, config.min_per_class, config.limit_classes)
@@ -579,8 +719,7 @@ def train(config: TrainConfig) -> dict:
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     step, elapsed_before, state = 0, 0.0, {}
-    checkpoint_path = output / "checkpoint.pt"
-    if config.init_from and not (config.resume and checkpoint_path.exists()):
+    if config.init_from and saved is None:
         _init_from(config, model, margin_loss, crops, images, labels, device, use_bf16)
         if is_main:
             print(f"initialised from {config.init_from}")
@@ -590,10 +729,12 @@ def train(config: TrainConfig) -> dict:
     if is_main and config.average_from is not None:
         # With no averaging function given, a CUDA model takes a foreach path whose addcdiv refuses the integer
         # buffers (batch norm's num_batches_tracked); this one is the function the CPU path applies anyway.
-        averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True,
+        # On the model's device, its count of steps too: left on the CPU (device=None), reading it in each update
+        # made hundreds of copies between GPU and CPU wait for the GPU's queue at every step.
+        averaged = torch.optim.swa_utils.AveragedModel(model, device=device, use_buffers=True,
                                                        avg_fn=torch.optim.swa_utils.get_swa_avg_fn())
-    if config.resume and checkpoint_path.exists():
-        step, elapsed_before, state = _resume(checkpoint_path, device, model, margin_loss, distill, optimizer,
+    if saved is not None:
+        step, elapsed_before, state = _resume(checkpoint_path, saved, model, margin_loss, distill, optimizer,
                                               averaged)
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
@@ -656,6 +797,7 @@ def train(config: TrainConfig) -> dict:
         if averaged is not None:
             state["averaged"] = averaged.state_dict()
         state["rng"] = rng_states
+        state["settings"] = _run_settings(config)  # what a resume must give again (_check_same_run)
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, checkpoint_path)
@@ -675,73 +817,88 @@ def train(config: TrainConfig) -> dict:
     last_log, images_since_log = time.time(), 0
     latest_val: dict = {}
     fraction = clock.progress(step)
-    while fraction < 1.0:
-        index = torch.from_numpy(next(batches))
-        if on_gpu:  # from pinned memory the copy is queued; from pageable memory it waits for the GPU's queue
-            index = index.pin_memory().to(device, non_blocking=True)
-        batch_labels = labels[index].to(device)
-        x = augment(to_model_input(images[index].to(device, non_blocking=True)))
-        x = x.contiguous(memory_format=torch.channels_last)
-        margin_scale = min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction else 1.0
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            raw = forward(x, normalize=False)
-        parts, loss = _batch_losses(config, raw.float(), batch_labels, index, margin_scale, margin_loss, distill,
-                                    teacher, teacher_raw, every_crop_has_a_target)
-        finite &= torch.isfinite(loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    stopped_by = 0  # the signal that ended the run before its budget, once every process has it
+    with _stop_requests() as requested:
+        while fraction < 1.0:
+            index = torch.from_numpy(next(batches))
+            if on_gpu:  # from pinned memory the copy is queued; from pageable memory it waits for the GPU's queue
+                index = index.pin_memory().to(device, non_blocking=True)
+            batch_labels = labels[index].to(device)
+            x = augment(to_model_input(images[index].to(device, non_blocking=True)))
+            x = x.contiguous(memory_format=torch.channels_last)
+            margin_scale = (min(1.0, fraction / config.margin_warmup_fraction) if config.margin_warmup_fraction
+                            else 1.0)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                raw = forward(x, normalize=False)
+            parts, loss = _batch_losses(config, raw.float(), batch_labels, index, margin_scale, margin_loss, distill,
+                                        teacher, teacher_raw, every_crop_has_a_target)
+            finite &= torch.isfinite(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                _average_head_gradients(head_params, world)
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            lr = _lr_at(fraction, config, clock.step_share(step, fraction))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            step += 1
+            images_since_log += len(index) * world
+            if averaged is not None and fraction >= config.average_from:
+                averaged.update_parameters(model)
+            fraction = clock.progress(step)
+            if world == 1 or step % config.log_every == 0:  # under DDP a collective: at steps all processes share
+                stopped_by = _stop_signal(requested, device, world) if fraction < 1.0 else 0
+            last = fraction >= 1.0 or stopped_by != 0  # logged whatever its number: the log ends where the run does
+            logged = step % config.log_every == 0 or last  # .item() waits for the GPU's queue: only as often as this
+            if logged:
+                stop_if_diverged(weights_too=False)
+            bar.n = int(fraction * 1000)
+            if is_main and logged:
+                bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
+            bar.refresh()
+            if is_main and step % config.eval_every == 0 and callback is not None:
+                latest_val = callback(model)
+                tqdm.write(f"step {step}: val accuracy {latest_val['accuracy']:.4f} "
+                           f"+- {latest_val['accuracy_std']:.4f}, TAR@1e-3 {latest_val['tar_at_far_1e-3']:.3f}")
+            if is_main and logged:
+                now = time.time()
+                log.writerow([step, round(clock.elapsed(now), 1), round(lr, 6), round(loss.item(), 4),
+                              round(parts["arcface"].item(), 4), round(parts["triplet"].item(), 4),
+                              round(parts["distill"].item(), 4), round(images_since_log / (now - last_log), 1),
+                              latest_val.get("accuracy", ""), round(parts["relation"].item(), 4)])
+                log_file.flush()
+                last_log, images_since_log = now, 0
+            if step % config.checkpoint_every == 0 or stopped_by:
+                save_checkpoint()
+            if stopped_by:
+                break
+    bar.close()  # before any message, which its last frame would otherwise be drawn over
+    result: dict = {}
+    if not stopped_by:
+        # "minutes" is the time trained, which tools/release_model.py adds up over stages; the card keeps the
+        # --minutes budget as "budget_minutes" (None for an --epochs run).
+        result = {"steps": step, "minutes": round(clock.elapsed() / 60, 1),
+                  "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
+        if teacher_targets is not None:
+            result["teacher_targets"] = teacher_targets
+        if averaged is not None:
+            result["steps_averaged"] = int(averaged.n_averaged)
         if world > 1:
-            _average_head_gradients(head_params, world)
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        lr = _lr_at(fraction, config, clock.step_share(step, fraction))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        step += 1
-        images_since_log += len(index) * world
-        if averaged is not None and fraction >= config.average_from:
-            averaged.update_parameters(model)
-        fraction = clock.progress(step)
-        if step % config.log_every == 0:
-            stop_if_diverged(weights_too=False)
-        bar.n = int(fraction * 1000)
-        if is_main and step % config.log_every == 0:  # .item() waits for the GPU's queue: only as often as the log
-            bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
-        bar.refresh()
-        if is_main and step % config.eval_every == 0 and callback is not None:
-            latest_val = callback(model)
-            tqdm.write(f"step {step}: val accuracy {latest_val['accuracy']:.4f} "
-                       f"+- {latest_val['accuracy_std']:.4f}, TAR@1e-3 {latest_val['tar_at_far_1e-3']:.3f}")
-        if is_main and step % config.log_every == 0:
-            now = time.time()
-            log.writerow([step, round(clock.elapsed(now), 1), round(lr, 6), round(loss.item(), 4),
-                          round(parts["arcface"].item(), 4), round(parts["triplet"].item(), 4),
-                          round(parts["distill"].item(), 4), round(images_since_log / (now - last_log), 1),
-                          latest_val.get("accuracy", ""), round(parts["relation"].item(), 4)])
-            log_file.flush()
-            last_log, images_since_log = now, 0
-        if step % config.checkpoint_every == 0:
-            save_checkpoint()
-    bar.close()
-    result: dict = {"steps": step, "minutes": round(clock.elapsed() / 60, 1),
-                    "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
-    if teacher_targets is not None:
-        result["teacher_targets"] = teacher_targets
-    if averaged is not None:
-        result["steps_averaged"] = int(averaged.n_averaged)
-    if world > 1:
-        result["replicas_in_sync"] = _replicas_agree([m for m in (model, margin_loss, distill) if m is not None],
-                                                     device)
-    save_checkpoint()
-    if is_main:
-        shipped = averaged.module if averaged is not None and averaged.n_averaged > 0 else model
-        if callback is not None:
-            latest_val = callback(shipped)
-            result["val"] = latest_val
-        card = {"training": {**asdict(config), **result, "num_classes": crops.num_classes,
-                             "num_images": len(images), "stages_before": earlier_stages(config.init_from)}}
-        save_weights(shipped.eval(), model.config, output / "model", card)
-        (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            result["replicas_in_sync"] = _replicas_agree([m for m in (model, margin_loss, distill) if m is not None],
+                                                         device)
+        save_checkpoint()
+        if is_main:
+            shipped = averaged.module if averaged is not None and averaged.n_averaged > 0 else model
+            if callback is not None:
+                latest_val = callback(shipped)
+                result["val"] = latest_val
+            settings = asdict(config)
+            settings["budget_minutes"] = settings.pop("minutes")
+            card = {"training": {**settings, **result, "num_classes": crops.num_classes,
+                                 "num_images": len(images), "stages_before": earlier_stages(config.init_from)}}
+            save_weights(shipped.eval(), model.config, output / "model", card)
+            (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     log_file.close()
     if world > 1:
         # The DDP wrapper goes before its process group does: left to the interpreter's final clean-up, it
@@ -750,4 +907,8 @@ def train(config: TrainConfig) -> dict:
         del forward, trainable
         gc.collect()
         dist.destroy_process_group()
+    if stopped_by:
+        who = "Ctrl-C" if stopped_by == signal.SIGINT else signal.Signals(stopped_by).name
+        raise TrainingStopped(f"stopped by {who} after step {step}, which {checkpoint_path} holds: the same command "
+                              "again resumes the run from there", stopped_by)
     return result
