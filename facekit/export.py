@@ -444,7 +444,7 @@ def thread_count(threads: int | None = None, default_at_most: int | None = None)
 
 
 def create_session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session: thread_count(threads) threads, no inter-op pool."""
+    """An ONNX Runtime CPU session: thread_count(threads) threads that sleep, not spin, when idle; no inter-op pool."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -452,6 +452,9 @@ def create_session(path: str | os.PathLike, threads: int | None = None):
     # The graph is one chain of blocks: parallel branches are too small to feed a second pool.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle workers that spin take the cores from the FAISS and OpenCV work between embeds (a 0.2 ms search took
+    # 20 ms after one); without spinning, identify on a busy 2-core machine took 30% less CPU and 40% less time.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) for a damaged file
