@@ -303,7 +303,9 @@ def test_a_photo_without_a_face_pays_the_retries_in_enrolment_only(tmp_path, siz
 
 def test_one_person_is_named_once_in_a_photo(tmp_path, mtcnn_pipeline, astronaut_bgr, grace_hopper_bgr):
     """Two faces whose best candidate is one person: the more similar is named, the other falls to its next candidate
-    past the threshold, else unknown; the candidates themselves are as search gave them."""
+    past the threshold, else unknown; the candidates themselves are as search gave them. The two faces are Eileen
+    Collins (about 0.99 to her enrolled photo, 0.34 to Grace Hopper's): at 0.3 the other face is Grace, at 0.5 no
+    one."""
     pair = np.hstack([astronaut_bgr, cv2.flip(astronaut_bgr, 1)])  # the same person twice
     with Gallery.open(tmp_path / "gallery", create=True, dim=mtcnn_pipeline.embedder.dim) as gallery:
         for digit, (name, image) in enumerate((("eileen", astronaut_bgr), ("grace", grace_hopper_bgr))):
@@ -311,15 +313,15 @@ def test_one_person_is_named_once_in_a_photo(tmp_path, mtcnn_pipeline, astronaut
             crop = align_face(image, face.landmarks)[None]
             source = {"path": f"{name}.jpg", "sha256": str(digit) * 64, "box": [float(v) for v in face.box]}
             gallery.add(name, mtcnn_pipeline.embedder.embed(crop), [source])
-        results = identify_image(mtcnn_pipeline, gallery, pair, threshold=0.3, top_k=2)
-        assert [face["candidates"][0]["identity"] for face in results] == ["eileen", "eileen"]
-        named, other = sorted(results, key=lambda face: -face["candidates"][0]["similarity"])
-        assert named["identity"] == "eileen" and named["similarity"] == named["candidates"][0]["similarity"]
-        # The other face: grace only if she passes the threshold, never eileen a second time.
-        runner_up = other["candidates"][1]
-        expected = runner_up["identity"] if runner_up["similarity"] >= 0.3 else None
-        assert other["identity"] == expected != "eileen"
-        assert other["similarity"] == (runner_up if expected else other["candidates"][0])["similarity"]
+        for threshold, other_identity in ((0.3, "grace"), (0.5, None)):
+            results = identify_image(mtcnn_pipeline, gallery, pair, threshold=threshold, top_k=2)
+            assert [[c["identity"] for c in face["candidates"]] for face in results] == [["eileen", "grace"]] * 2
+            named, other = sorted(results, key=lambda face: -face["candidates"][0]["similarity"])
+            assert named["identity"] == "eileen" and named["similarity"] == named["candidates"][0]["similarity"]
+            # Named as the candidate it passed the threshold with; unknown, with its best candidate's similarity.
+            assert other["identity"] == other_identity, threshold
+            chosen = other["candidates"][1 if other_identity else 0]
+            assert other["similarity"] == chosen["similarity"], threshold
 
 
 def photos_of_two_people(people, astronaut_bgr, grace_hopper_path) -> None:

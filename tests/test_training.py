@@ -693,18 +693,21 @@ def test_the_first_warm_up_step_learns(tmp_path, shared_data, monkeypatch):
         rates = [float(row["lr"]) for row in csv.DictReader(handle)]
     np.testing.assert_allclose(rates, [0.05 * f for f in (0.2, 0.4, 0.6, 0.8, 1.0, *cosine)], atol=1e-6)
     # Under a time budget a step's share is known once it has been computed: a first step that takes a sixth of
-    # the budget (the sleep) runs at a third of the rate or more, where it ran at (nearly) 0.
+    # the 1.2 s budget runs at a third of the rate, where it ran at 0. Train's clock moves 0.2 s a step and only
+    # then, as in the test below: a real sleep would add the step's own time, which a loaded machine stretches.
+    now = [0.0]
+    monkeypatch.setattr(training, "time", SimpleNamespace(time=lambda: now[0]))
 
-    def slow_step(x):
-        time.sleep(0.2)
+    def step_of_a_sixth_of_the_budget(x):
+        now[0] += 0.2
         return augment(x)
 
-    monkeypatch.setattr(training, "augment", slow_step)
+    monkeypatch.setattr(training, "augment", step_of_a_sixth_of_the_budget)
     timed = TrainConfig(**{**vars(config), "output": str(tmp_path / "timed"), "minutes": 0.02})
-    train(timed)
+    assert train(timed)["steps"] == 6
     with open(tmp_path / "timed" / "log.csv") as handle:
         first = float(next(csv.DictReader(handle))["lr"])
-    assert first > 0.01
+    assert first == pytest.approx(0.05 / 3, abs=1e-6)
 
 
 def test_compiling_is_done_before_the_budget_starts(tmp_path, shared_data, monkeypatch):

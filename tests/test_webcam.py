@@ -233,8 +233,11 @@ def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch)
     count = 0
     while video.read()[0]:
         count += 1
-    elapsed = camera.reads[-1] - camera.reads[0]
-    assert abs(count / video.get(cv2.CAP_PROP_FPS) - elapsed) < 0.25 * elapsed
+    # The recording's clock starts as the first frame, processed, is written, just before the second read: the
+    # first frame's work (the detector's first call, slowest on a loaded machine) is not in it. From there to the
+    # last read it spans the loop's time, to within a frame of the camera's (and a little writing).
+    recorded = camera.reads[-1] - camera.reads[1]
+    assert abs(count / video.get(cv2.CAP_PROP_FPS) - recorded) < 0.1 * recorded + 2 / camera.fps, (count, recorded)
 
 
 def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, load_tool, monkeypatch, capsys):
