@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from facekit.detector_names import DETECTOR_BACKENDS
+from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
 from facekit.errors import (
     EXIT_INTERRUPTED,
     INTERRUPTED,
@@ -82,8 +82,7 @@ class VersionAction(argparse.Action):
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
-                        help="face detector; auto uses YuNet when a model file is configured, else MTCNN "
-                             "(default: auto)")
+                        help=DETECTOR_HELP)
     parser.add_argument("--yunet-model", metavar="PATH", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
     parser.add_argument("--weights", metavar="PATH", help="embedding model (.safetensors + .json card)")
     parser.add_argument("--min-face", type=int, metavar="PX",
@@ -454,6 +453,14 @@ def annotation_folder(path: str) -> Path:
     return folder
 
 
+JPEG_START = b"\xff\xd8"
+# A JPEG comment right after the start of the image: what tells the copies facekit wrote from the photos beside them,
+# which may have any name (a user's own b.annotated.jpg).
+ANNOTATED_COPY_COMMENT = b"facekit annotated copy"
+ANNOTATED_COPY_START = (JPEG_START + b"\xff\xfe" + (len(ANNOTATED_COPY_COMMENT) + 2).to_bytes(2, "big")
+                        + ANNOTATED_COPY_COMMENT)
+
+
 def write_annotated(out: Path, image: np.ndarray) -> str | None:
     """Writes the JPEG; why it could not be written, or None. Encoded here and written by Python, which knows the
     reason (a full disk, a folder of that name) where cv2.imwrite only returns False."""
@@ -470,14 +477,6 @@ def write_annotated(out: Path, image: np.ndarray) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
-
-
-JPEG_START = b"\xff\xd8"
-# A JPEG comment right after the start of the image: what tells the copies facekit wrote from the photos beside them,
-# which may have any name (a user's own b.annotated.jpg).
-ANNOTATED_COPY_COMMENT = b"facekit annotated copy"
-ANNOTATED_COPY_START = (JPEG_START + b"\xff\xfe" + (len(ANNOTATED_COPY_COMMENT) + 2).to_bytes(2, "big")
-                        + ANNOTATED_COPY_COMMENT)
 
 
 def is_annotated_copy(path: Path) -> bool:
@@ -531,6 +530,8 @@ def annotated_path(annotate_dir: Path, image_path: str, written: set[Path],
 
 
 def may_replace(out: Path, being_identified: set[tuple[int, int]]) -> bool:
+    """Whether an annotated copy may be written at out: nothing is there, or a copy facekit wrote that is not being
+    identified in this run (a folder is let through, to fail at writing with its own reason)."""
     if not os.path.lexists(out) or (out.is_dir() and not out.is_symlink()):
         return True
     return is_annotated_copy(out) and file_identity(out) not in being_identified

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from facekit.cli import check_threshold, counted, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
-from facekit.detection import DETECTOR_BACKENDS, create_detector
+from facekit.detection import create_detector
+from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
 from facekit.drawing import draw_results
 from facekit.recognition import FacePipeline, identify_image
 
@@ -170,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-every", type=int, default=5, metavar="N",
                         help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
     parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
-                        help="face detector; auto uses YuNet when a model file is configured, else MTCNN "
-                             "(default: auto)")
+                        help=DETECTOR_HELP)
     parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
     parser.add_argument("--weights", metavar="PATH",
                         help="embedding model (.safetensors + .json card; default: $FACEKIT_WEIGHTS or the shipped "
