@@ -83,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16, resume=not args.no_resume, init_from=args.init_from, average_from=args.average_from,
         seed=args.seed, device=args.device,
     )
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, one process says it, not one per process
     try:
         result = train(config)
     except TrainingStopped as stopped:  # Ctrl-C or SIGTERM, after a checkpoint: one line on how to resume
-        if os.environ.get("RANK", "0") == "0":
+        if speaks:
             print(stopped, file=sys.stderr)
         return stopped.exit_code
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary rather than one per process
+    if speaks:
         print(json.dumps(result))
     return 0
