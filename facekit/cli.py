@@ -291,7 +291,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     people = Path(args.people_dir)
     with warnings.catch_warnings():  # enroll() collects again below, and says them then
         warnings.simplefilter("ignore", FacekitWarning)
-        photos, skipped = collect_people(people)  # a PEOPLE_DIR missing or not a folder: a usage error (2) from here
+        # A PEOPLE_DIR missing or not a folder: a usage error (2) from here. A folder of the reserved name is kept
+        # for enroll(), which refuses it only if the gallery has not renamed its person.
+        photos, skipped = collect_people(people, keep_reserved=True)
     if not photos:
         # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
         why = f"; {not_enrolled_line(*skipped[0])}" if skipped else ""

@@ -294,6 +294,14 @@ class ShardedIndex:
     def ids(self) -> np.ndarray:
         return np.concatenate([faiss.vector_to_array(shard.id_map) for shard in self.shards]).astype(np.int64)
 
+    def holds_exactly(self, ids: np.ndarray) -> bool:
+        """Whether the shards hold these ids (sorted) and no others, each shard its share in id order, as every build
+        and catch-up adds them. False says nothing: the ids may be there in another order."""
+        count = len(self.shards)
+        return self.ntotal == len(ids) and all(
+            np.array_equal(faiss.vector_to_array(shard.id_map), ids if count == 1 else ids[ids % count == number])
+            for number, shard in enumerate(self.shards))
+
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         for number, shard in enumerate(self.shards):
@@ -1102,8 +1110,10 @@ class Gallery:
         self._conn = fresh
 
     def _meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+        # As bytes, as the manifest is read: text that is not UTF-8 (a bit flipped) would be an sqlite3 error, which
+        # ends the open. Decoded with U+FFFD in place of the damage, it is a value no setting takes: lost.
+        row = self._conn.execute("SELECT CAST(value AS BLOB) FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None or row[0] is None else row[0].decode(errors="replace")
 
     def _manifest(self) -> dict | None:
         """The index files' checkpoint record; None before the first one is written. A malformed one (a bit flipped
@@ -1287,7 +1297,12 @@ class Gallery:
         if reloaded and not self._index_problem:
             # The rows the checkpoint covers but lacks: those whose damaged vectors the rebuild that wrote it left
             # out. The index lacking any other is no damage of theirs, and rebuilt as removed faces are.
-            lacking = np.setdiff1d(self._live_ids[self._live_ids <= self._max_id], self._index.ids())
+            covered = self._live_ids[: np.searchsorted(self._live_ids, self._max_id, "right")]
+            # Counts alone cannot tell: a removal's tombstones may make up for rows left out. The usual index, holding
+            # exactly these rows, is told by comparing the ids in order (0.3 ms at 500k faces, where sorting both for a
+            # set difference took 0.4 s on every open); any other is compared as sets.
+            lacking = (np.zeros(0, np.int64) if self._index.holds_exactly(covered)
+                       else covered[~np.isin(covered, self._index.ids())])
             self._left_out = np.concatenate(
                 [np.zeros(0, np.int64), *(ids[~intact] for ids, intact, _ in self._vector_rows_of(lacking))])
         caught_up = self._catch_up()
@@ -1471,7 +1486,7 @@ class Gallery:
         return self._index.ntotal - len(self._live_ids) + int(np.isin(self._left_out, self._live_ids).sum())
 
     def _write_index(self) -> None:
-        generation = self._manifest_generation() + 1
+        generation = self._next_index_generation()
         files = []
         for number, shard in enumerate(self._index.shards):
             path = self.root / f"index-{generation:08d}-{number}.faiss"
@@ -1484,6 +1499,13 @@ class Gallery:
             self._set_meta("manifest", json.dumps(manifest))
         self._index_generation, self._index_problem, self._lag, self._unsaved = generation, None, 0, False
         self._remove_stray_files()
+
+    def _next_index_generation(self) -> int:
+        """One above every generation used before: a reader still holding an index of the generation written would not
+        load the new one. A malformed manifest reads as generation 0, but the files of the last generation it named
+        stay until a new one is recorded (_remove_stray_files), and their names tell."""
+        on_disk = [int(match.group(1)) for path in self.root.iterdir() if (match := INDEX_FILE.fullmatch(path.name))]
+        return max([self._manifest_generation(), *on_disk]) + 1
 
     def _remove_stray_files(self) -> None:
         """Index files no manifest names: older generations, or a crash between write and commit."""

@@ -367,11 +367,13 @@ class EnrollReport:
     moved: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def collect_people(people_dir: str | os.PathLike, *,
+                   keep_reserved: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
 
     Returns the pairs and the entries skipped with a reason (a folder that cannot be read among them, and one named
-    as no new identity can be). Symlinked folders are not followed, so a link loop cannot trap the walk. Entries
+    as no new identity can be, unless keep_reserved: enroll refuses that name only once it knows the folder was not
+    renamed in the gallery). Symlinked folders are not followed, so a link loop cannot trap the walk. Entries
     whose names differ only in what clean_identity takes away ("Ann" and "Ann ") are one person, with a
     FacekitWarning, as such names are easily made by mistake.
     """
@@ -387,7 +389,8 @@ def collect_people(people_dir: str | os.PathLike) -> tuple[list[tuple[str, str]]
     def add(identity: str, path: Path) -> None:
         try:
             name = clean_identity(identity)
-            refuse_reserved_name(name)
+            if not keep_reserved:
+                refuse_reserved_name(name)
         except GalleryError as exc:
             skipped.append((str(path), str(exc)))
             return
@@ -443,8 +446,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     from tqdm import tqdm
 
     gallery.bind_model(pipeline.embedder.model_id)  # before any detection: a refusal should come at once
-    pairs, skipped = collect_people(people_dir)
-    pairs = _follow_renamed_people(gallery, people_dir, pairs)
+    pairs, skipped = collect_people(people_dir, keep_reserved=True)
+    pairs, refused = _follow_renamed_people(gallery, people_dir, pairs)
+    skipped = [*skipped, *refused]
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = sorted({identity for identity, _ in pairs})
     identity_of = {path: identity for identity, path in pairs}
@@ -552,24 +556,36 @@ def _person_folder(inside: str, path: str) -> str:
 
 
 def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
-                           pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+                           pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """pairs, with a folder's photos under the name `gallery rename` gave its person: a folder whose name is no
     identity in the gallery, while every face enrolled from it is one other identity's. Else each new photo went to a
     new person named after the folder (one person split in two), and every enrolled one was warned of as someone
-    else's. A loose photo in people_dir counts as its own folder."""
+    else's. A loose photo in people_dir counts as its own folder.
+
+    Returns those pairs, and the photos refused as collect_people refuses them: those whose person's name is
+    reserved. Refused only here: a folder so named may be a person of a gallery from before the name was reserved,
+    whom `gallery rename` has given another name since, and then its photos are that person's."""
     enrolled = {name for name, _ in gallery.identities()}
-    if all(identity in enrolled for identity, _ in pairs):
-        return pairs
-    inside = _recorded_prefix(people_dir)
-    holders: dict[str, set[str]] = {}
-    for photo in gallery.photos():
-        if photo["path"].startswith(inside):
-            holders.setdefault(_person_folder(inside, photo["path"]), set()).add(photo["identity"])
-    followed = []
-    for identity, path in pairs:
-        holder = holders.get(_person_folder(inside, recorded_path(path)), set())
-        followed.append((next(iter(holder)) if identity not in enrolled and len(holder) == 1 else identity, path))
-    return followed
+    followed = pairs
+    if not all(identity in enrolled for identity, _ in pairs):
+        inside = _recorded_prefix(people_dir)
+        holders: dict[str, set[str]] = {}
+        for photo in gallery.photos():
+            if photo["path"].startswith(inside):
+                holders.setdefault(_person_folder(inside, photo["path"]), set()).add(photo["identity"])
+        followed = []
+        for identity, path in pairs:
+            holder = holders.get(_person_folder(inside, recorded_path(path)), set())
+            followed.append((next(iter(holder)) if identity not in enrolled and len(holder) == 1 else identity, path))
+    kept, refused = [], []
+    for identity, path in followed:
+        try:
+            refuse_reserved_name(identity)
+        except GalleryError as exc:
+            refused.append((path, str(exc)))
+        else:
+            kept.append((identity, path))
+    return kept, refused
 
 
 def _unnamed_content(skipped: list[tuple[str, str]]) -> set[str]:

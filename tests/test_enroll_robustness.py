@@ -343,6 +343,41 @@ def test_a_folder_named_unknown_is_not_enrolled_and_enroll_says_why(tmp_path, pe
     assert {identity for identity, *_ in enrolled(tmp_path / "gallery")} == {"eileen"}
 
 
+# Enrols as facekit did before the name 'unknown' was reserved.
+BEFORE_UNKNOWN_WAS_RESERVED = """
+facekit.recognition.refuse_reserved_name = facekit.datastore.refuse_reserved_name = lambda name: None
+"""
+
+
+def test_a_folder_named_unknown_enrols_as_the_name_gallery_rename_gave_its_person_and_else_is_refused(tmp_path,
+                                                                                                      people):
+    """The refusal came before enroll followed the gallery's renames: once an old gallery's 'unknown' was renamed, as
+    the refusal advises, every photo in the folder unknown/ still failed, and enroll exited 1."""
+    folder, gallery = tmp_path / "people", tmp_path / "gallery"
+    shutil.copytree(people / "eileen", folder / "eileen", ignore=lambda _dir, names: sorted(names)[2:])
+    shutil.copytree(people / "grace", folder / "unknown", ignore=lambda _dir, names: sorted(names)[1:])
+    result = facekit("enroll", folder, "--gallery", gallery, "--quiet", patch=BEFORE_UNKNOWN_WAS_RESERVED)
+    assert result.returncode == 0 and "3 faces enrolled" in result.stdout, result.stderr
+    (old,) = (folder / "unknown").iterdir()
+    new = folder / "unknown" / "new.jpg"
+    shutil.copy(sorted((people / "grace").iterdir())[1], new)
+    result = facekit("enroll", folder, "--gallery", gallery, "--quiet")
+    why = "identity name 'unknown' is reserved: it is what identify prints for a face no one matches"
+    assert result.returncode == 1 and result.stderr == f"failed {old}: {why}\nfailed {new}: {why}\n"
+    assert "0 faces enrolled, 2 already enrolled, 2 failed" in result.stdout
+    assert facekit("gallery", "rename", "unknown", "carol", "--gallery", gallery).returncode == 0
+    result = facekit("enroll", folder, "--gallery", gallery, "--quiet")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "2 people, 4 files: 1 face enrolled, 3 already enrolled, 0 failed" in result.stdout
+    assert [(identity, Path(path).name) for identity, path, _ in enrolled(gallery) if identity != "eileen"] == [
+        ("carol", old.name), ("carol", "new.jpg")]
+    # A people folder holding only that folder: the CLI's own first look must not stop at "no photos" either.
+    shutil.rmtree(folder / "eileen")
+    result = facekit("enroll", folder, "--gallery", gallery, "--quiet")
+    assert result.returncode == 0 and "1 person, 2 files: 0 faces enrolled, 2 already enrolled" in result.stdout, \
+        result.stderr
+
+
 def test_enroll_says_a_merge_of_folder_names_once(tmp_path, grace_hopper_path):
     """cmd_enroll and enroll() each collect the folder: the warning was printed twice."""
     people = tmp_path / "people"
