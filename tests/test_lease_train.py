@@ -195,3 +195,11 @@ def test_a_train_call_with_other_options_on_a_warm_machine_starts_its_own_run(tm
     assert second["lr"] == 0.01 and "resumed" not in said
     assert len(list((tmp_path / "facekit-run").iterdir())) == 2
     assert "resumed from" in said_again and again["steps"] == first["steps"]  # the same call again: its own run
+    # A bigger budget takes the run further, as facekit train resumes under one: it is no other set of options.
+    monkeypatch.setenv("OUT", str(tmp_path / "out-further"))
+    assert lease.main(["train", "--pool", str(tmp_path / "pool"), "--", *tiny, "--lr", "0.05", "--epochs=2"]) == 0
+    further = json.loads((tmp_path / "out-further" / "model.json").read_text())["training"]
+    assert "resumed from" in capsys.readouterr().out and further["steps"] == 2 * first["steps"]
+    assert len(list((tmp_path / "facekit-run").iterdir())) == 2
+    spelt_otherwise = [*tiny[:-2], "--minutes", "3", "--lr", "0.05"]
+    assert lease.run_folder(tmp_path, spelt_otherwise) == lease.run_folder(tmp_path, [*tiny, "--lr", "0.05"])

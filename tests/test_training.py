@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import shutil
@@ -389,15 +390,10 @@ def test_distillation_from_a_partial_teacher(tmp_path, shared_data, tool_script)
         train(TrainConfig(**{**vars(config), "output": str(tmp_path / "never"), "relation_closest": 0.0}))
 
 
-def test_a_training_step_does_not_wait_for_the_device(tmp_path, shared_data, monkeypatch):
-    """On a GPU, reading a value back (.item(), a tensor's truth, a boolean mask's size) waits for every queued
-    kernel, so the CPU cannot queue the next step meanwhile. A step between logs reads none: counted on the CPU,
-    a run of 8 steps reads back no more than one of 4, distillation from a finished teacher run included."""
-    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
-    np.save(tmp_path / "teacher.npy", np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32))
-    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
-                         embedding_size=32, batch_size=8, epochs=2, teacher=str(tmp_path / "teacher.npy"),
-                         distill_weight=1.0, relation_weight=1.0, log_every=100, checkpoint_every=100, device="cpu")
+def _count_reads(monkeypatch, names: tuple[str, ...]) -> list[str]:
+    """The list each call of these torch.Tensor methods appends its name to, from now to the monkeypatch's undo: the
+    calls that read a value back to the CPU, which on a GPU waits for every queued kernel. Indexing counts only
+    with a boolean mask, whose size must be read."""
     reads: list[str] = []
 
     def counted(name: str):
@@ -410,8 +406,21 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, shared_data, mon
 
         return read
 
-    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__getitem__"):
+    for name in names:
         monkeypatch.setattr(torch.Tensor, name, counted(name))
+    return reads
+
+
+def test_a_training_step_does_not_wait_for_the_device(tmp_path, shared_data, monkeypatch):
+    """On a GPU, reading a value back (.item(), a tensor's truth, a boolean mask's size) waits for every queued
+    kernel, so the CPU cannot queue the next step meanwhile. A step between logs reads none: counted on the CPU,
+    a run of 8 steps reads back no more than one of 4, distillation from a finished teacher run included."""
+    _crop_folder(tmp_path / "crops", shared_data, identities=4, per_identity=4)
+    np.save(tmp_path / "teacher.npy", np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32))
+    config = TrainConfig(data=str(tmp_path / "crops"), output=str(tmp_path / "run"), width=0.125, blocks=(1, 1, 1),
+                         embedding_size=32, batch_size=8, epochs=2, teacher=str(tmp_path / "teacher.npy"),
+                         distill_weight=1.0, relation_weight=1.0, log_every=100, checkpoint_every=100, device="cpu")
+    reads = _count_reads(monkeypatch, ("item", "__bool__", "__int__", "__float__", "tolist", "__getitem__"))
     counts = []
     for epochs in (2, 4):
         reads.clear()
@@ -897,20 +906,7 @@ def test_triplet_loss_is_the_mean_over_anchors_with_a_positive_without_waiting_f
                   torch.randint(3, (16,), generator=generator).tolist()]
     batches = [(torch.randn(len(labels), 8, generator=generator, requires_grad=True), torch.tensor(labels))
                for labels in label_sets]
-    reads: list[str] = []
-
-    def counted(name: str):
-        original = getattr(torch.Tensor, name)
-
-        def read(self, *args):
-            if name != "__getitem__" or (isinstance(args[0], torch.Tensor) and args[0].dtype == torch.bool):
-                reads.append(name)
-            return original(self, *args)
-
-        return read
-
-    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__getitem__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    reads = _count_reads(monkeypatch, ("item", "__bool__", "__int__", "__float__", "tolist", "__getitem__", "nonzero"))
     losses = {(index, mining): triplet_loss(embeddings, labels, 0.2, mining)
               for index, (embeddings, labels) in enumerate(batches) for mining in ("batch_hard", "semi_hard")}
     monkeypatch.undo()
@@ -1009,6 +1005,84 @@ def test_sigterm_stops_facekit_train_with_a_checkpoint_and_says_how_to_resume(tm
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 6
 
 
+_BLOCKED_IN_A_REDUCTION = """
+    import sys, time
+    from datetime import timedelta
+    import torch, torch.distributed as dist
+    rank, store = int(sys.argv[1]), sys.argv[2]
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    if rank == 1:  # a peer that joined the group and is gone from the run
+        time.sleep(60)
+    else:
+        from facekit.training.train import _stop_requests
+        with _stop_requests():
+            print("reducing", flush=True)
+            dist.all_reduce(torch.ones(1))
+"""
+
+
+def test_a_second_signal_ends_a_process_waiting_in_cpp_at_once(tmp_path):
+    """A DDP step whose peer is gone waits in C++, where Python runs no signal handler: the first signal waits for
+    the step, to checkpoint it; the second was to end the process at once, and ended nothing either."""
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    peer, waiting = (subprocess.Popen([sys.executable, "-c", textwrap.dedent(_BLOCKED_IN_A_REDUCTION), str(rank),
+                                       str(tmp_path / "store")], env=env, stdout=subprocess.PIPE, text=True)
+                     for rank in (1, 0))
+    try:
+        assert waiting.stdout.readline() == "reducing\n"
+        time.sleep(0.5)  # into the reduction, which rank 1 never joins
+        waiting.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert waiting.poll() is None  # the first asks for a stop after the step in hand
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=5) == 128 + signal.SIGTERM
+    finally:
+        for process in (peer, waiting):
+            process.kill()
+            process.wait()
+
+
+def test_a_resume_reads_its_checkpoint_onto_the_cpu_and_lets_it_go_once_loaded(tmp_path, shared_data, monkeypatch):
+    """Under torchrun every process read it onto the training device before taking its own GPU, so all onto GPU 0,
+    and kept it for the whole run. The modules and the optimizer copy what they load onto their own device."""
+    import weakref
+
+    import facekit.training.train as training
+
+    config = _tiny_config(tmp_path, shared_data, epochs=1)
+    train(config)
+    read, read_onto, kept = training._read_checkpoint, [], []
+
+    def reading_onto_a_gpu(path, device):  # this machine may have none: where it is read is all that is asked
+        read_onto.append(torch.device(device))
+        raise ValueError("read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(training, "_training_device", lambda name: torch.device("cuda"))
+        patched.setattr(training, "_read_checkpoint", reading_onto_a_gpu)
+        with pytest.raises(ValueError, match="^read$"):
+            train(TrainConfig(**{**vars(config), "device": "cuda", "epochs": 2}))
+    assert read_onto == [torch.device("cpu")]
+
+    def reading(path, device):
+        checkpoint = read(path, device)
+        kept.append(weakref.ref(checkpoint["model"][next(iter(checkpoint["model"]))]))
+        return checkpoint
+
+    def augment_once_loaded(x):
+        gc.collect()
+        kept.append(kept[0]())
+        return augment(x)
+
+    monkeypatch.setattr(training, "_read_checkpoint", reading)
+    monkeypatch.setattr(training, "augment", augment_once_loaded)
+    assert train(TrainConfig(**{**vars(config), "epochs": 2}))["steps"] == 4
+    assert kept[1:] == [None, None]  # the weights read are let go before the first step
+
+
 def test_a_run_resumes_only_under_the_settings_that_made_its_checkpoint(tmp_path, shared_data):
     config = _tiny_config(tmp_path, shared_data, epochs=1)
     train(config)
@@ -1023,12 +1097,15 @@ def test_a_run_resumes_only_under_the_settings_that_made_its_checkpoint(tmp_path
     assert (tmp_path / "run" / "model.json").read_bytes() == card  # no card for weights the options did not make
     # What changes neither weights nor batches may differ, and more epochs take a finished run further.
     assert train(TrainConfig(**{**vars(config), "epochs": 2, "log_every": 1, "checkpoint_every": 3}))["steps"] == 4
-    # A checkpoint from before the settings were kept: an --init-from cannot be told from its own start.
+    # A checkpoint from before the settings were kept: an --init-from cannot be told from its own start, and the
+    # way to resume it is to leave --init-from out (saying to give the same, which it has no record of, was no way).
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     del checkpoint["settings"]
     torch.save(checkpoint, tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(ValueError, match="--init-from not recorded there"):
+    with pytest.raises(ValueError, match="predates the settings a checkpoint keeps") as refused:
         train(TrainConfig(**{**vars(config), "epochs": 2, "init_from": release}))
+    assert "leave --init-from out to resume it" in str(refused.value) and "give the same" not in str(refused.value)
+    assert train(TrainConfig(**{**vars(config), "epochs": 3}))["steps"] == 6
 
 
 def test_finished_run_logs_its_last_step_and_its_card_keeps_budget_and_time_apart(tmp_path, shared_data):

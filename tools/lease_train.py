@@ -55,6 +55,7 @@ from facekit.training.data import MANIFEST_COLUMNS  # noqa: E402
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = Path("/tmp/facekit-pool")
 RUN = Path("/tmp/facekit-run")
+BUDGET_OPTIONS = ("--minutes", "--epochs")  # a run resumes under more of either (run_folder)
 PART_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have
 RETURN_BYTES = 60 * 2**20  # under the 64 MiB that may come back in all
 CALL_BYTES = 64 * 2**20  # what one call may carry, the working tree included
@@ -289,9 +290,19 @@ def check_weights_can_come_back(train_args: argparse.Namespace, pool: Path,
 
 
 def run_folder(runs: Path, train_args: list[str]) -> Path:
-    """The run folder of these options under runs. The machine keeps its folders while it stays warm: one folder
-    for all would have had a later call with other options resume the earlier run as its own."""
-    return runs / hashlib.sha256("\0".join(train_args).encode()).hexdigest()[:12]
+    """The run folder of these options under runs, the budget (--minutes, --epochs, as `--x N` or `--x=N`) left out:
+    a call with more of it resumes the run and takes it further, as `facekit train` does. The machine keeps its
+    folders while it stays warm: one folder for all would have had a later call with other options resume the
+    earlier run as its own."""
+    kept, value_next = [], False
+    for arg in train_args:
+        if value_next:
+            value_next = False
+        elif arg in BUDGET_OPTIONS:
+            value_next = True
+        elif arg.split("=", 1)[0] not in BUDGET_OPTIONS:
+            kept.append(arg)
+    return runs / hashlib.sha256("\0".join(kept).encode()).hexdigest()[:12]
 
 
 def train_on_device(train_args: list[str], pool: Path = POOL, run: Path | None = None) -> int:

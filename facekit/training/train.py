@@ -106,24 +106,45 @@ class TrainingStopped(KeyboardInterrupt):
 def _stop_requests() -> Iterator[list[int]]:
     """Ctrl-C and SIGTERM (kill, timeout, torchrun passing its own on) noted in the list yielded, for the loop to stop
     after the step in hand, which it then checkpoints: killed mid-step, a run lost every step since its last periodic
-    checkpoint. A second signal stops at once, for a step that never ends (a DDP peer gone). The handlers before are
-    put back after; outside the main thread, which alone may set them, nothing changes."""
+    checkpoint. A second signal ends the process at once (exit status 128 + its number, with no checkpoint), for a
+    step that never ends (a DDP peer gone). A thread counts them: Python runs a handler only between its own
+    instructions, never while torch waits in C++, where such a step waits. The handlers before are put back after;
+    outside the main thread, which alone may set them, nothing changes."""
     requested: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
+    stops = (signal.SIGINT, signal.SIGTERM)
 
     def note(signum: int, _frame: object) -> None:
-        if requested:
-            raise KeyboardInterrupt
-        requested.append(signum)
+        if not requested:
+            requested.append(signum)
 
-    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # Python's own C handler writes the number of every signal it catches here, whatever the main thread is doing.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def end_at_the_second() -> None:
+        seen = 0
+        while received := os.read(read_end, 1):
+            if received[0] in stops:
+                seen += 1
+            if seen == 2:
+                os._exit(128 + received[0])
+
+    counter = threading.Thread(target=end_at_the_second, name="facekit-second-signal", daemon=True)
+    counter.start()
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    previous = {signum: signal.signal(signum, note) for signum in stops}
     try:
         yield requested
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_end)  # the thread reads the end of the pipe, and returns
+        counter.join()
+        os.close(read_end)
 
 
 def _stop_signal(requested: list[int], device: torch.device, world: int) -> int:
@@ -532,16 +553,22 @@ def _run_settings(config: TrainConfig) -> dict:
 def _check_same_run(path: Path, checkpoint: dict, config: TrainConfig) -> None:
     """A run resumes only under the settings that made its checkpoint: resumed under others, it went on (or, when
     finished, trained nothing) and wrote them on a card for weights they did not make, and an --init-from given
-    then was never loaded. Checkpoints from before they kept their settings can tell only --init-from apart."""
-    here, recorded = _run_settings(config), checkpoint.get("settings")
-    there = recorded if recorded is not None else {"init_from": None} if config.init_from else {}
+    then was never loaded. A checkpoint from before they were kept holds none to compare, and its own --init-from
+    cannot be told from a new one: with one given it is refused."""
+    here, there = _run_settings(config), checkpoint.get("settings")
+    if there is None:
+        if config.init_from:
+            raise ValueError(f"{path} predates the settings a checkpoint keeps, so whether its run started from "
+                             f"--init-from {config.init_from} cannot be told: leave --init-from out to resume it (a "
+                             "resumed run does not read it), or give another --output for a new run")
+        return
     differing = [name for name in here if name in there and there[name] != here[name]]
     if not differing:
         return
 
     def shown(value: object) -> str:
         if value is None:
-            return "unset" if recorded is not None else "not recorded"
+            return "unset"
         return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
     options = "; ".join(f"{'DATA' if name == 'data' else '--' + name.replace('_', '-')} {shown(there[name])} there, "
@@ -669,8 +696,11 @@ def train(config: TrainConfig) -> dict:
                          "--device cuda, and each process takes its own")
     output = Path(config.output)
     checkpoint_path = output / "checkpoint.pt"
-    # Read and checked before the crops are: a run that cannot resume is refused before minutes are spent.
-    saved = _read_checkpoint(checkpoint_path, device) if config.resume and checkpoint_path.exists() else None
+    # Read and checked before the crops are: a run that cannot resume is refused before minutes are spent. Onto the
+    # CPU, where every process may read it: under torchrun, onto plain `cuda` it went to GPU 0 from every process
+    # (which takes its own GPU only below). The modules and the optimizer copy what they load onto their devices.
+    saved = (_read_checkpoint(checkpoint_path, torch.device("cpu")) if config.resume and checkpoint_path.exists()
+             else None)
     if saved is not None:
         _check_same_run(checkpoint_path, saved, config)
     rank, local_rank, world = _distributed(device)
@@ -755,14 +785,14 @@ def train(config: TrainConfig) -> dict:
     sampler = (PKSampler(crops.labels, per_rank_batch // config.pk_k, config.pk_k, seed=config.seed + rank + step)
                if use_pk else RandomSampler(len(images), per_rank_batch, seed=config.seed + rank + step))
     saved_rng = _saved_rng_state(state, rank, world) if step else None
+    saved = state = None  # loaded: the checkpoint's copy of the weights is not kept for the whole run
     if saved_rng is not None:
         # The batches and augmentations an uninterrupted run would have drawn next, in every process. (Where the
-        # checkpoint has no states for this process, it re-seeds from the step instead.) The checkpoint was read
-        # onto the device, and generator states are set from the CPU.
+        # checkpoint has no states for this process, it re-seeds from the step instead.)
         sampler.load_state_dict(saved_rng["sampler"])
-        torch.set_rng_state(saved_rng["torch_rng"].cpu())
+        torch.set_rng_state(saved_rng["torch_rng"])
         if on_gpu and "cuda_rng" in saved_rng:
-            torch.cuda.set_rng_state(saved_rng["cuda_rng"].cpu(), device)
+            torch.cuda.set_rng_state(saved_rng["cuda_rng"], device)
     callback = (VerificationCallback(config.val_pairs, config.val_root, device)
                 if is_main and config.val_pairs and config.val_root else None)
 
