@@ -651,6 +651,15 @@ def test_class_centres_under_bf16_autocast_agree_with_float32():
     assert (approximate * exact).sum(dim=1).min() > 0.99
 
 
+def _assert_runs_end_alike(whole: Path, resumed: Path, step: int) -> None:
+    """Both runs' checkpoints at `step`, with bitwise equal weights, weight averages and class centres."""
+    ends = [torch.load(run / "checkpoint.pt", weights_only=True) for run in (whole, resumed)]
+    assert ends[0]["step"] == ends[1]["step"] == step
+    for part in ("model", "averaged", "margin_loss"):
+        for name, tensor in ends[0][part].items():
+            torch.testing.assert_close(ends[1][part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+
+
 @pytest.mark.parametrize("triplet_weight", [0.0, 0.5])  # the shuffled-pass sampler, and the P x K one
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, shared_data, monkeypatch, triplet_weight):
     import facekit.training.train as training
@@ -676,12 +685,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, shared_dat
         train(interrupted)
     monkeypatch.undo()
     train(interrupted)
-    whole, resumed = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
-                      for name in ("whole", "interrupted"))
-    assert whole["step"] == resumed["step"] == 15
-    for part in ("model", "averaged", "margin_loss"):
-        for name, tensor in whole[part].items():
-            torch.testing.assert_close(resumed[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+    _assert_runs_end_alike(tmp_path / "whole", tmp_path / "interrupted", 15)
     # Its log holds each step once: the step-5 row written before the kill is not repeated.
     with open(tmp_path / "interrupted" / "log.csv") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == list(range(1, 16))
@@ -972,12 +976,7 @@ def test_ctrl_c_checkpoints_the_step_in_hand_and_the_run_resumes_from_it(tmp_pat
     assert "stopped by Ctrl-C after step 3" in str(stopped.value) and "resumes" in str(stopped.value)
     assert torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)["step"] == 3
     train(interrupted)
-    whole, resumed = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
-                      for name in ("whole", "interrupted"))
-    assert whole["step"] == resumed["step"] == 6
-    for part in ("model", "averaged", "margin_loss"):
-        for name, tensor in whole[part].items():
-            torch.testing.assert_close(resumed[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+    _assert_runs_end_alike(tmp_path / "whole", tmp_path / "interrupted", 6)
 
 
 def test_sigterm_stops_facekit_train_with_a_checkpoint_and_says_how_to_resume(tmp_path, shared_data, capsys):
