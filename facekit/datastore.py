@@ -26,7 +26,7 @@ import time
 import unicodedata
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +212,14 @@ def _decode_vectors(rows: list[tuple[int, object]], dim: int) -> tuple[np.ndarra
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and overflowing numbers give lengths that fail below
         intact = sized & (np.abs(np.linalg.norm(vectors, axis=1) - 1) <= UNIT_LENGTH_TOLERANCE)
     return ids, intact, vectors[intact]
+
+
+def _id_batches(ids: Iterable[int]) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """The `?, ?, ...` of an `IN (...)` and its ids, 500 at a time: SQLite caps the parameters of a statement."""
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), 500):
+        part = tuple(ids[start : start + 500])
+        yield ",".join("?" * len(part)), part
 
 
 # --- the index: one or more FAISS shards ------------------------------------------------------------------
@@ -1359,10 +1367,9 @@ class Gallery:
             yield _decode_vectors(rows, self.dim)
 
     def _vector_rows_of(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """_vector_rows of these live rows, asked for 500 at a time (SQLite caps the parameters of a statement)."""
-        for start in range(0, len(ids), 500):
-            part = tuple(int(i) for i in ids[start : start + 500])
-            yield from self._vector_rows(f"WHERE e.id IN ({','.join('?' * len(part))})", part)
+        """_vector_rows of these live rows."""
+        for placeholders, part in _id_batches(ids):
+            yield from self._vector_rows(f"WHERE e.id IN ({placeholders})", part)
 
     def _catch_up(self) -> int:
         """Add the rows committed after the index checkpoint; returns how many. Damaged vectors are left out, with
@@ -1376,7 +1383,7 @@ class Gallery:
         self._unsaved = self._unsaved or added > 0
         if damaged and len(left_out := np.concatenate(damaged)):
             self._left_out = np.union1d(self._left_out, left_out)
-            paths = list(self._source_paths([int(i) for i in left_out]).values())
+            paths = list(self._source_paths(left_out).values())
             shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
             warnings.warn(f"gallery {self.root}: the index leaves out faces whose vector in {DB_NAME} is damaged (not "
                           "unit length); take these photos out with `facekit gallery remove-photo` and enroll them "
@@ -1553,11 +1560,10 @@ class Gallery:
                     break
         return matches
 
-    def _source_paths(self, ids: list[int]) -> dict[int, str]:
+    def _source_paths(self, ids: Iterable[int]) -> dict[int, str]:
         paths = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            query = f"SELECT id, source_path FROM embeddings WHERE id IN ({','.join('?' * len(part))})"
+        for placeholders, part in _id_batches(ids):
+            query = f"SELECT id, source_path FROM embeddings WHERE id IN ({placeholders})"
             paths.update(self._conn.execute(query, part))
         return paths
 
@@ -1587,7 +1593,7 @@ class Gallery:
         for key in self._lost_settings():
             problems.append(f"the {key} setting in {DB_NAME} is missing or damaged")
         damaged = self._damaged_vectors()
-        for embedding_id, path in sorted(self._source_paths([int(i) for i in damaged]).items()):
+        for embedding_id, path in sorted(self._source_paths(damaged).items()):
             problems.append(f"embedding {embedding_id} ({path}) has a damaged vector (not {self.dim} float32 numbers "
                             "of unit length): take the photo out with `facekit gallery remove-photo`, enroll it again")
         try:
