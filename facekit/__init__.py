@@ -24,6 +24,11 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+# ONNX Runtime (1.2x and later, on every OS) sends usage events to Microsoft unless this is set before its import,
+# and writes a device id under ~/.cache/Microsoft: facekit promises no network connection. Every facekit module is
+# imported after this package; one who sets the variable to 0 keeps their choice.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image

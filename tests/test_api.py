@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import warnings
 
 import cv2
@@ -381,3 +384,14 @@ def test_face_embeddings_of_faces_given_embed_those_as_detected_ones_are(astrona
     with pytest.raises(TypeError, match=r"^faces is a list of Faces: pass \[face\] for one$"):
         facekit.face_embeddings(astronaut_bgr, detected)
     assert len(facekit.face_embeddings(astronaut_bgr, (face for face in [detected]))) == 1  # any iterable
+
+
+def test_embedding_writes_nothing_to_the_home_folder(tmp_path, grace_hopper_path):
+    # ONNX Runtime's telemetry, on unless ORT_DISABLE_TELEMETRY is set before its import, wrote a device id under
+    # ~/.cache/Microsoft and, some seconds later, looked up Microsoft's event server: the README promises no
+    # network connection. The id file is the trace a test can see without a network.
+    env = {name: value for name, value in os.environ.items() if name not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path)
+    code = "import sys, facekit; assert len(facekit.face_embeddings(sys.argv[1])) == 1"
+    subprocess.run([sys.executable, "-c", code, str(grace_hopper_path)], env=env, check=True, timeout=300)
+    assert sorted(tmp_path.rglob("*")) == []
