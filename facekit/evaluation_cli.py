@@ -25,12 +25,15 @@ def add_parser(commands: argparse._SubParsersAction, add_pipeline_options: Calla
     lfw.add_argument("--pairs", required=True, help="the official pairs.txt")
 
     pairs = protocols.add_parser("pairs", help="any pair list: CSV with path1,path2,same[,fold]")
-    pairs.add_argument("pairs_csv", metavar="PAIRS.csv")
+    pairs.add_argument("pairs_csv", metavar="PAIRS.csv",
+                       help="a header row path1,path2,same[,fold], then a row per pair: same is 1 or 0, and a fold "
+                            "number on every row or on none")
     pairs.add_argument("--root", help="folder the CSV's relative paths start from (default: the CSV's folder)")
 
     identify = protocols.add_parser("identify", help="rank-1 / rank-5 identification")
     identify.add_argument("--gallery-dir", required=True, help="people folder to enroll (one sub-folder each)")
-    identify.add_argument("--probes", required=True, help="CSV with path,identity")
+    identify.add_argument("--probes", required=True,
+                          help="CSV with a header row path,identity, then a row per probe photo")
     identify.add_argument("--root", help="folder the probe paths start from (default: the CSV's folder)")
 
     for sub in (lfw, pairs, identify):
