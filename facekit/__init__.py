@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numbers
 import os
+import threading
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 # ONNX Runtime (1.2x and later, on every OS) sends usage events to Microsoft unless this is set before its import,
@@ -60,12 +60,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'facekit' has no attribute {name!r}")
 
 
-@lru_cache(maxsize=1)
-def pipeline() -> FacePipeline:
-    """The default pipeline, built once: auto detector, shipped weights, mirror augmentation."""
-    from facekit.recognition import FacePipeline
+_pipeline: FacePipeline | None = None
+_pipeline_building = threading.Lock()
 
-    return FacePipeline()
+
+def pipeline() -> FacePipeline:
+    """The default pipeline, built once: auto detector, shipped weights, mirror augmentation. Threads may share it;
+    those that ask while the first one builds it wait for that one, rather than load the models again."""
+    global _pipeline
+    if _pipeline is None:  # the lock only until it is built: every face found asks for it
+        with _pipeline_building:
+            if _pipeline is None:
+                from facekit.recognition import FacePipeline
+
+                _pipeline = FacePipeline()
+    return _pipeline
 
 
 def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
 import os
 import re
 import sqlite3
+import threading
 import time
 import unicodedata
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import faiss
 import numpy as np
@@ -525,6 +528,20 @@ GALLERY_TABLES = {"meta", "identities", "embeddings"}  # every facekit version h
 # --- the gallery ------------------------------------------------------------------------------------------
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _one_thread_at_a_time(method: Method) -> Method:
+    """A Gallery method run holding the gallery's thread lock: its connection, index and in-memory view are one
+    thread's at a time."""
+    @functools.wraps(method)
+    def locked(self: Gallery, *args: object, **kwargs: object) -> object:
+        with self._thread_lock:
+            return method(self, *args, **kwargs)
+
+    return cast(Method, locked)
+
+
 class Gallery:
     """A folder of enrolled faces. Open with Gallery.open(path); use as a context manager.
 
@@ -534,7 +551,13 @@ class Gallery:
     and sees a writer's committed changes whole or not at all. The exception is a read-only gallery that SQLite
     reads as immutable (see _read_only_mode()): _steady() holds the lock shared around each of its transactions,
     so writers and it wait for each other. A gallery this process may only read (read_only) is searched and
-    listed all the same, and refuses every write with one line. A Gallery object is not thread-safe."""
+    listed all the same, and refuses every write with one line.
+
+    One Gallery object may be shared by the threads of a process (a threaded web server's workers, say). Each
+    method holds the gallery's re-entrant thread lock while it uses the database connection, the index or the
+    in-memory view, and a writer() block holds it from start to end: other threads' reads and writes wait for the
+    block, as the writer lock, a flock on a file the threads share, cannot keep them out. Embedding a photo happens
+    outside the gallery, so enrolling and identifying threads wait only for each other's database and index work."""
 
     def __init__(self, root: Path, lock_timeout: float, create: bool) -> None:
         self.root = root
@@ -542,6 +565,9 @@ class Gallery:
         self._why_unwritable = _unwritable(root)  # None if this process may write the folder and database
         self._immutable = False  # SQLite reads gallery.sqlite as a file nobody writes: see _read_only_mode()
         self._db_fingerprint_seen: tuple = ()  # gallery.sqlite as it was when an immutable connection was opened
+        # Held by every method that uses the connection, the index or the in-memory view (_one_thread_at_a_time), and
+        # through a writer() block; re-entrant, as methods call each other and writes nest.
+        self._thread_lock = threading.RLock()
         self._conn = self._connect(create)
         self._lock = FileLock(root / LOCK_NAME)  # after _connect: a database refused there leaves no lock file made
         self._writer_depth = 0
@@ -626,6 +652,7 @@ class Gallery:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @_one_thread_at_a_time
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -633,10 +660,12 @@ class Gallery:
             self._lock.close()
 
     @property
+    @_one_thread_at_a_time  # two threads opening the lock file again (FileLock.opened) would leak a descriptor
     def read_only(self) -> bool:
         """Whether this process may only read the gallery: searching and listing work, writes raise GalleryError."""
         return self._why_read_only() is not None
 
+    @_one_thread_at_a_time
     def require_writable(self) -> None:
         """GalleryError, one line, if this process cannot write the gallery; writes call it before anything else."""
         if self._conn is None:  # its lock file is closed too, which _lock_problem would take for one it cannot open
@@ -661,37 +690,60 @@ class Gallery:
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[Gallery]:
-        """Hold the exclusive gallery lock; on leaving the outermost block, write the index checkpoint."""
-        if self._writer_depth == 0:
-            self.require_writable()
-            try:
-                self._lock.acquire(self.lock_timeout)
-            except LockTimeout as exc:
-                raise self._busy() from exc
-            try:
-                self._refresh()  # another writer may have changed the gallery since we last looked
-            except BaseException:
-                self._lock.release()
-                raise
-        self._writer_depth += 1
-        body_failed = True
+        """Hold the exclusive gallery lock; on leaving the outermost block, write the index checkpoint. The block
+        holds the thread lock too: another thread's reads and writes wait for it to end."""
+        self._hold_writer_lock()
         try:
-            yield self
-            body_failed = False
-        finally:
-            self._writer_depth -= 1
             if self._writer_depth == 0:
                 try:
-                    self._checkpoint()
-                except Exception as exc:
-                    # The body's own error (a full disk, say) says more than the checkpoint's that followed it;
-                    # what was committed is in the database, and the next open rebuilds the index from it. One line:
-                    # the CLI configures no logging, and Python's fallback would print a traceback on stderr.
-                    if not body_failed:
-                        raise
-                    log.warning("gallery %s: index not saved after a failed write: %s", self.root, one_line(exc))
-                finally:
+                    self._refresh()  # another writer may have changed the gallery since we last looked
+                except BaseException:
                     self._lock.release()
+                    raise
+            self._writer_depth += 1
+            body_failed = True
+            try:
+                yield self
+                body_failed = False
+            finally:
+                self._writer_depth -= 1
+                if self._writer_depth == 0:
+                    try:
+                        self._checkpoint()
+                    except Exception as exc:
+                        # The body's own error (a full disk, say) says more than the checkpoint's that followed it;
+                        # what was committed is in the database, and the next open rebuilds the index from it. One
+                        # line: the CLI configures no logging, and Python's fallback would print a traceback on stderr.
+                        if not body_failed:
+                            raise
+                        log.warning("gallery %s: index not saved after a failed write: %s", self.root, one_line(exc))
+                    finally:
+                        self._lock.release()
+        finally:
+            self._thread_lock.release()
+
+    def _hold_writer_lock(self) -> None:
+        """Take the thread lock, then the writer lock unless this thread's writer block holds it already; the busy
+        GalleryError after lock_timeout. Between tries the thread lock is let go, so that while another process
+        writes, this process's other threads go on reading."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.005
+        while True:
+            self._thread_lock.acquire()
+            try:
+                if self._writer_depth:  # this thread's own block: another thread's would hold the thread lock
+                    return
+                self.require_writable()
+                if self._lock.try_acquire():
+                    return
+            except BaseException:
+                self._thread_lock.release()
+                raise
+            self._thread_lock.release()
+            if time.monotonic() >= deadline:
+                raise self._busy()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def add(self, identity: str, embeddings: np.ndarray, sources: list[dict]) -> list[int]:
         """Store embeddings (n, dim) for `identity`, one source dict {path, sha256, box} each, in one
@@ -856,6 +908,7 @@ class Gallery:
 
     # --- reading ----------------------------------------------------------------------------------------
 
+    @_one_thread_at_a_time
     def search(self, queries: np.ndarray, k: int = 5) -> list[list[Match]]:
         """For each query (n, dim), the k best IDENTITIES, each scored by its most similar embedding."""
         vectors = unit_vectors(queries, self.dim, "queries")
@@ -879,6 +932,7 @@ class Gallery:
         found = self.source_face(sha256)
         return None if found is None else found[1]
 
+    @_one_thread_at_a_time
     def source_face(self, sha256: str) -> tuple[int, str] | None:
         """The id and identity of the (first) face enrolled from a file with this content hash; None if none was."""
         with self._transaction() as conn:
@@ -887,6 +941,7 @@ class Gallery:
             found = row.fetchone()
         return None if found is None else (found[0], found[1])
 
+    @_one_thread_at_a_time
     def photos(self, identity: str | None = None) -> list[dict]:
         """Every enrolled face's {identity, path, sha256, created} (created: Unix time), by identity then age;
         only one identity's when named (an unknown name is a GalleryError)."""
@@ -901,16 +956,19 @@ class Gallery:
             return [{"identity": name, "path": path, "sha256": sha, "created": created}
                     for name, path, sha, created in rows]
 
+    @_one_thread_at_a_time
     def identities(self) -> list[tuple[str, int]]:
         """(name, number of embeddings) for every identity, sorted by name."""
         with self._transaction() as conn:
             rows = conn.execute(f"SELECT i.name, COUNT(*) {LIVE_ROWS} GROUP BY i.id ORDER BY i.name")
             return [(name, count) for name, count in rows]
 
+    @_one_thread_at_a_time
     def __len__(self) -> int:
         with self._transaction() as conn:
             return conn.execute(f"SELECT COUNT(*) {LIVE_ROWS}").fetchone()[0]
 
+    @_one_thread_at_a_time
     def stats(self) -> dict:
         self._refresh()
         index = self._index
@@ -930,6 +988,7 @@ class Gallery:
             "threads": faiss.omp_get_max_threads(),
         }
 
+    @_one_thread_at_a_time
     def bind_model(self, model_id: str | None) -> None:
         """Refuse to search or extend this gallery with another model's embeddings: they are not comparable.
 
@@ -949,6 +1008,7 @@ class Gallery:
                 f"{model_id[:12]}); they cannot be compared: enroll again into a new gallery, or use the model "
                 "it was made with (--weights)")
 
+    @_one_thread_at_a_time
     def check(self) -> list[str]:
         """Compare the index files with the database; one line per problem, [] when consistent.
 
@@ -995,9 +1055,11 @@ class Gallery:
         db = self.root / DB_NAME
         if self._why_unwritable:
             uri = f"{db.absolute().as_uri()}?{self._read_only_mode()}"
-            conn = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, isolation_level=None)
+            conn = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, isolation_level=None,
+                                   check_same_thread=False)
         else:
-            conn = sqlite3.connect(db, timeout=self.lock_timeout, isolation_level=None)
+            # Any thread may use it: the thread lock (_one_thread_at_a_time) keeps them from using it at once.
+            conn = sqlite3.connect(db, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
         if create is not None:
             try:
                 self._refuse_what_is_not_a_gallery(conn, create)

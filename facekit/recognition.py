@@ -101,7 +101,12 @@ class LoadedImage:
 
 
 class FacePipeline:
-    """Detect, align and embed. Build once and reuse: loading the models is the slow part."""
+    """Detect, align and embed. Build once and reuse: loading the models is the slow part.
+
+    Threads may share one pipeline and get what sequential calls give: facekit's detectors each hold a lock around
+    their OpenCV objects (FaceDetectorYN, MTCNN's dnn nets and Haar's cascades keep per-call state), while the
+    landmark net, alignment and the embedder (ONNX Runtime's InferenceSession.run, torch in inference mode) are safe
+    to run at once. A detector of the caller's own must be thread-safe itself."""
 
     def __init__(self, detector: Detector | None = None, embedder: Embedder | None = None, *,
                  detector_backend: str = "auto", yunet_model: str | None = None, weights: str | None = None,
@@ -455,9 +460,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     hashed: dict[str, str] = {}  # absolute path -> sha256, of every listed photo that could be read
     enrolled_as_another: dict[str, str] = {}  # absolute path -> its warning, which sync withdraws if it moves the face
     pending: list[tuple[str, LoadedImage, Face, np.ndarray]] = []  # (identity, photo, face, aligned crop)
-    # Read once, for the look-ahead thread, which must not use the gallery (its connections are per thread): decoding
-    # and detecting took 2.6 s of 3.8 s in a second enroll of 74 LFW photos. already_enrolled still has the last word,
-    # for photos enrolled since (by another enroll, or a copy earlier in this one).
+    # Read once, for the look-ahead thread, which does not query the gallery photo by photo: decoding and detecting
+    # took 2.6 s of 3.8 s in a second enroll of 74 LFW photos. already_enrolled still has the last word, for photos
+    # enrolled since (by another enroll, or a copy earlier in this one).
     enrolled_at_start = frozenset(photo["sha256"] for photo in gallery.photos())
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
