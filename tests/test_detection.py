@@ -579,7 +579,7 @@ def test_live_mtcnn_searches_a_4k_frame_on_a_copy_of_its_max_side(monkeypatch: p
                                                                   astronaut_bgr: np.ndarray,
                                                                   grace_hopper_bgr: np.ndarray) -> None:
     # Its floor of 32 frame pixels was a min_face, which keeps such faces at SEARCH_FLOOR in the copy: a 4K frame
-    # was searched on a 2,400 px copy (530-830 ms a search, where tools/webcam.py had shrunk frames itself).
+    # was searched on a 2,400 px copy (530-830 ms a search, where the webcam loop had shrunk frames itself).
     copies = _spy_on_copies(monkeypatch)
     live = create_detector("mtcnn", live=True)
     frame = np.full((2160, 3840, 3), 90, np.uint8)

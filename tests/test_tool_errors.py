@@ -92,12 +92,12 @@ def test_an_int8_model_not_made_yet_says_how_to_make_it(tmp_path, astronaut_bgr)
     assert result.returncode == 2 and "facekit export onnx --int8" in result.stderr, result.stderr
 
 
-def test_webcam_without_a_window_says_to_run_headless(tool_script):
+def test_webcam_without_a_window_says_to_run_headless():
     import cv2
 
     if not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
         pytest.skip("this OpenCV can open windows")
-    result = subprocess.run([sys.executable, tool_script("webcam"), "--source", "none.avi"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "facekit.webcam", "--source", "none.avi"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("error: this OpenCV cannot open a window")
 

@@ -1,4 +1,5 @@
-"""tools/webcam.py runs headless on a short clip made from bundled photos and writes an annotated video."""
+"""facekit.webcam (the `facekit-webcam` command, and tools/webcam.py in a clone) runs headless on a short clip made
+from bundled photos and writes an annotated video."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ import signal
 import struct
 import subprocess
 import sys
+import sysconfig
 import termios
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from facekit import webcam
+
+# As run from a clone or an installed package alike; the installed command is tested on its own below.
+WEBCAM = [sys.executable, "-m", "facekit.webcam"]
 
 
 def make_clip(path: Path, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray, frames: int = 30) -> None:
@@ -35,7 +42,7 @@ def without_gallery(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "FACEKIT_GALLERY": str(tmp_path / "none")}
 
 
-def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr):
     clip, out = tmp_path / "clip.avi", tmp_path / "out.mp4"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr)
     people = tmp_path / "people"
@@ -45,7 +52,7 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     enroll = subprocess.run([sys.executable, "-m", "facekit.cli", "enroll", str(people), "--gallery", str(gallery),
                              "--quiet"], capture_output=True, text=True)
     assert enroll.returncode == 0, enroll.stderr
-    result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+    result = subprocess.run([*WEBCAM, "--headless", "--source", str(clip),
                              "--output", str(out), "--max-frames", "20", "--gallery", str(gallery)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -79,47 +86,46 @@ def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_h
     assert added(KNOWN, slice(50, 420), slice(0, 340)) < 50  # and not named Grace Hopper
 
 
-def test_webcam_rejects_a_search_interval_below_one(tool_script):
-    result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--search-every", "0"],
+def test_webcam_rejects_a_search_interval_below_one():
+    result = subprocess.run([*WEBCAM, "--headless", "--search-every", "0"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--search-every" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_webcam_reports_a_bad_source(tmp_path, tool_script):
-    result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source",
+def test_webcam_reports_a_bad_source(tmp_path):
+    result = subprocess.run([*WEBCAM, "--headless", "--source",
                              str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     # Said of the source given, not of something else (the gallery's warning may come first).
     assert result.stderr.splitlines()[-1] == f"error: cannot open video source '{tmp_path / 'missing.mp4'}'"
 
 
-def test_webcam_says_a_source_it_cannot_read_in_its_own_line_alone(tmp_path, tool_script):
+def test_webcam_says_a_source_it_cannot_read_in_its_own_line_alone(tmp_path):
     # OpenCV's "[ WARN:0@0.4] ... can't open camera by index" lines, and FFmpeg's "[mjpeg @ 0x...] No JPEG data
     # found" twice, came before facekit's error.
     text = tmp_path / "text.jpg"
     text.write_text("not a video\n")
     for source, error in ((str(text), f"error: no frames could be read from '{text}'"),
                           ("99", "error: cannot open video source '99'")):
-        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", source],
+        result = subprocess.run([*WEBCAM, "--headless", "--source", source],
                                 capture_output=True, text=True, timeout=300, env=without_gallery(tmp_path))
         assert result.returncode in (1, 2) and result.stderr.splitlines() == [
             f"warning: no gallery at {tmp_path / 'none'}; every face will be unknown", error], result.stderr
 
 
-def test_webcam_refuses_a_threshold_no_similarity_can_meet(tmp_path, astronaut_bgr, tool_script):
+def test_webcam_refuses_a_threshold_no_similarity_can_meet(tmp_path, astronaut_bgr):
     # As `facekit identify` does: nan or 5 named every face unknown, exit 0.
     photo = tmp_path / "a.jpg"
     cv2.imwrite(str(photo), astronaut_bgr)
     for threshold in ("nan", "5"):
-        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(photo),
+        result = subprocess.run([*WEBCAM, "--headless", "--source", str(photo),
                                  "--threshold", threshold, "--gallery", str(tmp_path / "none")], capture_output=True,
                                 text=True, timeout=300)
         assert (result.returncode, result.stdout) == (2, "")
         assert result.stderr == f"error: --threshold is a cosine similarity, between -1 and 1, not {float(threshold)}\n"
 
 
-def test_a_track_is_identified_again_when_its_face_may_be_someone_else(load_tool):
-    webcam = load_tool("webcam")
+def test_a_track_is_identified_again_when_its_face_may_be_someone_else():
     tracker = webcam.FaceTracker()
     (track,) = tracker.update([(100, 100, 100, 140)], frame=0)
     assert webcam.needs_identifying(track, 0, every=15)  # new
@@ -138,22 +144,21 @@ def test_a_track_is_identified_again_when_its_face_may_be_someone_else(load_tool
     assert webcam.needs_identifying(track, 3 + 15, every=15)
 
 
-def test_webcam_bad_output_or_gallery_is_one_error_line(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+def test_webcam_bad_output_or_gallery_is_one_error_line(tmp_path, astronaut_bgr, grace_hopper_bgr):
     clip = tmp_path / "clip.avi"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "gallery.sqlite").write_text("not a database")
     for options in (["--output", str(tmp_path / "missing" / "out.mp4")], ["--gallery", str(broken)]):
-        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+        result = subprocess.run([*WEBCAM, "--headless", "--source", str(clip),
                                  "--gallery", str(tmp_path / "none"), *options], capture_output=True, text=True,
                                 timeout=300)
         lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
 
 
-def test_webcam_refuses_an_output_it_would_not_write_or_its_own_source(tmp_path, astronaut_bgr, grace_hopper_bgr,
-                                                                       tool_script):
+def test_webcam_refuses_an_output_it_would_not_write_or_its_own_source(tmp_path, astronaut_bgr, grace_hopper_bgr):
     # Refused before the models load: the same file as --source was emptied by the writer while being read (a
     # 90-frame clip became 2 frames, exit 0), .jpg wrote one frame and said "written", 0 frames read "no frames".
     clip = tmp_path / "clip.avi"
@@ -162,16 +167,17 @@ def test_webcam_refuses_an_output_it_would_not_write_or_its_own_source(tmp_path,
     (tmp_path / "link.avi").symlink_to(clip)
     for options in (["--output", str(clip)], ["--output", str(tmp_path / "link.avi")],
                     ["--output", str(tmp_path / "out.jpg")], ["--output", str(tmp_path)], ["--max-frames", "0"]):
-        result = subprocess.run([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+        result = subprocess.run([*WEBCAM, "--headless", "--source", str(clip),
                                  "--gallery", str(tmp_path / "none"), *options], capture_output=True, text=True,
                                 timeout=300)
         lines = result.stderr.splitlines()
-        assert result.returncode == 2 and lines[-1].startswith(("error:", "webcam.py: error:")), (options, lines)
+        # argparse's own errors start with the program's name: "webcam.py: error:" here.
+        assert result.returncode == 2 and re.match(r"(\S+: )?error:", lines[-1]), (options, lines)
         assert clip.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "link.avi"]
 
 
-def test_webcam_finishes_the_video_and_sums_up_when_stopped(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+def test_webcam_finishes_the_video_and_sums_up_when_stopped(tmp_path, astronaut_bgr, grace_hopper_bgr):
     # SIGTERM (kill, timeout, a service manager) ended the process before the writer was released: an .mp4
     # without its index, which nothing can play. Ctrl-C and SIGTERM, the usual end of a camera run, then said
     # nothing of what was recorded: no summary, only "interrupted" or not a word.
@@ -179,7 +185,7 @@ def test_webcam_finishes_the_video_and_sums_up_when_stopped(tmp_path, astronaut_
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=150)
     for stop in (signal.SIGTERM, signal.SIGINT):
         out = tmp_path / f"{stop.name}.mp4"
-        process = subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip),
+        process = subprocess.Popen([*WEBCAM, "--headless", "--source", str(clip),
                                     "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=without_gallery(tmp_path))
         deadline = time.monotonic() + 120
@@ -197,6 +203,35 @@ def test_webcam_finishes_the_video_and_sums_up_when_stopped(tmp_path, astronaut_
         summary = re.fullmatch(rf"(\d+) frames, [\d.]+ frames per second, [\d.]+ faces per frame, written to "
                                rf"{re.escape(str(out))}\n", stdout)
         assert summary and int(summary.group(1)) == count, (stop, stdout)
+
+
+def test_the_installed_command_the_module_and_the_clone_script_all_run_the_webcam(tmp_path, astronaut_bgr,
+                                                                                   grace_hopper_bgr, tool_script):
+    # A wheel holds facekit's package alone, and the loop lived only in tools/webcam.py: one who installed facekit
+    # had no webcam script, where the README told them to run it ("can't open file", exit 2).
+    installed = Path(sysconfig.get_path("scripts")) / "facekit-webcam"
+    assert installed.is_file(), f"no {installed}: install facekit again (pip install -e .) for its commands"
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
+    missing = tmp_path / "missing.mp4"
+    for command in ([str(installed)], WEBCAM, [sys.executable, tool_script("webcam")]):
+        shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=300)
+        assert shown.returncode == 0 and "--reidentify-every" in shown.stdout, (command, shown.stderr)
+        result = subprocess.run([*command, "--headless", "--source", str(clip), "--max-frames", "2"],
+                                capture_output=True, text=True, timeout=300, env=without_gallery(tmp_path))
+        assert result.returncode == 0 and result.stdout.startswith("2 frames, "), (command, result.stderr)
+        refused = subprocess.run([*command, "--headless", "--source", str(missing)], capture_output=True, text=True,
+                                 timeout=300, env=without_gallery(tmp_path))
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert refused.stderr.splitlines()[-1] == f"error: cannot open video source '{missing}'", command
+
+
+def test_the_facekit_command_does_not_import_the_webcam_loop():
+    # It imports OpenCV, the models' runtime and the gallery as it loads: `facekit --help` would wait for them.
+    probe = "import sys, facekit.__main__, facekit.cli; facekit.cli.build_parser(); print(sorted(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "'facekit.cli'" in result.stdout, result.stderr
+    assert "'facekit.webcam'" not in result.stdout
 
 
 class FakeCapture:
@@ -220,10 +255,9 @@ class FakeCapture:
         pass
 
 
-def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch):
+def test_a_camera_recording_keeps_to_the_clock(tmp_path, monkeypatch):
     # A camera drops the frames a slow loop misses: each annotated frame written once at the camera's rate
     # played the recording too fast (here 100 fps claimed, about 20 processed: 5 times too fast).
-    webcam = load_tool("webcam")
     camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 15, fps=100.0, delay=0.05)
     monkeypatch.setattr(webcam, "open_source", lambda source: camera)
     out = tmp_path / "out.avi"
@@ -240,10 +274,9 @@ def test_a_camera_recording_keeps_to_the_clock(tmp_path, load_tool, monkeypatch)
     assert abs(count / video.get(cv2.CAP_PROP_FPS) - recorded) < 0.1 * recorded + 2 / camera.fps, (count, recorded)
 
 
-def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, load_tool, monkeypatch, capsys):
+def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, monkeypatch, capsys):
     # A signal landing between the frame's count and its writing (here Ctrl-C while it is drawn) summed up one
     # frame more than the video held: the loop now stops after the frame in hand, not inside it.
-    webcam = load_tool("webcam")
     monkeypatch.setattr(webcam, "open_source",
                         lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 10))
     draw_results = webcam.draw_results
@@ -268,22 +301,19 @@ def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, load_too
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is put back
 
 
-def test_one_frame_is_summed_up_as_one_frame(tmp_path, load_tool, monkeypatch, capsys):
-    webcam = load_tool("webcam")
+def test_one_frame_is_summed_up_as_one_frame(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)]))
     monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
     assert webcam.main(["--headless", "--source", "clip"]) == 0
     assert capsys.readouterr().out.startswith("1 frame, ")  # not "1 frames"
 
 
-def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkeypatch, astronaut_bgr,
-                                                     grace_hopper_bgr):
+def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, monkeypatch, astronaut_bgr, grace_hopper_bgr):
     # Live MTCNN looked for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:
     # 530-830 ms a search, against about 100 on a copy of its max_side (the detector's own, the frame's coordinates
     # mapped back by it).
     from facekit import detection
 
-    webcam = load_tool("webcam")
     clip = tmp_path / "clip.avi"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
     source = cv2.VideoCapture(str(clip))
@@ -319,13 +349,13 @@ def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, load_tool, monkey
         assert 420 * 6 < x and x + w < 620 * 6 and w > 200 and 0 < hopper["landmarks"][0][0] - x < w
 
 
-def test_webcam_shows_progress_on_a_terminal(tmp_path, astronaut_bgr, grace_hopper_bgr, tool_script):
+def test_webcam_shows_progress_on_a_terminal(tmp_path, astronaut_bgr, grace_hopper_bgr):
     # In --headless, a long clip ran without a word until its summary; a pipe or a log still gets none.
     clip = tmp_path / "clip.avi"
     make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=10)
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a pty is 0 wide until told
-    with subprocess.Popen([sys.executable, tool_script("webcam"), "--headless", "--source", str(clip)],
+    with subprocess.Popen([*WEBCAM, "--headless", "--source", str(clip)],
                           stdout=subprocess.PIPE, stderr=secondary, env=without_gallery(tmp_path)) as run:
         os.close(secondary)
         shown = b""
@@ -343,12 +373,11 @@ def _read_pty(fd: int) -> bytes:
         return b""
 
 
-def test_webcam_checks_the_gallery_before_the_first_frame(tmp_path, load_tool, monkeypatch, capsys):
+def test_webcam_checks_the_gallery_before_the_first_frame(tmp_path, monkeypatch, capsys):
     # A gallery of 128-d embeddings stored without a model fingerprint passed the check and ended the run at the
     # first face ("queries must have shape (n, 128)"); an empty one said nothing, as if faces were strangers.
     from facekit.datastore import Gallery
 
-    webcam = load_tool("webcam")
     narrow, empty = tmp_path / "narrow", tmp_path / "empty"
     with Gallery.open(narrow, dim=128) as gallery, gallery.writer():
         gallery.add("someone", np.eye(1, 128, dtype=np.float32), [{"path": "a.jpg", "sha256": "0" * 64}])
@@ -361,10 +390,9 @@ def test_webcam_checks_the_gallery_before_the_first_frame(tmp_path, load_tool, m
     assert "is empty" in capsys.readouterr().err
 
 
-def test_webcam_refuses_a_gallery_given_that_is_not_there(tmp_path, load_tool, monkeypatch, capsys):
+def test_webcam_refuses_a_gallery_given_that_is_not_there(tmp_path, monkeypatch, capsys):
     # A mistyped --gallery only warned that every face would be unknown and ran to the end, exit 0, where
     # `facekit identify` refuses it. The default gallery may not exist yet: the camera can run before enrolling.
-    webcam = load_tool("webcam")
     camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 2)
     monkeypatch.setattr(webcam, "open_source", lambda source: camera)
     mistyped = tmp_path / "galeries" / "defualt"
@@ -378,12 +406,10 @@ def test_webcam_refuses_a_gallery_given_that_is_not_there(tmp_path, load_tool, m
     assert capsys.readouterr().err == f"warning: no gallery at {default}; every face will be unknown\n"
 
 
-def test_webcam_takes_the_embedding_model_and_smallest_face_as_the_cli_does(tmp_path, load_tool, monkeypatch,
-                                                                            capsys):
+def test_webcam_takes_the_embedding_model_and_smallest_face_as_the_cli_does(tmp_path, monkeypatch, capsys):
     # The README's upgrade note says to pass the old model with --weights, which the script did not take.
     from facekit.representation import DEFAULT_MODEL
 
-    webcam = load_tool("webcam")
     monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)]))
     monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
     missing = tmp_path / "old-model.safetensors"

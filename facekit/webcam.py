@@ -1,0 +1,323 @@
+"""Live face recognition on a camera or a video file.
+
+    facekit-webcam --headless --output out.mp4   # camera 0, until Ctrl-C
+    facekit-webcam --source clip.mp4 --headless --output out.mp4 --max-frames 90
+    facekit-webcam                               # a window (q quits): needs opencv-python, not the headless build
+
+The `facekit-webcam` command is installed with facekit; `python -m facekit.webcam` runs the same, and so does
+`python tools/webcam.py` in a clone of the repository. Neither `import facekit` nor facekit.cli imports this
+module, so that `facekit` commands do not wait for what it imports (OpenCV, the models' runtime, the gallery).
+
+Faces are detected every frame and matched to tracks by box overlap; a track is
+re-identified only when it is new, every --reidentify-every frames, or when the face may be another
+person's (it comes back after frames unseen, or its size jumps), because embedding is the expensive
+step and a face rarely changes identity between frames. With MTCNN (the
+default) or Haar, whose full search is the loop's other expensive step, the whole frame is
+searched every --search-every frames and, in between, only around the faces being tracked.
+
+Large frames are searched on a smaller copy (the detectors' own) and embedded from the frame itself. From a
+camera, each annotated frame is written as often as keeps --output in step with the clock. Ctrl-C, SIGTERM and SIGHUP
+stop the loop after the frame in hand (a second one without waiting for it); the video is finished, and the summary
+printed before the exit code says what stopped it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from facekit.cli import check_threshold, counted, quiet_opencv, report_errors
+from facekit.datastore import Gallery, GalleryError, default_gallery_path
+from facekit.detection import create_detector
+from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
+from facekit.drawing import draw_results
+from facekit.recognition import FacePipeline, identify_image
+
+# What --output can hold, by extension, and the codec written to it.
+CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+@dataclass
+class Track:
+    track_id: int
+    box: tuple[float, float, float, float]
+    result: dict = field(default_factory=dict)
+    last_identified: int = -(10**9)
+    last_seen: int = 0
+    identified_width: float = 0.0
+    resumed: bool = False  # matched after at least one frame unseen
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    width = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    height = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = width * height
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+class FaceTracker:
+    """Greedy IoU matching of this frame's faces to last frame's tracks."""
+
+    def __init__(self, min_iou: float = 0.3, max_missing: int = 10) -> None:
+        self.tracks: dict[int, Track] = {}
+        self.next_id = 0
+        self.min_iou, self.max_missing = min_iou, max_missing
+
+    def update(self, boxes: list[tuple[float, float, float, float]], frame: int) -> list[Track]:
+        assigned: list[Track] = []
+        free = set(self.tracks)
+        for box in boxes:
+            best = max(free, key=lambda t: iou(self.tracks[t].box, box), default=None)
+            if best is not None and iou(self.tracks[best].box, box) >= self.min_iou:
+                track = self.tracks[best]
+                free.discard(best)
+                track.resumed = track.resumed or frame - track.last_seen > 1
+            else:
+                track = Track(self.next_id, box)
+                self.tracks[self.next_id] = track
+                self.next_id += 1
+            track.box, track.last_seen = box, frame
+            assigned.append(track)
+        for track_id in [t for t in free if frame - self.tracks[t].last_seen > self.max_missing]:
+            del self.tracks[track_id]
+        return assigned
+
+
+# A face whose width changes by more than this factor between identifications may be someone else who stepped
+# into the same place: an overlap of 0.3 between a near and a far face's boxes is easily met.
+SIZE_JUMP = 1.25
+
+
+def needs_identifying(track: Track, frame: int, every: int) -> bool:
+    """New, due, back after frames unseen, or a size jump: the face may not be whom the track last named."""
+    if not track.result or track.resumed or frame - track.last_identified >= every:
+        return True
+    return abs(math.log(track.box[2] / track.identified_width)) > math.log(SIZE_JUMP)
+
+
+def output_problem(output: str, source: str) -> str | None:
+    """Why the annotated video cannot go to output, found before the models load; None if it may."""
+    path = Path(output)
+    if path.suffix.lower() not in CODECS:
+        # OpenCV takes most other names (.jpg, no extension), then writes one frame or none without a word.
+        return f"--output must be an .mp4 or .avi file, not {output}"
+    if not path.parent.is_dir():
+        return f"cannot write {output}: folder {path.parent} not found"
+    if not source.isdigit() and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+        # The writer would empty the file the capture is still reading: the video would be lost.
+        return f"--output {output} is the video being read; choose another file"
+    return None
+
+
+def open_source(source: str) -> cv2.VideoCapture | None:
+    capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
+    return capture if capture.isOpened() else None
+
+
+def frame_rate(capture: cv2.VideoCapture) -> float:
+    """The source's frames per second; 25 where it gives none (many cameras) or an absurd one."""
+    rate = capture.get(cv2.CAP_PROP_FPS)
+    return rate if 0 < rate <= 1000 else 25.0
+
+
+@dataclass
+class StopRequest:
+    exit_code: int | None = None  # 128 + the signal that asked the loop to stop
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Ctrl-C, SIGTERM (kill, timeout, service managers) and SIGHUP (a closed terminal) ask the loop to stop after
+    the frame in hand: the frame counted is then the frame written, and the writer is released, since an .mp4
+    without its index cannot be played. A second signal ends the run without finishing the frame, for a slow
+    one; a read blocked inside OpenCV still returns first, since Python runs handlers between its calls."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield request
+        return
+
+    def ask_to_stop(signum: int, _frame: object) -> None:
+        if request.exit_code is not None:
+            sys.exit(128 + signum)
+        request.exit_code = 128 + signum
+
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {name: signal.signal(getattr(signal, name), ask_to_stop) for name in names}
+    try:
+        yield request
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `facekit-webcam` command: bad input, a missing file or Ctrl-C before the loop is one line, not a
+    traceback, as for `facekit`."""
+    return report_errors(lambda: run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="0", help="camera index or video file (default: 0)")
+    parser.add_argument("--gallery", help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
+    parser.add_argument("--threshold", type=float,
+                        help="default: the model card's identify threshold for the size of the gallery")
+    parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
+    parser.add_argument("--search-every", type=int, default=5, metavar="N",
+                        help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
+    parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
+                        help=DETECTOR_HELP)
+    parser.add_argument("--yunet-model", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="embedding model (.safetensors + .json card; default: $FACEKIT_WEIGHTS or the shipped "
+                             "one): the one the gallery was enrolled with")
+    parser.add_argument("--min-face", type=int, metavar="PX",
+                        help="smallest face width to find, in pixels (default: the live detector's own)")
+    parser.add_argument("--headless", action="store_true", help="no window")
+    parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    args = parser.parse_args(argv)
+    if args.search_every < 1 or args.reidentify_every < 1:
+        parser.error("--search-every and --reidentify-every must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error("--max-frames must be at least 1")
+    check_threshold(args.threshold)
+    quiet_opencv()  # before the source opens: a file or camera that fails is said in facekit's line alone
+    problem = args.output and output_problem(args.output, args.source)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if not args.headless:
+        try:
+            cv2.namedWindow("facekit")
+        except cv2.error:  # facekit installs opencv-python-headless, which has no windows
+            print("error: this OpenCV cannot open a window (opencv-python-headless): use --headless --output "
+                  "out.mp4, or install opencv-python for a window", file=sys.stderr)
+            return 2
+
+    try:
+        pipeline = FacePipeline(create_detector(args.detector, args.yunet_model, args.min_face, live=True),
+                                weights=args.weights, flip=False)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gallery_path = default_gallery_path(args.gallery)
+    gallery = None
+    # A --gallery that is not there is a typo, refused as `facekit identify` refuses it. The default one may not
+    # exist yet: the camera can run before anyone is enrolled.
+    if args.gallery is not None or (gallery_path / "gallery.sqlite").exists():
+        try:
+            # Another model's gallery is refused before the loop: by its fingerprint, or (one stored before
+            # galleries kept it) by its width, which gallery.search would otherwise refuse at the first face.
+            gallery = Gallery.open(gallery_path, create=False, dim=pipeline.embedder.dim)
+            gallery.bind_model(pipeline.embedder.model_id)
+        except GalleryError as exc:
+            if gallery is not None:
+                gallery.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if len(gallery) == 0:
+            print(f"warning: the gallery at {gallery_path} is empty; every face will be unknown until people are "
+                  "enrolled", file=sys.stderr)
+    else:
+        print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
+    gallery_faces = len(gallery) if gallery is not None else 0
+    threshold = pipeline.identify_threshold_for(gallery_faces) if args.threshold is None else args.threshold
+    capture = open_source(args.source)
+    if capture is None:
+        if gallery is not None:
+            gallery.close()
+        print(f"error: cannot open video source {args.source!r}", file=sys.stderr)
+        return 2
+    # A camera drops the frames a slow loop misses; a file waits for the loop, so its own rate holds.
+    camera = args.source.isdigit()
+    rate = frame_rate(capture)
+    writer, recorded = None, 0
+    tracker = FaceTracker()
+    # YuNet searches a whole frame about as fast as the others search around one face, so it has no detect_near.
+    searches_near = hasattr(pipeline.detector, "detect_near")
+    total = 0 if camera else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    if args.max_frames:
+        total = min(total, args.max_frames) if total else args.max_frames
+    # On a terminal only (disable=None): otherwise a long clip in --headless runs without a word until the end.
+    progress = tqdm(total=total or None, unit="frame", disable=None, leave=False, file=sys.stderr)
+    frames, faces_seen, started, fps = 0, 0, time.perf_counter(), 0.0
+    with stop_on_signals() as stop:
+        try:
+            while (args.max_frames is None or frames < args.max_frames) and stop.exit_code is None:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if not searches_near or frames % args.search_every == 0:
+                    faces = pipeline.detect(frame)
+                else:
+                    faces = pipeline.detect_near(frame, [track.box for track in tracker.tracks.values()])
+                faces_seen += len(faces)
+                tracks = tracker.update([f.box for f in faces], frames)
+                stale = [i for i, t in enumerate(tracks) if needs_identifying(t, frames, args.reidentify_every)]
+                if stale:
+                    fresh = identify_image(pipeline, gallery, frame, threshold, top_k=1,
+                                           faces=[faces[i] for i in stale])
+                    for i, result in zip(stale, fresh):
+                        tracks[i].result, tracks[i].last_identified = result, frames
+                        tracks[i].identified_width, tracks[i].resumed = tracks[i].box[2], False
+                results = []
+                for face, track in zip(faces, tracks):
+                    results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
+                frames += 1
+                progress.update()
+                fps = frames / (time.perf_counter() - started)
+                annotated = draw_results(frame, results, fps=fps)
+                if args.output:
+                    if writer is None:
+                        fourcc = cv2.VideoWriter_fourcc(*CODECS[Path(args.output).suffix.lower()])
+                        writer = cv2.VideoWriter(args.output, fourcc, rate, (frame.shape[1], frame.shape[0]))
+                        if not writer.isOpened():
+                            print(f"error: cannot write {args.output}", file=sys.stderr)
+                            return 2
+                        recording = time.perf_counter()
+                    # From a camera, a loop at 10 fps recorded at the camera's 30 would play three times too fast.
+                    copies = int((time.perf_counter() - recording) * rate) + 1 - recorded if camera else 1
+                    for _ in range(copies):
+                        writer.write(annotated)
+                    recorded += max(0, copies)
+                if not args.headless:
+                    cv2.imshow("facekit", annotated)
+                    if cv2.waitKey(1) & 0xFF == ord("q"):
+                        break
+        finally:
+            progress.close()
+            capture.release()
+            if writer is not None:
+                writer.release()
+            if gallery is not None:
+                gallery.close()
+            if not args.headless:
+                cv2.destroyAllWindows()
+    if frames == 0:
+        if stop.exit_code is not None:
+            return stop.exit_code
+        print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
+        return 1
+    written = f", written to {Path(args.output)}" if args.output else ""
+    print(f"{counted(frames, 'frame')}, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame"
+          f"{written}")
+    return 0 if stop.exit_code is None else stop.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
