@@ -586,6 +586,7 @@ class Gallery:
         self._live_identity = np.zeros(0, np.int64)
         self._names: dict[int, str] = {}
         self._left_out = np.zeros(0, np.int64)  # live rows the in-memory index lacks: their vectors are damaged
+        self._told_damaged = np.zeros(0, np.int64)  # those a warning has named: a repair may build the index twice
 
     @classmethod
     def open(
@@ -1445,11 +1446,14 @@ class Gallery:
         self._unsaved = self._unsaved or added > 0
         if damaged and len(left_out := np.concatenate(damaged)):
             self._left_out = np.union1d(self._left_out, left_out)
-            paths = list(self._source_paths(left_out).values())
-            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-            warnings.warn(f"gallery {self.root}: the index leaves out faces whose vector in {DB_NAME} is damaged (not "
-                          "unit length); take these photos out with `facekit gallery remove-photo` and enroll them "
-                          f"again: {shown}", GalleryWarning, 2)
+            untold = np.setdiff1d(left_out, self._told_damaged)
+            self._told_damaged = np.union1d(self._told_damaged, untold)
+            paths = list(self._source_paths(untold).values())
+            if paths:
+                shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+                warnings.warn(f"gallery {self.root}: the index leaves out faces whose vector in {DB_NAME} is damaged "
+                              "(not unit length); take these photos out with `facekit gallery remove-photo` and enroll "
+                              f"them again: {shown}", GalleryWarning, 2)
         return added
 
     def _build_from_db(self) -> None:

@@ -1456,3 +1456,20 @@ def test_unknown_is_no_name_for_a_new_identity_but_one_stored_under_it_stays_usa
             else:
                 gallery.rename("unknown", "bob")
         assert gallery.identities() == [("alice", 2), ("bob", 3)] and gallery.check() == []
+
+
+def test_a_damaged_vector_is_warned_of_once_when_opening_rebuilds_the_index(path: Path) -> None:
+    """With the index files gone, opening built the index twice (once to read, once to repair) and named the damaged
+    photo in two warnings, which `facekit gallery list` printed both."""
+    with Gallery.open(path, dim=DIM) as gallery:
+        enroll(gallery, "alice", 1)
+        damaged_id, _ = enroll(gallery, "bob", 2)
+    sql(path, "UPDATE embeddings SET vector = ? WHERE id = ?", b"", damaged_id)
+    for file in index_files(path):
+        file.unlink()
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        with Gallery.open(path, create=False) as gallery:
+            assert gallery.search(vectors(2, 2)[1])[0][0].identity == "bob"
+    told = [str(warning.message) for warning in recorded if "is damaged" in str(warning.message)]
+    assert len(told) == 1 and told[0].endswith(": bob-2-0.jpg")
