@@ -37,12 +37,14 @@ def test_the_demo_without_its_extra_says_how_to_install_it(tmp_path, tool_script
 
 def test_the_sdist_ships_the_license_and_what_its_tests_load_without_a_deprecated_license_table(tmp_path):
     """setuptools stops building a `license = { text = ... }` table after 2027-02-18, and the sdist's tests import
-    tests/conftest.py and run tools/*.py, which setuptools leaves out unless MANIFEST.in names them."""
+    tests/conftest.py and run tools/*.py, which setuptools leaves out unless MANIFEST.in names them, as it does the
+    documents README.md links to."""
     pytest.importorskip("setuptools", minversion="77")  # the first that reads an SPDX `license` string
     root, source = Path(__file__).resolve().parents[1], tmp_path / "source"
     for folder in ("facekit", "tests", "tools"):  # the weights left out: 70 MB that change nothing here
         shutil.copytree(root / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "weights"))
-    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+    (source / "galleries").mkdir()  # its README only: a clone's galleries may hold a user's own
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "galleries/README.md"):
         if (root / name).is_file():
             shutil.copy(root / name, source / name)
     build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
@@ -54,5 +56,6 @@ def test_the_sdist_ships_the_license_and_what_its_tests_load_without_a_deprecate
         top = sdist.getnames()[0].split("/")[0]
         names = {name.removeprefix(f"{top}/") for name in sdist.getnames()}
         metadata = sdist.extractfile(f"{top}/PKG-INFO").read().decode()
-    assert {"LICENSE", "tests/conftest.py", "tests/test_demo.py", "tools/demo.py"} <= names
+    # galleries/README.md: the gallery format, which README.md links to.
+    assert {"LICENSE", "tests/conftest.py", "tests/test_demo.py", "tools/demo.py", "galleries/README.md"} <= names
     assert "License-Expression: MIT" in metadata.splitlines()
