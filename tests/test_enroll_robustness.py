@@ -155,11 +155,20 @@ def test_an_enroll_stopped_part_way_and_run_again_makes_the_uninterrupted_galler
             pass
         time.sleep(0.02)
     assert process.poll() is None, "enroll ended before it could be stopped; give it more photos"
+    assert committed, "nothing was committed before the stop"
     process.send_signal(stop)
     out, err = process.communicate(timeout=120)
     if stop == signal.SIGINT:
         assert (process.returncode, out, err) == (130, "", f"{INTERRUPTED}\n")
         assert_checks_clean(gallery, len(enrolled(gallery)))  # a Ctrl-C waits for the batch it lands in
+    else:
+        # A kill between a batch's commit and its index checkpoint (likelier on a busy machine) leaves an index that
+        # the next open rebuilds from the database, and check says so: then the only problems are those repairs.
+        check = facekit("gallery", "check", "--gallery", gallery)
+        problems = [line for line in check.stdout.splitlines() if line.startswith("problem:")]
+        assert check.returncode == 0 or (check.returncode == 1 and problems and all(
+            line.endswith("(repaired on opening)") for line in problems)), check.stdout + check.stderr
+        assert_checks_clean(gallery, len(enrolled(gallery)))
     assert set(committed) <= set(enrolled(gallery)) < set(enrolled(uninterrupted))
     rerun = facekit("enroll", people, "--gallery", gallery, "--quiet")
     assert rerun.returncode == 0, rerun.stderr
@@ -250,7 +259,7 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
         assert [name for name in failed if any(name in line for line in errors)] == failed
     # JSON gives a bad file a record too, with the error stderr shows; so does CSV, a row per face or else one.
     records = [json.loads(line) for line in runs["json"].stdout.splitlines()]
-    assert [Path(record["image"]).name for record in records] == sorted([*readable, *bad])
+    assert [record["image"] for record in records] == [str(folder / name) for name in sorted([*readable, *bad])]
     # A record without faces says why (its error); stderr names a faceless photo, which the record already does.
     assert runs["json"].stderr.splitlines() == [
         f"error: no face found in {record['image']}" if "faces" in record else f"error: {record['error']}"
@@ -260,6 +269,8 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
         name = Path(record["image"]).name
         if name in bad:
             assert set(record) == {"image", "error"}
+            if name == "d_text.jpg":
+                assert record["error"] == f"not an image: {folder / name}"
         else:
             expected = readable[name]
             assert [face["identity"] for face in record["faces"]] == ([expected] if expected else [])

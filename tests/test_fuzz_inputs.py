@@ -95,6 +95,11 @@ def corpus(tmp_path, astronaut_bgr, grace_hopper_bgr) -> dict[str, Path]:
     return {relative.split("/")[0]: root / relative for relative in cases} | {"bomb": bomb, "root": root}
 
 
+# The corpus's cases that enroll fails and says why: the files no photo can be read from, and a photo without a face.
+BROKEN = ("truncated_jpeg", "truncated_png", "empty_jpeg", "empty_png", "text_as_jpeg", "no_face", "bomb",
+          "damaged_tiff")
+
+
 def run(capsys, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     captured = capsys.readouterr()
@@ -110,10 +115,11 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
 
     summary = json.loads(out)
     skipped = {Path(item["path"]).parent.name: item["reason"] for item in summary["skipped_files"]}
-    for broken in ("truncated_jpeg", "truncated_png", "empty_jpeg", "empty_png", "text_as_jpeg", "no_face", "bomb",
-                   "damaged_tiff"):
+    for broken in BROKEN:
         assert broken in skipped, f"{broken} was not reported as skipped"
         assert "\n" not in skipped[broken] and skipped[broken]
+        said = [line for line in err.splitlines() if str(corpus[broken]) in line]
+        assert len(said) == 1, f"{broken}: expected one line on stderr naming the file, got {said}"
     assert "too large" in skipped["bomb"] or "pixels" in skipped["bomb"]
     assert "corrupt" in skipped["damaged_tiff"]  # not decoded as an all-black photo with "no face" in it
     assert any("control" in item["path"] for item in summary["skipped_files"])
@@ -126,6 +132,7 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
     for readable in ("greyscale", "sixteen_bit", "cmyk", "rgba", "float_tiff", "José María Ñúñez",
                      *[f"exif_{o}" for o in range(1, 9)]):
         assert readable in enrolled, f"{readable} was not enrolled"
+    assert not set(BROKEN) & set(enrolled)
 
     counts = {"inputs": 0, "tracebacks": 0, "ok": 0, "refused": 0}
     for name, path in corpus.items():
@@ -144,7 +151,10 @@ def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
         else:
             counts["refused"] += 1
             assert code == 1
-            assert len([line for line in err.splitlines() if line.startswith("error:")]) >= 1
+            if name == "no_face":  # its record is still printed, and the error said
+                assert json.loads(out)["faces"] == [] and err == f"error: no face found in {path}\n"
+            else:  # the file's own error, then that no image could be read
+                assert err.splitlines()[1:] == ["error: no image could be read"] and err.startswith("error: "), err
     print(f"fuzz corpus: {counts}")
     assert counts["tracebacks"] == 0
     assert counts["refused"] == 8  # truncated x2, empty x2, text, bomb, damaged TIFF, and no face (its record given)

@@ -166,7 +166,10 @@ def _crop_folder(root, shared_data, identities: int = 6, per_identity: int = 6):
     return chosen
 
 
-def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script):
+def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, load_tool):
+    # tools/release_model.py is run in this process: as a script, each of the six releases below imported torch
+    # again (seconds each); the tests of the weight average and of teacher rows run it as the script.
+    release = load_tool("release_model").main
     _crop_folder(tmp_path / "crops", shared_data)
     crops = load_crops(tmp_path / "crops")
     assert crops.images.shape[1:] == (112, 112, 3) and crops.num_classes == 6
@@ -218,9 +221,8 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script
         evaluations[key] = {"accuracy": 0.9, "threshold": threshold, "impostor_pairs": 1000,
                             "threshold_at_far": {"5e-3": at_far}}
         (tmp_path / f"{key}.json").write_text(json.dumps(evaluations[key]))
-    subprocess.run([sys.executable, tool_script("release_model"), str(tmp_path / "tuned"),
-                    "--lfw", str(tmp_path / "lfw.json"), "--lfw-mtcnn", str(tmp_path / "lfw_mtcnn.json"),
-                    "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+    assert release([str(tmp_path / "tuned"), "--lfw", str(tmp_path / "lfw.json"), "--lfw-mtcnn",
+                    str(tmp_path / "lfw_mtcnn.json"), "--output", str(tmp_path / "shipped" / "model")]) == 0
     card = json.loads((tmp_path / "shipped" / "model.json").read_text())
     assert {key: card[key] for key in evaluations} == evaluations and "lfw_haar" not in card
     assert (card["threshold"], card["identify_threshold"]) == (0.43, 0.55)
@@ -239,8 +241,7 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script
         third = TrainConfig(**{**vars(tuned), "output": str(tmp_path / f"third{stale}"),
                                "init_from": str(tmp_path / "tuned" / "checkpoint.pt")})
         train(third)
-        subprocess.run([sys.executable, tool_script("release_model"), third.output,
-                        "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+        assert release([third.output, "--output", str(tmp_path / "shipped" / "model")]) == 0
         card = json.loads((tmp_path / "shipped" / "model.json").read_text())
         assert len(card["training"]["stages_before"]) == 2, stale
         assert card["training"]["total_images_seen"] == (42 + 3 + 3) * 12
@@ -248,15 +249,13 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script
     fourth = TrainConfig(**{**vars(tuned), "output": str(tmp_path / "fourth"),
                             "init_from": str(tmp_path / "shipped" / "model.safetensors")})
     train(fourth)
-    subprocess.run([sys.executable, tool_script("release_model"), fourth.output,
-                    "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+    assert release([fourth.output, "--output", str(tmp_path / "shipped" / "model")]) == 0
     released_again = json.loads((tmp_path / "shipped" / "model.json").read_text())["training"]
     assert len(released_again["stages_before"]) == 3
     assert released_again["total_images_seen"] == (42 + 3 + 3 + 3) * 12
     # Releasing that stage a second time (say, with a new evaluation) over the weights it started from
     # must not count the first release as one more stage.
-    subprocess.run([sys.executable, tool_script("release_model"), fourth.output,
-                    "--output", str(tmp_path / "shipped" / "model")], check=True, capture_output=True)
+    assert release([fourth.output, "--output", str(tmp_path / "shipped" / "model")]) == 0
     assert json.loads((tmp_path / "shipped" / "model.json").read_text())["training"] == released_again
     first_two = card["training"]["stages_before"]
     assert [s["losses"] for s in released_again["stages_before"][:2]] == [s["losses"] for s in first_two]
@@ -266,8 +265,8 @@ def test_tiny_training_run_learns_and_resumes(tmp_path, shared_data, tool_script
     from facekit.export import model_fingerprint
 
     others = [tmp_path / "run" / "model", tmp_path / "tuned" / "model"]
-    subprocess.run([sys.executable, tool_script("release_model"), fourth.output, "--average-with",
-                    *map(str, others), "--output", str(tmp_path / "soup" / "model")], check=True, capture_output=True)
+    assert release([fourth.output, "--average-with", *map(str, others),
+                    "--output", str(tmp_path / "soup" / "model")]) == 0
     files = [Path(fourth.output) / "model", *others, tmp_path / "soup" / "model"]
     run, first, second, soup = (load_file(str(path.with_suffix(".safetensors"))) for path in files)
     assert not torch.equal(run["embedding.weight"], first["embedding.weight"])
