@@ -373,7 +373,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print(escape_control_characters(message), file=sys.stderr)
 
     with gallery:
-        photos = photos_to_identify(args.images, annotate_dir, unreadable)
+        def passed_over(path: str, reason: str) -> None:  # as enroll lists them, in text mode
+            print(escape_control_characters(f"skipped {path}: {reason}"), file=sys.stderr)
+
+        photos, copies_passed_over = photos_to_identify(args.images, annotate_dir, unreadable,
+                                                        None if args.json or args.csv else passed_over)
         being_identified = {file_identity(photo) for photo in photos} - {None}
         for item in pipeline.load_many(photos):
             found += 1
@@ -432,7 +436,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     print(f"  annotated copy: {escape_control_characters(str(annotated_copy))}")
     if processed == 0:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        message = "no image could be read" if found else f"no images ({extensions}) in {', '.join(args.images)}"
+        if found:
+            message = "no image could be read"
+        elif copies_passed_over:  # "no images" while the folder visibly holds some would read as a bug
+            message = (f"no photos to identify in {', '.join(args.images)}, only annotated copies facekit wrote "
+                       f"({copies_passed_over}), which are not identified again: name one to identify it")
+        else:
+            message = f"no images ({extensions}) in {', '.join(args.images)}"
         print(f"error: {escape_control_characters(message)}", file=sys.stderr)
         return EXIT_FAILED
     # A photo unreadable or without a face, or a copy asked for and not written (each said above): the other photos
@@ -501,21 +511,26 @@ def file_identity(path: str | Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def photos_to_identify(inputs: list[str], annotate_dir: Path | None,
-                       unreadable: Callable[[OSError], None]) -> list[str]:
+def photos_to_identify(inputs: list[str], annotate_dir: Path | None, unreadable: Callable[[OSError], None],
+                       skipped: Callable[[str, str], None] | None = None) -> tuple[list[str], int]:
     """The photos named and those found in the folders named, less the annotated copies in OUT_DIR that an earlier
-    run wrote: `identify photos --annotate photos` run again took them for photos and drew on them."""
+    run wrote (`identify photos --annotate photos` run again took them for photos and drew on them), and how many
+    such copies were passed over."""
     from facekit.recognition import iter_image_paths
 
-    photos = []
+    photos, passed_over = [], 0
     for given in inputs:
-        found = iter_image_paths([given], unreadable)
+        found = iter_image_paths([given], unreadable, skipped)
         if annotate_dir and Path(given).is_dir():
             out_dir = annotate_dir.resolve()
-            found = (path for path in found
-                     if not (Path(path).parent.resolve() == out_dir and is_annotated_copy(Path(path))))
-        photos.extend(found)
-    return photos
+            for path in found:
+                if Path(path).parent.resolve() == out_dir and is_annotated_copy(Path(path)):
+                    passed_over += 1
+                else:
+                    photos.append(path)
+        else:
+            photos.extend(found)
+    return photos, passed_over
 
 
 def annotated_path(annotate_dir: Path, image_path: str, written: set[Path],

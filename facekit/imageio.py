@@ -24,7 +24,11 @@ from PIL import ExifTags, Image, ImageOps, TiffImagePlugin, UnidentifiedImageErr
 
 from facekit.errors import one_line
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# .jfif and .jpe are JPEG's other names (browsers save .jfif); a GIF is read as its first frame. Pillow reads AVIF
+# only in recent releases (facekit allows older ones) and HEIC not without a plugin: those are passed over, and
+# said so, rather than failing.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".gif",
+                                              ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 40_000_000
 # Uncompressed float32 RGBA: no image within the pixel limit needs a larger file.
 MAX_BYTES_PER_PIXEL = 16

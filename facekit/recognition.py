@@ -664,16 +664,26 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
     return [(face["path"], face["identity"]) for face in removed], moved
 
 
-def iter_image_paths(inputs: Iterable[str], unreadable: Callable[[OSError], None] | None = None) -> Iterator[str]:
+def iter_image_paths(inputs: Iterable[str], unreadable: Callable[[OSError], None] | None = None,
+                     skipped: Callable[[str, str], None] | None = None) -> Iterator[str]:
     """Expand files and folders (recursively, not following symlinks) into image paths, in order. A folder that
-    cannot be listed is passed to `unreadable` (by default, passed over as os.walk does)."""
+    cannot be listed is passed to `unreadable` (by default, passed over as os.walk does); what a folder holds and is
+    passed over, a file without an image extension (not a hidden one) or a symlinked folder, to `skipped` with the
+    reason, as enroll lists them."""
     for value in inputs:
         path = Path(value)
         if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path, onerror=unreadable, followlinks=False):
                 dirnames.sort()
+                folder = Path(dirpath)
+                if skipped:
+                    for name in dirnames:
+                        if (folder / name).is_symlink():
+                            skipped(str(folder / name), "symlinked folder not followed")
                 for name in sorted(filenames):
                     if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                        yield str(Path(dirpath) / name)
+                        yield str(folder / name)
+                    elif skipped and not name.startswith("."):
+                        skipped(str(folder / name), "not an image file name")
         else:
             yield str(path)

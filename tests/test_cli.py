@@ -19,9 +19,11 @@ import cv2
 import numpy as np
 import pytest
 from conftest import unprivileged
+from PIL import Image
 
 from facekit.cli import INTERRUPTED, main
 from facekit.datastore import Gallery
+from facekit.imageio import IMAGE_EXTENSIONS
 from facekit.representation import DEFAULT_MODEL
 
 FACE_KEYS = {"box", "landmarks", "identity", "similarity", "candidates"}
@@ -162,6 +164,20 @@ def test_an_annotated_copy_never_replaces_another_photo_and_is_not_identified_ag
     assert code == 0 and copy.read_bytes() == drawn
     assert [json.loads(line)["annotated"] for line in out.splitlines()] == [
         str(folder / "b-3.annotated.jpg"), str(folder / "b-2.annotated.annotated.jpg")]
+
+
+def test_a_folder_of_only_annotated_copies_says_so_not_no_images(tmp_path, capsys, astronaut_bgr):
+    # Identified again into the folder that holds only its copies, identify said "no images (...) in OUT",
+    # beside a folder that visibly holds one.
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    photo, out_dir = tmp_path / "photo.jpg", tmp_path / "annotated"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    assert run_cli(capsys, "identify", str(photo), "--gallery", str(gallery), "--annotate", str(out_dir))[0] == 0
+    code, out, err = run_cli(capsys, "identify", str(out_dir), "--gallery", str(gallery), "--annotate", str(out_dir))
+    assert code == 1 and out == ""
+    assert err.strip() == (f"error: no photos to identify in {out_dir}, only annotated copies facekit wrote (1), "
+                           "which are not identified again: name one to identify it")
 
 
 def test_annotate_naming_a_file_says_it_is_not_a_folder(tmp_path, capsys, astronaut_bgr):
@@ -766,10 +782,38 @@ def test_identify_on_a_folder_without_images_says_so(tmp_path, people, capsys):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no photos here")
     code, _, err = run_cli(capsys, "identify", str(tmp_path / "notes"), "--gallery", gallery)
-    assert code == 1 and err.startswith("error: no images (.bmp, .jpeg, .jpg") and str(tmp_path / "notes") in err
+    notes = tmp_path / "notes"
+    assert code == 1 and err.splitlines() == [f"skipped {notes / 'readme.txt'}: not an image file name",
+                                              f"error: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {notes}"]
     (tmp_path / "notes" / "bad.jpg").write_text("not a photo")
     code, _, err = run_cli(capsys, "identify", str(tmp_path / "notes"), "--gallery", gallery)
     assert code == 1 and err.strip().splitlines()[-1] == "error: no image could be read"
+
+
+def test_identify_says_what_a_folder_holds_and_it_passes_over_and_reads_jpeg_and_gif_by_their_other_names(
+        tmp_path, people, capsys, astronaut_bgr):
+    """identify passed over a folder's files without an image extension, .jfif (a browser's JPEG) and .gif among
+    them, without a word and exiting 0, where enroll lists them."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    photos = tmp_path / "photos"
+    (photos / "linked").mkdir(parents=True)
+    cv2.imwrite(str(photos / "a.jpg"), astronaut_bgr)
+    Image.fromarray(astronaut_bgr[:, :, ::-1]).save(photos / "b.jfif", format="JPEG")
+    Image.fromarray(astronaut_bgr[:, :, ::-1]).save(photos / "c.gif")
+    (photos / "c.json").write_text("{}")
+    (photos / ".DS_Store").write_bytes(b"")
+    (photos / "link").symlink_to(photos / "linked", target_is_directory=True)
+    code, out, err = run_cli(capsys, "identify", str(photos), "--gallery", gallery)
+    assert code == 0 and err.splitlines() == [f"skipped {photos / 'link'}: symlinked folder not followed",
+                                              f"skipped {photos / 'c.json'}: not an image file name"]
+    assert [line.split(": ")[0] for line in out.splitlines() if not line.startswith("  ")] == [
+        str(photos / name) for name in ("a.jpg", "b.jfif", "c.gif")]
+    code, out, err = run_cli(capsys, "identify", str(photos), "--gallery", gallery, "--json")
+    assert code == 0 and err == ""  # machine output: the skipped are not listed
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [record["image"] for record in records] == [str(photos / name) for name in ("a.jpg", "b.jfif", "c.gif")]
+    assert all("eileen_collins" in [face["identity"] for face in record["faces"]] for record in records)
 
 
 def test_identify_takes_a_stricter_default_threshold_for_a_larger_gallery(tmp_path, people, capsys, monkeypatch):
@@ -888,7 +932,7 @@ def test_enroll_sync_keeps_a_photo_that_is_still_there_though_enroll_does_not_li
 
     gallery = str(tmp_path / "gallery")
     assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
-    scan = people / "grace_hopper" / "scan.jfif"
+    scan = people / "grace_hopper" / "scan.raw"
     cv2.imwrite(str(scan.with_suffix(".jpg")), variant(grace_hopper_bgr, 9))
     scan.with_suffix(".jpg").rename(scan)
     with Gallery.open(gallery) as opened:

@@ -252,9 +252,14 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
     runs = {form: facekit("identify", folder, "--gallery", uninterrupted, *option)
             for form, option in (("text", []), ("json", ["--json"]), ("csv", ["--csv"]))}
     failed = sorted([*bad, "f_no_face.png"])  # a photo without a face is said too, and its record still given
-    for result in runs.values():
+    for form, result in runs.items():
         assert result.returncode == 1
         errors = result.stderr.splitlines()
+        if form == "text":  # what the folder holds and identify passes over is listed first, as enroll lists it
+            skipped = [f"skipped {folder / 'loop'}: symlinked folder not followed",
+                       f"skipped {folder / 'notes.txt'}: not an image file name"]
+            assert errors[:2] == skipped, result.stderr
+            errors = errors[2:]
         assert len(errors) == len(failed) and all(line.startswith("error: ") for line in errors), result.stderr
         assert [name for name in failed if any(name in line for line in errors)] == failed
     # JSON gives a bad file a record too, with the error stderr shows; so does CSV, a row per face or else one.

@@ -346,8 +346,18 @@ def test_max_pixels_is_configurable(grace_hopper_path: Path) -> None:
         load_image(grace_hopper_path, max_pixels=100_000)
 
 
-def test_image_extensions() -> None:
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} == IMAGE_EXTENSIONS
+def test_every_image_extension_names_a_format_that_is_read(tmp_path: Path, photo_rgb: np.ndarray) -> None:
+    """A folder's files are read by these names and passed over by any other: each must decode, as what its name
+    says (.jfif and .jpe are JPEG's other names; a GIF is read as its first frame, in its 256 colours)."""
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".bmp": "BMP",
+               ".webp": "WEBP", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF"}
+    assert set(formats) == IMAGE_EXTENSIONS
+    for extension, name in formats.items():
+        path = tmp_path / f"photo{extension}"
+        Image.fromarray(photo_rgb).save(path, format=name)
+        image = load_image(path)
+        assert image.shape == (*photo_rgb.shape[:2], 3) and image.dtype == np.uint8
+        assert np.abs(image[:, :, ::-1].astype(int) - photo_rgb).mean() < 8, extension
 
 
 def test_eight_bit_values_in_a_32_bit_tiff_are_not_darkened(tmp_path: Path, photo_rgb: np.ndarray) -> None:
