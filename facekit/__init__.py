@@ -212,7 +212,9 @@ def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = Fal
 def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
     """Enrol the largest face of one image as `identity`; returns its id in the gallery. As with `enroll`, a photo
     whose content is enrolled as this identity already is not added again (its id is returned), and one enrolled
-    as someone else is a ValueError; so is an image without a face.
+    as someone else is a ValueError, as is nearly the same photo (re-saved, resized, cropped: a face at least
+    NEAR_DUPLICATE_SIMILARITY, 0.95, similar to one enrolled as someone else); so is an image without a face, or
+    whose face is narrower than ENROLL_MIN_FACE (32 px), too small for a template.
 
     A file is recorded by its absolute path and content hash, a file's bytes by their hash (path "<bytes>"), an
     array or PIL image by the hash of its BGR pixels (path "<array>")."""
@@ -222,7 +224,7 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
 
     from facekit.datastore import clean_identity
     from facekit.imageio import decode_image, read_image_file
-    from facekit.recognition import recorded_path
+    from facekit.recognition import copy_enrolled_as_another, recorded_path, template_min_face
 
     _check_gallery(gallery)
     _check_size(gallery)
@@ -237,7 +239,7 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
         array = _as_image(image, name)
         data = np.ascontiguousarray(array).tobytes()
     identity, sha256 = clean_identity(identity), hashlib.sha256(data).hexdigest()
-    face, embedding = _largest_face(array, name)
+    face, embedding = _largest_face(array, name, template_min_face(pipeline()))
     with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
         gallery.bind_model(pipeline().embedder.model_id)
         enrolled = gallery.source_face(sha256)
@@ -246,18 +248,29 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
         if enrolled is not None:
             raise ValueError(f"{name}: the same photo is enrolled as {enrolled[1]}; not added to {identity} "
                              "(gallery.remove_photos takes it out of the gallery)")
+        copy_of = copy_enrolled_as_another(identity, gallery.search(embedding[None], k=2)[0])
+        if copy_of is not None:
+            raise ValueError(f"{name}: nearly the same photo ({copy_of.source_path}, similarity "
+                             f"{copy_of.similarity:.3f}) is enrolled as {copy_of.identity}; not added to {identity} "
+                             "(gallery.remove_photos takes it out of the gallery)")
         return gallery.add(identity, embedding[None], [{"path": source, "sha256": sha256,
                                                         "box": [float(v) for v in face.box]}])[0]
 
 
-def _largest_face(image: np.ndarray, name: str) -> tuple[Face, np.ndarray]:
+def _largest_face(image: np.ndarray, name: str, min_width: int | None = None) -> tuple[Face, np.ndarray]:
     """The largest face of an image that should hold one (verify, add_face) and its embedding; a FacekitWarning
-    says where it was found only with the image turned, or among several (as the CLI says both)."""
+    says where it was found only with the image turned, or among several (as the CLI says both). A face narrower
+    than min_width pixels is a ValueError."""
     import warnings
+
+    from facekit.recognition import too_small_for_template
 
     found = pipeline().find_one_face(image)
     if not found.faces:
         raise ValueError(f"no face found in {name}")
+    too_small = too_small_for_template(found, min_width) if min_width is not None else None
+    if too_small:  # before the warnings: a tiny face found "turned" is mostly not a face at all
+        raise ValueError(f"{name}: {too_small}")
     if found.warning:
         warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=3)
     if len(found.faces) > 1:  # a group photo's largest face may not be the one meant

@@ -89,7 +89,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         help="smallest face width to find, in pixels; photos over 640 px are searched on a copy "
                              "that large, so by default faces under 1/32 of the longer side are missed; "
                              "asking for smaller ones searches a larger copy, which takes longer (default: 20 "
-                             "in a copy of at most 640 px)")
+                             "in a copy of at most 640 px); enroll takes faces from 32 px, or from PX if smaller")
     parser.add_argument("--no-flip", action="store_true", help="skip mirror test-time augmentation (faster)")
 
 

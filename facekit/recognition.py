@@ -55,6 +55,25 @@ RETRY_MIN_FACE = 40
 # the 600 upright LFW photos. Haar's scores overlap (38 of 200 upright LFW faces under 0.9), so Haar, like a
 # caller's own detector, is taken at its word.
 SURE_SCORE = {MTCNNDetector: 0.99, YuNetDetector: 0.9}
+# The narrowest face enroll and add_face take as a template: its box's width in the photo's own pixels. 200 LFW people's
+# first photos (faces 94 px wide), shrunk so the face was W px wide and enrolled as enroll does, against the same face
+# at full size and the person's second photo at full size as the probe:
+#   W px                  16    20    24    28    32    36    40    48    64   full
+#   found upright/turned  0/19 82/32 200/0  (and at every width above)
+#   cosine to full size    -   .829  .896  .940  .962  .973  .979  .987  .993
+#   same person, mean      -   .630  .674  .699  .711  .718  .720  .726  .728  .730
+#   rank-1 of 200 probes   -   .79   .88   .90   .89   .91   .91   .91   .91   .91
+# From 32 px a template is about as good as at full size. Under 24 px the detector misses many faces and finds others
+# only in a turned copy of the photo (32 of 200 at 20 px, 19 at 16 px), where the crop is not the face (median cosine
+# 0.2 to it). Haar's boxes are 1.27 times as wide as MTCNN's (YuNet's as wide), so Haar lets faces of about 25 px by.
+ENROLL_MIN_FACE = 32
+# The similarity from which a face is taken for a copy of a photo enrolled as someone else (enroll, add_face). Copies of
+# 100 LFW photos (JPEG re-saved at quality 60 to 90, resized 0.9 or 1.1 times, 3 to 10 % cropped) are 0.970 to 1.000
+# similar to the photo (medians 0.992 to 0.999). Different photos of one person (5,291 pairs, 260 people with 5 or more
+# photos): median 0.735, 99.9th percentile 0.950, the highest 0.973, shots of one sitting seconds apart; different
+# people (1.46 million pairs): at most 0.827. The copy of a smaller face differs more (60 photos with a 32 px face,
+# re-saved at quality 80: median 0.966, lowest 0.907; at quality 60: median 0.913), so many of those pass.
+NEAR_DUPLICATE_SIMILARITY = 0.95
 
 
 @dataclass
@@ -77,6 +96,11 @@ class FoundFaces:
         if not self.turn:
             return None
         return f"found the face only with the photo turned {TURN_NAMES[self.turn]}: its EXIF orientation may be missing"
+
+    @property
+    def width(self) -> float:
+        """The largest face's width in the photo's pixels, across the face (a turned photo's as found turned)."""
+        return (self.turned_faces if self.turn else self.faces)[0].box[2]
 
     def crop(self, image: np.ndarray) -> np.ndarray:
         """The largest face aligned to 112x112. A turned photo's face is cut from the photo turned as it was found
@@ -372,6 +396,29 @@ class EnrollReport:
     moved: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
+def template_min_face(pipeline: FacePipeline) -> int:
+    """The narrowest face enroll and add_face take: ENROLL_MIN_FACE, or less where the pipeline's detector was asked
+    to find smaller faces (`--min-face`): one who asks to find faces that small means to enrol them."""
+    asked = getattr(pipeline.detector, "min_face", None)
+    return min(ENROLL_MIN_FACE, asked) if asked else ENROLL_MIN_FACE
+
+
+def too_small_for_template(found: FoundFaces, min_width: int) -> str | None:
+    """Why find_one_face's largest face makes no template, if it is narrower than min_width."""
+    if found.width >= min_width:
+        return None
+    return f"the face is {int(found.width)} px wide; a template needs {min_width} px or more"
+
+
+def copy_enrolled_as_another(identity: str, matches: Iterable[Match]) -> Match | None:
+    """The most similar of a face's matches enrolled as another identity, where it is similar enough to be a copy of
+    the same photo (NEAR_DUPLICATE_SIMILARITY): a re-saved copy under a second name would answer for the first
+    person's photos. Near copies under the same identity are that person's."""
+    other = max((match for match in matches if match.identity != identity), key=lambda match: match.similarity,
+                default=None)
+    return other if other is not None and other.similarity >= NEAR_DUPLICATE_SIMILARITY else None
+
+
 def collect_people(people_dir: str | os.PathLike, *,
                    keep_reserved: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
@@ -447,6 +494,9 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     removed (listed in report.removed), unless their photo was renamed or moved inside people_dir: then the face is
     recorded at its new path, and as the person whose folder holds it now (listed in report.moved where that is
     someone else); faces enrolled from anywhere else are never touched.
+
+    A face narrower than template_min_face fails; one that is nearly the same photo as a face enrolled as someone
+    else (copy_enrolled_as_another) is not added, with a warning, and counted as already enrolled, as an exact copy is.
     """
     from tqdm import tqdm
 
@@ -464,6 +514,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     # took 2.6 s of 3.8 s in a second enroll of 74 LFW photos. already_enrolled still has the last word, for photos
     # enrolled since (by another enroll, or a copy earlier in this one).
     enrolled_at_start = frozenset(photo["sha256"] for photo in gallery.photos())
+    min_width = template_min_face(pipeline)
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
         """Counted as such; a photo enrolled as someone else is said so, as a folder may hold a wrong photo."""
@@ -489,11 +540,28 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         with HeldInterrupts() as interrupts, gallery.writer():
             interrupts.hold()
             gallery.bind_model(pipeline.embedder.model_id)
-            for (identity, item, face, _), embedding in zip(pending, embeddings):
+            # One search for the batch, under the writer lock: no other writer's face lands between it and the adds.
+            # k=2: where the best identity is the face's own, the next is the best of the others.
+            nearest = gallery.search(embeddings, k=2)
+            added: list[tuple[str, int, str, np.ndarray]] = []  # (identity, id, path, embedding): this batch's faces
+            for (identity, item, face, _), embedding, matches in zip(pending, embeddings, nearest):
                 if already_enrolled(item, identity):  # the same file may sit twice in one batch
                     continue
-                gallery.add(identity, embedding[None], [{"path": recorded_path(item.path), "sha256": item.sha256,
-                                                         "box": [float(v) for v in face.box]}])
+                # The batch's own faces added so far, which its search came too early to see.
+                copy_of = copy_enrolled_as_another(identity, [
+                    *matches, *(Match(who, float(vector @ embedding), face_id, path)
+                                for who, face_id, path, vector in added)])
+                if copy_of is not None:
+                    report.already_enrolled += 1
+                    report.warnings.append(
+                        f"{item.path}: nearly the same photo ({copy_of.source_path}, similarity "
+                        f"{copy_of.similarity:.3f}) is enrolled as {copy_of.identity}; not added to {identity} "
+                        "(`facekit gallery remove-photo` takes it out of the gallery)")
+                    continue
+                path = recorded_path(item.path)
+                face_id = gallery.add(identity, embedding[None], [{"path": path, "sha256": item.sha256,
+                                                                   "box": [float(v) for v in face.box]}])[0]
+                added.append((identity, face_id, path, embedding))
                 report.enrolled += 1
         pending.clear()
 
@@ -517,6 +585,10 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 continue
             if not item.faces:
                 report.skipped.append((item.path, "no face found"))
+                continue
+            too_small = too_small_for_template(item.found, min_width)
+            if too_small:
+                report.skipped.append((item.path, too_small))
                 continue
             if len(item.faces) > 1:
                 report.warnings.append(f"{item.path}: {len(item.faces)} faces, enrolled the largest")

@@ -99,6 +99,20 @@ def small_face_photo(astronaut_bgr: np.ndarray) -> np.ndarray:
     return photo
 
 
+# Set in a facekit process (PATCHED_CLI-style) where the fixture below cannot reach.
+COPIES_AS_OTHER_PEOPLE = "facekit.recognition.NEAR_DUPLICATE_SIMILARITY = 1.01"
+
+
+@pytest.fixture()
+def copies_as_other_people(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only two faces ship with the registry packages, so some tests file lightly changed copies of one photo
+    (variant(), another format) as other photos or other people: enroll would refuse them as near copies of a photo
+    enrolled as someone else (tests/test_enroll_quality.py tests that rule). No similarity reaches this one."""
+    import facekit.recognition
+
+    monkeypatch.setattr(facekit.recognition, "NEAR_DUPLICATE_SIMILARITY", 1.01)
+
+
 def unprivileged(command: list[str]) -> list[str]:
     """The command, run where file permissions hold: as root it runs with no capabilities, so as the owner of the
     test's files it meets their permission bits (no need to open the test's folders to another user)."""

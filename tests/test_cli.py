@@ -572,6 +572,7 @@ def test_enroll_counts_a_failed_photo_apart_from_a_file_passed_over_by_rule(tmp_
     assert (summary["failed"], summary["skipped"], len(summary["skipped_files"])) == (1, 2, 2)
 
 
+@pytest.mark.usefixtures("copies_as_other_people")
 def test_one_wrong_photo_is_listed_and_removed_without_its_person(tmp_path, people, capsys, astronaut_bgr):
     """A folder that holds someone else's photo: photos shows it, remove-photo takes it out, the rest stays."""
     wrong = people / "grace_hopper" / "c.jpg"
@@ -840,6 +841,7 @@ def test_identify_takes_a_stricter_default_threshold_for_a_larger_gallery(tmp_pa
     assert used == [embedder.identify_threshold_for(404), 0.5] and used[0] > embedder.identify_threshold
 
 
+@pytest.mark.usefixtures("copies_as_other_people")
 def test_enroll_sync_removes_the_faces_of_deleted_and_replaced_photos_and_no_others(tmp_path, people, capsys,
                                                                                       astronaut_bgr, grace_hopper_bgr):
     """Without --sync a deleted or replaced photo's face stays; with it, exactly those faces go, and a face enrolled
@@ -1004,6 +1006,7 @@ def test_enroll_sync_keeps_a_renamed_persons_name_and_a_face_moved_under_a_folde
         assert paths == {"launch.jpg", "b.jpg"} and opened.check() == []
 
 
+@pytest.mark.usefixtures("copies_as_other_people")
 def test_enroll_after_gallery_rename_adds_the_folders_new_photos_to_the_renamed_person(tmp_path, people, capsys,
                                                                                        astronaut_bgr):
     """After `gallery rename`, the next enroll warned of every photo in the folder as enrolled as someone else and
@@ -1023,6 +1026,7 @@ def test_enroll_after_gallery_rename_adds_the_folders_new_photos_to_the_renamed_
         assert opened.identities() == [("Eileen Collins", 3), ("grace_hopper", 2), ("someone_new", 1)]
 
 
+@pytest.mark.usefixtures("copies_as_other_people")
 def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_person(tmp_path, people, capsys,
                                                                                    astronaut_bgr):
     """A mislabelled photo put right: Eileen's photos enrolled from Grace's folder and from a misspelt folder, then
@@ -1076,6 +1080,7 @@ def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_perso
     assert code == 0 and (summary["removed"], summary["moved_files"], summary["warnings"]) == (0, [], [])
 
 
+@pytest.mark.usefixtures("copies_as_other_people")
 def test_enroll_sync_follows_a_photo_to_one_copy_and_two_swapped_names(tmp_path, people, capsys, astronaut_bgr):
     """Content deleted from its path but copied to several: its face goes to a copy in its person's folder, the first
     by name, not to one in another's (which enroll warns of as enrolled already); two photos whose names were

@@ -106,6 +106,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.usefixtures("copies_as_other_people")  # one identity per case, of two faces
 def test_fuzz_corpus_enroll_and_identify(tmp_path, corpus, capsys):
     gallery = str(tmp_path / "gallery")
     code, out, err = run(capsys, "enroll", str(corpus["root"]), "--gallery", gallery, "--quiet", "--json")
