@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a photo, or a folder searched for photos, its sub-folders too")
     _add_gallery_option(identify)
     _add_pipeline_options(identify)
-    identify.add_argument("--threshold", type=float, help="minimum cosine similarity for a match "
+    identify.add_argument("--threshold", type=float, help="minimum cosine similarity for a match, -1 to 1: higher "
+                                                          "names fewer strangers and misses more of the enrolled "
                                                           "(default: from the model card, calibrated on LFW for "
                                                           "search in a gallery, stricter as the gallery grows)")
     identify.add_argument("--top-k", type=int, default=3,
@@ -145,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("image_a", metavar="A", help="the first photo")
     verify.add_argument("image_b", metavar="B", help="the second photo")
     _add_pipeline_options(verify)
-    verify.add_argument("--threshold", type=float, help="default: the model card's, LFW's 10-fold threshold")
+    verify.add_argument("--threshold", type=float,
+                        help="cosine similarity from which two faces are the same person, -1 to 1: higher is "
+                             "stricter (default: the model card's, LFW's 10-fold threshold)")
     verify.add_argument("--json", action="store_true",
                         help='one JSON object: {"same", "similarity", "threshold"}, or {"image", "error"} for a '
                              "photo without a face or that cannot be read")

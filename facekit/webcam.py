@@ -175,7 +175,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="0", help="camera index or video file (default: 0)")
     parser.add_argument("--gallery", help="gallery folder (default: $FACEKIT_GALLERY or ./galleries/default)")
     parser.add_argument("--threshold", type=float,
-                        help="default: the model card's identify threshold for the size of the gallery")
+                        help="minimum cosine similarity for a name, -1 to 1: higher is stricter (default: the "
+                             "model card's identify threshold for the size of the gallery)")
     parser.add_argument("--reidentify-every", type=int, default=15, metavar="N", help="frames (default: 15)")
     parser.add_argument("--search-every", type=int, default=5, metavar="N",
                         help="frames between searches of the whole frame for new faces, not YuNet (default: 5)")
