@@ -239,7 +239,9 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
         array = _as_image(image, name)
         data = np.ascontiguousarray(array).tobytes()
     identity, sha256 = clean_identity(identity), hashlib.sha256(data).hexdigest()
-    face, embedding = _largest_face(array, name, template_min_face(pipeline()))
+    # A photo enrolled already is answered as such below (its id, or who holds it), however small its face.
+    enrolled_already = gallery.source_face(sha256) is not None
+    face, embedding = _largest_face(array, name, None if enrolled_already else template_min_face(pipeline()))
     with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
         gallery.bind_model(pipeline().embedder.model_id)
         enrolled = gallery.source_face(sha256)

@@ -515,6 +515,12 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     # enrolled since (by another enroll, or a copy earlier in this one).
     enrolled_at_start = frozenset(photo["sha256"] for photo in gallery.photos())
     min_width = template_min_face(pipeline)
+    # With sync, a face enrolled from people_dir whose photo is no longer listed there is about to go (or to follow
+    # its photo): it must not keep a re-saved copy filed under another person from being enrolled.
+    inside, listed_paths = _recorded_prefix(people_dir), {recorded_path(path) for _, path in pairs}
+
+    def stays(match: Match) -> bool:
+        return not (sync and match.source_path.startswith(inside) and match.source_path not in listed_paths)
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
         """Counted as such; a photo enrolled as someone else is said so, as a folder may hold a wrong photo."""
@@ -549,8 +555,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                     continue
                 # The batch's own faces added so far, which its search came too early to see.
                 copy_of = copy_enrolled_as_another(identity, [
-                    *matches, *(Match(who, float(vector @ embedding), face_id, path)
-                                for who, face_id, path, vector in added)])
+                    *filter(stays, matches), *(Match(who, float(vector @ embedding), face_id, path)
+                                               for who, face_id, path, vector in added)])
                 if copy_of is not None:
                     report.already_enrolled += 1
                     report.warnings.append(

@@ -162,3 +162,34 @@ def test_a_different_photo_of_one_person_under_another_name_is_enrolled_where_a_
         [warning] = [warning for warning in report.warnings if "nearly the same photo" in warning]
         assert warning.startswith(f"{copy}: nearly the same photo ({first}, similarity 0.9")
         assert "is enrolled as tony_blair; not added to zz_mislabelled" in warning
+
+
+def test_sync_enrolls_a_resaved_copy_moved_to_another_person_whose_first_photo_is_gone(tmp_path, astronaut_bgr):
+    """With --sync the face of the deleted original was still in the gallery when the copy was checked: the copy
+    was refused as alice's, then sync removed alice's face, and the gallery held neither."""
+    people = tmp_path / "people"
+    original = put(people / "alice", "a.png", cv2.imencode(".png", astronaut_bgr)[1].tobytes())
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        assert facekit.enroll(people, gallery).enrolled == 1
+        original.unlink()
+        original.parent.rmdir()
+        put(people / "bob", "a2.jpg", resaved(bgr_to_pil(astronaut_bgr), 70))
+        report = facekit.enroll(people, gallery, sync=True)
+        assert (report.enrolled, report.already_enrolled, report.warnings) == (1, 0, [])
+        assert gallery.identities() == [("bob", 1)]
+
+
+def test_add_face_answers_a_photo_enrolled_already_whatever_the_size_of_its_face(tmp_path, grace_hopper_bgr):
+    """A face under the gate enrolled before the gate (here with --min-face's lower one) is answered with its id,
+    as add_face answers every photo enrolled already, not refused for its size."""
+    small = shrunk(grace_hopper_bgr, 90)
+    people = tmp_path / "people"
+    put(people / "grace_hopper", "small.png", cv2.imencode(".png", small)[1].tobytes())
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        assert main(["enroll", str(people), "--gallery", str(tmp_path / "gallery"), "--quiet",
+                     "--min-face", "20"]) == 0
+        [photo] = gallery.photos()
+        assert facekit.add_face(gallery, "grace_hopper", people / "grace_hopper" / "small.png") == 1
+        with pytest.raises(ValueError, match="the same photo is enrolled as grace_hopper; not added to ada"):
+            facekit.add_face(gallery, "ada", people / "grace_hopper" / "small.png")
+        assert len(gallery) == 1 and photo["identity"] == "grace_hopper"
