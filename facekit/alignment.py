@@ -16,7 +16,7 @@ MIN_LANDMARK_SPREAD = 2.0
 # The warp matrix is float32, which cannot place a point farther out than this to the nearest pixel; no image facekit
 # loads comes near it, so such landmarks are nonsense (1e30 gives a crop of the image's border colour).
 MAX_LANDMARK_COORDINATE = 2.0**24
-# cv2.warpAffine refuses a source image this wide or tall (SHRT_MAX), though a 40 MP panorama is within the pixel limit.
+# cv2.warpAffine refuses a source image this wide or tall (SHRT_MAX), though a 64 MP panorama is within the pixel limit.
 WARP_MAX_SIDE = 32767
 
 

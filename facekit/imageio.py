@@ -29,9 +29,14 @@ from facekit.errors import one_line
 # said so, rather than failing.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".gif",
                                               ".tif", ".tiff"})
-DEFAULT_MAX_PIXELS = 40_000_000
-# Uncompressed float32 RGBA: no image within the pixel limit needs a larger file.
-MAX_BYTES_PER_PIXEL = 16
+# Phones save 50-megapixel photos (8160x6144) and full-frame cameras 61 (9504x6336): both are read (0.3 s and 0.4 GB
+# for the 50). A decompression bomb is refused from its header at this size, where decoding it would cost a
+# gigabyte or more. Larger photos: load_image(path, max_pixels=...) and pass the array.
+DEFAULT_MAX_PIXELS = 64_000_000
+# Uncompressed 16-bit RGBA is 8 bytes a pixel, with room for metadata: a file larger than this for the pixel limit is
+# no photo (a video named .jpg) and is refused unread, 640 MB at the default. An uncompressed float32 picture that
+# large (12 or 16 bytes a pixel) is refused with it; compressed, it is read.
+MAX_BYTES_PER_PIXEL = 10
 TIFF_SIGNATURES = (b"II*\0", b"MM\0*")
 BIGTIFF_SIGNATURES = (b"II+\0", b"MM\0+")
 TIFF_WIDTH, TIFF_LENGTH, TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 256, 257, 322, 323  # tag numbers

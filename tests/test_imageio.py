@@ -335,10 +335,17 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
 
 def test_max_pixels_limit_reports_the_size(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
-    path.write_bytes(_png_with_header(7000, 7000))  # 49 MP: over facekit's limit, under Pillow's
+    path.write_bytes(_png_with_header(9000, 9000))  # 81 MP: over facekit's limit, under Pillow's
     with pytest.raises(ImageError) as excinfo:
         load_image(path)
-    _assert_one_line_error(excinfo, "image too large: 7000x7000 pixels (limit 40 megapixels)")
+    _assert_one_line_error(excinfo, "image too large: 9000x9000 pixels (limit 64 megapixels)")
+
+
+def test_a_50_megapixel_phone_photo_is_read(tmp_path: Path, photo_rgb: np.ndarray) -> None:
+    """Phones save 8160x6144 photos: over the 40 MP limit facekit had, they were refused as too large."""
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(photo_rgb).resize((8160, 6144)).save(path, quality=80)
+    assert load_image(path).shape == (6144, 8160, 3)
 
 
 def test_max_pixels_is_configurable(grace_hopper_path: Path) -> None:
@@ -634,7 +641,7 @@ def test_header_fits_reads_the_size_without_decoding(grace_hopper_path):
     photo = grace_hopper_path.read_bytes()
     assert header_fits(photo) and not header_fits(photo, max_pixels=1000)
     assert not header_fits(b"") and not header_fits(b"not an image at all")
-    ok, encoded = cv2.imencode(".png", np.zeros((8000, 8000), np.uint8))  # 64 megapixels in a small file
+    ok, encoded = cv2.imencode(".png", np.zeros((8500, 8500), np.uint8))  # 72 megapixels in a small file
     assert ok and len(encoded) < 1_000_000 and not header_fits(encoded.tobytes())
 
 
