@@ -224,7 +224,7 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
 
     from facekit.datastore import clean_identity
     from facekit.imageio import decode_image, read_image_file
-    from facekit.recognition import copy_enrolled_as_another, recorded_path, template_min_face
+    from facekit.recognition import copy_enrolled_as_another, near_copy_refusal, recorded_path, template_min_face
 
     _check_gallery(gallery)
     _check_size(gallery)
@@ -252,9 +252,7 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
                              "(gallery.remove_photos takes it out of the gallery)")
         copy_of = copy_enrolled_as_another(identity, gallery.search(embedding[None], k=2)[0])
         if copy_of is not None:
-            raise ValueError(f"{name}: nearly the same photo ({copy_of.source_path}, similarity "
-                             f"{copy_of.similarity:.3f}) is enrolled as {copy_of.identity}; not added to {identity} "
-                             "(gallery.remove_photos takes it out of the gallery)")
+            raise ValueError(near_copy_refusal(name, copy_of, identity, "gallery.remove_photos"))
         return gallery.add(identity, embedding[None], [{"path": source, "sha256": sha256,
                                                         "box": [float(v) for v in face.box]}])[0]
 

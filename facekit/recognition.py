@@ -410,6 +410,16 @@ def too_small_for_template(found: FoundFaces, min_width: int) -> str | None:
     return f"the face is {int(found.width)} px wide; a template needs {min_width} px or more"
 
 
+def near_copy_refusal(name: str, copy_of: Match, identity: str, remover: str) -> str:
+    """What enroll and add_face say of a face not added as a near copy (copy_enrolled_as_another). A face added from
+    an array or bytes has no file to name, and its path would take out every face so added: its id is named."""
+    unnamed = copy_of.source_path in ("<array>", "<bytes>")
+    source = f"face {copy_of.embedding_id}, added as {copy_of.source_path}" if unnamed else copy_of.source_path
+    return (f"{name}: nearly the same photo ({source}, similarity {copy_of.similarity:.3f}) is enrolled as "
+            f"{copy_of.identity}; not added to {identity}" + ("" if unnamed else f" ({remover} takes it out of the "
+                                                                                 "gallery)"))
+
+
 def copy_enrolled_as_another(identity: str, matches: Iterable[Match]) -> Match | None:
     """The most similar of a face's matches enrolled as another identity, where it is similar enough to be a copy of
     the same photo (NEAR_DUPLICATE_SIMILARITY): a re-saved copy under a second name would answer for the first
@@ -559,10 +569,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                                                for who, face_id, path, vector in added)])
                 if copy_of is not None:
                     report.already_enrolled += 1
-                    report.warnings.append(
-                        f"{item.path}: nearly the same photo ({copy_of.source_path}, similarity "
-                        f"{copy_of.similarity:.3f}) is enrolled as {copy_of.identity}; not added to {identity} "
-                        "(`facekit gallery remove-photo` takes it out of the gallery)")
+                    report.warnings.append(near_copy_refusal(item.path, copy_of, identity,
+                                                             "`facekit gallery remove-photo`"))
                     continue
                 path = recorded_path(item.path)
                 face_id = gallery.add(identity, embedding[None], [{"path": path, "sha256": item.sha256,

@@ -193,3 +193,16 @@ def test_add_face_answers_a_photo_enrolled_already_whatever_the_size_of_its_face
         with pytest.raises(ValueError, match="the same photo is enrolled as grace_hopper; not added to ada"):
             facekit.add_face(gallery, "ada", people / "grace_hopper" / "small.png")
         assert len(gallery) == 1 and photo["identity"] == "grace_hopper"
+
+
+def test_a_near_copy_of_a_face_added_from_an_array_is_named_by_its_id_not_a_path_that_removes_all_such(
+        tmp_path, astronaut_bgr):
+    """The message said '(<array>, ...)' and that gallery.remove_photos takes it out: remove_photos('<array>') takes
+    every face added from an array."""
+    copy = cv2.imdecode(np.frombuffer(resaved(bgr_to_pil(astronaut_bgr), 80), np.uint8), cv2.IMREAD_COLOR)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        first = facekit.add_face(gallery, "eileen_collins", astronaut_bgr)
+        with pytest.raises(ValueError, match=rf"^the image: nearly the same photo \(face {first}, added as <array>, "
+                                             r"similarity 0\.9\d\d\) is enrolled as eileen_collins; not added to "
+                                             r"ada$"):
+            facekit.add_face(gallery, "ada", copy)
