@@ -99,6 +99,26 @@ def small_face_photo(astronaut_bgr: np.ndarray) -> np.ndarray:
     return photo
 
 
+# A command started as argv[2] says ("-m": `python -m facekit`; else a console script's "module:function"), with
+# a Ctrl-C raised as module argv[1] starts to import: at a known moment, where a real key's would be chance.
+CTRL_C_IN_IMPORT = """
+import importlib, runpy, sys
+
+class CtrlCInImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == interrupted:
+            raise KeyboardInterrupt
+        return None
+
+interrupted, entry, sys.argv = sys.argv[1], sys.argv[2], ["facekit", *sys.argv[3:]]
+sys.meta_path.insert(0, CtrlCInImport())
+if entry == "-m":
+    runpy.run_module("facekit", run_name="__main__", alter_sys=True)
+else:
+    module, function = entry.split(":")
+    sys.exit(getattr(importlib.import_module(module), function)())
+"""
+
 # Set in a facekit process (PATCHED_CLI-style) where the fixture below cannot reach.
 COPIES_AS_OTHER_PEOPLE = "facekit.recognition.NEAR_DUPLICATE_SIMILARITY = 1.01"
 

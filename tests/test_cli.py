@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import unprivileged
+from conftest import CTRL_C_IN_IMPORT, unprivileged
 from PIL import Image
 
 from facekit.cli import INTERRUPTED, main
@@ -27,25 +27,6 @@ from facekit.imageio import IMAGE_EXTENSIONS
 from facekit.representation import DEFAULT_MODEL
 
 FACE_KEYS = {"box", "landmarks", "identity", "similarity", "candidates"}
-# `facekit ARGS` started as argv[2] says ("-m": `python -m facekit`; else a console script's "module:function"), with
-# a Ctrl-C raised as module argv[1] starts to import: at a known moment, where a real key's would be chance.
-CTRL_C_IN_IMPORT = """
-import importlib, runpy, sys
-
-class CtrlCInImport:
-    def find_spec(self, name, path=None, target=None):
-        if name == interrupted:
-            raise KeyboardInterrupt
-        return None
-
-interrupted, entry, sys.argv = sys.argv[1], sys.argv[2], ["facekit", *sys.argv[3:]]
-sys.meta_path.insert(0, CtrlCInImport())
-if entry == "-m":
-    runpy.run_module("facekit", run_name="__main__", alter_sys=True)
-else:
-    module, function = entry.split(":")
-    sys.exit(getattr(importlib.import_module(module), function)())
-"""
 
 
 def variant(image: np.ndarray, seed: int) -> np.ndarray:

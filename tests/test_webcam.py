@@ -18,6 +18,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+from conftest import CTRL_C_IN_IMPORT
 
 from facekit import webcam
 
@@ -224,6 +226,17 @@ def test_the_installed_command_the_module_and_the_clone_script_all_run_the_webca
                                  timeout=300, env=without_gallery(tmp_path))
         assert refused.returncode == 2, (command, refused.stderr)
         assert refused.stderr.splitlines()[-1] == f"error: cannot open video source '{missing}'", command
+
+
+@pytest.mark.parametrize("importing", ["facekit.webcam", "cv2"])
+def test_a_ctrl_c_while_the_webcam_command_is_still_importing_is_one_line(importing):
+    """The console script called facekit.webcam's main, so a Ctrl-C while that module imported OpenCV, numpy and the
+    models' runtime, before its handling was in place, printed a traceback."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    entry = re.search(r'^facekit-webcam = "(.+)"$', pyproject, re.MULTILINE).group(1)
+    command = [sys.executable, "-c", CTRL_C_IN_IMPORT, importing, entry, "--headless", "--source", "none.avi"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
 
 
 def test_the_facekit_command_does_not_import_the_webcam_loop():
