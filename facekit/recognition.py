@@ -463,23 +463,25 @@ def collect_people(people_dir: str | os.PathLike, *,
         skipped.append((str(error.filename), f"cannot read folder: {error.strerror or error}"))
 
     for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):  # see _visible
+            continue
         if entry.is_dir() and not entry.is_symlink():
             for dirpath, dirnames, filenames in os.walk(entry, onerror=unreadable, followlinks=False):
-                dirnames.sort()
+                dirnames[:] = _visible(dirnames)
                 # os.walk lists a symlinked folder and passes over it without a word; one at the top is reported.
                 skipped.extend((str(Path(dirpath) / name), "symlinked folder not followed") for name in dirnames
                                if (Path(dirpath) / name).is_symlink())
-                for name in sorted(filenames):
+                for name in _visible(filenames):
                     path = Path(dirpath) / name
                     if path.suffix.lower() in IMAGE_EXTENSIONS:
                         add(entry.name, path)
-                    elif not name.startswith("."):
+                    else:
                         skipped.append((str(path), "not an image file name"))
         elif entry.is_dir():
             skipped.append((str(entry), "symlinked folder not followed"))
         elif entry.suffix.lower() in IMAGE_EXTENSIONS:
             add(entry.stem, entry)
-        elif not entry.name.startswith("."):
+        else:
             skipped.append((str(entry), "not an image file name"))
     for name, spelt in spellings.items():
         if len(spelt) > 1:
@@ -750,26 +752,32 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
     return [(face["path"], face["identity"]) for face in removed], moved
 
 
+def _visible(names: Iterable[str]) -> list[str]:
+    """The names a folder walk looks at, sorted: a hidden file or folder (macOS's ._photo.jpg beside each photo on a
+    USB drive, .thumbnails, .git) is no photo of the person, and passed over without a word."""
+    return sorted(name for name in names if not name.startswith("."))
+
+
 def iter_image_paths(inputs: Iterable[str], unreadable: Callable[[OSError], None] | None = None,
                      skipped: Callable[[str, str], None] | None = None) -> Iterator[str]:
     """Expand files and folders (recursively, not following symlinks) into image paths, in order. A folder that
     cannot be listed is passed to `unreadable` (by default, passed over as os.walk does); what a folder holds and is
-    passed over, a file without an image extension (not a hidden one) or a symlinked folder, to `skipped` with the
-    reason, as enroll lists them."""
+    passed over, a file without an image extension or a symlinked folder, to `skipped` with the reason, as enroll
+    lists them. Hidden files and folders are passed over without a word (_visible)."""
     for value in inputs:
         path = Path(value)
         if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path, onerror=unreadable, followlinks=False):
-                dirnames.sort()
+                dirnames[:] = _visible(dirnames)
                 folder = Path(dirpath)
                 if skipped:
                     for name in dirnames:
                         if (folder / name).is_symlink():
                             skipped(str(folder / name), "symlinked folder not followed")
-                for name in sorted(filenames):
+                for name in _visible(filenames):
                     if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                         yield str(folder / name)
-                    elif skipped and not name.startswith("."):
+                    elif skipped:
                         skipped(str(folder / name), "not an image file name")
         else:
             yield str(path)

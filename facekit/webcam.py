@@ -38,7 +38,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from facekit.cli import check_threshold, counted, quiet_opencv, report_errors
+from facekit.cli import CliError, check_threshold, counted, quiet_opencv, report_errors
 from facekit.datastore import Gallery, GalleryError, default_gallery_path
 from facekit.detection import create_detector
 from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
@@ -192,10 +192,11 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     args = parser.parse_args(argv)
-    if args.search_every < 1 or args.reidentify_every < 1:
-        parser.error("--search-every and --reidentify-every must be at least 1")
-    if args.max_frames is not None and args.max_frames < 1:
-        parser.error("--max-frames must be at least 1")
+    # A value out of range is one line, as `facekit` says it: the usage lines are for what the parser refuses.
+    for option, value in (("--search-every", args.search_every), ("--reidentify-every", args.reidentify_every),
+                          ("--max-frames", args.max_frames)):
+        if value is not None and value < 1:
+            raise CliError(f"{option} must be at least 1, not {value}")
     check_threshold(args.threshold)
     quiet_opencv()  # before the source opens: a file or camera that fails is said in facekit's line alone
     problem = args.output and output_problem(args.output, args.source)

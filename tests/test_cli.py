@@ -798,6 +798,29 @@ def test_identify_says_what_a_folder_holds_and_it_passes_over_and_reads_jpeg_and
     assert all("eileen_collins" in [face["identity"] for face in record["faces"]] for record in records)
 
 
+def test_hidden_files_and_folders_are_passed_over_without_a_word_by_identify_and_enroll(tmp_path, people, capsys,
+                                                                                      astronaut_bgr):
+    """macOS leaves ._photo.jpg beside each photo on a USB drive: identify said 'not an image' of each and exited 1,
+    and a .hidden.jpg or a .thumbnails folder's pictures were enrolled as the person."""
+    gallery = str(tmp_path / "gallery")
+    hidden = [people / "eileen_collins" / ".hidden.jpg", people / "eileen_collins" / ".thumbnails" / "t.jpg",
+              people / ".Trash" / "old.jpg"]
+    for path in hidden:
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), astronaut_bgr)
+    (people / "eileen_collins" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--json")
+    assert (code, err, json.loads(out)["enrolled"], json.loads(out)["skipped_files"]) == (0, "", 4, [])
+    with Gallery.open(gallery, create=False) as opened:
+        assert sorted(Path(photo["path"]).name for photo in opened.photos()) == ["a.jpg", "a.jpg", "b.jpg", "b.jpg"]
+    code, out, err = run_cli(capsys, "identify", str(people / "eileen_collins"), "--gallery", gallery)
+    assert (code, err) == (0, "")
+    assert [line.split(": ")[0] for line in out.splitlines() if not line.startswith("  ")] == [
+        str(people / "eileen_collins" / name) for name in ("a.jpg", "b.jpg")]
+    code, out, _ = run_cli(capsys, "identify", str(hidden[0]), "--gallery", gallery, "--json")  # named: read
+    assert code == 0 and json.loads(out)["faces"][0]["identity"] == "eileen_collins"
+
+
 def test_identify_takes_a_stricter_default_threshold_for_a_larger_gallery(tmp_path, people, capsys, monkeypatch):
     """400 faces more: the default is the card's threshold for 404 faces, not its 40-face one; --threshold wins."""
     import facekit.recognition
