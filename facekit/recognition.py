@@ -505,7 +505,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     With sync, the faces enrolled from a path inside people_dir whose photo is gone from it or has changed are then
     removed (listed in report.removed), unless their photo was renamed or moved inside people_dir: then the face is
     recorded at its new path, and as the person whose folder holds it now (listed in report.moved where that is
-    someone else); faces enrolled from anywhere else are never touched.
+    someone else); faces enrolled from anywhere else are left alone, unless their file is gone and their content is
+    listed in their person's folder in people_dir (people_dir was moved: see _sync_photos).
 
     A face narrower than template_min_face fails; one that is nearly the same photo as a face enrolled as someone
     else (copy_enrolled_as_another) is not added, with a warning, and counted as already enrolled, as an exact copy is.
@@ -705,7 +706,11 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
     Content at several such paths (copies) goes to one in the same person's folder if there is one, else to the first
     by name; a face per path, and the other copies stay unenrolled, as enroll skips them. A face that stays in its
     folder keeps its identity, which `gallery rename` may have made other than the folder's name. Content found only
-    under a folder whose name no identity can have (unnamed_content) keeps its face where it was."""
+    under a folder whose name no identity can have (unnamed_content) keeps its face where it was.
+
+    A face recorded outside people_dir is left alone, unless its file is gone and its content is now listed in its
+    own person's folder: people_dir (or the library it lies in) was moved here, and the face is recorded at its new
+    path, so that a later sync forgets it when its photo is deleted."""
     inside = _recorded_prefix(people_dir)
     unreadable = tuple(_recorded_prefix(folder) for folder in unlisted_folders)
 
@@ -721,6 +726,11 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
         if os.name != "nt" and "\\x" in path:
             return False
         return not os.path.lexists(path)
+
+    def moved_here_from_elsewhere(photo: dict) -> bool:
+        path = photo["path"]  # "<array>" and "<bytes>" are no paths; an escaped POSIX name cannot be looked up
+        return (os.path.isabs(path) and not path.startswith(inside) and not (os.name != "nt" and "\\x" in path)
+                and not os.path.lexists(path))
 
     with HeldInterrupts() as interrupts, gallery.writer():
         photos = gallery.photos()
@@ -740,6 +750,11 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
                 free.remove(new)
                 identity = photo["identity"] if _person_folder(inside, new) == folder else listed[new]
                 moves.append((photo["sha256"], photo["path"], new, identity))
+            elif not gone and moved_here_from_elsewhere(photo):
+                own = [path for path in free_paths.get(photo["sha256"], []) if listed[path] == photo["identity"]]
+                if own:
+                    free_paths[photo["sha256"]].remove(own[0])
+                    moves.append((photo["sha256"], photo["path"], own[0], photo["identity"]))
         # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
         # folder (moved above, or a copy whose path a face records), keeps all of its faces.
         kept = {photo["sha256"] for photo, gone in zip(photos, is_changed) if not gone} | set(hashed.values())

@@ -1030,6 +1030,27 @@ def test_enroll_after_gallery_rename_adds_the_folders_new_photos_to_the_renamed_
         assert opened.identities() == [("Eileen Collins", 3), ("grace_hopper", 2), ("someone_new", 1)]
 
 
+def test_enroll_sync_follows_a_moved_people_folder_and_then_forgets_a_photo_deleted_there(tmp_path, people, capsys):
+    """Photos are recorded by absolute path: after the people folder was moved, every face was 'enrolled from
+    elsewhere', which --sync never touches, so deleting a photo to forget its face did nothing, without a word."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    moved = tmp_path / "library" / "people"
+    moved.parent.mkdir()
+    people.rename(moved)
+    (moved / "eileen_collins" / "b.jpg").unlink()
+    code, out, err = run_cli(capsys, "enroll", str(moved), "--gallery", gallery, "--sync", "--json")
+    summary = json.loads(out)
+    assert (code, err, summary["enrolled"], summary["removed_files"]) == (0, "", 0, [])
+    with Gallery.open(gallery, create=False) as opened:
+        assert sorted(photo["path"] for photo in opened.photos()) == sorted([
+            str(people / "eileen_collins" / "b.jpg"),  # its file was gone before the sync: nothing to follow
+            *(str(moved / name) for name in ("eileen_collins/a.jpg", "grace_hopper/a.jpg", "grace_hopper/b.jpg"))])
+    (moved / "grace_hopper" / "b.jpg").unlink()
+    code, out, _ = run_cli(capsys, "enroll", str(moved), "--gallery", gallery, "--sync", "--json")
+    assert [face["path"] for face in json.loads(out)["removed_files"]] == [str(moved / "grace_hopper" / "b.jpg")]
+
+
 @pytest.mark.usefixtures("copies_as_other_people")
 def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_person(tmp_path, people, capsys,
                                                                                    astronaut_bgr):
