@@ -240,6 +240,19 @@ def open_gallery(args: argparse.Namespace, create: bool, dim: int | None = None)
     return Gallery.open(path, create=create, dim=dim)
 
 
+def refuse_a_new_gallery_among_the_photos(args: argparse.Namespace, people: Path) -> None:
+    """A gallery made in PEOPLE_DIR or one of its folders (`--gallery people`, a slip) puts the faces' embeddings
+    among the photos, which every later enroll lists as files passed over. One there already is left as it is."""
+    from facekit.datastore import DB_NAME, default_gallery_path
+
+    gallery = default_gallery_path(args.gallery)
+    if (gallery / DB_NAME).exists() or not people.is_dir():
+        return
+    if gallery.resolve().is_relative_to(people.resolve()):
+        raise CliError(f"the gallery {gallery} would be made inside {people}, among the photos: give --gallery a "
+                       "folder outside it")
+
+
 def counted(number: int, noun: str, plural: str | None = None) -> str:
     """'1 face', '2 faces': for the human-readable summaries."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
@@ -292,6 +305,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
     check_workers(args.workers)
     people = Path(args.people_dir)
+    refuse_a_new_gallery_among_the_photos(args, people)
     with warnings.catch_warnings():  # enroll() collects again below, and says them then
         warnings.simplefilter("ignore", FacekitWarning)
         # A PEOPLE_DIR missing or not a folder: a usage error (2) from here. A folder of the reserved name is kept

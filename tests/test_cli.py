@@ -1030,6 +1030,17 @@ def test_enroll_after_gallery_rename_adds_the_folders_new_photos_to_the_renamed_
         assert opened.identities() == [("Eileen Collins", 3), ("grace_hopper", 2), ("someone_new", 1)]
 
 
+def test_enroll_refuses_to_make_a_gallery_among_the_photos(people, capsys):
+    """`--gallery people` made gallery.sqlite, its index and lock among the person folders, which every later enroll
+    then listed as files passed over."""
+    before = sorted(people.rglob("*"))
+    for gallery in (people, people / "eileen_collins" / "gallery"):
+        code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", str(gallery))
+        assert (code, out) == (2, "") and err == (f"error: the gallery {gallery} would be made inside {people}, "
+                                                  "among the photos: give --gallery a folder outside it\n")
+    assert sorted(people.rglob("*")) == before
+
+
 def test_enroll_sync_follows_a_moved_people_folder_and_then_forgets_a_photo_deleted_there(tmp_path, people, capsys):
     """Photos are recorded by absolute path: after the people folder was moved, every face was 'enrolled from
     elsewhere', which --sync never touches, so deleting a photo to forget its face did nothing, without a word."""
