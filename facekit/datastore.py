@@ -981,6 +981,9 @@ class Gallery:
             "index_request": self._request,
             "nlist": index.spec.nlist,
             "dim": self.dim,
+            # The sha256 of the weights its embeddings came from (bind_model), which a refusal names by 12 digits
+            # only: `sha256sum` of a .safetensors file tells whether it is that model. None until the first enroll.
+            "model": self._meta(MODEL_KEY),
             "shards": len(index.shards),
             "index_vectors": index.ntotal,
             "tombstones": self._tombstone_count(),
@@ -1007,7 +1010,7 @@ class Gallery:
             raise GalleryError(
                 f"gallery {self.root} holds embeddings of another model (weights sha256 {stored[:12]}, this one is "
                 f"{model_id[:12]}); they cannot be compared: enroll again into a new gallery, or use the model "
-                "it was made with (--weights)")
+                "it was made with (--weights; `facekit gallery stats` gives its sha256, that of its .safetensors)")
 
     @_one_thread_at_a_time
     def check(self) -> list[str]:

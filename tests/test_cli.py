@@ -407,6 +407,9 @@ def test_gallery_commands(tmp_path, people, capsys):
     assert code == 0 and "hnsw" in out
     code, out, _ = run_cli(capsys, "gallery", "stats", "--json", "--gallery", gallery)
     assert (json.loads(out)["index"], json.loads(out)["index_request"]) == ("hnsw", "hnsw")
+    # The model its embeddings came from, which a refusal of other weights names by 12 digits only: whole here.
+    shipped = Path(DEFAULT_MODEL).with_suffix(".safetensors")
+    assert json.loads(out)["model"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
     # IVF on a gallery too small to train it is a flat index for now, which rebuild says rather than leave a puzzle.
     code, out, _ = run_cli(capsys, "gallery", "rebuild", "--index", "ivf", "--gallery", gallery)
     assert (code, out) == (0, "rebuilt the flat index from 2 faces (ivf once it holds 100 faces)\n")
