@@ -505,8 +505,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     With sync, the faces enrolled from a path inside people_dir whose photo is gone from it or has changed are then
     removed (listed in report.removed), unless their photo was renamed or moved inside people_dir: then the face is
     recorded at its new path, and as the person whose folder holds it now (listed in report.moved where that is
-    someone else); faces enrolled from anywhere else are left alone, unless their file is gone and their content is
-    listed in their person's folder in people_dir (people_dir was moved: see _sync_photos).
+    someone else); faces enrolled from anywhere else are left alone, unless people_dir was moved (see _sync_photos
+    and _moved_here).
 
     A face narrower than template_min_face fails; one that is nearly the same photo as a face enrolled as someone
     else (copy_enrolled_as_another) is not added, with a warning, and counted as already enrolled, as an exact copy is.
@@ -649,6 +649,18 @@ def _person_folder(inside: str, path: str) -> str:
     return path[len(inside):].split(os.sep, 1)[0]
 
 
+def _moved_here(path: str, listed_relative: set[str]) -> str | None:
+    """Where a face recorded outside people_dir now lies in it, relative to it, if people_dir (or a folder above it)
+    was moved: its file is gone, and the end of its recorded path, from its person's folder on, is a listed photo.
+    None otherwise: a photo added from elsewhere and then moved into people_dir keeps its face as it was enrolled.
+    "<array>" and "<bytes>" are no paths, and an escaped POSIX name cannot be looked up."""
+    if not os.path.isabs(path) or (os.name != "nt" and "\\x" in path) or os.path.lexists(path):
+        return None
+    parts = path.split(os.sep)
+    return next((tail for depth in range(1, len(parts)) if (tail := os.sep.join(parts[-depth:])) in listed_relative),
+                None)
+
+
 def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
                            pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """pairs, with a folder's photos under the name `gallery rename` gave its person: a folder whose name is no
@@ -663,10 +675,14 @@ def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
     followed = pairs
     if not all(identity in enrolled for identity, _ in pairs):
         inside = _recorded_prefix(people_dir)
+        listed_relative = {recorded_path(path)[len(inside):] for _, path in pairs}
         holders: dict[str, set[str]] = {}
         for photo in gallery.photos():
-            if photo["path"].startswith(inside):
-                holders.setdefault(_person_folder(inside, photo["path"]), set()).add(photo["identity"])
+            # A face recorded in people_dir before it was moved here counts as recorded here (_moved_here).
+            relative = (photo["path"][len(inside):] if photo["path"].startswith(inside)
+                        else _moved_here(photo["path"], listed_relative))
+            if relative:
+                holders.setdefault(relative.split(os.sep, 1)[0], set()).add(photo["identity"])
         followed = []
         for identity, path in pairs:
             holder = holders.get(_person_folder(inside, recorded_path(path)), set())
@@ -708,9 +724,10 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
     folder keeps its identity, which `gallery rename` may have made other than the folder's name. Content found only
     under a folder whose name no identity can have (unnamed_content) keeps its face where it was.
 
-    A face recorded outside people_dir is left alone, unless its file is gone and its content is now listed in its
-    own person's folder: people_dir (or the library it lies in) was moved here, and the face is recorded at its new
-    path, so that a later sync forgets it when its photo is deleted."""
+    A face recorded outside people_dir is left alone, unless people_dir was moved here (_moved_here): its file is
+    gone and its content lies at the same place in people_dir, from its person's folder on. It is then recorded at
+    its new path, as the person it was (a `gallery rename` kept), so that a later sync forgets it once its photo is
+    deleted."""
     inside = _recorded_prefix(people_dir)
     unreadable = tuple(_recorded_prefix(folder) for folder in unlisted_folders)
 
@@ -727,10 +744,7 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
             return False
         return not os.path.lexists(path)
 
-    def moved_here_from_elsewhere(photo: dict) -> bool:
-        path = photo["path"]  # "<array>" and "<bytes>" are no paths; an escaped POSIX name cannot be looked up
-        return (os.path.isabs(path) and not path.startswith(inside) and not (os.name != "nt" and "\\x" in path)
-                and not os.path.lexists(path))
+    listed_relative = {path[len(inside):] for path in listed}
 
     with HeldInterrupts() as interrupts, gallery.writer():
         photos = gallery.photos()
@@ -750,11 +764,12 @@ def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[s
                 free.remove(new)
                 identity = photo["identity"] if _person_folder(inside, new) == folder else listed[new]
                 moves.append((photo["sha256"], photo["path"], new, identity))
-            elif not gone and moved_here_from_elsewhere(photo):
-                own = [path for path in free_paths.get(photo["sha256"], []) if listed[path] == photo["identity"]]
-                if own:
-                    free_paths[photo["sha256"]].remove(own[0])
-                    moves.append((photo["sha256"], photo["path"], own[0], photo["identity"]))
+            elif not gone and not photo["path"].startswith(inside):
+                relative = _moved_here(photo["path"], listed_relative)
+                new = inside + relative if relative else None
+                if new in free_paths.get(photo["sha256"], []):  # its own content, at its place in the moved tree
+                    free_paths[photo["sha256"]].remove(new)
+                    moves.append((photo["sha256"], photo["path"], new, photo["identity"]))
         # Removal goes by sha256, which takes every face of that content: one that is kept, or content still in the
         # folder (moved above, or a copy whose path a face records), keeps all of its faces.
         kept = {photo["sha256"] for photo, gone in zip(photos, is_changed) if not gone} | set(hashed.values())

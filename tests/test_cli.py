@@ -1065,6 +1065,25 @@ def test_enroll_sync_follows_a_moved_people_folder_and_then_forgets_a_photo_dele
     assert [face["path"] for face in json.loads(out)["removed_files"]] == [str(moved / "grace_hopper" / "b.jpg")]
 
 
+def test_enroll_sync_follows_a_moved_people_folder_under_the_names_gallery_rename_gave(tmp_path, people, capsys,
+                                                                                       grace_hopper_bgr):
+    """Renamed in the gallery, then moved: each photo was warned of as enrolled as someone else, a new photo went to
+    a second person named after the folder, and the old faces stayed recorded where their files no longer were."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    assert run_cli(capsys, "gallery", "rename", "grace_hopper", "Grace Hopper", "--gallery", gallery)[0] == 0
+    moved = tmp_path / "library" / "people"
+    moved.parent.mkdir()
+    people.rename(moved)
+    cv2.imwrite(str(moved / "grace_hopper" / "c.jpg"), variant(grace_hopper_bgr, 5))
+    code, out, err = run_cli(capsys, "enroll", str(moved), "--gallery", gallery, "--sync", "--json")
+    summary = json.loads(out)
+    assert (code, err, summary["warnings"], summary["enrolled"], summary["removed"]) == (0, "", [], 1, 0)
+    with Gallery.open(gallery, create=False) as opened:
+        assert opened.identities() == [("Grace Hopper", 3), ("eileen_collins", 2)]
+        assert all(photo["path"].startswith(str(moved)) for photo in opened.photos())
+
+
 @pytest.mark.usefixtures("copies_as_other_people")
 def test_enroll_sync_gives_a_photo_moved_to_another_persons_folder_to_that_person(tmp_path, people, capsys,
                                                                                    astronaut_bgr):
