@@ -248,9 +248,14 @@ def refuse_a_new_gallery_among_the_photos(args: argparse.Namespace, people: Path
     gallery = default_gallery_path(args.gallery)
     if (gallery / DB_NAME).exists() or not people.is_dir():
         return
-    if gallery.resolve().is_relative_to(people.resolve()):
-        raise CliError(f"the gallery {gallery} would be made inside {people}, among the photos: give --gallery a "
-                       "folder outside it")
+    # As named (a symlink there to a folder elsewhere is listed by every enroll) and as resolved; enroll passes over
+    # hidden folders, so a gallery in one is no trouble.
+    named = (Path(os.path.abspath(gallery)), Path(os.path.abspath(people)))
+    for where, folder in (named, (gallery.resolve(), people.resolve())):
+        inside = where.relative_to(folder).parts if where.is_relative_to(folder) else None
+        if inside is not None and not any(part.startswith(".") for part in inside):
+            raise CliError(f"the gallery {gallery} would be made inside {people}, among the photos: give --gallery "
+                           "a folder outside it")
 
 
 def counted(number: int, noun: str, plural: str | None = None) -> str:

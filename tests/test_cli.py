@@ -1036,12 +1036,18 @@ def test_enroll_after_gallery_rename_adds_the_folders_new_photos_to_the_renamed_
 def test_enroll_refuses_to_make_a_gallery_among_the_photos(people, capsys):
     """`--gallery people` made gallery.sqlite, its index and lock among the person folders, which every later enroll
     then listed as files passed over."""
+    elsewhere = people.parent / "elsewhere"
+    elsewhere.mkdir()
+    (people / "link").symlink_to(elsewhere, target_is_directory=True)  # listed by every enroll as passed over
     before = sorted(people.rglob("*"))
-    for gallery in (people, people / "eileen_collins" / "gallery"):
+    for gallery in (people, people / "eileen_collins" / "gallery", people / "link" / "gallery"):
         code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", str(gallery))
         assert (code, out) == (2, "") and err == (f"error: the gallery {gallery} would be made inside {people}, "
                                                   "among the photos: give --gallery a folder outside it\n")
-    assert sorted(people.rglob("*")) == before
+    assert sorted(people.rglob("*")) == before and not any(elsewhere.iterdir())
+    # Beside the photos by way of "..", or in a hidden folder that enroll passes over: made.
+    for gallery in (people / ".." / "gallery", people / ".facekit" / "gallery"):
+        assert run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--quiet")[0] == 0
 
 
 def test_enroll_sync_follows_a_moved_people_folder_and_then_forgets_a_photo_deleted_there(tmp_path, people, capsys):
