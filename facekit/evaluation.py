@@ -109,6 +109,9 @@ def csv_rows(csv_file: str | Path, columns: set[str]) -> list[tuple[int, dict[st
     with open(csv_file, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, skipinitialspace=True)
         missing = columns - set(reader.fieldnames or [])
+        if missing and not set(reader.fieldnames or []) & columns:  # a pair or probe where the names should be
+            raise ValueError(f"{csv_file}: no header row: its first line must name the columns "
+                             f"({', '.join(sorted(columns))}), then a row per line")
         if missing:
             raise ValueError(f"{csv_file}: missing columns: {', '.join(sorted(missing))}")
         for row in reader:

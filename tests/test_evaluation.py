@@ -116,9 +116,14 @@ def test_pairs_csv(tmp_path):
     pairs = read_pairs_csv(tmp_path / "pairs.csv")
     assert pairs[0].same and not pairs[1].same and pairs[1].fold == 1
     assert pairs[0].path1 == str(tmp_path / "a.jpg")
-    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="missing columns"):
+    (tmp_path / "bad.csv").write_text("path1,path2\na.jpg,b.jpg\n")
+    with pytest.raises(ValueError, match="missing columns: same$"):
         read_pairs_csv(tmp_path / "bad.csv")
+    # Without a header the first pair was read as one, and reported as missing every column.
+    (tmp_path / "headless.csv").write_text("a.jpg,b.jpg,1\na.jpg,c.jpg,0\n")
+    with pytest.raises(ValueError, match=r"headless\.csv: no header row: its first line must name the columns "
+                                         r"\(path1, path2, same\), then a row per line$"):
+        read_pairs_csv(tmp_path / "headless.csv")
     # Excel's "CSV UTF-8" starts with a BOM; blank lines and spaces after commas are fine; "different" is 0.
     (tmp_path / "excel.csv").write_bytes("\ufeffpath1,path2,same\na.jpg, b.jpg, different\n\n".encode())
     (pair,) = read_pairs_csv(tmp_path / "excel.csv")
