@@ -400,7 +400,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
         photos, copies_passed_over = photos_to_identify(args.images, annotate_dir, unreadable,
                                                         None if args.json or args.csv else passed_over)
-        being_identified = {file_identity(photo) for photo in photos} - {None}
+        # Only a copy's name needs them: without --annotate, no photo is looked up again.
+        being_identified = {file_identity(photo) for photo in photos} - {None} if annotate_dir else set()
         for item in pipeline.load_many(photos):
             found += 1
             if item.error:

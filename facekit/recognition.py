@@ -515,7 +515,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
 
     gallery.bind_model(pipeline.embedder.model_id)  # before any detection: a refusal should come at once
     pairs, skipped = collect_people(people_dir, keep_reserved=True)
-    pairs, refused = _follow_renamed_people(gallery, people_dir, pairs)
+    photos_at_start = gallery.photos()
+    pairs, refused = _follow_renamed_people(gallery, photos_at_start, people_dir, pairs)
     skipped = [*skipped, *refused]
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = sorted({identity for identity, _ in pairs})
@@ -526,14 +527,14 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     # Read once, for the look-ahead thread, which does not query the gallery photo by photo: decoding and detecting
     # took 2.6 s of 3.8 s in a second enroll of 74 LFW photos. already_enrolled still has the last word, for photos
     # enrolled since (by another enroll, or a copy earlier in this one).
-    enrolled_at_start = frozenset(photo["sha256"] for photo in gallery.photos())
+    enrolled_at_start = frozenset(photo["sha256"] for photo in photos_at_start)
     min_width = template_min_face(pipeline)
     # With sync, a face enrolled from people_dir whose photo is no longer listed there is about to go (or to follow
     # its photo): it must not keep a re-saved copy filed under another person from being enrolled.
-    inside, listed_paths = _recorded_prefix(people_dir), {recorded_path(path) for _, path in pairs}
+    inside, listed = _recorded_prefix(people_dir), {recorded_path(path): identity for identity, path in pairs}
 
     def stays(match: Match) -> bool:
-        return not (sync and match.source_path.startswith(inside) and match.source_path not in listed_paths)
+        return not (sync and match.source_path.startswith(inside) and match.source_path not in listed)
 
     def already_enrolled(item: LoadedImage, identity: str) -> bool:
         """Counted as such; a photo enrolled as someone else is said so, as a folder may hold a wrong photo."""
@@ -619,7 +620,6 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                 flush()
         flush()
     if sync:
-        listed = {recorded_path(path): identity for identity, path in pairs}
         # os.walk's error (see collect_people): under such a folder a photo's absence says nothing.
         unlisted = [path for path, reason in skipped if reason.startswith("cannot read folder")]
         report.removed, moved = _sync_photos(gallery, people_dir, listed, hashed, unlisted,
@@ -654,19 +654,21 @@ def _moved_here(path: str, listed_relative: set[str]) -> str | None:
     was moved: its file is gone, and the end of its recorded path, from its person's folder on, is a listed photo.
     None otherwise: a photo added from elsewhere and then moved into people_dir keeps its face as it was enrolled.
     "<array>" and "<bytes>" are no paths, and an escaped POSIX name cannot be looked up."""
-    if not os.path.isabs(path) or (os.name != "nt" and "\\x" in path) or os.path.lexists(path):
+    if not os.path.isabs(path) or (os.name != "nt" and "\\x" in path):
         return None
     parts = path.split(os.sep)
-    return next((tail for depth in range(1, len(parts)) if (tail := os.sep.join(parts[-depth:])) in listed_relative),
+    tail = next((tail for depth in range(1, len(parts)) if (tail := os.sep.join(parts[-depth:])) in listed_relative),
                 None)
+    return tail if tail and not os.path.lexists(path) else None  # a stat only where a listed photo matches
 
 
-def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
+def _follow_renamed_people(gallery: Gallery, photos: list[dict], people_dir: str | os.PathLike,
                            pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """pairs, with a folder's photos under the name `gallery rename` gave its person: a folder whose name is no
     identity in the gallery, while every face enrolled from it is one other identity's. Else each new photo went to a
     new person named after the folder (one person split in two), and every enrolled one was warned of as someone
-    else's. A loose photo in people_dir counts as its own folder.
+    else's. A loose photo in people_dir counts as its own folder. photos: the gallery's, as Gallery.photos() gives
+    them (enroll reads them once).
 
     Returns those pairs, and the photos refused as collect_people refuses them: those whose person's name is
     reserved. Refused only here: a folder so named may be a person of a gallery from before the name was reserved,
@@ -677,7 +679,7 @@ def _follow_renamed_people(gallery: Gallery, people_dir: str | os.PathLike,
         inside = _recorded_prefix(people_dir)
         listed_relative = {recorded_path(path)[len(inside):] for _, path in pairs}
         holders: dict[str, set[str]] = {}
-        for photo in gallery.photos():
+        for photo in photos:
             # A face recorded in people_dir before it was moved here counts as recorded here (_moved_here).
             relative = (photo["path"][len(inside):] if photo["path"].startswith(inside)
                         else _moved_here(photo["path"], listed_relative))
