@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from facekit.errors import (
     INTERRUPTED,
     escape_control_characters,
     escape_unencodable_output,
+    json_record,
 )
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.json:
         for path, reason in failed:  # as text mode says them: stderr names what failed, whatever stdout holds
             print(escape_control_characters(not_enrolled_line(path, reason)), file=sys.stderr)
-        print(json.dumps(summary))
+        print(json_record(summary))
     else:
         for warning in report.warnings:
             print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
@@ -408,7 +408,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"error: {escape_control_characters(item.error)}", file=sys.stderr)
                 if args.json:  # a record for every image, so that a reader of the stream knows which ones failed
-                    print(json.dumps({"image": item.path, "error": item.error}), flush=True)
+                    print(json_record({"image": item.path, "error": item.error}), flush=True)
                 elif writer:
                     writer.writerow(csv_error_row(item.path, item.error))
                 continue
@@ -433,7 +433,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     annotated_copy = out
             if args.json:
                 # The copy's name is the tool's choice (numbered on a clash): a reader of the stream needs it.
-                print(json.dumps({"image": item.path, "faces": faces,
+                print(json_record({"image": item.path, "faces": faces,
                                   **({"annotated": str(annotated_copy)} if annotated_copy else {}),
                                   **({"error": problem} if problem else {})}), flush=True)
             elif writer:
@@ -588,7 +588,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         problem = item.error or (None if item.faces else "no face found")
         if problem:
             if args.json:  # as identify --json's record for such an image: a reader of stdout learns which failed
-                print(json.dumps({"image": path, "error": problem}))
+                print(json_record({"image": path, "error": problem}))
             raise CliError(item.error or f"no face found in {path}", EXIT_FAILED)
         if item.found.warning:
             print(f"warning: {escape_control_characters(f'{path}: {item.found.warning}')}", file=sys.stderr)
@@ -599,7 +599,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     similarity = float(embeddings[0] @ embeddings[1])
     same = similarity >= threshold
     if args.json:
-        print(json.dumps({"same": same, "similarity": round(similarity, 4), "threshold": threshold}))
+        print(json_record({"same": same, "similarity": round(similarity, 4), "threshold": threshold}))
     else:
         verdict = "same person" if same else "different people"
         print(f"{verdict}: similarity {similarity:.3f} (threshold {threshold:.3f})")
@@ -611,7 +611,7 @@ def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
     for photo in photos:
         created = datetime.fromtimestamp(photo["created"], timezone.utc).isoformat(timespec="seconds")
         if args.json:
-            print(json.dumps({**photo, "created": created}))
+            print(json_record({**photo, "created": created}))
         elif writer:
             writer.writerow([csv_text(photo["identity"]), created, photo["sha256"], csv_text(photo["path"])])
         else:
@@ -705,7 +705,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             writer = csv_output(["identity", "faces"]) if args.csv else None
             for name, count in gallery.identities():
                 if args.json:
-                    print(json.dumps({"identity": name, "faces": count}))
+                    print(json_record({"identity": name, "faces": count}))
                 elif writer:
                     writer.writerow([csv_text(name), count])
                 else:
@@ -713,7 +713,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         elif args.action == "stats":
             stats = gallery.stats()
             if args.json:
-                print(json.dumps(stats))
+                print(json_record(stats))
             else:
                 for key, value in stats.items():
                     print(f"{key}: {value}")
@@ -732,7 +732,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         elif args.action == "check":
             problems = [f"{message} (repaired on opening)" for message in repaired] + gallery.check()
             if args.json:
-                print(json.dumps({"ok": not problems, "faces": len(gallery), "problems": problems}))
+                print(json_record({"ok": not problems, "faces": len(gallery), "problems": problems}))
             else:
                 for problem in problems:
                     print(f"problem: {problem}")

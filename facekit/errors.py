@@ -4,6 +4,7 @@ characters and its bytes that are not UTF-8 escaped."""
 from __future__ import annotations
 
 import codecs
+import json
 import re
 import sys
 
@@ -37,6 +38,22 @@ def printable_path(path: str) -> str:
     """A file name as text that can be stored and printed: its bytes that are not UTF-8 (a name in Latin-1,
     say), which Python reads as lone surrogates that neither SQLite nor a UTF-8 stream accepts, as \\xNN."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def json_record(record: object) -> str:
+    """record as one line of JSON, its strings as printable_path writes them: json.dumps would write a byte of a
+    file name that is not UTF-8 as a lone surrogate escape (\\udce9), which strict JSON readers reject."""
+    return json.dumps(_printable_strings(record))
+
+
+def _printable_strings(value: object) -> object:
+    if isinstance(value, str):
+        return printable_path(value)
+    if isinstance(value, dict):
+        return {_printable_strings(key): _printable_strings(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_strings(item) for item in value]
+    return value
 
 
 def _escape_unencodable(error: UnicodeError) -> tuple[str, int]:

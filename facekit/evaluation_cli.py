@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from facekit.errors import json_record
 
 Parsed = TypeVar("Parsed")
 
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     result["detector"] = type(pipeline.detector).__name__
     result["flip_tta"] = pipeline.flip
     if args.json:
-        print(json.dumps(result))
+        print(json_record(result))
     else:
         for image in result.get("unreadable_images", []):
             print(f"warning: {escape_control_characters(image['reason'])}", file=sys.stderr)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+from facekit.errors import json_record
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -91,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
             print(stopped, file=sys.stderr)
         return stopped.exit_code
     if speaks:
-        print(json.dumps(result))
+        print(json_record(result))
     return 0

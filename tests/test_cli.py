@@ -731,6 +731,10 @@ def test_file_and_folder_names_that_are_not_utf8_are_enrolled_or_skipped_not_fat
     assert code == 0 and "a.jpg from grace_hopper" in out  # by content: the Latin-1 name was never enrolled
     code, out, err = run_cli(capsys, "identify", str(people / "grace_hopper"), "--gallery", gallery)
     assert code == 0 and "caf\\xe9.jpg" in out and "grace_hopper" in out
+    # JSON names it as text does: a lone surrogate escape (\udce9) is rejected by strict JSON readers.
+    code, out, err = run_cli(capsys, "identify", str(people / "grace_hopper"), "--gallery", gallery, "--json")
+    images = [json.loads(line)["image"] for line in out.splitlines()]
+    assert code == 0 and "\\udc" not in out and str(people / "grace_hopper" / "caf\\xe9.jpg") in images
 
 
 def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line(tmp_path, people, capsys):
