@@ -317,8 +317,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         # for enroll(), which refuses it only if the gallery has not renamed its person.
         photos, skipped = collect_people(people, keep_reserved=True)
     if not photos:
-        # The first reason an entry was passed over, as a folder that cannot be read, says why there were none.
-        why = f"; {not_enrolled_line(*skipped[0])}" if skipped else ""
+        # Why there were none: the one entry passed over, in the error's line, or each of several above it (in
+        # every output mode: nothing was enrolled, and one of them alone would hide the others' reasons).
+        why = f"; {not_enrolled_line(*skipped[0])}" if len(skipped) == 1 else ""
+        if len(skipped) > 1:
+            for path, reason in skipped:
+                print(escape_control_characters(not_enrolled_line(path, reason)), file=sys.stderr)
+            why = f"; the {len(skipped)} files and folders above were passed over"
         raise CliError(f"no photos to enroll in {people} (one sub-folder of photos per person){why}", EXIT_FAILED)
     pipeline = make_pipeline(args)
     with open_gallery(args, create=True, dim=pipeline.embedder.dim) as gallery:

@@ -488,6 +488,17 @@ def test_usage_errors_are_one_line_and_leave_the_gallery_intact(tmp_path, people
     assert (code, err) == (1, f"error: no photos to enroll in {tmp_path / 'empty_people'} (one sub-folder of photos "
                               f"per person); skipped {tmp_path / 'empty_people' / 'nobody' / 'notes.txt'}: not an "
                               "image file name\n")
+    # Several: each is listed, in every output mode, where naming the first alone hid the others' reasons.
+    (tmp_path / "empty_people" / "nobody" / "scan.pdf").write_text("")
+    for mode in ((), ("--json",)):
+        code, _, err = run_cli(capsys, "enroll", str(tmp_path / "empty_people"), "--gallery", str(tmp_path / "new"),
+                               *mode)
+        nobody = tmp_path / "empty_people" / "nobody"
+        assert (code, err.splitlines()) == (1, [
+            f"skipped {nobody / 'notes.txt'}: not an image file name",
+            f"skipped {nobody / 'scan.pdf'}: not an image file name",
+            f"error: no photos to enroll in {tmp_path / 'empty_people'} (one sub-folder of photos per person); the 2 "
+            "files and folders above were passed over"])
     # A gallery that cannot be created (a file is in the way) is one line too.
     (tmp_path / "a_file").write_text("")
     code, _, err = run_cli(capsys, "enroll", str(people), "--gallery", str(tmp_path / "a_file" / "gallery"))
