@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 
 from facekit import FacekitWarning
-from facekit.errors import escape_control_characters, one_line, printable_path
+from facekit.errors import CONTROL_CHARACTERS, escape_control_characters, one_line, printable_path
 from facekit.export import thread_count
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,6 @@ RESERVED_NAME = "unknown"  # what identify prints for a face no one matches
 UNIT_LENGTH_TOLERANCE = 1e-3
 LOCK_TIMEOUT_S = 30.0
 _ROWS_PER_CHUNK = 16_384
-_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
 class GalleryError(RuntimeError):
     """Anything wrong with a gallery or with what was asked of it; the message is one line for a human."""
 
@@ -139,7 +136,7 @@ def clean_identity(name: object) -> str:
         raise GalleryError(f"identity name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
     if "/" in name or "\\" in name:
         raise GalleryError(f"identity name {name!r} contains a path separator")
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS for c in name):
+    if CONTROL_CHARACTERS.search(name):
         raise GalleryError(f"identity name {name!r} contains control characters")
     if any(unicodedata.category(c) == "Cs" for c in name):  # how Python reads a non-UTF-8 byte of a file name
         raise GalleryError(f"identity name {name!r} is not valid UTF-8 (a folder name in another encoding?)")

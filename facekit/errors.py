@@ -13,8 +13,10 @@ import sys
 INTERRUPTED = "interrupted; everything committed before this point is kept"
 EXIT_INTERRUPTED = 130
 
-# Characters that end a line or steer a terminal (a newline or an ESC in a file name), and Unicode's line breaks.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that end a line or steer a terminal (a newline or an ESC in a file name), Unicode's line breaks, the
+# bidirectional controls (U+202E shows the rest of a line reversed: "gpj.exe") and the invisible ones (a zero-width
+# space makes "Ali\u200bce" look like "Alice"). Joiners (U+200C, U+200D) stay: names in Persian or Hindi need them.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]")
 
 
 def one_line(error: BaseException) -> str:
