@@ -22,7 +22,7 @@ import numbers
 import os
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 # ONNX Runtime (1.2x and later, on every OS) sends usage events to Microsoft unless this is set before its import,
 # and writes a device id under ~/.cache/Microsoft: facekit promises no network connection. Every facekit module is
@@ -37,7 +37,11 @@ if TYPE_CHECKING:
     from facekit.detection import Face
     from facekit.recognition import EnrollReport, FacePipeline
 
-    ImageLike = np.ndarray | Image.Image | str | os.PathLike | bytes
+    # Declared aliases: a type checker reads a plain assignment of a union as a variable, no type (py.typed ships it).
+    ImageLike: TypeAlias = np.ndarray | Image.Image | str | os.PathLike | bytes
+    # For compare's overloads: a type checker that knows an array's shape learns that two vectors give a float.
+    Vector: TypeAlias = np.ndarray[tuple[int], np.dtype[Any]]  # one embedding, (D,)
+    Matrix: TypeAlias = np.ndarray[tuple[int, int], np.dtype[Any]]  # embeddings, (N, D)
 
 __all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "add_face", "compare",
            "detect_faces", "enroll", "face_embeddings", "identify", "load_image", "pipeline", "verify"]
@@ -60,6 +64,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'facekit' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # The lazy names too, so that dir() and completion in a shell offer what __getattr__ gives.
+    return sorted(set(globals()) | set(_LAZY))
+
+
 _pipeline: FacePipeline | None = None
 _pipeline_building = threading.Lock()
 
@@ -77,8 +86,14 @@ def pipeline() -> FacePipeline:
     return _pipeline
 
 
+def _or_default(given: FacePipeline | None) -> FacePipeline:
+    """The pipeline a call was given, else the shared default (the functions' pipeline parameter hides pipeline())."""
+    return pipeline() if given is None else given
+
+
 def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:
-    """Any image the API takes as a uint8 array: BGR, or grey as a grey array was given (the detectors take it)."""
+    """Any image the API takes as a uint8 array: BGR, or grey as a grey array (HxW or HxWx1) was given (the
+    detectors take it)."""
     import numpy as np
     from PIL import Image
 
@@ -86,9 +101,9 @@ def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:
 
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:  # as_bgr's own refusal does not say what was given or how to convert it
-            hint = ("(img * 255).astype(np.uint8) converts one in [0, 1], img.astype(np.uint8) one in [0, 255]"
-                    if image.dtype.kind == "f" else "img.astype(np.uint8) converts one in [0, 255]")
-            raise ValueError(f"{name} is a {image.dtype} array, not uint8: {hint}")
+            raise ValueError(f"{name} is a {image.dtype} array, not uint8: {_uint8_hint(image.dtype)}")
+        if image.ndim == 3 and image.shape[2] == 1:  # grey with a channel axis, as tensors and np.atleast_3d give it
+            return image[:, :, 0]
         return image
     if isinstance(image, Image.Image):  # it states its mode, so unlike an array's its channel order is known
         return from_pil(image)  # upright, as load_image gives the same file
@@ -102,27 +117,44 @@ def _as_image(image: ImageLike, name: str = "the image") -> np.ndarray:
     return load_image(image)
 
 
-def detect_faces(image: ImageLike) -> list[Face]:
+def _uint8_hint(dtype: np.dtype) -> str:
+    """How to make 8-bit samples of an array of this type. astype alone keeps the low byte of a value over 255:
+    16-bit data so converted is noise, in which no face is found."""
+    if dtype.kind == "f":
+        return "(img * 255).astype(np.uint8) converts one in [0, 1], img.astype(np.uint8) one in [0, 255]"
+    if dtype.kind == "u" and dtype.itemsize == 2:
+        return ("(img // 257).astype(np.uint8) converts 16-bit samples (0 to 65535); img.astype(np.uint8) only "
+                "one whose values are already 0 to 255")
+    return "img.astype(np.uint8) converts one whose values are already 0 to 255 (scale others into that range first)"
+
+
+def detect_faces(image: ImageLike, *, pipeline: FacePipeline | None = None) -> list[Face]:
     """Faces (box, score, 5 landmarks), largest first. Arrays are BGR (OpenCV's order); pass a PIL image, or
-    reverse an RGB array's channels with arr[..., ::-1]."""
-    return pipeline().detect(_as_image(image))
+    reverse an RGB array's channels with arr[..., ::-1].
+
+    pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
+    default, facekit.pipeline()."""
+    return _or_default(pipeline).detect(_as_image(image))
 
 
-def face_embeddings(image: ImageLike, faces: Iterable[Face] | None = None) -> list[tuple[Face, np.ndarray]]:
+def face_embeddings(image: ImageLike, faces: Iterable[Face] | None = None, *,
+                    pipeline: FacePipeline | None = None) -> list[tuple[Face, Vector]]:
     """Every face with its L2-normalised embedding. Arrays are BGR (OpenCV's order); pass a PIL image, or reverse
     an RGB array's channels with arr[..., ::-1]: RGB taken for BGR is not refused, but matches worse and can miss
     faces.
 
     faces: embed these instead of detecting: detect_faces's (some of them, say), or Face(box, score, landmarks)
-    made from another detector's five points in the same order; each is aligned by its landmarks."""
+    made from another detector's five points in the same order; each is aligned by its landmarks.
+    pipeline: a FacePipeline of your own, as detect_faces takes; None is the shared default."""
     import numpy as np
 
     from facekit.alignment import landmarks_problem
     from facekit.detection import Face
 
+    pipeline = _or_default(pipeline)
     array = _as_image(image)
     if faces is None:
-        return [(r.face, r.embedding) for r in pipeline().analyze(array)]
+        return [(r.face, r.embedding) for r in pipeline.analyze(array)]
     if isinstance(faces, Face):
         raise TypeError("faces is a list of Faces: pass [face] for one")
     faces = list(faces)
@@ -139,7 +171,17 @@ def face_embeddings(image: ImageLike, faces: Iterable[Face] | None = None) -> li
         if not (0 <= x < width and 0 <= y < height):
             raise ValueError(f"a face's landmarks lie outside the {width}x{height} image (centred at "
                              f"{x:.0f}, {y:.0f}): another image's face?")
-    return list(zip(faces, pipeline().embed_faces(array, faces)))
+    return list(zip(faces, pipeline.embed_faces(array, faces)))
+
+
+@overload
+def compare(embedding_a: Vector, embedding_b: Vector) -> float: ...
+@overload
+def compare(embedding_a: Matrix, embedding_b: Vector) -> np.ndarray: ...
+@overload
+def compare(embedding_a: Vector, embedding_b: Matrix) -> np.ndarray: ...
+@overload
+def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndarray: ...
 
 
 def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndarray:
@@ -165,59 +207,76 @@ def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndar
     return np.dot(known, probe) if known.ndim == 2 else float(np.dot(known, probe))
 
 
-def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = None) -> dict:
-    """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}."""
+def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = None, *,
+           pipeline: FacePipeline | None = None) -> dict:
+    """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}.
+
+    pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
+    default, facekit.pipeline(). Its threshold is the one used where none is given."""
     threshold = check_threshold(threshold)
+    pipeline = _or_default(pipeline)
     found = []
     for image, which in ((image_a, "first"), (image_b, "second")):
         name = str(image) if isinstance(image, (str, os.PathLike)) else f"the {which} image"
-        found.append(_largest_face(_as_image(image, name), name)[1])
-    threshold = pipeline().threshold if threshold is None else threshold
+        found.append(_largest_face(_as_image(image, name), name, pipeline)[1])
+    threshold = pipeline.threshold if threshold is None else threshold
     similarity = compare(*found)
     return {"same": bool(similarity >= threshold), "similarity": similarity, "threshold": threshold}
 
 
-def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None = None,
-             top_k: int = 3) -> list[dict]:
+def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None = None, top_k: int = 3, *,
+             pipeline: FacePipeline | None = None) -> list[dict]:
     """Every face in the image: {"box", "landmarks", "identity" (None when unknown), "similarity", "candidates"
     (the top-k identities, most similar first), "threshold" (the one identity was decided by)}. The similarity is
     the named identity's, or the closest candidate's; None where there is no candidate (no gallery or an empty one).
 
-    gallery is a facekit.Gallery (or None): open a path with facekit.Gallery.open(path, create=False)."""
+    gallery is a facekit.Gallery (or None): open a path with facekit.Gallery.open(path, create=False).
+    pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
+    default, facekit.pipeline(). Its embedder must be the one the gallery was enrolled with."""
     from facekit.recognition import identify_image
 
     threshold, top_k = check_threshold(threshold), check_top_k(top_k)
     if gallery is not None:
         _check_gallery(gallery)
+    pipeline = _or_default(pipeline)
     faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as with an empty one
-    threshold = pipeline().identify_threshold_for(faces_enrolled) if threshold is None else threshold
-    results = identify_image(pipeline(), gallery, _as_image(image), threshold, top_k)
+    threshold = pipeline.identify_threshold_for(faces_enrolled) if threshold is None else threshold
+    results = identify_image(pipeline, gallery, _as_image(image), threshold, top_k)
     for face in results:
         face["threshold"] = threshold
     return results
 
 
-def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False, sync: bool = False) -> EnrollReport:
+def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False, sync: bool = False, *,
+           pipeline: FacePipeline | None = None) -> EnrollReport:
     """`facekit enroll`: the largest face of each photo in a folder of per-person folders; photos enrolled
     already (by content) are skipped. The report lists what was enrolled, skipped and why. With sync, the faces
     enrolled from photos in that folder that have since been deleted or changed are then removed (report.removed),
-    and those of photos renamed or moved in it follow them (report.moved: given to another person's folder)."""
+    and those of photos renamed or moved in it follow them (report.moved: given to another person's folder).
+
+    pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
+    default, facekit.pipeline()."""
     from facekit.recognition import enroll as enroll_folder
 
+    pipeline = _or_default(pipeline)
     _check_gallery(gallery)
-    _check_size(gallery)
-    return enroll_folder(pipeline(), gallery, people_dir, progress=progress, sync=sync)
+    _check_size(gallery, pipeline)
+    return enroll_folder(pipeline, gallery, people_dir, progress=progress, sync=sync)
 
 
-def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
+def add_face(gallery: Gallery, identity: str, image: ImageLike, *, pipeline: FacePipeline | None = None) -> int:
     """Enrol the largest face of one image as `identity`; returns its id in the gallery. As with `enroll`, a photo
     whose content is enrolled as this identity already is not added again (its id is returned), and one enrolled
     as someone else is a ValueError, as is nearly the same photo (re-saved, resized, cropped: a face at least
     NEAR_DUPLICATE_SIMILARITY, 0.95, similar to one enrolled as someone else); so is an image without a face, or
-    whose face is narrower than ENROLL_MIN_FACE (32 px), too small for a template.
+    whose face is narrower than ENROLL_MIN_FACE (32 px), too small for a template. An identity that is no usable name
+    (empty, a path separator or control characters in it, "unknown") is a facekit.GalleryError, not a ValueError.
 
     A file is recorded by its absolute path and content hash, a file's bytes by their hash (path "<bytes>"), an
-    array or PIL image by the hash of its BGR pixels (path "<array>")."""
+    array or PIL image by the hash of its BGR pixels (path "<array>").
+
+    pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
+    default, facekit.pipeline()."""
     import hashlib
 
     import numpy as np
@@ -226,8 +285,9 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
     from facekit.imageio import decode_image, read_image_file
     from facekit.recognition import copy_enrolled_as_another, near_copy_refusal, recorded_path, template_min_face
 
+    pipeline = _or_default(pipeline)
     _check_gallery(gallery)
-    _check_size(gallery)
+    _check_size(gallery, pipeline)
     if isinstance(image, (str, os.PathLike)):  # read once: the hash recorded is that of the bytes embedded
         name, data, source = str(image), read_image_file(image), recorded_path(image)
         array = decode_image(data, name=name)
@@ -241,9 +301,10 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
     identity, sha256 = clean_identity(identity), hashlib.sha256(data).hexdigest()
     # A photo enrolled already is answered as such below (its id, or who holds it), however small its face.
     enrolled_already = gallery.source_face(sha256) is not None
-    face, embedding = _largest_face(array, name, None if enrolled_already else template_min_face(pipeline()))
+    face, embedding = _largest_face(array, name, pipeline,
+                                    None if enrolled_already else template_min_face(pipeline))
     with gallery.writer():  # holding the lock, so a new gallery records which model its embeddings are from
-        gallery.bind_model(pipeline().embedder.model_id)
+        gallery.bind_model(pipeline.embedder.model_id)
         enrolled = gallery.source_face(sha256)
         if enrolled is not None and enrolled[1] == identity:  # as enroll skips it: a second copy would only weigh more
             return enrolled[0]
@@ -257,7 +318,8 @@ def add_face(gallery: Gallery, identity: str, image: ImageLike) -> int:
                                                         "box": [float(v) for v in face.box]}])[0]
 
 
-def _largest_face(image: np.ndarray, name: str, min_width: int | None = None) -> tuple[Face, np.ndarray]:
+def _largest_face(image: np.ndarray, name: str, pipeline: FacePipeline,
+                  min_width: int | None = None) -> tuple[Face, np.ndarray]:
     """The largest face of an image that should hold one (verify, add_face) and its embedding; a FacekitWarning
     says where it was found only with the image turned, or among several (as the CLI says both). A face narrower
     than min_width pixels is a ValueError."""
@@ -265,7 +327,7 @@ def _largest_face(image: np.ndarray, name: str, min_width: int | None = None) ->
 
     from facekit.recognition import too_small_for_template
 
-    found = pipeline().find_one_face(image)
+    found = pipeline.find_one_face(image)
     if not found.faces:
         raise ValueError(f"no face found in {name}")
     too_small = too_small_for_template(found, min_width) if min_width is not None else None
@@ -275,7 +337,7 @@ def _largest_face(image: np.ndarray, name: str, min_width: int | None = None) ->
         warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=3)
     if len(found.faces) > 1:  # a group photo's largest face may not be the one meant
         warnings.warn(f"{name}: {len(found.faces)} faces, used the largest", FacekitWarning, stacklevel=3)
-    return found.faces[0], pipeline().embed_found(image, found)
+    return found.faces[0], pipeline.embed_found(image, found)
 
 
 def check_threshold(threshold: float | None, name: str = "threshold") -> float | None:
@@ -310,12 +372,12 @@ def _check_gallery(gallery: object) -> None:
         raise TypeError(f"a gallery is a facekit.Gallery, not {type(gallery).__name__}: pass {opened}")
 
 
-def _check_size(gallery: Gallery) -> None:
+def _check_size(gallery: Gallery, pipeline: FacePipeline) -> None:
     """Checked before anything is written. Gallery.open checks the size only when given a dim (the CLI gives it);
     without this, a failed add to an empty gallery made for a model of another size would still record this model
     as the gallery's, and the model it was made for would be refused from then on."""
     from facekit.datastore import GalleryError
 
-    dim = pipeline().embedder.dim
+    dim = pipeline.embedder.dim
     if gallery.dim != dim:
         raise GalleryError(f"gallery {gallery.root} holds {gallery.dim}-d embeddings, not {dim}-d (another model?)")

@@ -80,6 +80,15 @@ class Face:
     score: float
     landmarks: np.ndarray  # (5, 2) float32: left eye, right eye, nose, left and right mouth corner
 
+    def __eq__(self, other: object) -> bool:
+        # Field by field, as the dataclass's own did, but arrays by array_equal: its == compared them element-wise,
+        # whose answer has no truth value, so ==, `in` and list.index raised. Equal by value, not identity: a copy
+        # (deepcopy, pickle, a worker process's) is the face it was made from. Unhashable, as a mutable dataclass is.
+        if not isinstance(other, Face):
+            return NotImplemented
+        return (np.array_equal(self.box, other.box) and bool(self.score == other.score)
+                and np.array_equal(self.landmarks, other.landmarks))
+
     @property
     def area(self) -> float:
         return self.box[2] * self.box[3]

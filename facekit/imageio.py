@@ -181,7 +181,8 @@ def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 
 
 def from_pil(image: Image.Image, tiff_samples: tuple[int, int] | None = None) -> np.ndarray:
-    """A decoded PIL image as an HxWx3 uint8 BGR array, turned upright by its EXIF orientation."""
+    """A decoded PIL image as an HxWx3 uint8 BGR array, turned upright by its EXIF orientation. One whose pixels
+    cannot be read (its file closed before they were, or damaged) is an ImageError."""
     return _to_bgr(_upright(image), tiff_samples)
 
 
@@ -190,6 +191,13 @@ def _upright(image: Image.Image) -> Image.Image:
     would copy it (80 ms for 24 megapixels)."""
     try:
         image.load()
+    except Exception as error:  # Pillow says it with a bare AssertionError (a closed file) or OSError (a truncated one)
+        # Its with block and close() drop the file; a file object of the caller's may have been closed instead.
+        if getattr(image, "fp", False) is None or getattr(image.fp, "closed", False):
+            raise ImageError("the PIL image's file was closed before its pixels were read: call image.load() "
+                             "before closing it, or pass the file's path") from None
+        raise ImageError(f"corrupt or truncated image: the PIL image ({one_line(error)})") from None
+    try:
         if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):  # the ones exif_transpose turns
             return ImageOps.exif_transpose(image)
     except Exception:  # A broken EXIF block should not cost the photo itself.

@@ -238,6 +238,9 @@ class FacePipeline:
         image overlap with the embedding of this one. skip_sha256 is read in that thread while the caller runs, so it
         must not change meanwhile (a frozenset, say).
         """
+        if isinstance(paths, (str, bytes, os.PathLike)):  # list() would take a str's characters as paths
+            raise TypeError(f"load_many takes a list of paths, not one {type(paths).__name__}: pass [path], or "
+                            "use load(path)")
         paths = list(paths)
         if workers <= 0 or len(paths) < 2:
             yield from (self.load(p, largest, expect_face, skip_sha256) for p in paths)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -395,3 +396,129 @@ def test_embedding_writes_nothing_to_the_home_folder(tmp_path, grace_hopper_path
     code = "import sys, facekit; assert len(facekit.face_embeddings(sys.argv[1])) == 1"
     subprocess.run([sys.executable, "-c", code, str(grace_hopper_path)], env=env, check=True, timeout=300)
     assert sorted(tmp_path.rglob("*")) == []
+
+
+def test_a_16_bit_array_is_refused_with_a_conversion_that_keeps_its_picture(astronaut_bgr):
+    # img.astype(np.uint8), the advice once given, keeps the low byte of each 16-bit value: noise without a face.
+    sixteen_bit = astronaut_bgr.astype(np.uint16) * 257  # as a 16-bit PNG or camera raw holds the photo
+    with pytest.raises(ValueError, match=r"^the image is a uint16 array, not uint8: \(img // 257\)\.astype\(np\."
+                                         r"uint8\) converts 16-bit samples \(0 to 65535\); img\.astype\(np\.uint8\) "
+                                         r"only one whose values are already 0 to 255$"):
+        facekit.face_embeddings(sixteen_bit)
+    assert np.array_equal((sixteen_bit // 257).astype(np.uint8), astronaut_bgr)  # the advice gives the photo back
+    with pytest.raises(ValueError, match=r"^the image is a int32 array, not uint8: img\.astype\(np\.uint8\) converts "
+                                         r"one whose values are already 0 to 255"):
+        facekit.face_embeddings(astronaut_bgr.astype(np.int32))
+
+
+def test_every_function_that_finds_faces_takes_a_pipeline_of_one_s_own(tmp_path, astronaut_bgr, small_face_photo):
+    default = facekit.pipeline()
+    # The README's FacePipeline(min_face=PX): a face too small for the default search is found.
+    small_faces = facekit.FacePipeline(min_face=40, embedder=default.embedder)
+    assert facekit.detect_faces(small_face_photo) == [] and facekit.identify(small_face_photo, None) == []
+    assert len(facekit.detect_faces(small_face_photo, pipeline=small_faces)) == 1
+    assert [face["identity"] for face in facekit.identify(small_face_photo, None, pipeline=small_faces)] == [None]
+
+    class CountingDetector:  # the default's detector, counting the images it is given
+        min_face = None
+        images = 0
+
+        def detect(self, image):
+            self.images += 1
+            return default.detector.detect(image)
+
+    detector = CountingDetector()
+    own = facekit.FacePipeline(detector=detector, embedder=default.embedder)
+    people = tmp_path / "people" / "eileen_collins"
+    people.mkdir(parents=True)
+    cv2.imwrite(str(people / "a.png"), astronaut_bgr)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        for call in (lambda: facekit.face_embeddings(astronaut_bgr, pipeline=own),
+                     lambda: facekit.verify(astronaut_bgr, astronaut_bgr, pipeline=own),
+                     lambda: facekit.enroll(tmp_path / "people", gallery, pipeline=own),
+                     lambda: facekit.add_face(gallery, "eileen_collins", astronaut_bgr[:, ::-1], pipeline=own),
+                     lambda: facekit.identify(astronaut_bgr, gallery, pipeline=own)):
+            before = detector.images
+            call()
+            assert detector.images > before
+        assert len(gallery) == 2
+    with pytest.raises(TypeError):  # keyword-only: a positional one would be taken for top_k's neighbour
+        facekit.identify(astronaut_bgr, None, None, 3, own)
+
+
+def test_faces_compare_by_value_so_a_copy_is_found_in_a_list():
+    import copy
+    import pickle
+
+    face = facekit.Face((10.0, 20.0, 30.0, 40.0), 0.99, np.arange(10, dtype=np.float32).reshape(5, 2))
+    copied = copy.deepcopy(face)
+    assert face == copied and copied in [face] and [face].index(copied) == 0
+    assert pickle.loads(pickle.dumps(face)) == face
+    for other in (dataclasses.replace(face, landmarks=face.landmarks + 1), dataclasses.replace(face, score=0.5),
+                  dataclasses.replace(face, box=(11.0, 20.0, 30.0, 40.0))):
+        assert face != other and other not in [face]
+    assert face != face.box and face not in [None, "face"]
+
+
+def test_a_pil_image_whose_pixels_cannot_be_read_is_an_image_error(tmp_path, astronaut_bgr):
+    path = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(path), astronaut_bgr)
+    with Image.open(path) as closed_by_pillow:
+        pass
+    with open(path, "rb") as file:
+        closed_by_its_file = Image.open(file)
+    for image in (closed_by_pillow, closed_by_its_file):
+        with pytest.raises(facekit.ImageError, match=r"^the PIL image's file was closed before its pixels were "
+                                                     r"read: call image\.load\(\) before closing it, or pass the "
+                                                     r"file's path$"):
+            facekit.face_embeddings(image)
+    truncated = path.read_bytes()[:len(path.read_bytes()) // 2]
+    with pytest.raises(facekit.ImageError, match=r"^corrupt or truncated image: the PIL image \(image file is "
+                                                 r"truncated"):
+        facekit.face_embeddings(Image.open(io.BytesIO(truncated)))
+    with pytest.raises(facekit.ImageError, match=r"^corrupt or truncated image: the image "):  # its bytes, as before
+        facekit.face_embeddings(truncated)
+    with Image.open(path) as loaded:
+        loaded.load()
+    assert len(facekit.face_embeddings(loaded)) == 1
+
+
+def test_add_face_documents_the_gallery_error_of_a_bad_name(tmp_path, astronaut_bgr):
+    from pathlib import Path
+
+    assert "An identity that is no usable name" in facekit.add_face.__doc__
+    assert "is a facekit.GalleryError, not a ValueError" in " ".join(facekit.add_face.__doc__.split())
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "`add_face` raises `facekit.GalleryError` (a `RuntimeError`, not a `ValueError`) for an identity" in readme
+    with Gallery.open(tmp_path / "gallery") as gallery, pytest.raises(facekit.GalleryError):
+        facekit.add_face(gallery, "a/b", astronaut_bgr)
+
+
+def test_the_package_is_typed_and_lists_its_lazy_names():
+    from pathlib import Path
+
+    root = Path(facekit.__file__).parent
+    assert (root / "py.typed").is_file()
+    package_data = re.search(r"(?m)^\[tool\.setuptools\.package-data\]\n(?:#.*\n)*facekit = \[(.*)\]$",
+                             (root.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert package_data and '"py.typed"' in package_data.group(1)
+    assert set(facekit.__all__) <= set(dir(facekit))
+    get_overloads = getattr(__import__("typing"), "get_overloads", None)
+    if get_overloads is not None:  # Python 3.11 and later
+        returns = [overload.__annotations__["return"] for overload in get_overloads(facekit.compare)]
+        assert returns[0] == "float" and "float" not in returns[1:3]
+
+
+def test_a_grey_array_with_a_channel_axis_is_grey(astronaut_bgr):
+    grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    [(face, embedding)] = facekit.face_embeddings(grey)
+    [(face_hw1, embedding_hw1)] = facekit.face_embeddings(grey[:, :, None])
+    assert face_hw1 == face and np.array_equal(embedding_hw1, embedding)
+    assert facekit.verify(grey[:, :, None], astronaut_bgr)["same"] is True
+
+
+def test_load_many_refuses_one_path_with_how_to_pass_it(grace_hopper_path):
+    # A str is iterable: each of its characters was read as a path ("file not found: w").
+    for one in (str(grace_hopper_path), grace_hopper_path):
+        with pytest.raises(TypeError, match=r"^load_many takes a list of paths, not one \w+: pass \[path\]"):
+            next(facekit.pipeline().load_many(one))
