@@ -288,15 +288,18 @@ def csv_output(header: list[str]):
     return writer
 
 
-# What makes a spreadsheet take a cell for a formula (OWASP's list for CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# What makes a spreadsheet take a cell for a formula (OWASP's list for CSV injection; its tab and carriage return
+# never start a cell, which csv_text escapes first).
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def csv_text(cell: str) -> str:
-    """A text cell (a name, a path, an error) for --csv: one that a spreadsheet would run as a formula, such as an
-    identity renamed to =HYPERLINK(...), gets a leading ' so that it is shown instead. Never for numbers: a negative
-    similarity starts with '-' and must stay a number."""
-    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
+    """A text cell (a name, a path, an error) for --csv, its control characters escaped as text mode escapes them
+    (a CSV file shown in a terminal runs an ESC in a file name as text would, and a row stays one line); one that a
+    spreadsheet would run as a formula, such as an identity renamed to =HYPERLINK(...), gets a leading ' so that it
+    is shown instead. Never for numbers: a negative similarity starts with '-' and must stay a number."""
+    text = escape_control_characters(cell)
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def csv_error_row(path: str, error: str) -> list[str]:
@@ -459,7 +462,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                         name = f"unknown (closest: {best['identity']}, named on another face in this photo)"
                     similarity = "no one enrolled to compare with" if face["similarity"] is None \
                         else f"similarity {face['similarity']:.3f}"
-                    print(f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  {similarity}")
+                    line = f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  {similarity}"
+                    # The names are the gallery's: one crafted with an ESC or a newline must not steer the terminal.
+                    print(escape_control_characters(line))
                 if annotated_copy:  # the name is the tool's choice (never the photo's own): say it
                     print(f"  annotated copy: {escape_control_characters(str(annotated_copy))}")
     if processed == 0:
@@ -620,7 +625,7 @@ def print_photos(photos: list[dict], args: argparse.Namespace) -> None:
         elif writer:
             writer.writerow([csv_text(photo["identity"]), created, photo["sha256"], csv_text(photo["path"])])
         else:
-            print(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {escape_control_characters(photo['path'])}")
+            print(escape_control_characters(f"{photo['identity']}  {created}  {photo['sha256'][:12]}  {photo['path']}"))
 
 
 def photo_keys(photo: str) -> set[str]:
@@ -657,7 +662,7 @@ def remove_photos(gallery, photos: list[str]) -> int:
     removed = gallery.remove_photos(list(asked))
     matched: set[str] = set()
     for face in removed:
-        print(f"removed {escape_control_characters(face['path'])} from {face['identity']}")
+        print(escape_control_characters(f"removed {face['path']} from {face['identity']}"))
         for key in face["named_by"]:
             matched |= asked[key]
     missing = [photo for photo in dict.fromkeys(photos) if photo not in matched]
@@ -704,7 +709,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     repaired = [str(w.message) for w in repairs if issubclass(w.category, GalleryWarning)]
     if args.action != "check":
         for message in repaired:
-            print(f"warning: {message}", file=sys.stderr)
+            print(f"warning: {escape_control_characters(message)}", file=sys.stderr)
     with gallery:
         if args.action == "list":
             writer = csv_output(["identity", "faces"]) if args.csv else None
@@ -714,14 +719,14 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 elif writer:
                     writer.writerow([csv_text(name), count])
                 else:
-                    print(name)
+                    print(escape_control_characters(name))
         elif args.action == "stats":
             stats = gallery.stats()
             if args.json:
                 print(json_record(stats))
             else:
                 for key, value in stats.items():
-                    print(f"{key}: {value}")
+                    print(escape_control_characters(f"{key}: {value}"))
         elif args.action == "photos":
             if args.name is not None:
                 require_enrolled(gallery, args.name)
@@ -740,7 +745,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 print(json_record({"ok": not problems, "faces": len(gallery), "problems": problems}))
             else:
                 for problem in problems:
-                    print(f"problem: {problem}")
+                    print(f"problem: {escape_control_characters(problem)}")
                 if not problems:
                     print(f"ok: {counted(len(gallery), 'face')}, index and database agree")
             if problems:

@@ -689,8 +689,9 @@ def test_remove_photo_refuses_a_folder_and_reads_a_huge_file_in_pieces(tmp_path,
 
 
 def test_gallery_photos_lists_any_path_as_csv_and_json(tmp_path, capsys, astronaut_bgr, grace_hopper_bgr):
-    """Commas, quotes, a line break and non-ASCII letters in names and paths survive --csv and --json; the CSV is
-    written as identify --csv writes it; an empty gallery lists no photo."""
+    """Commas, quotes, a line break and non-ASCII letters in names and paths survive --csv and --json (--csv spells
+    the line break as text does, \\n); the CSV is written as identify --csv writes it; an empty gallery lists no
+    photo."""
     folder = tmp_path / "people" / 'Zoë, "the" one'
     folder.mkdir(parents=True)
     names = ['a,b "c".jpg', "new\nline.jpg"]
@@ -704,7 +705,8 @@ def test_gallery_photos_lists_any_path_as_csv_and_json(tmp_path, capsys, astrona
 
     code, listed, _ = run_cli(capsys, "gallery", "photos", "--csv", "--gallery", gallery)
     rows = list(csv.DictReader(io.StringIO(listed, newline="")))
-    assert code == 0 and [(row["identity"], row["path"], row["sha256"]) for row in rows] == expected
+    assert code == 0 and [(row["identity"], row["path"], row["sha256"]) for row in rows] == [
+        (identity, path.replace("\n", "\\n"), sha256) for identity, path, sha256 in expected]
     code, out, _ = run_cli(capsys, "gallery", "photos", "--json", "--gallery", gallery)
     records = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [(record["identity"], record["path"], record["sha256"]) for record in records] == expected
@@ -762,13 +764,41 @@ def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line
     assert len(out.splitlines()) == 6  # three photos, one face each: a line per photo, a line per face
     code, _, err = run_cli(capsys, "identify", str(tmp_path / "gone\n.jpg"), "--gallery", gallery)
     assert code == 2 and err == f"error: not found: {tmp_path}/gone\\n.jpg\n"
-    # JSON and CSV escape or quote a name themselves: one record per photo still, the unreadable one too.
+    # JSON escapes a name itself: one record per photo still, the unreadable one too.
     code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--json")
     assert [json.loads(line)["image"] for line in out.splitlines()] == [
         str(folder / name) for name in ("a.jpg", "b.jpg", "not\na photo.jpg", "two\nlines\x1b[2J.jpg")]
+    # CSV spells them as text does: its quoting kept a row whole, but a terminal showing it ran the ESC.
     code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--csv")
+    assert "\x1b" not in out and len(out.splitlines()) == 5
     assert [row[0] for row in csv.reader(io.StringIO(out))][1:] == [
-        str(folder / name) for name in ("a.jpg", "b.jpg", "not\na photo.jpg", "two\nlines\x1b[2J.jpg")]
+        f"{folder}/{name}" for name in ("a.jpg", "b.jpg", "not\\na photo.jpg", "two\\nlines\\x1b[2J.jpg")]
+
+
+def test_an_escape_or_a_bidi_mark_in_a_file_name_is_spelled_out_in_text_and_csv_alike(tmp_path, people, capsys):
+    """--csv wrote a photo named bad\\x1b]0;T\\x07.jpg raw, in its image and error columns: a terminal showing the
+    CSV took it for a new window title. A right-to-left override (U+202E), which shows the rest of a line reversed,
+    is spelled out as a control character is."""
+    folder = people / "grace_hopper"
+    shutil.copy(folder / "a.jpg", folder / "\x1b[31mred.jpg")
+    shutil.copy(folder / "b.jpg", folder / "\u202egpj.jpg")
+    (folder / "bad\x1b]0;T\x07.jpg").write_text("not a photo")
+    (folder / "\u202etxt.jpg").write_text("not a photo")
+    unreadable = [f"{folder}/bad\\x1b]0;T\\x07.jpg", f"{folder}/\\u202etxt.jpg"]
+    gallery = str(tmp_path / "gallery")
+    code, _, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 1 and {line for line in err.splitlines() if line.startswith("failed ")} == {
+        f"failed {path}: not an image" for path in unreadable}
+    steering = ("\x1b", "\x07", "\u202e")
+    code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery)
+    assert code == 1 and not any(character in out + err for character in steering)
+    assert set(err.splitlines()) == {f"error: not an image: {path}" for path in unreadable}
+    assert f"{folder}/\\x1b[31mred.jpg: 1 face\n" in out and f"{folder}/\\u202egpj.jpg: 1 face\n" in out
+    code, out, _ = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--csv")
+    assert code == 1 and not any(character in out for character in steering) and len(out.splitlines()) == 7
+    errors = {row["image"]: row["error"] for row in csv.DictReader(io.StringIO(out, newline=""))}
+    assert errors == {f"{folder}/{name}": "" for name in ("a.jpg", "b.jpg", "\\x1b[31mred.jpg", "\\u202egpj.jpg")} | {
+        path: f"not an image: {path}" for path in unreadable}
 
 
 def test_a_negative_number_of_workers_is_a_usage_error(tmp_path, people, capsys):
@@ -1376,7 +1406,8 @@ def test_rename_onto_a_name_taken_asks_for_merge_and_then_says_it_merged(tmp_pat
 def test_csv_text_cells_a_spreadsheet_would_run_as_formulas_are_quoted_and_numbers_are_not(
         tmp_path, capsys, monkeypatch, astronaut_bgr):
     """An identity renamed to =HYPERLINK(...) reached a spreadsheet as a formula. Names, paths and errors that start
-    with = + - @, a tab or a carriage return get a leading ' (OWASP); a negative similarity stays a number."""
+    with = + - @ get a leading ' (OWASP; a tab or carriage return is escaped, \\t); a negative similarity stays a
+    number."""
     import facekit
 
     embedding = facekit.face_embeddings(astronaut_bgr)[0][1]
@@ -1398,6 +1429,37 @@ def test_csv_text_cells_a_spreadsheet_would_run_as_formulas_are_quoted_and_numbe
     code, out, _ = run_cli(capsys, "gallery", "photos", "--csv", "--gallery", str(gallery))
     rows = list(csv.DictReader(io.StringIO(out, newline="")))
     assert code == 0 and [(row["identity"], row["path"]) for row in rows] == [("'=HYPERLINK(1)", "'@photo.jpg")]
+
+
+def test_a_name_in_the_gallery_with_control_characters_is_spelled_out_in_every_line_printed(
+        tmp_path, capsys, astronaut_bgr):
+    """A gallery's database can be written by anyone who can write the file: an identity named with a terminal's
+    escapes cleared the screen and set the window's title when `gallery list`, `gallery photos` or `identify`
+    printed it, and a newline in it printed a second line that looked like another identity."""
+    import facekit
+
+    embedding = facekit.face_embeddings(astronaut_bgr)[0][1]
+    away = -embedding * (np.arange(embedding.size) % 2)  # not the face: unknown at the default threshold
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=embedding.size) as opened:
+        opened.add("ada", away[None], [{"path": "a.jpg", "sha256": "1" * 64, "box": [0, 0, 9, 9]}])
+    with contextlib.closing(sqlite3.connect(gallery / "gallery.sqlite")) as db, db:
+        db.execute("UPDATE identities SET name = ?", ("\x1b[2J\x1b]0;PWNED\x07normal\nfake",))
+    shown = "\\x1b[2J\\x1b]0;PWNED\\x07normal\\nfake"
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    at = ["--gallery", str(gallery)]
+    assert run_cli(capsys, "gallery", "list", *at) == (0, f"{shown}\n", "")
+    assert run_cli(capsys, "gallery", "list", "--csv", *at) == (0, f"identity,faces\r\n{shown},1\r\n", "")
+    code, out, _ = run_cli(capsys, "gallery", "photos", *at)
+    assert code == 0 and re.fullmatch(rf"{re.escape(shown)}  \S+  1{{12}}  a\.jpg\n", out)
+    code, out, _ = run_cli(capsys, "gallery", "photos", "--csv", *at)
+    assert code == 0 and [row["identity"] for row in csv.DictReader(io.StringIO(out, newline=""))] == [shown]
+    code, out, _ = run_cli(capsys, "identify", str(photo), *at, "--threshold", "-1")
+    assert code == 0 and len(out.splitlines()) == 2 and f": {shown}  similarity " in out.splitlines()[1]
+    code, out, _ = run_cli(capsys, "identify", str(photo), *at)
+    assert code == 0 and len(out.splitlines()) == 2 and f": unknown (closest: {shown})  " in out.splitlines()[1]
+    assert run_cli(capsys, "gallery", "remove-photo", "1" * 64, *at) == (0, f"removed a.jpg from {shown}\n", "")
 
 
 def test_the_parser_loads_no_opencv_and_looks_the_version_up_only_for_version():
