@@ -671,13 +671,22 @@ def remove_photos(gallery, photos: list[str]) -> int:
     return EXIT_FAILED if missing else EXIT_OK
 
 
-def require_enrolled(gallery, name: str) -> None:
-    """As remove-photo: a name that is not enrolled is a valid request that found nothing (1), while a name no
-    identity can have stays a usage error (2), from clean_identity."""
+def stored_name(name: str, faces: dict[str, int]) -> str:
+    """name as the gallery holds it: as given where a person is stored so (a database edited by hand may hold a name
+    clean_identity refuses, and its person must still be removable), else its clean_identity form."""
     from facekit.datastore import clean_identity
 
-    if clean_identity(name) not in dict(gallery.identities()):
+    return name if name in faces else clean_identity(name)
+
+
+def require_enrolled(gallery, name: str) -> dict[str, int]:
+    """The gallery's faces per person, once name is found among them. As remove-photo: a name that is not enrolled is
+    a valid request that found nothing (1), while a name no identity can have stays a usage error (2), from
+    clean_identity."""
+    faces = dict(gallery.identities())
+    if stored_name(name, faces) not in faces:
         raise CliError(f"not enrolled in {gallery.root}: {name}", EXIT_FAILED)
+    return faces
 
 
 def rename_identity(gallery, old: str, new: str, merge: bool) -> int:
@@ -685,17 +694,16 @@ def rename_identity(gallery, old: str, new: str, merge: bool) -> int:
     is said as one: two people's faces are now one person's."""
     from facekit.datastore import clean_identity
 
-    require_enrolled(gallery, old)
-    faces = dict(gallery.identities())
-    old_name, new_name = clean_identity(old), clean_identity(new)  # as the gallery holds them
+    faces = require_enrolled(gallery, old)
+    old_name, new_name = stored_name(old, faces), clean_identity(new)  # as the gallery holds them
     merging = new_name in faces and new_name != old_name
     if merging and not merge:
         raise CliError(f"identity {new_name!r} already exists: add --merge to merge {old}'s faces into it")
     gallery.rename(old, new, merge=merge)
     if merging:
-        print(f"merged {old} into {new} ({counted(faces[old_name], 'face')})")
+        print(escape_control_characters(f"merged {old} into {new} ({counted(faces[old_name], 'face')})"))
     else:
-        print(f"renamed {old} to {new}")
+        print(escape_control_characters(f"renamed {old} to {new}"))
     return EXIT_OK
 
 
@@ -734,7 +742,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         elif args.action == "remove":
             require_enrolled(gallery, args.name)
             removed = gallery.remove(args.name)
-            print(f"removed {args.name} ({counted(removed, 'face')})")
+            print(escape_control_characters(f"removed {args.name} ({counted(removed, 'face')})"))
         elif args.action == "remove-photo":
             return remove_photos(gallery, args.photos)
         elif args.action == "rename":

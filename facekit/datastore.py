@@ -15,6 +15,7 @@ time. See galleries/README.md for the on-disk format.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -46,12 +47,20 @@ FORMAT_VERSION = 1
 DB_NAME = "gallery.sqlite"
 # The embedding size of a new gallery when none is given: the shipped model's.
 DEFAULT_DIM = 512
+# The largest embedding size a gallery may hold. facekit's models give 512 (and dlib's 128); any ONNX embedder may be
+# used, but a face embedding of more than 65,536 numbers would be 256 KiB a face. Far larger (a dim in a crafted
+# database) faiss cannot make an index for, and numpy would be asked for gigabytes per row read.
+MAX_DIM = 65_536
 LOCK_NAME = "lock"
 MODEL_KEY = "model"  # meta key: sha256 of the weights whose embeddings the gallery holds
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_FILE = re.compile(r"index-(\d{8})-(\d+)\.faiss(\.tmp)?")
 # The start of a photo's sha256, as `facekit gallery photos` shows it (12 digits) or longer; 64 digits are the whole.
 SHA256_PREFIX = re.compile(r"[0-9a-fA-F]{12,63}")
+# The path facekit.add_face records for a face added from an array or image, or from bytes: it names no photo.
+PLACEHOLDER_PATHS = ("<array>", "<bytes>")
+# How much of a stored path a line of output shows (Linux's PATH_MAX): a database made elsewhere may hold millions.
+SHOWN_PATH_LENGTH = 4096
 
 # Measured with tools/bench_gallery.py (dim 512) on an idle 2-core machine, CPU time per single query:
 # exact search costs 0.3 ms per 1,000 vectors (memory bound): 3.2 ms at 10k, 26 ms at 100k, while IVF took
@@ -141,6 +150,21 @@ def clean_identity(name: object) -> str:
     if any(unicodedata.category(c) == "Cs" for c in name):  # how Python reads a non-UTF-8 byte of a file name
         raise GalleryError(f"identity name {name!r} is not valid UTF-8 (a folder name in another encoding?)")
     return name
+
+
+def _quoted_name(name: object) -> str:
+    """A stored identity name (or trigger name) for a line of output: quoted, its control, bidi and invisible characters
+    escaped, and cut at MAX_NAME_LENGTH characters, since a database made elsewhere may hold one of millions."""
+    if isinstance(name, (str, bytes)) and len(name) > MAX_NAME_LENGTH:
+        return escape_control_characters(f"{name[:MAX_NAME_LENGTH]!r}... ({len(name)} characters)")
+    return escape_control_characters(repr(name))
+
+
+def _shown_path(path: str) -> str:
+    """A stored source path for a line of output: control characters escaped (a path may hold a newline and a fake
+    "ok" line after it, or an ESC that steers the terminal), cut at SHOWN_PATH_LENGTH characters."""
+    cut = path[:SHOWN_PATH_LENGTH] + (f"... ({len(path)} characters)" if len(path) > SHOWN_PATH_LENGTH else "")
+    return escape_control_characters(cut)
 
 
 def refuse_reserved_name(name: str) -> None:
@@ -358,7 +382,8 @@ class FileLock:
 
     flock needs no write access, so a lock file this process may only read (another user's gallery) serves as
     well. One it cannot open at all is left unopened, with the reason in `error` (FileNotFoundError: there is
-    none, and none can be made here); acquiring it raises that error, and it is tried again each time."""
+    none, and none can be made here; ELOOP: it is a symbolic link); acquiring it raises that error, and it is tried
+    again each time."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -370,7 +395,8 @@ class FileLock:
     def _open(self) -> None:
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
             try:
-                self._fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+                # O_NOFOLLOW: O_CREAT would make the file a link in a gallery folder made elsewhere points at, anywhere.
+                self._fd = os.open(self.path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             except OSError as exc:
                 self.error = exc
             else:
@@ -567,6 +593,10 @@ class Gallery:
         self._thread_lock = threading.RLock()
         self._conn = self._connect(create)
         self._lock = FileLock(root / LOCK_NAME)  # after _connect: a database refused there leaves no lock file made
+        if isinstance(self._lock.error, OSError) and self._lock.error.errno == errno.ELOOP:
+            self._conn.close()
+            raise GalleryError(f"{self._lock.path} is a symbolic link, not the plain file a gallery's lock is: delete "
+                               "the link; nothing was changed")
         self._writer_depth = 0
         self.dim = 0
         self._request = "auto"
@@ -602,8 +632,8 @@ class Gallery:
         ("auto", "flat", "hnsw", "ivf") and `shards` are remembered; passing a different explicit value for an
         existing gallery rebuilds its index."""
         _check_index_kind(index)
-        if dim is not None and (not isinstance(dim, int) or dim < 1):
-            raise GalleryError(f"dim must be a positive integer, not {dim!r}")
+        if dim is not None and (not isinstance(dim, int) or not 1 <= dim <= MAX_DIM):
+            raise GalleryError(f"dim must be an integer from 1 to {MAX_DIM}, not {dim!r}")
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= 256):
             raise GalleryError(f"shards must be an integer from 1 to 256, not {shards!r}")
         root = Path(path)
@@ -774,10 +804,10 @@ class Gallery:
         return ids
 
     def remove(self, identity: str) -> int:
-        """Delete an identity and all its embeddings; returns how many embeddings went. Unknown name: error."""
-        name = clean_identity(identity)
+        """Delete an identity and all its embeddings; returns how many embeddings went. Unknown name: error. A name is
+        taken as stored where the gallery holds it so (_stored_identity)."""
         with self.writer(), self._transaction(write=True) as conn:
-            identity_id = self._identity_id(conn, name)
+            identity_id = self._identity_id(conn, self._stored_identity(conn, identity))
             removed = conn.execute("DELETE FROM embeddings WHERE identity_id = ?", (identity_id,)).rowcount
             conn.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             self._relabelled(conn)  # the index keeps the vectors as tombstones until the write ends
@@ -794,7 +824,10 @@ class Gallery:
         photo only; the start of several photos' digests is a GalleryError, and nothing is removed. A path matches
         as given, absolute (as enroll and add_face record it) or relative to the current folder (as galleries
         enrolled before they did hold it), both normalised ("./a/../a/1.jpg" is "a/1.jpg") but a symlink not
-        resolved (enrolled as named). One photo may be given alone, as a string or path."""
+        resolved (enrolled as named). One photo may be given alone, as a string or path.
+
+        "<array>" and "<bytes>", the path add_face records for every face added from an array, an image or bytes, name
+        no photo and are refused (a file so named is found as "./<array>"): such a face is removed by its sha256."""
         if isinstance(photos, (str, os.PathLike)):
             photos = [photos]
         here = os.getcwd()  # once: abspath and relpath would ask for it for every photo
@@ -802,13 +835,19 @@ class Gallery:
         by_prefix: dict[str, str] = {}
         by_path: dict[str, list[str]] = {}
         for photo in dict.fromkeys(str(photo) for photo in photos):
+            if photo in PLACEHOLDER_PATHS:  # given as the path, it would remove every such face, of every person
+                raise GalleryError(f"{photo} names no photo: it is what the gallery records as the path of every face "
+                                   "added from an array, an image or bytes; remove such a face by its sha256, as "
+                                   f"`facekit gallery photos` shows it (a file named so: ./{photo}); nothing was "
+                                   "removed")
             # Only the string as given is a digest: a path's spelling that happens to look like one is no digest.
             by_digest.setdefault(photo.lower(), []).append(photo)
             if SHA256_PREFIX.fullmatch(photo):
                 by_prefix[photo.lower()] = photo
             absolute = os.path.normpath(os.path.join(here, photo))
             # An empty string names no photo, not the current folder.
-            spellings = {photo, absolute, os.path.relpath(absolute, here)} if photo else set()
+            # A placeholder is no spelling of a file named so ("./<array>"): it would take every such face too.
+            spellings = {photo, absolute, os.path.relpath(absolute, here)} - set(PLACEHOLDER_PATHS) if photo else set()
             for path in spellings:  # as the gallery stores a path: a byte that is not UTF-8 as \xNN
                 by_path.setdefault(printable_path(path), []).append(photo)
         with self.writer(), self._transaction(write=True) as conn:
@@ -871,11 +910,13 @@ class Gallery:
 
     def rename(self, old: str, new: str, *, merge: bool = False) -> None:
         """Rename an identity. Renaming onto an existing name is refused unless merge=True, because merging
-        two people's faces by a typo is silent and hard to undo; with merge=True the embeddings join `new`."""
-        old, new = clean_identity(old), clean_identity(new)
-        if old != new:
-            refuse_reserved_name(new)
+        two people's faces by a typo is silent and hard to undo; with merge=True the embeddings join `new`. The old
+        name is taken as stored where the gallery holds it so (_stored_identity); the new must pass clean_identity."""
+        new = clean_identity(new)
         with self.writer(), self._transaction(write=True) as conn:
+            old = self._stored_identity(conn, old)
+            if old != new:
+                refuse_reserved_name(new)
             old_id = self._identity_id(conn, old)
             if old == new:
                 return
@@ -942,11 +983,12 @@ class Gallery:
     @_one_thread_at_a_time
     def photos(self, identity: str | None = None) -> list[dict]:
         """Every enrolled face's {identity, path, sha256, created} (created: Unix time), by identity then age;
-        only one identity's when named (an unknown name is a GalleryError)."""
+        only one identity's when named (an unknown name is a GalleryError; a name is taken as stored where the gallery
+        holds it so, as remove takes it)."""
         where, values = "", ()
         with self._transaction() as conn:
             if identity is not None:
-                name = clean_identity(identity)
+                name = self._stored_identity(conn, identity)
                 self._identity_id(conn, name)
                 where, values = "WHERE i.name = ?", (name,)
             rows = conn.execute(
@@ -1109,6 +1151,11 @@ class Gallery:
             raise GalleryError(f"{db} is not a facekit gallery database (tables: {names}); nothing was changed: "
                                "give the gallery a folder of its own")
         if tables:
+            if triggers := self._triggers(conn):
+                raise GalleryError(
+                    f"{db} holds a trigger ({', '.join(triggers)}), which facekit never makes: it could keep copies of "
+                    "removed faces; nothing was changed: drop it (sqlite3's DROP TRIGGER) if you trust the rest of the "
+                    "database, or restore it from a backup")
             return
         if holds_index or holds_log:
             what = "index files" if holds_index else f"a write-ahead log ({db.name}-wal)"
@@ -1116,6 +1163,12 @@ class Gallery:
                                "database from a backup; nothing was changed")
         if not create:
             raise GalleryError(f"no gallery at {self.root} ({DB_NAME} there is empty)")
+
+    @staticmethod
+    def _triggers(conn: sqlite3.Connection) -> list[str]:
+        """The database's triggers, quoted for a line of output. facekit makes none: one in a database made elsewhere
+        (AFTER DELETE ON embeddings, copying the row) would keep what a removal must delete."""
+        return [_quoted_name(name) for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
 
     def _read_only_mode(self) -> str:
         """How SQLite can read a gallery this process cannot write, without making any file there.
@@ -1262,10 +1315,21 @@ class Gallery:
         refuse_reserved_name(name)
         return conn.execute("INSERT INTO identities(name, created) VALUES (?, ?)", (name, now)).lastrowid
 
+    @staticmethod
+    def _stored_identity(conn: sqlite3.Connection, identity: object) -> str:
+        """identity exactly as stored if the gallery holds that name, else its clean_identity form (or GalleryError). A
+        database made elsewhere may hold a name clean_identity refuses or changes (an ESC, 50 million characters, spaces
+        around it): its person must still be removable and renamable by it."""
+        with contextlib.suppress(UnicodeEncodeError):  # a name SQLite cannot take (a lone surrogate) is stored by none
+            if isinstance(identity, str) and conn.execute("SELECT 1 FROM identities WHERE name = ?",
+                                                          (identity,)).fetchone():
+                return identity
+        return clean_identity(identity)
+
     def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise GalleryError(f"no identity named {name!r} in {self.root}")
+            raise GalleryError(f"no identity named {_quoted_name(name)} in {self.root}")
         return row[0]
 
     def _init_schema(self, dim: int | None, index: str, shards: int | None) -> bool:
@@ -1314,8 +1378,12 @@ class Gallery:
                 raise GalleryError(f"{self.root / DB_NAME} is damaged: its {key} setting is missing or not a "
                                    "positive integer; restore the database from a backup")
         if self._meta_int("format_version") > FORMAT_VERSION:
-            raise GalleryError(f"{self.root} was written by a newer facekit (format {self._meta('format_version')})")
+            raise GalleryError(f"{self.root} was written by a newer facekit "
+                               f"(format {self._meta_int('format_version')})")
         self.dim = self._meta_int("dim")
+        if self.dim > MAX_DIM:  # a crafted value: faiss cannot make the index, reading a row would take gigabytes
+            raise GalleryError(f"{self.root / DB_NAME} is damaged: its dim setting is {self.dim}, outside 1 to "
+                               f"{MAX_DIM}; restore the database from a backup")
         if dim is not None and self.dim != dim:
             raise GalleryError(f"gallery {self.root} holds {self.dim}-d embeddings, not {dim}-d (another model?)")
         self._read_index_settings()
@@ -1402,7 +1470,7 @@ class Gallery:
                     shard = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
             except FileNotFoundError:
                 raise self._missing_index_file(entry['name']) from None
-            except (OSError, RuntimeError) as exc:
+            except (OSError, RuntimeError, MemoryError) as exc:  # MemoryError: a crafted length asks for terabytes
                 raise GalleryError(f"index file {entry['name']} is unreadable") from exc
             if shard.ntotal != entry["ntotal"] or shard.d != self.dim:
                 raise GalleryError(f"index file {entry['name']} does not hold what the manifest says")
@@ -1448,7 +1516,7 @@ class Gallery:
             self._left_out = np.union1d(self._left_out, left_out)
             untold = np.setdiff1d(left_out, self._told_damaged)
             self._told_damaged = np.union1d(self._told_damaged, untold)
-            paths = list(self._source_paths(untold).values())
+            paths = [_shown_path(path) for path in self._source_paths(untold).values()]
             if paths:
                 shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
                 warnings.warn(f"gallery {self.root}: the index leaves out faces whose vector in {DB_NAME} is damaged "
@@ -1655,13 +1723,22 @@ class Gallery:
         for (name,) in self._conn.execute(
             "SELECT name FROM identities i WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.identity_id = i.id)"
         ):
-            problems.append(f"identity {name!r} has no embeddings")
+            problems.append(f"identity {_quoted_name(name)} has no embeddings")
+        for (name,) in self._conn.execute("SELECT name FROM identities ORDER BY name"):
+            try:  # facekit stores none of these; a database made elsewhere may (remove and rename take it as stored)
+                clean_identity(name)
+            except GalleryError as exc:
+                problems.append(f"identity {_quoted_name(name)} is a name facekit refuses ({one_line(exc)}): rename or "
+                                "remove it")
+        problems.extend(f"the database holds a trigger, {name}, which facekit never makes: it could keep copies of "
+                        "removed faces" for name in self._triggers(self._conn))
         for key in self._lost_settings():
             problems.append(f"the {key} setting in {DB_NAME} is missing or damaged")
         damaged = self._damaged_vectors()
         for embedding_id, path in sorted(self._source_paths(damaged).items()):
-            problems.append(f"embedding {embedding_id} ({path}) has a damaged vector (not {self.dim} float32 numbers "
-                            "of unit length): take the photo out with `facekit gallery remove-photo`, enroll it again")
+            problems.append(f"embedding {embedding_id} ({_shown_path(path)}) has a damaged vector (not {self.dim} "
+                            "float32 numbers of unit length): take the photo out with `facekit gallery remove-photo`, "
+                            "enroll it again")
         try:
             manifest = self._manifest()
             on_disk = self._read_index_files(manifest)

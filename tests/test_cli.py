@@ -1459,6 +1459,12 @@ def test_a_name_in_the_gallery_with_control_characters_is_spelled_out_in_every_l
     assert code == 0 and len(out.splitlines()) == 2 and f": {shown}  similarity " in out.splitlines()[1]
     code, out, _ = run_cli(capsys, "identify", str(photo), *at)
     assert code == 0 and len(out.splitlines()) == 2 and f": unknown (closest: {shown})  " in out.splitlines()[1]
+    # Such a person can be renamed and removed by the name as stored (the CLI refused it as no identity's name).
+    raw = "\x1b[2J\x1b]0;PWNED\x07normal\nfake"
+    renamed, removed = (["--gallery", str(shutil.copytree(gallery, tmp_path / copy))] for copy in ("a", "b"))
+    assert run_cli(capsys, "gallery", "rename", raw, "ada", *renamed) == (0, f"renamed {shown} to ada\n", "")
+    assert run_cli(capsys, "gallery", "list", *renamed) == (0, "ada\n", "")
+    assert run_cli(capsys, "gallery", "remove", raw, *removed) == (0, f"removed {shown} (1 face)\n", "")
     assert run_cli(capsys, "gallery", "remove-photo", "1" * 64, *at) == (0, f"removed a.jpg from {shown}\n", "")
 
 
