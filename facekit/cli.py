@@ -793,10 +793,10 @@ def quiet_opencv() -> None:
     """No log lines of OpenCV's own ("[ WARN:0@0.4] global loadsave.cpp ...") or of the FFmpeg it reads videos with
     ("[mjpeg @ 0x...] No JPEG data found"): facekit says what failed in one line of its own. OPENCV_LOG_LEVEL and
     OPENCV_FFMPEG_LOGLEVEL, where set, still decide, to debug OpenCV itself."""
-    import cv2
+    from facekit.imageio import OPENCV_LOG_SILENT, set_opencv_log_level
 
     if "OPENCV_LOG_LEVEL" not in os.environ:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        set_opencv_log_level(OPENCV_LOG_SILENT)
     # AV_LOG_QUIET. OpenCV reads it as it first opens a video, so it holds where none has been opened yet.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 

@@ -204,17 +204,17 @@ def _load_yunet(model_path: Path, score_threshold: float, nms_threshold: float) 
     """FaceDetectorYN on model_path, run once on a blank image: a file that is not a YuNet model (any other network,
     which OpenCV loads without a word, or no network at all) is a ValueError naming it here, not a cv2.error at the
     first photo."""
+    from facekit.imageio import opencv_log_silenced
+
     # OpenCV logs its own lines about the layers it cannot shape; the ValueError says it in one.
-    previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
-        net.setInputSize((YUNET_MIN_INPUT, YUNET_MIN_INPUT))
-        net.detect(np.zeros((YUNET_MIN_INPUT, YUNET_MIN_INPUT, 3), np.uint8))
+        with opencv_log_silenced():
+            net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
+            net.setInputSize((YUNET_MIN_INPUT, YUNET_MIN_INPUT))
+            net.detect(np.zeros((YUNET_MIN_INPUT, YUNET_MIN_INPUT, 3), np.uint8))
     except cv2.error as exc:
         reason = "an empty file" if model_path.stat().st_size == 0 else f"OpenCV: {exc.err}"
         raise ValueError(f"{model_path} is not a YuNet face detector model ({reason})") from None
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
     return net
 
 

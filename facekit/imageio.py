@@ -8,13 +8,14 @@ OpenCV is only a fallback for TIFFs that Pillow cannot open at all (float colour
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -359,15 +360,35 @@ def _float_to_uint8(values: np.ndarray) -> np.ndarray:
         return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
+# OpenCV's silent log level, the same number in both of its calls below.
+OPENCV_LOG_SILENT = 0
+
+
+def set_opencv_log_level(level: int) -> int:
+    """Set OpenCV's log level; returns the one it replaces. OpenCV 4.13 moved the call to cv2.utils.logging and
+    4.14 dropped cv2.setLogLevel, which 4.8 to 4.12 have alone (facekit takes 4.8 on)."""
+    logging_module = getattr(cv2.utils, "logging", None)
+    if logging_module is not None:
+        return logging_module.setLogLevel(level)
+    return cv2.setLogLevel(level)
+
+
+@contextlib.contextmanager
+def opencv_log_silenced() -> Iterator[None]:
+    """No log lines of OpenCV's own inside the block: facekit says what failed in one line of its own."""
+    previous = set_opencv_log_level(OPENCV_LOG_SILENT)
+    try:
+        yield
+    finally:
+        set_opencv_log_level(previous)
+
+
 def _decode_with_opencv(data: bytes) -> np.ndarray | None:
     """Fallback for TIFFs Pillow cannot open (float colour, big-endian BigTIFF). Size is checked already."""
     # A file this fails on is reported as one error line; OpenCV would add its codec's own lines to stderr.
-    previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
+    with opencv_log_silenced():
         # ANYCOLOR keeps a grey float image grey: asked for colour, OpenCV refuses it. Either applies the orientation.
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
     if pixels is None or not (pixels.ndim == 2 or pixels.shape[2] == 3):
         return None
     if pixels.dtype != np.uint8:

@@ -220,7 +220,7 @@ def _plain_bgr(data: bytes) -> np.ndarray:
     conversions, composited on white where there is transparency, and numpy's channel flip."""
     with Image.open(io.BytesIO(data)) as image:
         upright = ImageOps.exif_transpose(image)
-    if upright.mode == "I;16":
+    if upright.mode in ("I;16", "I"):  # Pillow 9.5 opens a 16-bit grey PNG as "I"
         return np.dstack([(np.asarray(upright) // 257).astype(np.uint8)] * 3)
     if upright.mode in ("RGBA", "LA") or (upright.mode == "P" and "transparency" in upright.info):
         white = Image.new("RGBA", upright.size, (255, 255, 255, 255))
@@ -685,3 +685,24 @@ def test_a_binary_file_object_loads_as_its_file_does(grace_hopper_path: Path, tm
     with pytest.raises(ImageError, match=r"^file too large for an image: "):
         load_image(stream)
     assert stream.tell() == 1001
+
+
+def test_opencv_before_4_13_is_silenced_through_its_older_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cv2.utils.logging came with OpenCV 4.13; 4.8 to 4.12, which facekit takes (pip picks 4.11 beside numpy<2),
+    have cv2.setLogLevel alone: every command ended in AttributeError, 'cv2.utils' has no attribute 'logging'."""
+    from facekit.cli import quiet_opencv
+
+    levels = [3]
+
+    def older_call(level: int) -> int:
+        levels.append(level)
+        return levels[-2]
+
+    monkeypatch.delattr(cv2.utils, "logging")
+    monkeypatch.setattr(cv2, "setLogLevel", older_call, raising=False)
+    monkeypatch.delenv("OPENCV_LOG_LEVEL", raising=False)
+    with imageio.opencv_log_silenced():
+        assert levels == [3, 0]
+    assert levels == [3, 0, 3]
+    quiet_opencv()
+    assert levels[-1] == imageio.OPENCV_LOG_SILENT == 0
