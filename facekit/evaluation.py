@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +26,7 @@ class Pair:
     path2: str
     same: bool
     fold: int | None = None
+    line: int | None = field(default=None, compare=False)  # of a pairs CSV, for naming it in an error
 
 
 def read_lfw_pairs(pairs_file: str | Path, image_root: str | Path) -> list[Pair]:
@@ -67,7 +70,7 @@ def read_lfw_pairs(pairs_file: str | Path, image_root: str | Path) -> list[Pair]
                              f"the header ({folds} folds of {per_fold} same, then {per_fold} different pairs) "
                              f"puts a {'different' if pair.same else 'same'} one")
         numbered.append((number, pair))
-    _refuse_repeated_pairs(pairs_file, numbered)
+    refuse_repeated_pairs(pairs_file, numbered)
     return [pair for _, pair in numbered]
 
 
@@ -75,16 +78,22 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()  # int() would also take "+1", "1_0" and other scripts' digits
 
 
-def _refuse_repeated_pairs(source: str | Path, numbered: list[tuple[int, Pair]]) -> None:
+def refuse_repeated_pairs(source: str | Path, numbered: list[tuple[int, Pair]],
+                          image: Callable[[str], str] = os.path.abspath, alike: str = "") -> None:
     """A pair listed twice counts twice in every figure, and where its copies lie in different folds one is
-    scored with a threshold tuned on the other; an image paired with itself measures nothing."""
+    scored with a threshold tuned on the other; an image paired with itself measures nothing (it scores about 1).
+    image(path) names an image: by default its absolute path, so "a.jpg" and "/data/a.jpg" under root /data are
+    one; `eval pairs` passes the file's content. alike says how two names were found alike."""
     seen: dict[frozenset[str], int] = {}
     for line, pair in numbered:
-        key = frozenset(os.path.normpath(path) for path in (pair.path1, pair.path2))
+        key = frozenset(image(path) for path in (pair.path1, pair.path2))
         if len(key) == 1:
-            raise ValueError(f"{source}: line {line}: an image paired with itself: {pair.path1}")
+            raise ValueError(f"{source}: line {line}: an image paired with itself: {pair.path1}"
+                             + (f" and {pair.path2}" if pair.path2 != pair.path1 else "")
+                             + (f" ({alike})" if alike else ""))
         if key in seen:
-            raise ValueError(f"{source}: line {line} repeats the pair of line {seen[key]} (in either order)")
+            raise ValueError(f"{source}: line {line} repeats the pair of line {seen[key]} (in either order"
+                             f"{'; ' + alike if alike else ''})")
         seen[key] = line
 
 
@@ -102,12 +111,25 @@ SAME_VALUES = {"1", "true", "yes", "same"}
 DIFFERENT_VALUES = {"0", "false", "no", "different"}
 
 
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
 def csv_rows(csv_file: str | Path, columns: set[str]) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) for each row of a CSV that has the columns; a row that is short, too long (a comma
-    in an unquoted path) or has an empty one of them is a ValueError naming its line. A BOM is allowed."""
+    in an unquoted path) or has an empty one of them is a ValueError naming its line. A BOM is allowed.
+
+    The separator is the comma, semicolon or tab that the header line holds most of (European Excel writes
+    semicolons, other tools tabs), and column names match in any case, with spaces around them ignored."""
     rows = []
     with open(csv_file, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, skipinitialspace=True)
+        header = next((line for line in handle if line.strip()), None)
+        if header is None:
+            raise ValueError(f"{csv_file}: empty file: its first line must name the columns "
+                             f"({', '.join(sorted(columns))}), then a row per line")
+        separator = max(SEPARATORS, key=header.count)  # a tie (a header of one column) is the comma
+        handle.seek(0)
+        reader = csv.DictReader(handle, delimiter=separator, skipinitialspace=True)
+        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
         missing = columns - set(reader.fieldnames or [])
         if missing and not set(reader.fieldnames or []) & columns:  # a pair or probe where the names should be
             raise ValueError(f"{csv_file}: no header row: its first line must name the columns "
@@ -119,7 +141,7 @@ def csv_rows(csv_file: str | Path, columns: set[str]) -> list[tuple[int, dict[st
                 continue  # a blank line
             if None in row or None in row.values():
                 raise ValueError(f"{csv_file}: line {reader.line_num}: expected {len(reader.fieldnames)} columns "
-                                 "(quote a path that holds a comma)")
+                                 f"(quote a path that holds a {SEPARATORS[separator]})")
             empty = sorted(name for name in columns if not row[name].strip())
             if empty:
                 raise ValueError(f"{csv_file}: line {reader.line_num}: empty {', '.join(empty)}")
@@ -144,14 +166,33 @@ def read_pairs_csv(csv_file: str | Path, root: str | Path | None = None) -> list
         except ValueError:
             raise ValueError(f"{csv_file}: line {line}: fold must be an integer, not {fold_text!r}") from None
         numbered.append((line, Pair(str(base / row["path1"].strip()), str(base / row["path2"].strip()),
-                                    label in SAME_VALUES, fold)))
+                                    label in SAME_VALUES, fold, line)))
     pairs = [pair for _, pair in numbered]
     if not pairs:
         raise ValueError(f"{csv_file}: no pairs")
     if len({pair.fold is None for pair in pairs}) > 1:
         raise ValueError(f"{csv_file}: give a fold on every row or on none")
-    _refuse_repeated_pairs(csv_file, numbered)
+    refuse_repeated_pairs(csv_file, numbered)
     return pairs
+
+
+def refuse_one_kind(same: np.ndarray, folds: np.ndarray | None = None, found: str = "") -> None:
+    """Verification needs both kinds of pair: of one kind, AUC came out 0 and EER 0 or 1. With folds, so does
+    each fold's threshold, tuned on the pairs outside it; of one kind, it lands beyond all of them and the fold
+    scores the share of its pairs of the other kind, whatever the model. found: which pairs were counted."""
+    if same.all() or not same.any():
+        raise ValueError(f"the {len(same)} pairs{found} are all {'same' if same.any() else 'different'}-person "
+                         "pairs: verification needs both kinds")
+    pairs_in = Counter(folds.tolist() if folds is not None else [])
+    if len(pairs_in) < 2:  # no folds: one threshold is tuned on all the pairs
+        return
+    same_in = Counter(folds[same].tolist())
+    for fold, count in pairs_in.items():
+        outside_same = int(same.sum()) - same_in[fold]
+        if outside_same == 0 or outside_same == len(same) - count:
+            raise ValueError(f"the pairs outside fold {fold}{found} are all "
+                             f"{'different' if outside_same == 0 else 'same'}-person pairs, so fold {fold}'s "
+                             "threshold cannot be tuned on them: give every fold's complement both kinds")
 
 
 def _accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float, failed: np.ndarray) -> float:
@@ -223,10 +264,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     scores = np.asarray(scores, dtype=np.float64)
     same = np.asarray(same, dtype=bool)
     failed = np.zeros(len(scores), bool) if failed is None else np.asarray(failed, dtype=bool)
-    if same.all() or not same.any():
-        # No ROC without both kinds: AUC came out 0 and EER 0 or 1, where they mean nothing.
-        raise ValueError(f"the {len(scores)} pairs are all {'same' if same.any() else 'different'}-person pairs: "
-                         "verification needs both kinds")
+    refuse_one_kind(same)
     if failed.all():
         raise ValueError(f"no pair of the {len(scores)} has a face found in both images")
     if not np.isfinite(scores[~failed]).all():
@@ -237,10 +275,13 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     if fold_count > 1:
         accuracies, thresholds = [], []
         for fold in np.unique(folds):
+            if not ((folds != fold) & ~failed).any():
+                raise ValueError(f"no pair outside fold {fold} has a face found in both images")
+        # Where faces were missed, the pairs left to tune a fold's threshold on may be of one kind.
+        refuse_one_kind(same[~failed], folds[~failed], " with a face found in both images" if failed.any() else "")
+        for fold in np.unique(folds):
             test = folds == fold
             usable = ~test & ~failed
-            if not usable.any():
-                raise ValueError(f"no pair outside fold {fold} has a face found in both images")
             threshold = best_threshold(scores[usable], same[usable])
             thresholds.append(threshold)
             accuracies.append(_accuracy_at(scores[test], same[test], threshold, failed[test]))

@@ -8,11 +8,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from facekit.errors import json_record
+
+if TYPE_CHECKING:
+    from facekit.evaluation import Pair
 
 Parsed = TypeVar("Parsed")
 
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         plot_roc,
         read_lfw_pairs,
         read_pairs_csv,
+        refuse_one_kind,
         verification_metrics,
     )
 
@@ -99,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         pairs = read_list_file(args.pairs, "text file", lambda: read_lfw_pairs(args.pairs, args.root))
     elif args.protocol == "pairs":
         pairs = read_list_file(args.pairs_csv, "CSV file", lambda: read_pairs_csv(args.pairs_csv, args.root))
+    if args.protocol != "identify":
+        has_folds = args.protocol == "lfw" or any(p.fold is not None for p in pairs)
+        try:  # pairs of one kind were refused only once every image had been embedded
+            refuse_one_kind(np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]) if has_folds else None)
+        except ValueError as exc:
+            raise CliError(f"{args.pairs if args.protocol == 'lfw' else args.pairs_csv}: {exc}") from None
     pipeline = make_pipeline(args)
     progress = shows_progress(args)
     extra: dict = {}
@@ -110,10 +120,12 @@ def run(args: argparse.Namespace) -> int:
         if missing:  # a wrong --root or a misspelt path, not a face the detector missed
             raise CliError(f"{len(missing)} of the {len(paths)} images are missing, such as {missing[0]} "
                            "(relative paths start from --root, or the list's folder)")
+        if args.protocol == "pairs":
+            pairs = one_spelling_per_image(args.pairs_csv, pairs)
+            paths = sorted({p for pair in pairs for p in (pair.path1, pair.path2)})
         unreadable: dict[str, str] = {}
         table = embed_paths(pipeline, paths, args.workers, progress, unreadable=unreadable)
         scores, same, folds, failed = pair_scores(pairs, table)
-        has_folds = args.protocol == "lfw" or any(p.fold is not None for p in pairs)
         result = verification_metrics(scores, same, folds if has_folds else None, failed=failed)
         # As for identify: a pair with a broken file failed, but not because a face was missed.
         unread_pairs = sum(p.path1 in unreadable or p.path2 in unreadable for p in pairs)
@@ -129,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     result.update(extra)
     result["detector"] = type(pipeline.detector).__name__
     result["flip_tta"] = pipeline.flip
+    if args.protocol == "identify" and result["gallery_identities"] <= 5:
+        # Every probe with a face found ranks 5th or better among 5 people: the figure measures nothing.
+        print(f"warning: rank-5 is the share of probes with a face found, by construction: the gallery has only "
+              f"{result['gallery_identities']} people (more than 5 make it a measure)", file=sys.stderr)
     if args.json:
         print(json_record(result))
     else:
@@ -152,6 +168,32 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"the results are above, but the ROC plot was not saved to {args.plot}: "
                            f"{getattr(exc, 'strerror', None) or exc}") from exc
     return 0
+
+
+def one_spelling_per_image(pairs_file: str, pairs: list[Pair]) -> list[Pair]:
+    """The pairs with each image under the first name the list gives its content, so that it is embedded and
+    counted once. As `eval identify` does for probes, one image under two names (an absolute path and a relative
+    one, or a copy) is found by its SHA-256: paired with itself, or in a pair listed twice, it scored about 1 and
+    raised the accuracy; such a list is refused."""
+    from dataclasses import replace
+
+    from facekit.evaluation import refuse_repeated_pairs
+    from facekit.imageio import ImageError, read_image_file
+
+    first_name: dict[str, str] = {}  # content digest -> the first path with it
+    names: dict[str, str] = {}  # path -> that first path
+
+    def image(path: str) -> str:
+        if path not in names:
+            try:
+                digest = hashlib.sha256(read_image_file(path)).hexdigest()
+            except ImageError:
+                digest = os.path.realpath(path)  # reported as unreadable when the images are embedded
+            names[path] = first_name.setdefault(digest, path)
+        return names[path]
+
+    refuse_repeated_pairs(pairs_file, [(pair.line, pair) for pair in pairs], image, "the same file content")
+    return [replace(pair, path1=image(pair.path1), path2=image(pair.path2)) for pair in pairs]
 
 
 def read_list_file(path: str, kind: str, read: Callable[[], Parsed]) -> Parsed:
@@ -235,6 +277,12 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     names = [n for n in names if centre[n]]
     if not names:
         raise CliError(f"no face found in any gallery image{unreadable_note(gallery_unreadable)}")
+    for (line, _), (_, identity) in zip(probe_lines, probes):
+        if not centre[identity]:  # as a person without a folder: a miss at every rank, unannounced
+            own = {path: gallery_unreadable[path] for who, path in enrolled
+                   if who == identity and path in gallery_unreadable}
+            raise CliError(f"{probes_file}: line {line}: {identity!r} has no photo with a face found in "
+                           f"{args.gallery_dir}{unreadable_note(own)}")
     if len(names) < 2:  # every probe would be first among one, and no comparison would be of different people
         raise CliError(f"identification needs 2 or more people with a face found in the gallery, not only {names[0]!r}")
     stacked = [np.stack(centre[n]) for n in names]

@@ -16,6 +16,8 @@ from test_cli import variant
 
 from facekit.cli import main
 
+RANK5_WARNING = ("warning: rank-5 is the share of probes with a face found, by construction: the gallery has only {} "
+                 "people (more than 5 make it a measure)")
 PAIR_KEYS = {"accuracy", "accuracy_std", "auc", "eer", "tar_at_far_1e-3", "threshold", "pairs", "no_face"}
 
 
@@ -79,6 +81,39 @@ def test_eval_pairs_csv(tmp_path, capsys, photos):
     assert code == 2 and err.startswith("error: 5 of the 5 images are missing") and err.count("\n") == 1
     # Without folds, one threshold is chosen on all pairs; two women this different separate fully.
     assert result["accuracy"] == 1.0
+
+
+def test_eval_pairs_reads_a_semicolon_csv_and_counts_each_image_once(tmp_path, capsys, photos):
+    # European Excel's "CSV": BOM, semicolons, quoted names, CRLF; its header was "no header row". grace3 is a byte
+    # copy of grace1, so 4 distinct images (5 were counted, and the copy embedded twice).
+    (tmp_path / "photos" / "grace3.jpg").write_bytes(photos["grace1"].read_bytes())
+    rows = [("Path1", "Path2", "Same")] + [(f"photos/{a}.jpg", f"photos/{b}.jpg", same) for a, b, same in (
+        ("eileen0", "eileen2", "1"), ("grace0", "grace1", "1"), ("eileen0", "grace0", "0"), ("eileen2", "grace3", "0"))]
+    text = "".join(";".join(f'"{field}"' for field in row) + "\r\n" for row in rows)
+    (tmp_path / "pairs.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    code, result = run_eval(capsys, "pairs", str(tmp_path / "pairs.csv"))
+    assert code == 0 and result["pairs"] == 4 and result["no_face"] == 0 and result["accuracy"] == 1.0
+    assert result["images"] == 4 and result["images_without_face"] == 0
+
+
+def test_eval_identify_refuses_a_person_without_a_gallery_face(tmp_path, capsys, photos):
+    # Her folder held only a faceless photo: her probe was a miss at every rank, rank-1 fell, exit 0.
+    for name in ("eileen", "grace", "nobody"):
+        (tmp_path / "people" / name).mkdir(parents=True)
+    photos["eileen0"].rename(tmp_path / "people" / "eileen" / "0.jpg")
+    photos["grace0"].rename(tmp_path / "people" / "grace" / "0.jpg")
+    cv2.imwrite(str(tmp_path / "people" / "nobody" / "blank.jpg"), np.full((200, 200, 3), 127, np.uint8))
+    probes = tmp_path / "probes.csv"
+    probes.write_text("path,identity\nphotos/eileen2.jpg,eileen\nphotos/grace2.jpg,grace\nphotos/grace1.jpg,nobody\n")
+    command = ["eval", "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes), "--quiet"]
+    assert main(command) == 2
+    assert capsys.readouterr().err == (f"error: {probes}: line 4: 'nobody' has no photo with a face found in "
+                                       f"{tmp_path / 'people'}\n")
+    # Without her probe it runs; with 2 people rank-5 is 1.0 whatever the model, and stderr says so.
+    probes.write_text("path,identity\nphotos/eileen2.jpg,eileen\nphotos/grace2.jpg,grace\n")
+    assert main([*command, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["rank5"] == 1.0 and err == RANK5_WARNING.format(2) + "\n"
 
 
 def test_eval_identify(tmp_path, capsys, photos):
@@ -204,6 +239,14 @@ def test_identify_needs_two_people_with_a_face(tmp_path, capsys, fake_pipeline):
     assert capsys.readouterr().err.startswith("error: identification needs 2 or more people")
 
 
+def test_identify_warns_of_rank5_only_with_5_people_or_fewer(tmp_path, capsys, fake_pipeline):
+    people = {name: [f"1,{index}"] for index, name in enumerate(("ada", "bea", "cat", "dee", "eve", "fay"))}
+    args = gallery_and_probes(tmp_path, people, [("p1.jpg", "1,0.1", "ada")])
+    assert main(args) == 0 and capsys.readouterr().err == ""
+    (tmp_path / "people" / "fay" / "0.jpg").write_text("")  # no face: 5 people left
+    assert main(args) == 0 and capsys.readouterr().err == RANK5_WARNING.format(5) + "\n"
+
+
 def test_identify_counts_comparisons_and_probes_without_a_face_apart(tmp_path, capsys, fake_pipeline):
     args = gallery_and_probes(tmp_path, {"ada": ["1,0", ""], "grace": ["0,1"], "hedy": ["0.6,0.8"]},
                               [("p1.jpg", "1,0.1", "ada"), ("p2.jpg", "", "grace"), ("p3.jpg", "0.5,0.9", "grace")])
@@ -221,7 +264,8 @@ def test_identify_text_names_unreadable_images_and_counts_them_apart(tmp_path, c
                               [("p1.jpg", "1,0.1", "ada"), ("p2.jpg", "", "grace"), ("p3.jpg", "corrupt", "grace")])
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert err.splitlines() == [f"warning: corrupt or truncated image: {tmp_path / 'people' / 'ada' / '1.jpg'}",
+    assert err.splitlines() == [RANK5_WARNING.format(2),
+                                f"warning: corrupt or truncated image: {tmp_path / 'people' / 'ada' / '1.jpg'}",
                                 f"warning: corrupt or truncated image: {tmp_path / 'p3.jpg'}"]
     assert "pairs           6 (2 with a face not found, 2 with an unreadable image, counted as errors)" in out
     assert "probes          3 (1 with a face not found, 1 unreadable: a miss at every rank)" in out
@@ -321,11 +365,56 @@ def test_plot_that_fails_late_keeps_the_results(tmp_path, capsys, monkeypatch, f
 
 
 def test_eval_pairs_of_one_kind_is_an_error(tmp_path, capsys, fake_pipeline):
-    # All "same": AUC came out 0 and EER 0 with exit 0.
+    # All "same": AUC came out 0 and EER 0 with exit 0; then refused, but only once every image was embedded.
     args = pairs_command(tmp_path)
     (tmp_path / "pairs.csv").write_text("path1,path2,same\na1.jpg,a2.jpg,1\nb1.jpg,b2.jpg,1\n")
     assert main(args) == 2
-    assert capsys.readouterr().err.startswith("error: the 2 pairs are all same-person pairs")
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'pairs.csv'}: the 2 pairs are all same-person pairs: "
+                                       "verification needs both kinds\n")
+    assert fake_pipeline == []
+
+
+def test_eval_pairs_refuses_a_fold_tuned_on_pairs_of_one_kind(tmp_path, capsys, fake_pipeline):
+    # Fold 0's threshold came from fold 1's different pairs alone: above them all, so fold 0's same pairs were all
+    # rejected whatever the model, and the run reported 50 % accuracy. Refused, as the list alone shows it.
+    args = pairs_command(tmp_path)
+    (tmp_path / "pairs.csv").write_text("path1,path2,same,fold\na1.jpg,a2.jpg,1,0\nb1.jpg,b2.jpg,1,0\n"
+                                        "a1.jpg,b1.jpg,0,1\na2.jpg,b2.jpg,0,1\n")
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'pairs.csv'}: the pairs outside fold 0 are all different-person pairs, so fold 0's "
+        "threshold cannot be tuned on them: give every fold's complement both kinds\n")
+    assert fake_pipeline == []
+
+
+@pytest.mark.parametrize("rows, message", [
+    # one image under a second name, paired with itself: it scored about 1.0
+    ("a1.jpg,a2.jpg,1\nb1.jpg,copy.jpg,1\na1.jpg,b1.jpg,0\n",
+     "line 3: an image paired with itself: {b1} and {copy} (the same file content)"),
+    # a pair listed again with an image under another name: counted twice
+    ("a1.jpg,a2.jpg,1\nb1.jpg,b2.jpg,1\na1.jpg,b1.jpg,0\nb2.jpg,copy.jpg,1\n",
+     "line 5 repeats the pair of line 3 (in either order; the same file content)"),
+])
+def test_eval_pairs_refuses_one_image_under_two_names_by_content(tmp_path, capsys, fake_pipeline, rows, message):
+    args = pairs_command(tmp_path)
+    (tmp_path / "copy.jpg").write_bytes((tmp_path / "b1.jpg").read_bytes())
+    (tmp_path / "pairs.csv").write_text("path1,path2,same\n" + rows)
+    assert main(args) == 2
+    expected = message.format(b1=tmp_path / "b1.jpg", copy=tmp_path / "copy.jpg")
+    assert capsys.readouterr().err == f"error: {tmp_path / 'pairs.csv'}: {expected}\n"
+    assert fake_pipeline == []  # refused before any image was embedded
+
+
+def test_eval_pairs_counts_and_embeds_each_image_once(tmp_path, capsys, monkeypatch, fake_pipeline):
+    # a1 as "a1.jpg" and as its absolute path, and a byte copy of b2: 35 images were counted for 33 files.
+    pairs_command(tmp_path)
+    (tmp_path / "copy.jpg").write_bytes((tmp_path / "b2.jpg").read_bytes())
+    (tmp_path / "pairs.csv").write_text(f"path1,path2,same\na1.jpg,a2.jpg,1\nb1.jpg,b2.jpg,1\n"
+                                        f"{tmp_path / 'a1.jpg'},b1.jpg,0\na2.jpg,copy.jpg,0\n")
+    monkeypatch.chdir(tmp_path)
+    code, result = run_eval(capsys, "pairs", "pairs.csv", "--root", ".")
+    assert code == 0 and result["images"] == 4 and result["pairs"] == 4
+    assert sorted(fake_pipeline) == ["a1.jpg", "a2.jpg", "b1.jpg", "b2.jpg"]
 
 
 def test_eval_pairs_text_says_what_its_figures_are(tmp_path, capsys, fake_pipeline):

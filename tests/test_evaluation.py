@@ -9,6 +9,7 @@ from facekit.evaluation import (
     OPEN_SET_FARS,
     Pair,
     best_threshold,
+    csv_rows,
     format_metrics,
     impostor_thresholds,
     read_lfw_pairs,
@@ -384,3 +385,53 @@ def test_pairs_csv_lists_that_measure_nothing_or_count_twice(tmp_path, body, mes
     (tmp_path / "pairs.csv").write_text("path1,path2,same\n" + body)
     with pytest.raises(ValueError, match=message):
         read_pairs_csv(tmp_path / "pairs.csv")
+
+
+@pytest.mark.parametrize("text", [
+    '\ufeff"path1";"path2";"same";"fold"\r\n"a.jpg";"x,1.jpg";"1";"0"\r\n"a.jpg";"c.jpg";"0";"1"\r\n',  # European Excel
+    "path1\tpath2\tsame\tfold\na.jpg\tx,1.jpg\t1\t0\na.jpg\tc.jpg\t0\t1\n",  # tab-separated
+    "Path1,Path2,Same,Fold\na.jpg,\"x,1.jpg\",1,0\na.jpg,c.jpg,0,1\n",  # capitalised
+    "path1 , path2,same ,fold\na.jpg,\"x,1.jpg\",1,0\na.jpg,c.jpg,0,1\n",  # spaces around the names
+])
+def test_pairs_csv_headers_as_spreadsheets_write_them(tmp_path, text):
+    # Each header was "no header row: its first line must name the columns".
+    (tmp_path / "pairs.csv").write_bytes(text.encode())
+    pairs = read_pairs_csv(tmp_path / "pairs.csv", "/root")
+    assert [(p.path2, p.same, p.fold) for p in pairs] == [("/root/x,1.jpg", True, 0), ("/root/c.jpg", False, 1)]
+
+
+def test_probe_csv_header_in_any_case_and_an_empty_file(tmp_path):
+    (tmp_path / "probes.csv").write_text("Path;Identity\nx,1.jpg;ada\n")
+    assert csv_rows(tmp_path / "probes.csv", {"path", "identity"}) == [(2, {"path": "x,1.jpg", "identity": "ada"})]
+    for text in ("", "\ufeff\r\n\n"):
+        (tmp_path / "empty.csv").write_text(text)
+        with pytest.raises(ValueError, match=r"empty\.csv: empty file: its first line must name the columns"):
+            csv_rows(tmp_path / "empty.csv", {"path", "identity"})
+
+
+def test_pairs_csv_one_image_as_a_relative_and_an_absolute_path(tmp_path, monkeypatch):
+    # With a relative --root, "a.jpg" and its absolute path were two images: a pair of it with itself scored 1.0.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.csv").write_text(f"path1,path2,same\na.jpg,{tmp_path / 'a.jpg'},1\n")
+    with pytest.raises(ValueError, match="line 2: an image paired with itself: a.jpg and /"):
+        read_pairs_csv("pairs.csv", ".")
+    (tmp_path / "pairs.csv").write_text(f"path1,path2,same\na.jpg,b.jpg,1\n{tmp_path / 'b.jpg'},a.jpg,0\n")
+    with pytest.raises(ValueError, match=r"line 3 repeats the pair of line 2 \(in either order\)$"):
+        read_pairs_csv("pairs.csv", ".")
+
+
+def test_metrics_refuse_a_fold_tuned_on_pairs_of_one_kind():
+    # Fold 0's threshold came from fold 1's different pairs only: above them all, so fold 0's same pairs were all
+    # rejected and its accuracy was the share of its different pairs, whatever the scores.
+    scores, same = np.array([0.9, 0.8, 0.7, 0.2, 0.1]), np.array([True, True, False, False, False])
+    with pytest.raises(ValueError, match="the pairs outside fold 0 are all different-person pairs, so fold 0's "):
+        verification_metrics(scores, same, folds=np.array([0, 0, 0, 1, 1]))
+    # Where faces were missed, the pairs left may be of one kind: with the first pair failed, those outside fold 1
+    # are two different pairs.
+    folds = np.array([0, 1, 0, 1, 0])
+    assert verification_metrics(scores, same, folds=folds)["folds"] == 2
+    with pytest.raises(ValueError, match="the pairs outside fold 1 with a face found in both images are all "
+                                         "different-person pairs"):
+        verification_metrics(scores, same, folds=folds, failed=np.array([True, False, False, False, False]))
+    # One fold number on every row is no folds.
+    assert verification_metrics(scores, same, folds=np.zeros(5, int))["folds"] == 1
