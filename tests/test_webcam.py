@@ -38,10 +38,19 @@ def make_clip(path: Path, astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarra
     writer.release()
 
 
-def without_gallery(tmp_path: Path) -> dict[str, str]:
-    """An environment whose default gallery ($FACEKIT_GALLERY) is not there: a warning, where a --gallery given
-    that is not there is an error."""
-    return {**os.environ, "FACEKIT_GALLERY": str(tmp_path / "none")}
+def without_gallery() -> dict[str, str]:
+    """An environment without $FACEKIT_GALLERY: run in a folder without galleries/default (cwd=tmp_path), the
+    built-in default gallery is not there, a warning, where a --gallery or $FACEKIT_GALLERY given that is not there
+    is an error."""
+    return {name: value for name, value in os.environ.items() if name != "FACEKIT_GALLERY"}
+
+
+@pytest.fixture()
+def in_a_folder_without_a_gallery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """without_gallery() for webcam.main in this process: the test's folder, without $FACEKIT_GALLERY."""
+    monkeypatch.delenv("FACEKIT_GALLERY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def test_webcam_headless_writes_annotated_video(tmp_path, astronaut_bgr, grace_hopper_bgr):
@@ -100,7 +109,36 @@ def test_webcam_reports_a_bad_source(tmp_path):
                              str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     # Said of the source given, not of something else (the gallery's warning may come first).
-    assert result.stderr.splitlines()[-1] == f"error: cannot open video source '{tmp_path / 'missing.mp4'}'"
+    assert result.stderr.splitlines()[-1] == f"error: not found: {tmp_path / 'missing.mp4'}"
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_webcam_says_why_a_source_did_not_open(tmp_path, monkeypatch, capsys):
+    # No camera, a missing file, a folder, a file that is no video and a truncated .mp4 were all "cannot open
+    # video source": the one to fix was left to guess.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15, (64, 48))
+    for _ in range(30):
+        writer.write(np.full((48, 64, 3), 90, np.uint8))
+    writer.release()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clip.read_bytes()[:clip.stat().st_size // 2])  # its index, at the end, is gone
+    (tmp_path / "notes.txt").write_text("not a video\n")
+    opened: list[str] = []
+    monkeypatch.setattr(webcam, "open_source", lambda source: opened.append(source))  # none opens, as with OpenCV
+    cannot_read = "as a video: not a video file, a format this OpenCV cannot read, or a damaged one"
+    for source, error in (("3", "cannot open camera 3: none connected, or in use by another program"),
+                          (str(tmp_path / "missing.mp4"), f"not found: {tmp_path / 'missing.mp4'}"),
+                          (str(tmp_path), f"{tmp_path} is a folder: --source takes a video file or a camera index"),
+                          (str(tmp_path / "notes.txt"), f"cannot read {tmp_path / 'notes.txt'} {cannot_read}"),
+                          (str(truncated), f"cannot read {truncated} {cannot_read}")):
+        assert webcam.main(["--headless", "--source", source]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"error: {error}", err
+    assert len(opened) == 5
+    # OpenCV opens none of them.
+    assert not any(webcam.cv2.VideoCapture(source).isOpened() for source in map(str, (
+        tmp_path / "missing.mp4", tmp_path, tmp_path / "notes.txt", truncated)))
 
 
 def test_webcam_says_a_source_it_cannot_read_in_its_own_line_alone(tmp_path):
@@ -109,11 +147,12 @@ def test_webcam_says_a_source_it_cannot_read_in_its_own_line_alone(tmp_path):
     text = tmp_path / "text.jpg"
     text.write_text("not a video\n")
     for source, error in ((str(text), f"error: no frames could be read from '{text}'"),
-                          ("99", "error: cannot open video source '99'")):
+                          ("99", "error: cannot open camera 99: none connected, or in use by another program")):
         result = subprocess.run([*WEBCAM, "--headless", "--source", source],
-                                capture_output=True, text=True, timeout=300, env=without_gallery(tmp_path))
+                                capture_output=True, text=True, timeout=300, env=without_gallery(), cwd=tmp_path)
         assert result.returncode in (1, 2) and result.stderr.splitlines() == [
-            f"warning: no gallery at {tmp_path / 'none'}; every face will be unknown", error], result.stderr
+            f"warning: no gallery at {tmp_path / 'galleries' / 'default'}; every face will be unknown", error], \
+            result.stderr
 
 
 def test_webcam_refuses_a_threshold_no_similarity_can_meet(tmp_path, astronaut_bgr):
@@ -190,7 +229,7 @@ def test_webcam_finishes_the_video_and_sums_up_when_stopped(tmp_path, astronaut_
         out = tmp_path / f"{stop.name}.mp4"
         process = subprocess.Popen([*WEBCAM, "--headless", "--source", str(clip),
                                     "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=without_gallery(tmp_path))
+                                   env=without_gallery(), cwd=tmp_path)
         deadline = time.monotonic() + 120
         while not out.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -221,12 +260,12 @@ def test_the_installed_command_the_module_and_the_clone_script_all_run_the_webca
         shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=300)
         assert shown.returncode == 0 and "--reidentify-every" in shown.stdout, (command, shown.stderr)
         result = subprocess.run([*command, "--headless", "--source", str(clip), "--max-frames", "2"],
-                                capture_output=True, text=True, timeout=300, env=without_gallery(tmp_path))
+                                capture_output=True, text=True, timeout=300, env=without_gallery(), cwd=tmp_path)
         assert result.returncode == 0 and result.stdout.startswith("2 frames, "), (command, result.stderr)
         refused = subprocess.run([*command, "--headless", "--source", str(missing)], capture_output=True, text=True,
-                                 timeout=300, env=without_gallery(tmp_path))
+                                 timeout=300, env=without_gallery(), cwd=tmp_path)
         assert refused.returncode == 2, (command, refused.stderr)
-        assert refused.stderr.splitlines()[-1] == f"error: cannot open video source '{missing}'", command
+        assert refused.stderr.splitlines()[-1] == f"error: not found: {missing}", command
 
 
 @pytest.mark.parametrize("importing", ["facekit.webcam", "cv2"])
@@ -249,10 +288,13 @@ def test_the_facekit_command_does_not_import_the_webcam_loop():
 
 
 class FakeCapture:
-    """cv2.VideoCapture's part that the loop uses, over given frames; delay: seconds each read takes."""
+    """cv2.VideoCapture's part that the loop uses, over given frames (None: a read that fails, as every read after
+    the last); delay: seconds each read takes; frame_count: the length it gives (0: none, as a camera)."""
 
-    def __init__(self, frames: list[np.ndarray], fps: float = 25.0, delay: float = 0.0) -> None:
+    def __init__(self, frames: list[np.ndarray | None], fps: float = 25.0, delay: float = 0.0,
+                 frame_count: int = 0) -> None:
         self.frames, self.fps, self.delay, self.reads = list(frames), fps, delay, []
+        self.frame_count = frame_count
 
     def isOpened(self) -> bool:  # OpenCV's name
         return True
@@ -260,34 +302,38 @@ class FakeCapture:
     def read(self) -> tuple[bool, np.ndarray | None]:
         time.sleep(self.delay)
         self.reads.append(time.perf_counter())
-        return (True, self.frames.pop(0)) if self.frames else (False, None)
+        frame = self.frames.pop(0) if self.frames else None
+        return frame is not None, frame
 
     def get(self, prop: int) -> float:
-        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: 0.0}.get(prop, 0.0)
+        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: float(self.frame_count)}.get(prop, 0.0)
 
     def release(self) -> None:
         pass
 
 
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
 def test_a_camera_recording_keeps_to_the_clock(tmp_path, monkeypatch):
     # A camera drops the frames a slow loop misses: each annotated frame written once at the camera's rate
     # played the recording too fast (here 100 fps claimed, about 20 processed: 5 times too fast).
     camera = FakeCapture([np.full((240, 320, 3), 90, np.uint8)] * 15, fps=100.0, delay=0.05)
     monkeypatch.setattr(webcam, "open_source", lambda source: camera)
     out = tmp_path / "out.avi"
-    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
-    assert webcam.main(["--headless", "--source", "0", "--output", str(out)]) == 0
+    # 1: this camera stops giving frames after its 15, which the run says.
+    assert webcam.main(["--headless", "--source", "0", "--output", str(out)]) == 1
     video = cv2.VideoCapture(str(out))
     count = 0
     while video.read()[0]:
         count += 1
     # The recording's clock starts as the first frame, processed, is written, just before the second read: the
     # first frame's work (the detector's first call, slowest on a loaded machine) is not in it. From there to the
-    # last read it spans the loop's time, to within a frame of the camera's (and a little writing).
-    recorded = camera.reads[-1] - camera.reads[1]
+    # first failed read, after the last frame was written, it spans the loop's time, to within a frame of the
+    # camera's (and a little writing).
+    recorded = camera.reads[15] - camera.reads[1]
     assert abs(count / video.get(cv2.CAP_PROP_FPS) - recorded) < 0.1 * recorded + 2 / camera.fps, (count, recorded)
 
 
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
 def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, monkeypatch, capsys):
     # A signal landing between the frame's count and its writing (here Ctrl-C while it is drawn) summed up one
     # frame more than the video held: the loop now stops after the frame in hand, not inside it.
@@ -303,7 +349,6 @@ def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, monkeypa
 
     drawn: list[np.ndarray] = []
     monkeypatch.setattr(webcam, "draw_results", interrupted_at_the_fourth)
-    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
     out = tmp_path / "out.avi"
     before = signal.getsignal(signal.SIGINT)  # ignored where a shell started the tests in the background
     assert webcam.main(["--headless", "--source", "clip", "--output", str(out)]) == 128 + signal.SIGINT
@@ -316,13 +361,14 @@ def test_a_signal_mid_frame_still_writes_the_frame_it_counted(tmp_path, monkeypa
     assert signal.getsignal(signal.SIGINT) is before  # the run's handler is put back
 
 
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
 def test_one_frame_is_summed_up_as_one_frame(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)]))
-    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
     assert webcam.main(["--headless", "--source", "clip"]) == 0
     assert capsys.readouterr().out.startswith("1 frame, ")  # not "1 frames"
 
 
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
 def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, monkeypatch, astronaut_bgr, grace_hopper_bgr):
     # Live MTCNN looked for faces from 32 px of the frame, which had it search a 4K frame on a 2,400 px copy:
     # 530-830 ms a search, against about 100 on a copy of its max_side (the detector's own, the frame's coordinates
@@ -353,7 +399,6 @@ def test_large_frames_are_searched_on_a_smaller_copy(tmp_path, monkeypatch, astr
     monkeypatch.setattr(webcam, "create_detector", recorded_create_detector)
     drawn: list[list[dict]] = []
     monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
-    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
     assert webcam.main(["--headless", "--source", "clip", "--detector", "mtcnn"]) == 0
     assert len(searched) == 3 and max(searched) <= detectors[0].max_side
     # Found all the same, in the frame's coordinates: Grace Hopper's face lies in x 420-620 of the 640 px clip.
@@ -371,7 +416,7 @@ def test_webcam_shows_progress_on_a_terminal(tmp_path, astronaut_bgr, grace_hopp
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a pty is 0 wide until told
     with subprocess.Popen([*WEBCAM, "--headless", "--source", str(clip)],
-                          stdout=subprocess.PIPE, stderr=secondary, env=without_gallery(tmp_path)) as run:
+                          stdout=subprocess.PIPE, stderr=secondary, env=without_gallery(), cwd=tmp_path) as run:
         os.close(secondary)
         shown = b""
         while chunk := _read_pty(primary):
@@ -414,6 +459,11 @@ def test_webcam_refuses_a_gallery_given_that_is_not_there(tmp_path, monkeypatch,
     assert webcam.main(["--headless", "--source", "clip", "--gallery", str(mistyped)]) == 2
     assert capsys.readouterr().err == f"error: no gallery at {mistyped} (no gallery.sqlite there)\n"
     assert not camera.reads and not mistyped.exists()
+    # So is a mistyped $FACEKIT_GALLERY, a choice made as --gallery is: it warned, then named no one, exit 0.
+    monkeypatch.setenv("FACEKIT_GALLERY", str(mistyped))
+    assert webcam.main(["--headless", "--source", "clip"]) == 2
+    assert capsys.readouterr().err == f"error: $FACEKIT_GALLERY: no gallery at {mistyped} (no gallery.sqlite there)\n"
+    assert not camera.reads and not mistyped.exists()
     monkeypatch.delenv("FACEKIT_GALLERY", raising=False)
     monkeypatch.chdir(tmp_path)
     assert webcam.main(["--headless", "--source", "clip"]) == 0
@@ -421,12 +471,12 @@ def test_webcam_refuses_a_gallery_given_that_is_not_there(tmp_path, monkeypatch,
     assert capsys.readouterr().err == f"warning: no gallery at {default}; every face will be unknown\n"
 
 
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
 def test_webcam_takes_the_embedding_model_and_smallest_face_as_the_cli_does(tmp_path, monkeypatch, capsys):
     # The README's upgrade note says to pass the old model with --weights, which the script did not take.
     from facekit.representation import DEFAULT_MODEL
 
     monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture([np.full((240, 320, 3), 90, np.uint8)]))
-    monkeypatch.setenv("FACEKIT_GALLERY", str(tmp_path / "none"))
     missing = tmp_path / "old-model.safetensors"
     assert webcam.main(["--headless", "--source", "clip", "--weights", str(missing)]) == 2
     assert capsys.readouterr().err == f"error: model file not found: {missing}\n"
@@ -438,3 +488,116 @@ def test_webcam_takes_the_embedding_model_and_smallest_face_as_the_cli_does(tmp_
     assert webcam.main(["--headless", "--source", "clip", "--weights", f"{DEFAULT_MODEL}.safetensors",
                         "--detector", "haar", "--min-face", "60"]) == 0
     assert pipelines[0].detector.min_face == 60 and pipelines[0].embedder.model_id
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_frames_that_cannot_be_read_are_passed_over_and_said(monkeypatch, capsys):
+    # The loop ended at the first failed read, exit 0: a clip damaged a third of the way in was summed up as "46
+    # frames", though frames 54-149 decoded past the damage.
+    grey = np.full((240, 320, 3), 90, np.uint8)
+    damaged = [grey] * 3 + [None] * 4 + [grey] * 5
+    clip = FakeCapture(damaged)
+    monkeypatch.setattr(webcam, "open_source", lambda source: clip)
+    assert webcam.main(["--headless", "--source", "clip.mp4"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("8 frames, ")  # the summary as ever: the frames read
+    assert err.splitlines()[-1] == "warning: passed over 4 frames of 'clip.mp4' that could not be read"
+    # The end of a file is failed reads too, MAX_FAILED_READS of them: not counted.
+    assert len(clip.reads) == len(damaged) + webcam.MAX_FAILED_READS
+    # Unless the file's frame count says they were frames: the rest of the file was not read either.
+    clip = FakeCapture(damaged, frame_count=100)
+    assert webcam.main(["--headless", "--source", "clip.mp4"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "warning: passed over 92 frames of 'clip.mp4' that could not be read")
+    # A count a few frames off (estimated from the duration, in some formats) is no damage.
+    clip = FakeCapture([grey] * 8, frame_count=12)
+    assert webcam.main(["--headless", "--source", "clip.mp4"]) == 0
+    assert capsys.readouterr().err == f"warning: no gallery at {Path.cwd() / 'galleries' / 'default'}; every face " \
+                                      "will be unknown\n"
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_a_camera_reads_on_past_a_hiccup_and_says_when_it_stops(monkeypatch, capsys):
+    # A USB hiccup ended a live session, exit 0, as if the camera had been closed.
+    grey = np.full((240, 320, 3), 90, np.uint8)
+    camera = FakeCapture([grey] * 3 + [None] * 5 + [grey] * 2)
+    monkeypatch.setattr(webcam, "open_source", lambda source: camera)
+    assert webcam.main(["--headless", "--source", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("5 frames, ")
+    assert err.splitlines()[-2:] == ["warning: passed over 5 frames of camera 0 that could not be read",
+                                     f"error: camera 0 stopped giving frames ({webcam.MAX_FAILED_READS} reads in a "
+                                     "row failed)"]
+
+
+def test_a_damaged_clip_is_read_past_its_damage(tmp_path, astronaut_bgr):
+    # 20 KB of random bytes a third of the way into a 150-frame clip ended the run there: "46 frames", exit 0.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15, (320, 240))
+    for index in range(60):
+        frame = np.full((240, 320, 3), 90, np.uint8)
+        frame[48:198, 5 + index:155 + index] = cv2.resize(astronaut_bgr, (150, 150))
+        writer.write(frame)
+    writer.release()
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 4000] = np.random.default_rng(0).bytes(4000)
+    clip.write_bytes(bytes(data))
+    result = subprocess.run([*WEBCAM, "--headless", "--source", str(clip)], capture_output=True, text=True,
+                            timeout=600, env=without_gallery(), cwd=tmp_path)
+    read = re.match(r"(\d+) frames, ", result.stdout)
+    passed = re.fullmatch(rf"warning: passed over (\d+) frames of '{re.escape(str(clip))}' that could not be read",
+                          result.stderr.splitlines()[-1])
+    assert result.returncode == 1 and read and passed, (result.stdout, result.stderr)
+    # Here (FFmpeg's mpeg4) frames 13-22 fail and the other 50 are read.
+    assert int(read.group(1)) > 30 and int(read.group(1)) + int(passed.group(1)) == 60
+
+
+def face_crops(astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each photo cropped to a square twice its face's width about the face and made 240 px wide, so that the two
+    faces are of a size, and at one place in a frame (MTCNN: the astronaut's face at x 178-264, y 62-171 of her
+    512x512 photo; Grace Hopper's at x 169-353, y 109-329 of her 512x600)."""
+    return (cv2.resize(astronaut_bgr[30:202, 135:307], (240, 240)),
+            cv2.resize(grace_hopper_bgr[35:403, 77:445], (240, 240)))
+
+
+def test_a_face_that_changes_its_look_is_identified_again(astronaut_bgr, grace_hopper_bgr):
+    astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
+
+    def frame_of(face: np.ndarray, x: int = 200, gain: float = 1.0) -> np.ndarray:
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[120:360, x:x + 240] = face
+        return np.clip(frame * gain, 0, 255).astype(np.uint8)
+
+    box = (260.0, 160.0, 120.0, 150.0)
+    track = webcam.Track(0, box, result={"identity": "astronaut"}, last_identified=0, identified_width=120.0,
+                         identified_look=webcam.face_look(frame_of(astronaut), box))
+    # The same face moved 4 px or 20% darker is the same look; another in its place is not.
+    for moved in (frame_of(astronaut, x=204), frame_of(astronaut, gain=0.8)):
+        assert not webcam.needs_identifying(track, 1, every=15, look=webcam.face_look(moved, box))
+    assert webcam.needs_identifying(track, 1, every=15, look=webcam.face_look(frame_of(hopper), box))
+    # A box with nothing to compare is no change.
+    assert webcam.face_look(frame_of(astronaut), (700.0, 500.0, 50.0, 60.0)) is None
+    assert webcam.face_look(np.full((480, 640, 3), 90, np.uint8), box) is None
+
+
+def test_a_cut_to_someone_else_in_the_same_place_is_named_at_the_cut(tmp_path, monkeypatch, astronaut_bgr,
+                                                                     grace_hopper_bgr):
+    # A cut from one person to another in the same place passed the overlap and size checks: Colin Powell was
+    # labelled Tony_Blair for 10 frames after the cut, an unenrolled stranger George_W_Bush for 7.
+    import facekit
+    from facekit.datastore import Gallery
+
+    astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "astronaut", astronaut)
+        facekit.add_face(gallery, "grace_hopper", hopper)
+    frames = []
+    for index, face in enumerate([astronaut] * 8 + [hopper] * 8):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[120:360, 200 + index:440 + index] = face  # moving a pixel a frame, as a face does
+        frames.append(frame)
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames))
+    drawn: list[list[dict]] = []
+    monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
+    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery")]) == 0
+    assert [[face["identity"] for face in results] for results in drawn] == [["astronaut"]] * 8 + [["grace_hopper"]] * 8
