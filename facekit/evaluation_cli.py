@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -109,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
             refuse_one_kind(np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]) if has_folds else None)
         except ValueError as exc:
             raise CliError(f"{args.pairs if args.protocol == 'lfw' else args.pairs_csv}: {exc}") from None
-    pipeline = make_pipeline(args)
+    from facekit.representation import UncalibratedThresholdWarning
+
+    with warnings.catch_warnings():
+        # Eval chooses its own thresholds, and its output is what calibrates a model: the stand-in is not used, and
+        # the warning's advice (pass --threshold, an option of verify and identify) does not apply.
+        warnings.simplefilter("ignore", UncalibratedThresholdWarning)
+        pipeline = make_pipeline(args)
     progress = shows_progress(args)
     extra: dict = {}
     if args.protocol == "identify":

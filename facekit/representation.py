@@ -46,6 +46,10 @@ class ModelWarning(FacekitWarning):
     """The model could not be used as asked, or its card lacks a value, and facekit stood in for it."""
 
 
+class UncalibratedThresholdWarning(ModelWarning):
+    """The model card has no calibrated threshold (a training run's own card): verify and identify use a stand-in."""
+
+
 # torch itself, not a facekit extra: PyPI's `facekit` is another project, and a bare torch is GBs of CUDA on Linux.
 TORCH_EXTRA = ("pip install torch --index-url https://download.pytorch.org/whl/cpu "
                "(the CPU build; or, in a clone, pip install -e '.[train]')")
@@ -229,8 +233,8 @@ class Embedder:
             self.model = model.to(self.device).to(memory_format=torch.channels_last)
         if "threshold" not in self.card:  # a training run's own card, say, before tools/release_model.py --lfw
             warnings.warn(f"the model card of {weights} has no calibrated threshold; {FALLBACK_THRESHOLD} stands in "
-                          "(pass --threshold, or release the run with tools/release_model.py --lfw)", ModelWarning,
-                          stacklevel=2)
+                          "(pass --threshold, or release the run with tools/release_model.py --lfw)",
+                          UncalibratedThresholdWarning, stacklevel=2)
 
     @staticmethod
     def _choose_backend(backend: str, weights: str | os.PathLike, device: str | None) -> str:

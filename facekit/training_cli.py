@@ -12,7 +12,8 @@ from facekit.errors import json_record
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train an embedding model on aligned 112x112 crops")
     parser.add_argument("data", help="zip shards + manifest.tsv, or a folder with one sub-folder per identity")
-    parser.add_argument("--output", default="runs/facekit", help="run folder: checkpoint, log.csv, model files")
+    parser.add_argument("--output", default="runs/facekit",
+                        help="run folder, new or empty or a run's own: checkpoint, log.csv, model files")
     parser.add_argument("--width", type=float, default=0.25, help="channel-width multiplier (default: 0.25)")
     parser.add_argument("--blocks", default="5,10,5", help="A,B,C block counts (default: 5,10,5)")
     parser.add_argument("--embedding-size", type=int, default=512)

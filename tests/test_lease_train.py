@@ -189,12 +189,14 @@ def test_a_train_call_with_other_options_on_a_warm_machine_starts_its_own_run(tm
     for call, lr in enumerate(("0.05", "0.01", "0.05")):
         monkeypatch.setenv("OUT", str(tmp_path / f"out-{call}"))
         assert lease.main(["train", "--pool", str(tmp_path / "pool"), "--", *tiny, "--lr", lr]) == 0
+        said = capsys.readouterr()
         cards.append((json.loads((tmp_path / f"out-{call}" / "model.json").read_text())["training"],
-                      capsys.readouterr().out))
+                      said.out + said.err))
     (first, _), (second, said), (again, said_again) = cards
-    assert second["lr"] == 0.01 and "resumed" not in said
+    assert second["lr"] == 0.01 and "resumed" not in said and "had already finished" not in said
     assert len(list((tmp_path / "facekit-run").iterdir())) == 2
-    assert "resumed from" in said_again and again["steps"] == first["steps"]  # the same call again: its own run
+    # The same call again: its own run, found finished.
+    assert "had already finished" in said_again and again == first
     # A bigger budget takes the run further, as facekit train resumes under one: it is no other set of options.
     monkeypatch.setenv("OUT", str(tmp_path / "out-further"))
     assert lease.main(["train", "--pool", str(tmp_path / "pool"), "--", *tiny, "--lr", "0.05", "--epochs=2"]) == 0

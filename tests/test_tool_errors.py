@@ -72,6 +72,20 @@ def test_align_dataset_run_again_skips_what_it_wrote(tmp_path, tool_script, astr
     assert crop.shape == (112, 112, 3)
 
 
+def test_align_dataset_says_how_many_photos_showed_more_than_one_face(tmp_path, tool_script, astronaut_bgr,
+                                                                     grace_hopper_bgr):
+    """Each gives the primary face's crop, which may be another person's (Biden filed under Amber_Tamblyn)."""
+    grace = cv2.resize(grace_hopper_bgr, (grace_hopper_bgr.shape[1] * 512 // grace_hopper_bgr.shape[0], 512))
+    (tmp_path / "raw" / "eileen").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "raw" / "eileen" / "alone.jpg"), astronaut_bgr)
+    cv2.imwrite(str(tmp_path / "raw" / "eileen" / "group.jpg"), np.hstack([astronaut_bgr, grace]))
+    result = subprocess.run([sys.executable, tool_script("align_dataset"), str(tmp_path / "raw"),
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "2 crops written" in result.stdout, result.stderr
+    assert re.search(r"warning: 1 of the photos show more than one face, and their crop is of the primary one .*: "
+                     r"check them, such as .*eileen/group.jpg", result.stderr)
+
+
 def test_python_m_facekit_reports_errors_as_the_command_does(tmp_path):
     # Run as `python -m facekit.cli` (as tools/demo.py does), cli.py is __main__ and the eval and export
     # modules import it again: their CliError must still be the one its main catches.
@@ -215,3 +229,44 @@ def test_a_torch_that_cannot_import_a_module_of_its_own_is_not_called_missing(to
         2, "error: tools/dlib_resnet.py needs PyTorch, which is installed but cannot be imported (No module named "
            "'a_module_torch_needs_and_lacks'): pip install torch --index-url https://download.pytorch.org/whl/cpu "
            "(the CPU build; or, in a clone, pip install -e '.[train]')\n")
+
+
+def test_release_model_writes_only_where_told(tiny_run, tool_script):
+    """Without --output it wrote over the shipped model in facekit/weights/."""
+    result = subprocess.run([sys.executable, tool_script("release_model"), str(tiny_run)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "the following arguments are required: --output" in result.stderr
+
+
+def test_release_model_claims_no_licence_or_pool_of_the_projects_for_ones_own_run(tiny_run, tmp_path, tool_script):
+    for options, licence in (([], "not stated"), (["--licence", "CC-BY-4.0"], "CC-BY-4.0"),
+                             (["--facekit-pool"], "MIT (weights trained by the facekit project; the training images "
+                                                  "are research-only)")):
+        subprocess.run([sys.executable, tool_script("release_model"), str(tiny_run), *options,
+                        "--output", str(tmp_path / "released" / "model")], check=True, capture_output=True, timeout=300)
+        card = json.loads((tmp_path / "released" / "model.json").read_text())
+        assert card["licence"] == licence
+        assert card["training"]["data"].startswith("facekit training pool" if options == ["--facekit-pool"] else
+                                                   "8 aligned 112x112 crops of 2 identities"), options
+
+
+def _evaluation(path: Path, folds: int, pairs: int) -> Path:
+    """`facekit eval lfw --json` output, as far as tools/release_model.py reads it."""
+    path.write_text(json.dumps({"accuracy": 0.9, "threshold": -0.0413, "impostor_pairs": 1000, "folds": folds,
+                                "pairs": pairs, "threshold_at_far": {"5e-3": 0.5}}))
+    return path
+
+
+def test_release_model_says_how_its_threshold_was_chosen_and_refuses_one_fit_on_its_own_pairs(tiny_run, tmp_path,
+                                                                                               tool_script):
+    released = tmp_path / "released" / "model"
+    line = one_error_line([sys.executable, tool_script("release_model"), str(tiny_run), "--output", str(released),
+                           "--lfw", str(_evaluation(tmp_path / "small.json", folds=1, pairs=10))])
+    assert "small.json is an evaluation of 10 pairs in one fold: its threshold was chosen on the very pairs" in line
+    assert not released.parent.exists()
+    subprocess.run([sys.executable, tool_script("release_model"), str(tiny_run), "--output", str(released),
+                    "--lfw", str(_evaluation(tmp_path / "lfw.json", folds=10, pairs=6000))],
+                   check=True, capture_output=True, timeout=300)
+    assert json.loads(released.with_suffix(".json").read_text())["threshold_source"] == (
+        "mean of the 10 per-fold thresholds of `facekit eval lfw`, each chosen on the other folds' pairs (6000 pairs "
+        "in all)")

@@ -1113,9 +1113,124 @@ def test_finished_run_logs_its_last_step_and_its_card_keeps_budget_and_time_apar
         with open(Path(config.output) / "log.csv") as handle:
             assert [int(row["step"]) for row in csv.DictReader(handle)][-1] == result["steps"]  # log_every is 20
         training = json.loads((Path(config.output) / "model.json").read_text())["training"]
-        # "minutes" is the time trained (tools/release_model.py adds it up over stages), not the --minutes budget.
+        # "minutes" is the time trained (tools/release_model.py adds it up over stages), not the --minutes budget;
+        # a --minutes run never ran the default 10 epochs, and its card does not say it did.
         assert training["minutes"] == result["minutes"] and training["budget_minutes"] == budget.get("minutes")
-        assert training["epochs"] == config.epochs
+        assert training["epochs"] == budget.get("epochs") and "budgets" not in training
+
+
+def test_a_card_records_the_budget_that_made_its_weights_and_a_finished_run_keeps_its_own(tmp_path, shared_data,
+                                                                                           capsys):
+    config = _tiny_config(tmp_path, shared_data, epochs=2)
+    assert train(config)["steps"] == 4
+    run = tmp_path / "run"
+    finished = {name: (run / name).read_bytes() for name in ("model.json", "model.safetensors", "result.json")}
+    # Run again with a budget it has already passed: nothing to train, and a card rewritten then recorded a budget
+    # that did not make its weights ("epochs": 1 for weights of 2).
+    assert train(TrainConfig(**{**vars(config), "epochs": 1}))["steps"] == 4
+    assert "had already finished, at step 4 of --epochs 2: nothing was trained" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in finished} == finished
+    # One whose card was never written (the process ended just after its last checkpoint) gets it as trained.
+    (run / "model.json").unlink()
+    train(TrainConfig(**{**vars(config), "epochs": 1}))
+    training = json.loads((run / "model.json").read_text())["training"]
+    assert (training["epochs"], training["budget_minutes"], training["steps"]) == (2, None, 4)
+    # A larger budget takes it further: the card records the budget it ended under, and each one with its first step.
+    assert train(TrainConfig(**{**vars(config), "epochs": 3}))["steps"] == 6
+    training = json.loads((run / "model.json").read_text())["training"]
+    assert (training["epochs"], training["budget_minutes"]) == (3, None)
+    assert training["budgets"] == [{"budget_minutes": None, "epochs": 2, "from_step": 0},
+                                   {"budget_minutes": None, "epochs": 3, "from_step": 4}]
+    # A run stopped before its budget's end cannot be finished under one that ends before its step.
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint["budgets"] = [{"budget_minutes": None, "epochs": 5, "from_step": 0}]
+    torch.save(checkpoint, run / "checkpoint.pt")
+    card = (run / "model.json").read_bytes()
+    with pytest.raises(ValueError, match=r"checkpoint.pt is at step 6, already past the end of --epochs 1: give the "
+                                         r"budget it was trained under \(--epochs 5\) to finish it"):
+        train(TrainConfig(**{**vars(config), "epochs": 1}))
+    assert (run / "model.json").read_bytes() == card
+
+
+def _val_crops(tmp_path: Path, crops: Path, without: str | None = None) -> Path:
+    """LFW-style pairs.txt over the training crops, copied to LFW's names; without: one crop left out."""
+    people = sorted(path.name for path in crops.iterdir())
+    for person in people:
+        for number, crop in enumerate(sorted((crops / person).iterdir()), 1):
+            name = f"{person}_{number:04d}.png"
+            if name != without:
+                (tmp_path / "val" / person).mkdir(parents=True, exist_ok=True)
+                shutil.copy(crop, tmp_path / "val" / person / name)
+    same = [f"{person}\t1\t2" for person in people]
+    different = [f"{first}\t1\t{second}\t3" for first, second in zip(people, people[1:] + people[:1])]
+    (tmp_path / "pairs.txt").write_text(f"1\t{len(people)}\n" + "\n".join(same + different) + "\n")
+    return tmp_path / "pairs.txt"
+
+
+def test_the_log_has_a_row_at_every_evaluation_and_one_line_ending_after_a_resume(tmp_path, shared_data, capsys):
+    config = _tiny_config(tmp_path, shared_data, epochs=1, eval_every=1, val_root=str(tmp_path / "val"))
+    config.val_pairs = str(_val_crops(tmp_path, tmp_path / "crops"))
+    train(config)
+    train(TrainConfig(**{**vars(config), "epochs": 2}))
+    log = (tmp_path / "run" / "log.csv").read_bytes()
+    # The resumed run's rows end as csv ends them, and so do the rows kept from before (read back as \n).
+    assert log.count(b"\r\n") == log.count(b"\n") == 5
+    with open(tmp_path / "run" / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # log_every is 20: the rows of steps 1 and 3 are there for their evaluations, which were printed alone.
+    assert [(row["step"], row["val_accuracy"] != "") for row in rows] == [(str(step), True) for step in range(1, 5)]
+    # The bar shows the share of the run, not a rate in thousandths of it.
+    err = capsys.readouterr().err
+    assert "training: " in err and "‰" not in err
+
+
+def test_a_validation_folder_of_raw_photos_or_short_of_crops_says_so(tmp_path, shared_data, capsys,
+                                                                     astronaut_bgr):
+    config = _tiny_config(tmp_path, shared_data, epochs=1, val_root=str(tmp_path / "val"))
+    people = sorted(path.name for path in (tmp_path / "crops").iterdir())
+    config.val_pairs = str(_val_crops(tmp_path, tmp_path / "crops", without=f"{people[0]}_0002.png"))
+    train(config)
+    err = capsys.readouterr().err
+    # The pair without its crop counts as an error, which lowered the accuracy without a word.
+    assert err.count(f"warning: 1 of the 8 pairs of {config.val_pairs} lack a 112x112 crop under") == 1
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["val"]["missing_crops"] == 1
+    # LFW's own 250x250 photos: each was left out, and the first evaluation ended the run with "no pair of the 8
+    # has a face found in both images".
+    for path in (tmp_path / "val").rglob("*.png"):
+        cv2.imwrite(str(path.with_suffix(".jpg")), cv2.resize(astronaut_bgr, (250, 250)))
+        path.unlink()
+    with pytest.raises(ValueError, match=r"--val-root .*val: 11 of the 12 images that .*pairs.txt names are not "
+                                         r"aligned 112x112 crops \(such as .*\.jpg, 250x250\): give the folder "
+                                         r"tools/align_dataset.py wrote"):
+        train(TrainConfig(**{**vars(config), "output": str(tmp_path / "raw")}))
+
+
+def test_the_weights_get_the_mode_the_umask_gives_as_the_rest_of_a_run_does(tmp_path, shared_data, load_tool):
+    """safetensors' save_file made the weights 0600, beside a 0644 card."""
+    previous = os.umask(0o027)
+    try:
+        train(_tiny_config(tmp_path, shared_data, epochs=1))
+        assert load_tool("release_model").main([str(tmp_path / "run"), "--output", str(tmp_path / "rel" / "m")]) == 0
+    finally:
+        os.umask(previous)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (tmp_path / "run").iterdir()}
+    assert set(modes.values()) == {"0o640"}, modes
+    # (facekit.export writes the release's ONNX file 0644, whatever the umask.)
+    assert {oct((tmp_path / "rel" / name).stat().st_mode & 0o777) for name in ("m.safetensors", "m.json")} == {"0o640"}
+
+
+def test_evaluating_a_run_before_its_release_does_not_ask_for_an_option_eval_lacks(tmp_path, capsys):
+    """Eval chooses its own thresholds; the embedder told it to pass --threshold, an option of verify and identify."""
+    from facekit.cli import main
+    from facekit.model import ModelConfig
+    from facekit.training.train import save_weights
+
+    save_weights(build_model(width=0.125, blocks=(1, 1, 1)).eval(), ModelConfig(width=0.125, blocks=(1, 1, 1)),
+                 tmp_path / "run" / "model", {})  # a training run's card: no calibrated threshold yet
+    (tmp_path / "pairs.csv").write_text("path1,path2,same\na.png,b.png,1\na.png,c.png,0\n")
+    assert main(["eval", "pairs", str(tmp_path / "pairs.csv"), "--weights", str(tmp_path / "run" / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "calibrated threshold" not in err and "--threshold" not in err
 
 
 def test_an_evaluation_that_could_not_run_is_refused_at_the_start(tmp_path, shared_data):

@@ -98,8 +98,10 @@ def _member_read_as_a_path(pool: Path) -> None:
     (lambda pool: _append_row(pool, "/etc/passwd\tx\tperson0"), "shard /etc/passwd is outside"),
     (_shard_outside, "shard ../elsewhere.zip is outside"),
     (_member_read_as_a_path, "line 18: a row needs a shard, a member and an identity"),
+    (lambda pool: _append_row(pool, "train-077.zip\tperson0/0.png\tperson0"),  # was a bare "[Errno 2] No such file"
+     r"manifest.tsv names shard train-077.zip, which is not in .*pool$"),
 ], ids=["truncated-shard", "no-identity-column", "member-missing", "binary-manifest", "absolute-shard",
-        "shard-outside", "empty-shard"])
+        "shard-outside", "empty-shard", "shard-missing"])
 def test_a_damaged_or_foreign_pool_is_one_line_error(tmp_path, capsys, astronaut_bgr, damage, message):
     _zip_pool(tmp_path / "pool", astronaut_bgr)
     damage(tmp_path / "pool")
@@ -179,7 +181,39 @@ def test_a_single_identity_is_refused(tmp_path, capsys, astronaut_bgr):
     _crop_folder(tmp_path / "crops", astronaut_bgr, people=1, per_person=8)
     code, err = _train(capsys, tmp_path / "crops")
     assert code == 2 and "training needs crops of 2 or more identities to tell apart" in _one_error(err)
-    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run").exists()  # a start that fails after reading the crops leaves no empty folder
+
+
+def test_photos_that_are_not_aligned_crops_are_refused_rather_than_resized(tmp_path, capsys, astronaut_bgr):
+    _crop_folder(tmp_path / "crops", astronaut_bgr)
+    cv2.imwrite(str(tmp_path / "crops" / "person1" / "raw.jpg"), cv2.resize(astronaut_bgr, (874, 1200)))
+    code, err = _train(capsys, tmp_path / "crops")
+    assert code == 2 and re.search(r"1 of the 17 images under .*crops are not aligned 112x112 crops \(such as "
+                                   r".*person1/raw.jpg, 874x1200\): make crops of raw photos with "
+                                   r"tools/align_dataset.py", _one_error(err))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("files", [("log.csv", "model.json"), ("model.safetensors", "model.json", "model.onnx")],
+                         ids=["ones-own", "a-release"])
+def test_an_output_folder_of_other_files_is_refused_before_training(tmp_path, capsys, astronaut_bgr, files):
+    _crop_folder(tmp_path / "crops", astronaut_bgr)
+    (tmp_path / "run").mkdir()
+    for name in files:
+        (tmp_path / "run" / name).write_text(f"{name}, not facekit's\n")
+    code, err = _train(capsys, tmp_path / "crops")
+    assert code == 2 and re.search(r"--output .*run holds files that are not a facekit run's \(.*model.json.*; no "
+                                   r"checkpoint.pt\), which the run would write over: give a new or empty folder",
+                                   _one_error(err))
+    assert {path.name: path.read_text() for path in (tmp_path / "run").iterdir()} == {
+        name: f"{name}, not facekit's\n" for name in files}
+    # A run's own folder is taken: with its checkpoint, or its log alone (stopped before its first checkpoint).
+    for name in files:
+        (tmp_path / "run" / name).unlink()
+    (tmp_path / "run" / "log.csv").write_text("step,elapsed_s,lr,loss,arcface,triplet,distill,images_per_s,"
+                                              "val_accuracy,relation\r\n")
+    assert _train(capsys, tmp_path / "crops")[0] == 0
+    assert _train(capsys, tmp_path / "crops", "--epochs", "2")[0] == 0
 
 
 def test_a_diverging_run_stops_and_keeps_what_it_saved_before(tmp_path, astronaut_bgr):

@@ -5,7 +5,8 @@
 
 The output is what `facekit train` reads (one sub-folder per identity) and what the training
 callback uses for LFW (crops named like the originals, as .png). One face per photo: the
-primary one (large and central). Re-running skips crops that already exist.
+primary one (large and central), as `facekit eval` takes; photos with more than one face are
+counted and one is named, to be checked. Re-running skips crops that already exist.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     detector = create_detector(args.detector, args.yunet_model, args.min_face)
     paths = sorted(p for p in args.raw_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     written = already = missing = failed = 0
+    group_photos: list[Path] = []
     for path in tqdm(paths, desc="aligning", unit="img"):
         out = args.out_dir / path.relative_to(args.raw_dir).with_suffix(".png")
         if out.exists():
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"skipped {path}: {exc}")
             failed += 1
             continue
-        face = primary_face(detector.detect(image), image.shape)
+        faces = detector.detect(image)
+        face = primary_face(faces, image.shape)
+        if len(faces) > 1:
+            # Kept, not skipped: LFW's photos often show others beside the person they are of, and `facekit eval`
+            # takes the same primary face from them. In a folder of one's own it may be someone else's face.
+            group_photos.append(path)
         if face is None:
             missing += 1
             continue
@@ -56,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         cv2.imwrite(str(out), align_face(image, face.landmarks))
         written += 1
     print(f"{written} crops written, {already} there already, {missing} photos without a face, {failed} unreadable")
+    if group_photos:
+        print(f"warning: {len(group_photos)} of the photos show more than one face, and their crop is of the primary "
+              f"one (the largest, most central), which may not be the person the folder names: check them, such as "
+              f"{group_photos[0]}", file=sys.stderr)
     return 0 if written or already or not paths else 1
 
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Turn a training run into the shipped model: weights, model card and ONNX file in facekit/weights/.
+"""Turn a training run into a released model: weights, model card and ONNX file.
 
-    python tools/release_model.py runs/facekit --lfw lfw.json [--lfw-mtcnn lfw_mtcnn.json] [--lfw-haar lfw_haar.json]
-        [--average-with MODEL ...]
+    python tools/release_model.py runs/facekit --output runs/facekit-rel/model [--lfw lfw.json]
+        [--lfw-mtcnn lfw_mtcnn.json] [--lfw-haar lfw_haar.json] [--average-with MODEL ...] [--licence TEXT]
+
+The project's own release writes the shipped model, on facekit's pool and under its licence:
+    --output facekit/weights/facekit-irv2 --facekit-pool
 
 The card's accuracy and default thresholds come only from `facekit eval lfw --json` output,
 so what the README and the card claim is what the official protocol measured.
@@ -22,7 +25,6 @@ torch = torch_or_exit("tools/release_model.py")  # one line where it is missing,
 
 from facekit.alignment import TEMPLATE_112
 from facekit.export import beside, export_onnx
-from facekit.representation import DEFAULT_MODEL
 from facekit.training.train import _read_checkpoint, earlier_stages, save_weights, shipped_weights
 
 # The false accept rate of the 1:N identify threshold: with the 40 enrolled faces of the round trip
@@ -35,6 +37,12 @@ MAX_FILE_BYTES = 60_000_000
 # the card's claims and thresholds are taken from.
 EVALUATIONS = (("lfw", "--lfw"), ("lfw_mtcnn", "--lfw-mtcnn"), ("lfw_haar", "--lfw-haar"))
 EVALUATION_NUMBERS = ("accuracy", "threshold", "impostor_pairs")
+# What the card says of the project's own release (--facekit-pool), and of no other run.
+FACEKIT_POOL = ("facekit training pool: 91k aligned 112x112 crops of 9.6k identities (CelebA + Pins-105 people not "
+                "in LFW), YuNet-aligned")
+FACEKIT_LICENCE = "MIT (weights trained by the facekit project; the training images are research-only)"
+# The fewest pairs a default threshold is taken from: one fold of LFW's ten.
+MIN_THRESHOLD_PAIRS = 600
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                              "lineage, e.g. the previous release); --lfw must measure the mean")
     parser.add_argument("--last-step", action="store_true",
                         help="for a run trained with --average-from: release its last step's weights, not the mean")
-    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--output", type=Path, required=True, metavar="MODEL",
+                        help="the model to write, without suffix: MODEL.safetensors, .json and .onnx (the shipped "
+                             "model is facekit/weights/facekit-irv2)")
+    parser.add_argument("--licence", help="the licence the card states for the weights (default: none stated)")
+    parser.add_argument("--facekit-pool", action="store_true",
+                        help="the run trained on facekit's own pool: the card describes it and, unless --licence "
+                             "says otherwise, states the project's licence (the shipped model's release)")
     args = parser.parse_args(argv)
 
     from facekit.representation import load_model
@@ -57,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # Read first, so that a wrong file is said before any work is done.
     evaluations = {key: read_evaluation(getattr(args, key), option) for key, option in EVALUATIONS
                    if getattr(args, key)}
+    threshold_source = calibration(evaluations["lfw"], args.lfw) if "lfw" in evaluations else None
     model, card = load_model(args.run / "model")
     checkpoint = args.run / "checkpoint.pt"
     if checkpoint.exists():
@@ -77,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         "output": "L2-normalised embedding; compare with cosine similarity (dot product)",
         "test_time_augmentation": "sum of the embeddings of the face and its mirror image, then L2-normalised",
         "training": {
-            "data": "facekit training pool: 91k aligned 112x112 crops of 9.6k identities (CelebA + Pins-105 people "
-                    "not in LFW), YuNet-aligned",
+            "data": FACEKIT_POOL if args.facekit_pool else
+            f"{training.get('num_images', 'unrecorded')} aligned 112x112 crops of "
+            f"{training.get('num_classes', 'unrecorded')} identities",
             **_stage(training),
         },
-        "licence": "MIT (weights trained by the facekit project; the training images are research-only)",
+        # No claim for the project on weights trained on someone's own crops.
+        "licence": args.licence or (FACEKIT_LICENCE if args.facekit_pool else "not stated"),
     }
     earlier = earlier_stages(str(args.run / "checkpoint.pt"))[:-1]
     stages = [_stage(stage) for stage in earlier]
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     card.update(evaluations)
     if "lfw" in card:
         card["threshold"] = round(float(card["lfw"]["threshold"]), 4)
-        card["threshold_source"] = "mean of the 10 per-fold thresholds of `facekit eval lfw`"
+        card["threshold_source"] = threshold_source
         open_set = card["lfw"].get("threshold_at_far", {})
         if IDENTIFY_FAR in open_set:
             card["identify_threshold"] = open_set[IDENTIFY_FAR]
@@ -115,6 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output}.safetensors ({sizes[0]:.1f} MB), its card and {args.output}.onnx "
           f"({sizes[1]:.1f} MB)")
     return 0
+
+
+def calibration(evaluation: dict, path: Path) -> str:
+    """How the --lfw evaluation chose the threshold the card takes as its default; one chosen on the pairs it was
+    scored on (one fold), or on too few, is refused. An output without its folds and pairs (written by hand, say)
+    is taken as it is, and the source says they are not recorded."""
+    folds, pairs = evaluation.get("folds"), evaluation.get("pairs")
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in (folds, pairs)):
+        return "the threshold of `facekit eval lfw` (its folds and pairs not recorded)"
+    if folds < 2 or pairs < MIN_THRESHOLD_PAIRS:
+        why = "one fold: its threshold was chosen on the very pairs it scored" if folds < 2 else f"{folds} folds"
+        raise ValueError(f"{path} is an evaluation of {pairs} pairs in {why}; the card's default threshold needs "
+                         f"{MIN_THRESHOLD_PAIRS} pairs or more in 2 folds or more (LFW's pairs.txt: 6000 in 10): "
+                         "leave --lfw out, or evaluate on more")
+    return f"mean of the {folds} per-fold thresholds of `facekit eval lfw`, each chosen on the other folds' pairs " \
+           f"({pairs} pairs in all)"
 
 
 def read_evaluation(path: Path, option: str) -> dict:

@@ -48,16 +48,14 @@ class CropSet:
 
 
 def _decode_rgb(data: bytes) -> np.ndarray | None:
-    """A crop as 112x112 RGB, or None where it does not decode. Its header is read first, so that an empty file, or
-    a small one that claims more pixels than facekit reads (8000x8000 in 200 KB), is left out like a damaged one
-    rather than filling memory; OpenCV then decodes it, four times as fast as facekit's own reader."""
+    """An image as RGB, of whatever size it has, or None where it does not decode. Its header is read first, so that
+    an empty file, or a small one that claims more pixels than facekit reads (8000x8000 in 200 KB), is left out like
+    a damaged one rather than filling memory; OpenCV then decodes it, four times as fast as facekit's own reader."""
     if not header_fits(data):
         return None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         return None
-    if image.shape[:2] != (112, 112):
-        image = cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -82,6 +80,10 @@ def _read_manifest_pool(root: Path, min_per_class: int, limit_classes: int | Non
                 rows.append(row)
     except (UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"{path} is not a tab-separated UTF-8 manifest: {one_line(error)}") from None
+    missing = sorted({shard for shard, _, _ in rows if not (root / shard).is_file()})
+    if missing:  # else the pool's key, or its decoding, stopped on the first with a bare "[Errno 2]"
+        more = f" (and {len(missing) - 1} more of its shards)" if len(missing) > 1 else ""
+        raise ValueError(f"{path} names shard {missing[0]}, which is not in {root}{more}")
     return _filter_classes(rows, min_per_class, limit_classes)
 
 
@@ -124,6 +126,7 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
 
     images = np.empty((len(rows), 112, 112, 3), np.uint8)
     decoded: list[tuple[str, str, str]] = []
+    other_sizes: list[tuple[str, tuple[int, ...]]] = []  # where each crop that is not 112x112 is, and its size
     open_shards: dict[str, zipfile.ZipFile] = {}
     with contextlib.ExitStack() as closing:
         for row in tqdm(rows, desc="decoding crops", unit="img"):
@@ -135,9 +138,17 @@ def load_crops(root: str | Path, cache_dir: str | Path | None = None, min_per_cl
             else:
                 data = Path(member).read_bytes()
             image = _decode_rgb(data)
-            if image is not None:
+            if image is not None and image.shape[:2] != (112, 112):
+                other_sizes.append((f"{member} in {root / shard}" if shard else member, image.shape[:2]))
+            elif image is not None:
                 images[len(decoded)] = image
                 decoded.append(row)
+    if other_sizes:
+        # Resized, a raw photo trained as a distorted face that was never aligned (a photo of 874x1200, say).
+        where, (height, width) = other_sizes[0]
+        raise ValueError(f"{len(other_sizes)} of the {len(rows)} images under {root} are not aligned 112x112 crops "
+                         f"(such as {where}, {width}x{height}): make crops of raw photos with "
+                         "tools/align_dataset.py, and train on its output")
     # Crops that do not decode can leave an identity with fewer than min_per_class: the filter again, on what did.
     class_names = sorted({r[2] for r in _filter_classes(decoded, min_per_class, limit_classes)})
     if not class_names:

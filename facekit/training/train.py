@@ -92,6 +92,8 @@ class TrainConfig:
 # and how fast it runs, what it evaluates and logs). The budget may change too, to take a finished run further.
 RESUMABLE_UNDER_OTHER = ("output", "resume", "device", "compile", "cache_dir", "val_pairs", "val_root", "eval_every",
                          "checkpoint_every", "log_every", "minutes", "epochs")
+LOG_COLUMNS = ["step", "elapsed_s", "lr", "loss", "arcface", "triplet", "distill", "images_per_s", "val_accuracy",
+               "relation"]
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -258,6 +260,17 @@ def _aligned_crop(path: str) -> Path | None:
     return next((crop for crop in (Path(path).with_suffix(s) for s in (".png", ".jpg")) if crop.exists()), None)
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from an image's header, without decoding it; None where it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
 class VerificationCallback:
     """Every N steps: 10-fold accuracy on a pair list of already-aligned crops (e.g. LFW)."""
 
@@ -280,6 +293,8 @@ class VerificationCallback:
             crops.append(np.ascontiguousarray(image[:, :, ::-1]))
         self.crops = torch.from_numpy(np.stack(crops)) if crops else torch.empty(0, 112, 112, 3, dtype=torch.uint8)
         self.device = device
+        # Each counts as an error at every evaluation, which lowers the accuracy logged without a word.
+        self.pairs_without_crops = sum(p.path1 not in self.index or p.path2 not in self.index for p in self.pairs)
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict:
@@ -313,13 +328,21 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, path: Path, card: 
     statistics stay float32 (running variances can be too small for float16). Loading casts them back,
     so the model still computes in float32, on weights rounded once, here.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(beside(path, ".safetensors")), metadata={"format": "pt"})
+    # Written here, not by save_file, which made the file 0600: a new file gets the mode the umask gives, as the
+    # card and the rest of a run or release folder do; renamed into place, so a reader never sees half of it.
+    weights_file = beside(path, ".safetensors")
+    partial = weights_file.with_name(f".{weights_file.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(save(state, metadata={"format": "pt"}))
+        os.replace(partial, weights_file)
+    finally:
+        partial.unlink(missing_ok=True)
     card = {"architecture": "inception_resnet_v2", "model": config.to_dict(), **card,
             "weights_dtype": "float16" if half else "float32"}
     beside(path, ".json").write_text(json.dumps(card, indent=2) + "\n")
@@ -381,9 +404,12 @@ def _open_log(path: Path, resumed_step: int):
     dropped, and a run that starts afresh starts a new log."""
     kept: list[str] = []
     if resumed_step and path.exists():
-        lines = path.read_text().splitlines(keepends=True)
+        with open(path, newline="") as handle:
+            lines = handle.read().splitlines()
         kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0] or 0) <= resumed_step]
-    path.write_text("".join(kept))
+    # The rows kept end as the csv module ends the new ones (\r\n): read as text, they came back with \n.
+    with open(path, "w", newline="") as handle:
+        handle.writelines(line + "\r\n" for line in kept)
     return open(path, "a", newline="")
 
 
@@ -520,10 +546,42 @@ def _check_validation_crops(config: TrainConfig) -> None:
     from facekit.evaluation import read_lfw_pairs
 
     pairs = read_lfw_pairs(config.val_pairs, config.val_root)
-    if not any(_aligned_crop(pair.path1) and _aligned_crop(pair.path2) for pair in pairs):
+    crops = {path: _aligned_crop(path) for pair in pairs for path in (pair.path1, pair.path2)}
+    sizes = {path: _image_size(crop) for path, crop in crops.items() if crop is not None}
+    # The in-training check reads 112x112 crops alone: raw photos (LFW's 250x250) were all left out, and the first
+    # evaluation stopped the run with "no pair of the 6000 has a face found in both images".
+    usable = {path for path, size in sizes.items() if size == (112, 112)}
+    if not any(pair.path1 in usable and pair.path2 in usable for pair in pairs):
+        other = [(crops[path], size) for path, size in sizes.items() if size is not None and size != (112, 112)]
+        if other:
+            example, (width, height) = other[0]
+            raise ValueError(f"--val-root {config.val_root}: {len(other)} of the {len(crops)} images that "
+                             f"{config.val_pairs} names are not aligned 112x112 crops (such as {example}, "
+                             f"{width}x{height}): give the folder tools/align_dataset.py wrote their crops to")
         example = Path(pairs[0].path1).with_suffix(".png")
         raise ValueError(f"--val-root {config.val_root} holds no pair of the {len(pairs)} that {config.val_pairs} "
                          f"names (no {example}, say): give the folder tools/align_dataset.py wrote their crops to")
+
+
+def _check_output_folder(output: Path) -> None:
+    """--output is new, empty, or a facekit run's (its checkpoint, or its log alone where the run stopped before its
+    first checkpoint): into a folder of one's own files, or a release's, a run wrote its log.csv, model.json and
+    model.safetensors over theirs."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise ValueError(f"--output {output} is a file: give a folder for the run (new, or empty)")
+    entries = sorted(entry.name for entry in output.iterdir())
+    if not entries or "checkpoint.pt" in entries:
+        return
+    log = output / "log.csv"
+    if set(entries) <= {"log.csv", "checkpoint.tmp"} and log.is_file():
+        with open(log, newline="", errors="replace") as handle:
+            if handle.readline().rstrip("\r\n") == ",".join(LOG_COLUMNS):
+                return
+    named = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise ValueError(f"--output {output} holds files that are not a facekit run's ({named}; no checkpoint.pt), which "
+                     "the run would write over: give a new or empty folder")
 
 
 def _training_device(name: str | None) -> torch.device:
@@ -538,6 +596,22 @@ def _training_device(name: str | None) -> torch.device:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} found)")
     return device
+
+
+def _budget(config: TrainConfig) -> dict:
+    """The length of the schedule as a card records it: --minutes, or --epochs where no --minutes was given (the
+    other None: a --minutes run recorded the default 10 epochs it never ran)."""
+    return {"budget_minutes": config.minutes, "epochs": None if config.minutes is not None else config.epochs}
+
+
+def _with_budget(config: TrainConfig, budget: dict) -> TrainConfig:
+    return replace(config, minutes=budget["budget_minutes"],
+                   epochs=config.epochs if budget["epochs"] is None else budget["epochs"])
+
+
+def _shown(budget: dict) -> str:
+    return (f"--minutes {budget['budget_minutes']:g}" if budget["budget_minutes"] is not None
+            else f"--epochs {budget['epochs']:g}")
 
 
 def _run_settings(config: TrainConfig) -> dict:
@@ -695,6 +769,7 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"--device {config.device} under torchrun would put every process on one GPU: give "
                          "--device cuda, and each process takes its own")
     output = Path(config.output)
+    _check_output_folder(output)
     checkpoint_path = output / "checkpoint.pt"
     # Read and checked before the crops are: a run that cannot resume is refused before minutes are spent. Onto the
     # CPU, where every process may read it: under torchrun, onto plain `cuda` it went to GPU 0 from every process
@@ -715,7 +790,6 @@ def train(config: TrainConfig) -> dict:
         print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated, and slower than "
               "float32 (6 times for the class centres on an AMD Zen 3); leave it off here", file=sys.stderr)
     torch.manual_seed(config.seed)  # the same initial heads in every process (DDP only copies the trunk's)
-    output.mkdir(parents=True, exist_ok=True)
 
     crops = load_crops(config.data, config.cache_dir, config.min_per_class, config.limit_classes)
     if crops.undecodable and is_main:
@@ -763,11 +837,35 @@ def train(config: TrainConfig) -> dict:
         # made hundreds of copies between GPU and CPU wait for the GPU's queue at every step.
         averaged = torch.optim.swa_utils.AveragedModel(model, device=device, use_buffers=True,
                                                        avg_fn=torch.optim.swa_utils.get_swa_avg_fn())
+    # Each budget the run was given, from the step it took over at: more --minutes or --epochs take a finished run
+    # further, on a schedule that is then not the first one's (a checkpoint from before they were kept: this one).
+    budgets = [{**_budget(config), "from_step": 0}]
     if saved is not None:
         step, elapsed_before, state = _resume(checkpoint_path, saved, model, margin_loss, distill, optimizer,
                                               averaged)
+        budgets = state.get("budgets") or budgets
+        if _Clock(config, len(images), elapsed_before, device, world).progress(step) >= 1.0:
+            # Nothing to train under this budget. A finished run keeps its card: written again, it recorded this
+            # budget for weights another one made.
+            own = _with_budget(config, budgets[-1])
+            if _Clock(own, len(images), elapsed_before, device, world).progress(step) < 1.0:
+                raise ValueError(f"{checkpoint_path} is at step {step}, already past the end of "
+                                 f"{_shown(_budget(config))}: give the budget it was trained under "
+                                 f"({_shown(budgets[-1])}) to finish it, or a larger one")
+            if (output / "model.json").exists():
+                if is_main:
+                    print(f"{output} had already finished, at step {step} of {_shown(budgets[-1])}: nothing was "
+                          "trained, and its model card is left as it was (a larger --minutes or --epochs trains it "
+                          "further)", file=sys.stderr)
+                if world > 1:
+                    dist.destroy_process_group()
+                result_file = output / "result.json"
+                return json.loads(result_file.read_text()) if result_file.exists() else {"steps": step}
+            config = own  # its card was never written (the process ended just before): written now, as trained
         if is_main:
             print(f"resumed from {checkpoint_path} at step {step}")
+    if budgets[-1] != {**_budget(config), "from_step": budgets[-1]["from_step"]}:
+        budgets.append({**_budget(config), "from_step": step})
 
     head_params = [p for m in (margin_loss, distill) if m is not None for p in m.parameters()]
     if world > 1:
@@ -795,6 +893,10 @@ def train(config: TrainConfig) -> dict:
             torch.cuda.set_rng_state(saved_rng["cuda_rng"], device)
     callback = (VerificationCallback(config.val_pairs, config.val_root, device)
                 if is_main and config.val_pairs and config.val_root else None)
+    if callback is not None and callback.pairs_without_crops:
+        print(f"warning: {callback.pairs_without_crops} of the {len(callback.pairs)} pairs of {config.val_pairs} lack "
+              f"a 112x112 crop under {config.val_root}, and count as errors: the val accuracy is lower for them "
+              "(result.json's val.missing_crops)", file=sys.stderr)
 
     # Whether every step's loss so far was finite. It stays on the device, and is read only on log and checkpoint
     # steps: reading it back waits for the device's queue.
@@ -828,21 +930,25 @@ def train(config: TrainConfig) -> dict:
             state["averaged"] = averaged.state_dict()
         state["rng"] = rng_states
         state["settings"] = _run_settings(config)  # what a resume must give again (_check_same_run)
+        state["budgets"] = budgets
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, checkpoint_path)
 
+    if is_main:
+        output.mkdir(parents=True, exist_ok=True)  # only now: a run that fails to start leaves no empty folder
     log_file = _open_log(output / "log.csv", step) if is_main else open(os.devnull, "w")  # rank 0 keeps the log
     log = csv.writer(log_file)
     if log_file.tell() == 0:
-        log.writerow(["step", "elapsed_s", "lr", "loss", "arcface", "triplet", "distill", "images_per_s",
-                      "val_accuracy", "relation"])
+        log.writerow(LOG_COLUMNS)
     model.train()
     if config.compile:
         batch_rows = per_rank_batch // config.pk_k * config.pk_k if use_pk else per_rank_batch
         _compile_before_the_clock(forward, model, optimizer, batch_rows, device, use_bf16)
     clock = _Clock(config, len(images), elapsed_before, device, world)
-    bar = tqdm(total=1000, desc="training", unit="‰", disable=not is_main)
+    # Counted in thousandths of the run, shown as a percentage and times alone: a rate in them read "‰/s".
+    bar = tqdm(total=1000, desc="training", bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
+               disable=not is_main)
     batches = iter(sampler)
     last_log, images_since_log = time.time(), 0
     latest_val: dict = {}
@@ -880,14 +986,17 @@ def train(config: TrainConfig) -> dict:
             if world == 1 or step % config.log_every == 0:  # under DDP a collective: at steps all processes share
                 stopped_by = _stop_signal(requested, device, world) if fraction < 1.0 else 0
             last = fraction >= 1.0 or stopped_by != 0  # logged whatever its number: the log ends where the run does
-            logged = step % config.log_every == 0 or last  # .item() waits for the GPU's queue: only as often as this
+            evaluated = is_main and step % config.eval_every == 0 and callback is not None
+            # .item() waits for the GPU's queue: only as often as this. An evaluation's step has its row, which holds
+            # its accuracy.
+            logged = step % config.log_every == 0 or last or evaluated
             if logged:
                 stop_if_diverged(weights_too=False)
             bar.n = int(fraction * 1000)
             if is_main and logged:
                 bar.set_postfix(step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4f}", refresh=False)
             bar.refresh()
-            if is_main and step % config.eval_every == 0 and callback is not None:
+            if evaluated:
                 latest_val = callback(model)
                 tqdm.write(f"step {step}: val accuracy {latest_val['accuracy']:.4f} "
                            f"+- {latest_val['accuracy_std']:.4f}, TAR@1e-3 {latest_val['tar_at_far_1e-3']:.3f}")
@@ -907,7 +1016,7 @@ def train(config: TrainConfig) -> dict:
     result: dict = {}
     if not stopped_by:
         # "minutes" is the time trained, which tools/release_model.py adds up over stages; the card keeps the
-        # --minutes budget as "budget_minutes" (None for an --epochs run).
+        # --minutes budget as "budget_minutes" (None for an --epochs run, whose "epochs" a --minutes run has None).
         result = {"steps": step, "minutes": round(clock.elapsed() / 60, 1),
                   "images_seen": step * config.batch_size, "device": str(device), "world_size": world}
         if teacher_targets is not None:
@@ -924,7 +1033,10 @@ def train(config: TrainConfig) -> dict:
                 latest_val = callback(shipped)
                 result["val"] = latest_val
             settings = asdict(config)
-            settings["budget_minutes"] = settings.pop("minutes")
+            del settings["minutes"]
+            settings.update(_budget(config))
+            if len(budgets) > 1:  # taken further: the budget it ended under above, each with the step it began at
+                settings["budgets"] = budgets
             card = {"training": {**settings, **result, "num_classes": crops.num_classes,
                                  "num_images": len(images), "stages_before": earlier_stages(config.init_from)}}
             save_weights(shipped.eval(), model.config, output / "model", card)
