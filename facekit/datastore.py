@@ -153,8 +153,9 @@ def clean_identity(name: object) -> str:
 
 
 def _quoted_name(name: object) -> str:
-    """A stored identity name (or trigger name) for a line of output: quoted, its control, bidi and invisible characters
-    escaped, and cut at MAX_NAME_LENGTH characters, since a database made elsewhere may hold one of millions."""
+    """A stored identity name (or trigger name) for a line of output: quoted, its control characters, bidi overrides
+    and invisible spaces escaped, and cut at MAX_NAME_LENGTH characters, since a database made elsewhere may hold one
+    of millions."""
     if isinstance(name, (str, bytes)) and len(name) > MAX_NAME_LENGTH:
         return escape_control_characters(f"{name[:MAX_NAME_LENGTH]!r}... ({len(name)} characters)")
     return escape_control_characters(repr(name))
@@ -1725,11 +1726,14 @@ class Gallery:
         ):
             problems.append(f"identity {_quoted_name(name)} has no embeddings")
         for (name,) in self._conn.execute("SELECT name FROM identities ORDER BY name"):
-            try:  # facekit stores none of these; a database made elsewhere may (remove and rename take it as stored)
+            # A database made elsewhere may hold any, and one enrolled before a rule came in (invisible spaces) its
+            # names; remove and rename take such a name as stored.
+            try:
                 clean_identity(name)
             except GalleryError as exc:
                 problems.append(f"identity {_quoted_name(name)} is a name facekit refuses ({one_line(exc)}): rename or "
                                 "remove it")
+        # Opening refuses a trigger; one made while this gallery was open is found here.
         problems.extend(f"the database holds a trigger, {name}, which facekit never makes: it could keep copies of "
                         "removed faces" for name in self._triggers(self._conn))
         for key in self._lost_settings():

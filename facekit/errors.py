@@ -14,9 +14,10 @@ INTERRUPTED = "interrupted; everything committed before this point is kept"
 EXIT_INTERRUPTED = 130
 
 # Characters that end a line or steer a terminal (a newline or an ESC in a file name), Unicode's line breaks, the
-# bidirectional controls (U+202E shows the rest of a line reversed: "gpj.exe") and the invisible ones (a zero-width
-# space makes "Ali\u200bce" look like "Alice"). Joiners (U+200C, U+200D) stay: names in Persian or Hindi need them.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]")
+# bidirectional overrides and isolates (U+202E shows the rest of a line reversed: "gpj.exe") and the invisible
+# spaces (a zero-width space makes "Ali\u200bce" look like "Alice"). The joiners (U+200C, U+200D) and the
+# directional marks (U+200E, U+200F, U+061C) stay: names in Persian, Hindi, Hebrew or Arabic use them.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2028-\u202e\u2060\u2066-\u2069\ufeff]")
 
 
 def one_line(error: BaseException) -> str:

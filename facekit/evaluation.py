@@ -114,11 +114,22 @@ DIFFERENT_VALUES = {"0", "false", "no", "different"}
 SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
+def _separator(header: str, columns: set[str]) -> str:
+    """The separator that splits the header line into the most of the columns, else the one it holds most of (a tie,
+    such as a header of one column, is the comma). Named, not counted, first: a quoted column name may hold another
+    separator ("notes; a; b")."""
+    def columns_named(separator: str) -> int:
+        fields = next(csv.reader([header], delimiter=separator, skipinitialspace=True), [])
+        return len(columns & {field.strip().lower() for field in fields})
+
+    return max(SEPARATORS, key=lambda separator: (columns_named(separator), header.count(separator)))
+
+
 def csv_rows(csv_file: str | Path, columns: set[str]) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) for each row of a CSV that has the columns; a row that is short, too long (a comma
     in an unquoted path) or has an empty one of them is a ValueError naming its line. A BOM is allowed.
 
-    The separator is the comma, semicolon or tab that the header line holds most of (European Excel writes
+    The separator is the comma, semicolon or tab that splits the header into the columns (European Excel writes
     semicolons, other tools tabs), and column names match in any case, with spaces around them ignored."""
     rows = []
     with open(csv_file, newline="", encoding="utf-8-sig") as handle:
@@ -126,7 +137,7 @@ def csv_rows(csv_file: str | Path, columns: set[str]) -> list[tuple[int, dict[st
         if header is None:
             raise ValueError(f"{csv_file}: empty file: its first line must name the columns "
                              f"({', '.join(sorted(columns))}), then a row per line")
-        separator = max(SEPARATORS, key=header.count)  # a tie (a header of one column) is the comma
+        separator = _separator(header, columns)
         handle.seek(0)
         reader = csv.DictReader(handle, delimiter=separator, skipinitialspace=True)
         reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]

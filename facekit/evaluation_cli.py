@@ -284,12 +284,19 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     names = [n for n in names if centre[n]]
     if not names:
         raise CliError(f"no face found in any gallery image{unreadable_note(gallery_unreadable)}")
+    # As a person without a folder: a miss at every rank, unannounced. All of them named at once, as finding them
+    # took embedding the whole gallery.
+    faceless: dict[str, int] = {}  # person -> the first probe line of theirs
     for (line, _), (_, identity) in zip(probe_lines, probes):
-        if not centre[identity]:  # as a person without a folder: a miss at every rank, unannounced
-            own = {path: gallery_unreadable[path] for who, path in enrolled
-                   if who == identity and path in gallery_unreadable}
-            raise CliError(f"{probes_file}: line {line}: {identity!r} has no photo with a face found in "
-                           f"{args.gallery_dir}{unreadable_note(own)}")
+        if not centre[identity]:
+            faceless.setdefault(identity, line)
+    if faceless:
+        (identity, line), *others = faceless.items()
+        own = {path: gallery_unreadable[path] for who, path in enrolled
+               if who == identity and path in gallery_unreadable}
+        more = ", ".join(f"{who!r} (line {at})" for who, at in others[:5]) + (", ..." if len(others) > 5 else "")
+        raise CliError(f"{probes_file}: line {line}: {identity!r} has no photo with a face found in "
+                       f"{args.gallery_dir}{unreadable_note(own)}" + (f"; nor has {more}" if others else ""))
     if len(names) < 2:  # every probe would be first among one, and no comparison would be of different people
         raise CliError(f"identification needs 2 or more people with a face found in the gallery, not only {names[0]!r}")
     stacked = [np.stack(centre[n]) for n in names]

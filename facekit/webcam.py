@@ -381,16 +381,19 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
         return 1
     gave_up = failed_reads == MAX_FAILED_READS
-    if gave_up and frame_count - (frames + unread) >= MAX_FAILED_READS:
-        # The file's frame count says the failures were frames, not its end: the rest of it was not read.
-        unread += frame_count - (frames + unread)
+    # Frames a file's count says were left when the reads gave up: damage at its end, or a count that OpenCV
+    # estimated from the duration (some formats record none). Said, but not counted as frames passed over.
+    left_unread = frame_count - (frames + unread) if gave_up and not camera else 0
     written = f", written to {Path(args.output)}" if args.output else ""
     print(f"{counted(frames, 'frame')}, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame"
           f"{written}")
     # As `facekit identify` exits 1 when a photo failed and the rest were done.
+    source = f"camera {args.source}" if camera else repr(args.source)
     if unread:
-        source = f"camera {args.source}" if camera else repr(args.source)
         print(f"warning: passed over {counted(unread, 'frame')} of {source} that could not be read", file=sys.stderr)
+    if left_unread >= MAX_FAILED_READS:
+        print(f"warning: reading {source} stopped after {frames + unread} of the {frame_count} frames it gives as its "
+              "length: its end may be damaged, or that length an estimate", file=sys.stderr)
     if camera and gave_up:
         print(f"error: camera {args.source} stopped giving frames ({MAX_FAILED_READS} reads in a row failed)",
               file=sys.stderr)

@@ -98,17 +98,20 @@ def test_eval_pairs_reads_a_semicolon_csv_and_counts_each_image_once(tmp_path, c
 
 def test_eval_identify_refuses_a_person_without_a_gallery_face(tmp_path, capsys, photos):
     # Her folder held only a faceless photo: her probe was a miss at every rank, rank-1 fell, exit 0.
-    for name in ("eileen", "grace", "nobody"):
+    for name in ("eileen", "grace", "nobody", "ghost"):
         (tmp_path / "people" / name).mkdir(parents=True)
     photos["eileen0"].rename(tmp_path / "people" / "eileen" / "0.jpg")
     photos["grace0"].rename(tmp_path / "people" / "grace" / "0.jpg")
-    cv2.imwrite(str(tmp_path / "people" / "nobody" / "blank.jpg"), np.full((200, 200, 3), 127, np.uint8))
+    for name in ("nobody", "ghost"):
+        cv2.imwrite(str(tmp_path / "people" / name / "blank.jpg"), np.full((200, 200, 3), 127, np.uint8))
     probes = tmp_path / "probes.csv"
-    probes.write_text("path,identity\nphotos/eileen2.jpg,eileen\nphotos/grace2.jpg,grace\nphotos/grace1.jpg,nobody\n")
+    probes.write_text("path,identity\nphotos/eileen2.jpg,eileen\nphotos/grace2.jpg,grace\nphotos/grace1.jpg,nobody\n"
+                      "photos/eileen1.jpg,ghost\n")
     command = ["eval", "identify", "--gallery-dir", str(tmp_path / "people"), "--probes", str(probes), "--quiet"]
     assert main(command) == 2
+    # Every such person in the one error (the first alone took a run of the whole gallery per person found).
     assert capsys.readouterr().err == (f"error: {probes}: line 4: 'nobody' has no photo with a face found in "
-                                       f"{tmp_path / 'people'}\n")
+                                       f"{tmp_path / 'people'}; nor has 'ghost' (line 5)\n")
     # Without her probe it runs; with 2 people rank-5 is 1.0 whatever the model, and stderr says so.
     probes.write_text("path,identity\nphotos/eileen2.jpg,eileen\nphotos/grace2.jpg,grace\n")
     assert main([*command, "--json"]) == 0

@@ -392,6 +392,8 @@ def test_pairs_csv_lists_that_measure_nothing_or_count_twice(tmp_path, body, mes
     "path1\tpath2\tsame\tfold\na.jpg\tx,1.jpg\t1\t0\na.jpg\tc.jpg\t0\t1\n",  # tab-separated
     "Path1,Path2,Same,Fold\na.jpg,\"x,1.jpg\",1,0\na.jpg,c.jpg,0,1\n",  # capitalised
     "path1 , path2,same ,fold\na.jpg,\"x,1.jpg\",1,0\na.jpg,c.jpg,0,1\n",  # spaces around the names
+    # Another separator in a quoted column's name: counted, the semicolons won ("no header row").
+    'path1,path2,same,fold,"notes; a; b; c; d; e"\na.jpg,"x,1.jpg",1,0,n\na.jpg,c.jpg,0,1,n\n',
 ])
 def test_pairs_csv_headers_as_spreadsheets_write_them(tmp_path, text):
     # Each header was "no header row: its first line must name the columns".

@@ -207,9 +207,11 @@ def test_an_output_folder_of_other_files_is_refused_before_training(tmp_path, ca
                                    _one_error(err))
     assert {path.name: path.read_text() for path in (tmp_path / "run").iterdir()} == {
         name: f"{name}, not facekit's\n" for name in files}
-    # A run's own folder is taken: with its checkpoint, or its log alone (stopped before its first checkpoint).
+    # A run's own folder is taken: with its checkpoint, or its log alone (stopped before its first checkpoint), and
+    # hidden files beside it (a Mac's .DS_Store) are no one's work.
     for name in files:
         (tmp_path / "run" / name).unlink()
+    (tmp_path / "run" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (tmp_path / "run" / "log.csv").write_text("step,elapsed_s,lr,loss,arcface,triplet,distill,images_per_s,"
                                               "val_accuracy,relation\r\n")
     assert _train(capsys, tmp_path / "crops")[0] == 0

@@ -571,7 +571,8 @@ def _check_output_folder(output: Path) -> None:
         return
     if not output.is_dir():
         raise ValueError(f"--output {output} is a file: give a folder for the run (new, or empty)")
-    entries = sorted(entry.name for entry in output.iterdir())
+    # Hidden files (.DS_Store, a .gitignore) are no one's work the run would write over.
+    entries = sorted(entry.name for entry in output.iterdir() if not entry.name.startswith("."))
     if not entries or "checkpoint.pt" in entries:
         return
     log = output / "log.csv"
