@@ -8,6 +8,8 @@ import os
 import sys
 import unicodedata
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from facekit import FacekitWarning
+from facekit.errors import printable_path
 
 KNOWN = (60, 200, 60)
 UNKNOWN = (40, 40, 220)
@@ -44,8 +47,14 @@ FONT_CANDIDATES: tuple[Path, ...] = {
 }.get(sys.platform, (
     Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"), Path("/usr/share/fonts/TTF/DejaVuSans.ttf"),
     Path("/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf"),
+    # CJK, which DejaVu lacks: Noto Sans CJK (Debian and Ubuntu, Arch, Fedora), Droid Sans Fallback (Debian and
+    # Ubuntu's fonts-droid-fallback, Fedora), WenQuanYi Zen Hei (Debian and Ubuntu).
     Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"),
     Path("/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc"),
+    Path("/usr/share/fonts/google-noto-sans-cjk-fonts/NotoSansCJK-Regular.ttc"),
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+    Path("/usr/share/fonts/google-droid-sans-fonts/DroidSansFallbackFull.ttf"),
+    Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
 ))
 # The last code point, a noncharacter that no font maps: drawn, it is the font's .notdef glyph (an empty box, mostly),
 # which is what Pillow draws for any character the font has no glyph for.
@@ -54,6 +63,8 @@ _LEFT_TO_RIGHT_MARK = "\u200e"
 # Unicode's paragraph separators ("\n" among them): Pillow's raqm layout fails on them, and "\n" makes lines.
 _PARAGRAPH_BREAKS = str.maketrans(dict.fromkeys("\n\r\x1c\x1d\x1e\x85\u2029", "?"))
 _PROBE_SIZE = 32
+Font = int | ImageFont.FreeTypeFont  # an OpenCV font's number, or a TrueType font Pillow writes with
+Rectangle = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom just outside it
 
 
 def draw_results(image: np.ndarray, results: list[dict], fps: float | None = None) -> np.ndarray:
@@ -73,15 +84,14 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
         cv2.putText(canvas, f"{fps:.1f} fps", origin, FONT, scale, (255, 255, 255), bold, cv2.LINE_AA)
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for face in results:
-        x, y, w, h = (int(round(v)) for v in face["box"])
-        colour = KNOWN if face.get("identity") else UNKNOWN
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
+        x, y, w, h = _box(face)
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), _colour(face), thickness)
         for px, py in face.get("landmarks", []):
             # Rounded as the box is: int() put each dot up to a pixel up and left of its point.
             cv2.circle(canvas, (int(round(px)), int(round(py))), thickness + 1, (0, 220, 255), -1)
-        name = face.get("identity") or "unknown"
-        similarity = face.get("similarity")  # None where there was no candidate (facekit.identify, no gallery)
-        _draw_label(canvas, name, "" if similarity is None else f" {similarity:.2f}", x, y, max(0.4, w / 250), colour)
+    # After every box: a label moved below or into its box is not crossed by another face's lines.
+    for label in place_labels(canvas.shape, results):
+        _draw_label(canvas, label)
     return canvas
 
 
@@ -93,46 +103,201 @@ def _bgr_copy(image: np.ndarray) -> np.ndarray:
     return image.copy()
 
 
-def _draw_label(canvas: np.ndarray, name: str, score: str, x: int, y: int, scale: float,
-                colour: tuple[int, int, int]) -> None:
-    """name and score on a band of colour just above (x, y), kept inside the frame: moved in where the box reaches
-    past an edge, and the name cut short ("...") where the frame is too narrow for all of it."""
-    width = canvas.shape[1]
+def _box(face: dict) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(round(v)) for v in face["box"])
+    return x, y, w, h
+
+
+def _colour(face: dict) -> tuple[int, int, int]:
+    return KNOWN if face.get("identity") else UNKNOWN
+
+
+@dataclass(frozen=True)
+class Label:
+    """A face's name and score as drawn: runs of text, each in a font that has its letters, on a band of colour
+    whose top left pixel is (left, top)."""
+
+    runs: tuple[tuple[str, Font], ...]
+    left: int
+    top: int
+    width: int
+    height: int
+    ascent: int  # from the band's top to the letters' baseline
+    colour: tuple[int, int, int]
+    scale: float
+    weight: int
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.runs).replace(_LEFT_TO_RIGHT_MARK, "")
+
+    @property
+    def rectangle(self) -> Rectangle:
+        return self.left, self.top, self.left + self.width, self.top + self.height
+
+
+def place_labels(frame_shape: tuple[int, ...], results: list[dict]) -> list[Label]:
+    """Each face's label, in results' order, inside the frame. The largest face's is placed first, each in the first
+    place where it covers no label placed before it, no other face and not the place above it (_label_places); where
+    none is free (a crowd of faces that overlap), in the one that covers least. Where faces are apart, a label is
+    where it has always been: on its box's top left corner, above it."""
+    frame_height, frame_width = frame_shape[:2]
+    boxes = [_box(face) for face in results]
+    first_choices = [_fitted_label(face, min(frame_width, 3 * box[2])) for face, box in zip(results, boxes)]
+    # What a label must not cover: another face, and the place above it where that face's label would go.
+    faces_and_their_labels = [(x + 1, y - label.height, x + w, y + h)
+                              for (x, y, w, h), label in zip(boxes, first_choices)]
+    placed: dict[int, Label] = {}
+    for index in sorted(range(len(results)), key=lambda i: -boxes[i][2] * boxes[i][3]):
+        other_faces = faces_and_their_labels[:index] + faces_and_their_labels[index + 1:]
+        best, best_cover = None, None
+        for label in _label_places(results[index], first_choices[index], boxes[index], frame_width):
+            # Kept inside the frame: a box at its top edge has its label over its top instead, one past its left
+            # or right edge has it moved in.
+            moved = replace(label, left=min(max(0, label.left), max(0, frame_width - label.width)),
+                            top=min(max(0, label.top), max(0, frame_height - label.height)))
+            cover = (sum(_overlap(moved.rectangle, other.rectangle) for other in placed.values()),
+                     sum(_overlap(moved.rectangle, face) for face in other_faces))
+            if best_cover is None or cover < best_cover:
+                best, best_cover = moved, cover
+            if cover == (0, 0):
+                break
+        placed[index] = best
+    return [placed[index] for index in range(len(results))]
+
+
+def _label_places(face: dict, first_choice: Label, box: tuple[int, int, int, int],
+                  frame_width: int) -> Iterator[Label]:
+    """The label where it may go, best first: above the box, below it, inside its bottom; in each, on the box's
+    left edge, then ending at its right edge, then (where the label is wider than the box) its name cut short to
+    the box's width."""
+    x, y, w, h = box
+    cut = None
+    for place in ("above", "below", "inside"):
+        yield from (_placed(first_choice, left, place, box) for left in (x, x + w + 1 - first_choice.width))
+        if first_choice.width > w:
+            # Only where the whole name has no free place: cutting a long name takes a measure per letter.
+            cut = cut or _fitted_label(face, min(frame_width, w))
+            yield _placed(cut, x, place, box)
+
+
+def _placed(label: Label, left: int, place: str, box: tuple[int, int, int, int]) -> Label:
+    _, y, _, h = box
+    # Above and below, the band's edge row is the box's line, as the label has always been drawn.
+    top = {"above": y - label.height + 1, "below": y + h, "inside": y + h - label.height + 1}[place]
+    return replace(label, left=left, top=top)
+
+
+def _overlap(first: Rectangle, second: Rectangle) -> int:
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    return max(0, width) * max(0, height)
+
+
+def _fitted_label(face: dict, widest: int) -> Label:
+    """The face's label at (0, 0), its name cut short ("...") where the label would be wider than widest, or than
+    room for "unknown" and the score; the score is never cut."""
+    name = face.get("identity") or "unknown"
+    similarity = face.get("similarity")  # None where there was no candidate (facekit.identify, no gallery)
+    score = "" if similarity is None else f" {similarity:.2f}"
+    scale = max(0.4, _box(face)[2] / 250)
     weight = max(1, round(scale * 1.6))  # a 1 px stroke in letters 70 px tall is lost once a 4K frame is shown
+    widest = max(widest, cv2.getTextSize("unknown" + score, FONT, scale, weight)[0][0] + 5)
     font = _label_font(name, scale, weight)
-    name = _drawable(name, font)
-    if not isinstance(font, int) and font.layout_engine == ImageFont.Layout.RAQM:
-        # Written left to right as OpenCV writes: an Arabic or Hebrew name still reads right to left, but the score
-        # stays on its right, where its digits would otherwise join the name's run. The marks are not drawn.
-        name, score = _LEFT_TO_RIGHT_MARK + name, _LEFT_TO_RIGHT_MARK + score
-    label = name + score
-    (tw, th), base = _text_size(label, font, scale, weight)
-    while tw + 4 > width and name:
-        name = name[:-1]
-        label = name.rstrip() + "..." + score
-        (tw, th), base = _text_size(label, font, scale, weight)
-    band = th + base + 4
-    left = min(max(0, x), max(0, width - tw - 4))
-    top = max(0, y - band)  # a box at the frame's top edge: the band covers the box's top instead
-    cv2.rectangle(canvas, (left, top), (left + tw + 4, top + band), colour, -1)
+    runs = _label_runs(name, score, font)
+    (text_width, text_height), base = _runs_size(runs, scale, weight)
+    if text_width + 5 > widest and name:
+        # The longest start of the name that fits with "...", found by halving: measuring a label costs about 0.1
+        # ms, and a letter at a time made a long name a few ms of each webcam frame.
+        def fits(length: int) -> bool:
+            runs = _label_runs(name[:length].rstrip() + "...", score, font)
+            return _runs_size(runs, scale, weight)[0][0] + 5 <= widest
+
+        shortest, longest = 0, len(name) - 1
+        while shortest < longest:
+            middle = (shortest + longest + 1) // 2
+            shortest, longest = (middle, longest) if fits(middle) else (shortest, middle - 1)
+        runs = _label_runs(name[:shortest].rstrip() + "...", score, font)
+        (text_width, text_height), base = _runs_size(runs, scale, weight)
+    return Label(tuple(runs), 0, 0, text_width + 5, text_height + base + 5, text_height + 2, _colour(face), scale,
+                 weight)
+
+
+def _label_runs(name: str, score: str, font: Font) -> list[tuple[str, Font]]:
+    """name and score in runs of one font each. With a TrueType font, a letter it lacks (a CJK-only font has no
+    digits or Latin letters) is written in OpenCV's, in the form _drawable gives it, unless the TrueType font has
+    that form; with one of OpenCV's fonts, the whole label is in its letters."""
+    if isinstance(font, int):
+        return [(_drawable(name + score), font)]
+    runs: list[tuple[str, Font]] = []
+    for part in (name, score):
+        if font.layout_engine == ImageFont.Layout.RAQM:
+            # Written left to right as OpenCV writes: an Arabic or Hebrew name still reads right to left, but the
+            # score stays on its right, where its digits would otherwise join the name's run. The marks are not
+            # drawn.
+            runs.append((_LEFT_TO_RIGHT_MARK, font))
+        for character in part.translate(_PARAGRAPH_BREAKS):
+            shown, shown_in = character, font
+            if not _has_glyph(font.path, character):
+                shown = _drawable(character)
+                if not all(_has_glyph(font.path, c) for c in shown):
+                    shown_in = CYRILLIC_FONT if any(c in CYRILLIC_LETTERS for c in shown) else FONT
+            if runs[-1:] and runs[-1][1] is shown_in:
+                runs[-1] = (runs[-1][0] + shown, shown_in)
+            else:
+                runs.append((shown, shown_in))
+    return [(text, run_font) for text, run_font in runs if text.strip(_LEFT_TO_RIGHT_MARK)]
+
+
+def _runs_size(runs: list[tuple[str, Font]], scale: float, weight: int) -> tuple[tuple[int, int], int]:
+    """The runs' width side by side, and the tallest one's height and baseline, as _text_size gives them."""
+    sizes = [_text_size(text, font, scale, weight) for text, font in runs]
+    return ((sum(width for (width, _), _ in sizes), max(height for (_, height), _ in sizes)),
+            max(base for _, base in sizes))
+
+
+def _draw_label(canvas: np.ndarray, label: Label) -> None:
+    cv2.rectangle(canvas, (label.left, label.top), (label.left + label.width - 1, label.top + label.height - 1),
+                  label.colour, -1)
     # Dark letters on a light band: white on the green of a known face has a contrast of about 2 to 1.
+    colour = label.colour
     ink = (0, 0, 0) if 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2] > 128 else (255, 255, 255)
-    _put_text(canvas, label, (left + 2, top + th + 2), font, scale, ink, weight)
+    x = label.left + 2
+    for text, font in label.runs:
+        _put_text(canvas, text, (x, label.top + label.ascent), font, label.scale, ink, label.weight)
+        x += _text_size(text, font, label.scale, label.weight)[0][0]
 
 
-def _label_font(name: str, scale: float, weight: int) -> int | ImageFont.FreeTypeFont:
+def _label_font(name: str, scale: float, weight: int) -> Font:
     """OpenCV's font for a name it can write (in ASCII forms, or Cyrillic); else a TrueType font at a size that makes
     its capitals about as tall as OpenCV's, where one has letters OpenCV would write as "?"."""
     lacking = "".join(c for c in name.translate(_PARAGRAPH_BREAKS) if c != "?" and "?" in _drawable(c))
     font_file = _font_file(lacking) if lacking else None
+    # A byte of a name that was not UTF-8 is "?" whatever the font.
+    if any(unicodedata.category(c) != "Cs" and (font_file is None or not _has_glyph(font_file, c)) for c in lacking):
+        _say_once_that_no_font_has(name)
     if font_file is None:
         return CYRILLIC_FONT if any(letter in CYRILLIC_LETTERS for letter in _drawable(name)) else FONT
     height, base = _opencv_height(scale, weight)
     return _font(font_file, height + base)
 
 
-def _text_size(label: str, font: int | ImageFont.FreeTypeFont, scale: float,
-               weight: int) -> tuple[tuple[int, int], int]:
+_said_that_no_font_has_a_name = False
+
+
+def _say_once_that_no_font_has(name: str) -> None:
+    # Once a run: a gallery of Chinese names would otherwise warn for every face of every photo or frame.
+    global _said_that_no_font_has_a_name
+    if _said_that_no_font_has_a_name:
+        return
+    _said_that_no_font_has_a_name = True
+    warnings.warn(f"no font found has all the letters of \"{printable_path(name)}\": they are drawn as \"?\" on "
+                  f"annotated images; set ${FONT_ENV_VAR} to a .ttf/.otf/.ttc font that has them, or install one "
+                  f"such as Noto Sans CJK or Droid Sans Fallback (Debian and Ubuntu: fonts-noto-cjk, "
+                  f"fonts-droid-fallback)", FacekitWarning, stacklevel=2)
+
+
+def _text_size(label: str, font: Font, scale: float, weight: int) -> tuple[tuple[int, int], int]:
     """cv2.getTextSize's ((width, height), baseline); a TrueType label's band is as tall as OpenCV's, or taller where
     its accents or ideographs reach further."""
     if isinstance(font, int):
@@ -149,7 +314,7 @@ def _opencv_height(scale: float, weight: int) -> tuple[int, int]:
     return height, base
 
 
-def _put_text(canvas: np.ndarray, label: str, origin: tuple[int, int], font: int | ImageFont.FreeTypeFont,
+def _put_text(canvas: np.ndarray, label: str, origin: tuple[int, int], font: Font,
               scale: float, ink: tuple[int, int, int], weight: int) -> None:
     if isinstance(font, int):
         cv2.putText(canvas, label, origin, font, scale, ink, weight, cv2.LINE_AA)
@@ -224,14 +389,11 @@ def _rendering(font_file: str, text: str) -> tuple[bytes, float]:
     return image.tobytes(), font.getlength(text)
 
 
-def _drawable(label: str, font: int | ImageFont.FreeTypeFont = FONT) -> str:
+def _drawable(label: str) -> str:
     """The label in the letters OpenCV's fonts can write, ASCII and the Cyrillic А to я: accents are dropped
     ("José Núñez" is drawn as "Jose Nunez", where OpenCV would draw "Jos? N??ez"), letters such as ß, Ł and Ø and
-    typographic quotes and dashes take their usual ASCII forms, and other letters become "?". With a TrueType font,
-    the letters it has are kept as they are, and only the others take those forms. The JSON and text output keep
-    the name as enrolled."""
-    if not isinstance(font, int):
-        return "".join(c if _has_glyph(font.path, c) else _drawable(c) for c in label.translate(_PARAGRAPH_BREAKS))
+    typographic quotes and dashes take their usual ASCII forms, and other letters become "?". The JSON and text
+    output keep the name as enrolled."""
     decomposed = unicodedata.normalize("NFKD", label.translate(_ASCII_FORMS))
     # NFKD splits Й into И and a breve, though the Cyrillic font has Й whole.
     decomposed = decomposed.replace("И\u0306", "Й").replace("и\u0306", "й")

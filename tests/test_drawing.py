@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from facekit.drawing import KNOWN, UNKNOWN, _drawable, draw_results
 
 # Greek, Hebrew and Arabic, but no CJK: shipped with matplotlib, so the same font on every machine.
 DEJAVU = Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"
+SYSTEM_FONTS = drawing.FONT_CANDIDATES  # before no_system_fonts empties it
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +26,8 @@ def no_system_fonts(monkeypatch):
     # What a label is drawn in must not depend on the fonts this machine has, or on the user's $FACEKIT_FONT.
     monkeypatch.delenv("FACEKIT_FONT", raising=False)
     monkeypatch.setattr(drawing, "FONT_CANDIDATES", ())
+    # A name no font has is said once a run: here, once a test.
+    monkeypatch.setattr(drawing, "_said_that_no_font_has_a_name", False, raising=False)
 
 
 def test_labels_are_drawn_in_ascii_without_touching_the_photo(astronaut_bgr):
@@ -142,7 +147,9 @@ def test_an_unusable_font_setting_warns_once_and_falls_back(astronaut_bgr, monke
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             frames = [draw_results(astronaut_bgr, [_face(180, 60, "Ελένη")]) for _ in range(3)]
-        assert [str(w.message).count(str(setting)) for w in caught if w.category is FacekitWarning] == [1]
+        said = [str(w.message) for w in caught if w.category is FacekitWarning]
+        # Besides the once a run that no font found has "Ελένη".
+        assert [message.count(str(setting)) for message in said if "FACEKIT_FONT names" in message] == [1]
         assert all(np.array_equal(frame, question_marks) for frame in frames)
     # Falls back to the system's fonts, where there is one with the letters.
     monkeypatch.setattr(drawing, "FONT_CANDIDATES", (tmp_path / "absent.ttf", DEJAVU))
@@ -166,3 +173,72 @@ def test_a_face_without_candidates_is_labelled_unknown_without_a_number(astronau
     assert face["similarity"] is None
     drawn = draw_results(astronaut_bgr, [face])
     assert np.any(drawn != astronaut_bgr)
+
+
+def _overlap(first: tuple[int, int, int, int], second: tuple[int, int, int, int]) -> int:
+    return max(0, min(first[2], second[2]) - max(first[0], second[0])) * max(
+        0, min(first[3], second[3]) - max(first[1], second[1]))
+
+
+def test_labels_of_faces_side_by_side_do_not_cover_each_other(monkeypatch):
+    # Two tight faces showed only the right one's label over the left one's ("Κώστας Παπαδόπουλος 0.90 .68"), a
+    # long name and its neighbour read as one person with two scores, and a grid's long name ran over its row.
+    monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))
+    long_name = "Maximilian Alexander von Hohenzollern"
+    tight = np.full((130, 220, 3), 90, np.uint8)
+    grid = np.full((400, 1000, 3), 90, np.uint8)
+    names = [long_name, "Ann", "Κώστας Παπαδόπουλος", None, "Bob", "شرف الدين عبد الرحمن", "Łukasz", long_name]
+    for frame, faces in (
+        (tight, [{**_face(0, 10, "Κώστας Παπαδόπουλος"), "box": [0, 10, 110, 110]},
+                 {**_face(110, 10, "محمد عبد الرحمن", 0.68), "box": [110, 10, 110, 110]}]),
+        (np.full((200, 400, 3), 90, np.uint8), [_face(40, 50, long_name, 0.73), _face(160, 50, "Ann Li", 0.66)]),
+        (grid, [{**_face(30 + 250 * (i % 4), 60 + 200 * (i // 4), name), "box": [30 + 250 * (i % 4),
+                 60 + 200 * (i // 4), 150, 110]} for i, name in enumerate(names)]),
+    ):
+        labels = drawing.place_labels(frame.shape, faces)
+        for first, second in itertools.combinations(labels, 2):
+            assert _overlap(first.rectangle, second.rectangle) == 0, (first.text, second.text)
+        for label, face in zip(labels, faces):
+            left, top, right, bottom = label.rectangle
+            assert 0 <= left and right <= frame.shape[1] and 0 <= top and bottom <= frame.shape[0]
+            assert label.text.endswith(f" {face['similarity']:.2f}"), label.text  # the score is never cut
+        # Each face's score is seen: another score changes the picture.
+        for index, face in enumerate(faces):
+            other = [*faces[:index], {**face, "similarity": 0.41}, *faces[index + 1:]]
+            assert not np.array_equal(draw_results(frame, faces), draw_results(frame, other)), face["identity"]
+    # A face apart keeps its whole name, on its box's top left corner.
+    alone = drawing.place_labels(grid.shape, [_face(100, 100, long_name)])[0]
+    assert alone.text == f"{long_name} 0.90" and (alone.left, alone.rectangle[3]) == (100, 101)
+
+
+def test_a_name_no_font_has_is_said_once_with_how_to_draw_it(astronaut_bgr, monkeypatch):
+    monkeypatch.setenv("FACEKIT_FONT", str(DEJAVU))  # no CJK in it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            draw_results(astronaut_bgr, [_face(180, 60, "王小明"), _face(20, 300, "李雷"), _face(300, 300, "Ελένη")])
+    said = [str(w.message) for w in caught if w.category is FacekitWarning]
+    assert len(said) == 1 and "王小明" in said[0] and "$FACEKIT_FONT" in said[0] and "Noto Sans CJK" in said[0]
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="the Linux font paths")
+def test_common_cjk_fonts_are_looked_for():
+    names = {path.name for path in SYSTEM_FONTS}
+    assert {"NotoSansCJK-Regular.ttc", "DroidSansFallbackFull.ttf"} <= names
+
+
+def test_letters_and_digits_a_font_lacks_are_drawn_in_opencvs(astronaut_bgr, monkeypatch, tmp_path):
+    # DroidSansFallbackFull.ttf, a CJK font, has no digits or Latin letters: the score was drawn as empty boxes,
+    # so that 0.90 and 0.40 looked the same. A Greek-only font stands for it here.
+    subset = pytest.importorskip("fontTools.subset")
+    options = subset.Options(notdef_outline=True)
+    greek_only = subset.Subsetter(options)
+    greek_only.populate(unicodes=range(0x370, 0x400))
+    font = subset.load_font(str(DEJAVU), options)
+    greek_only.subset(font)
+    subset.save_font(font, str(tmp_path / "greek.ttf"), options)
+    monkeypatch.setenv("FACEKIT_FONT", str(tmp_path / "greek.ttf"))
+    high, low = (draw_results(astronaut_bgr, [_face(180, 60, "Ελένη", similarity)]) for similarity in (0.9, 0.4))
+    assert not np.array_equal(high, low)
+    latin, other_latin = (draw_results(astronaut_bgr, [_face(180, 60, name)]) for name in ("Ελένη Li", "Ελένη Ab"))
+    assert not np.array_equal(latin, other_latin)
