@@ -649,3 +649,21 @@ def test_haar_retries_pass_over_a_panorama_too_wide_to_turn(haar: HaarLandmarkDe
     # to cv2.warpAffine, which refuses sides of 32,767 px or more with an error no user could act on.
     strip = np.full((100, 33_000, 3), 128, np.uint8)
     assert HaarLandmarkDetector(min_face=24).detect(strip) == []
+
+
+@pytest.mark.slow
+def test_measuring_the_landmark_net_writes_nothing_and_gives_its_cards_numbers(shared_data):
+    """--evaluate-only measured the error anew, recalibrating the offsets the Haar path subtracts, and wrote the
+    shipped card: a measurement changed every Haar face's points (and the card's numbers were from older code)."""
+    pytest.importorskip("torch", reason="tools/train_landmarks.py needs PyTorch")
+    from facekit.landmarks import DEFAULT_WEIGHTS
+
+    card_path = DEFAULT_WEIGHTS.with_suffix(".json")
+    before = card_path.read_bytes()
+    run = subprocess.run([sys.executable, "-m", "tools.train_landmarks", "--data", str(shared_data), "--evaluate-only"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert card_path.read_bytes() == before
+    measured, card = json.loads(run.stdout), json.loads(before)
+    for key in ("evaluation_lfw_vs_yunet", "evaluation_demo_photos_vs_yunet"):
+        assert measured[key]["nme_mean"] == pytest.approx(card[key]["nme_mean"], abs=0.002), key
