@@ -147,6 +147,8 @@ def clean_identity(name: object) -> str:
         raise GalleryError(f"identity name {name!r} contains a path separator")
     if CONTROL_CHARACTERS.search(name):
         raise GalleryError(f"identity name {name!r} contains control characters")
+    if any(unicodedata.category(c) == "Cf" and c not in NAME_FORMAT_CHARACTERS for c in name):
+        raise GalleryError(f"identity name {name!r} contains an invisible formatting character")
     if any(unicodedata.category(c) == "Cs" for c in name):  # how Python reads a non-UTF-8 byte of a file name
         raise GalleryError(f"identity name {name!r} is not valid UTF-8 (a folder name in another encoding?)")
     return name
@@ -168,10 +170,33 @@ def _shown_path(path: str) -> str:
     return escape_control_characters(cut)
 
 
+# The invisible characters a name may hold: the joiners and directional marks that names in Persian, Hindi, Hebrew
+# or Arabic use. Alone they show nothing, so a name is compared with others, and with the reserved one, without them
+# ("Alice\u200e" would look exactly like Alice).
+NAME_FORMAT_CHARACTERS = "\u200c\u200d\u200e\u200f\u061c"
+_WITHOUT_FORMAT_CHARACTERS = {ord(character): None for character in NAME_FORMAT_CHARACTERS}
+# The same in SQL, over identities.name: one scan in SQLite, not one Python call a stored name.
+_SHOWN_NAME_SQL = "name"
+for _character in NAME_FORMAT_CHARACTERS:
+    _SHOWN_NAME_SQL = f"replace({_SHOWN_NAME_SQL}, char({ord(_character)}), '')"
+
+
+def shown_name(name: str) -> str:
+    """name as it looks: without its joiners and directional marks."""
+    return name.translate(_WITHOUT_FORMAT_CHARACTERS)
+
+
+def look_alike(name: str, other: str) -> GalleryError:
+    """The error for a new identity name that looks exactly like other's, which the gallery holds."""
+    return GalleryError(f"identity name {name!r} looks the same as {_quoted_name(other)}, enrolled already: they "
+                        "differ only in invisible joiners or directional marks")
+
+
 def refuse_reserved_name(name: str) -> None:
     """GalleryError for a new identity named as identify names a face no one matches (its clean_identity form, in any
-    case): its faces could not be told from a stranger's. One already stored under it may still be read and renamed."""
-    if name.casefold() == RESERVED_NAME:
+    case, as it looks): its faces could not be told from a stranger's. One already stored under it may still be read
+    and renamed."""
+    if shown_name(name).casefold() == RESERVED_NAME:
         raise GalleryError(f"identity name {name!r} is reserved: it is what identify prints for a face no one matches")
 
 
@@ -923,6 +948,7 @@ class Gallery:
                 return
             target = conn.execute("SELECT id FROM identities WHERE name = ?", (new,)).fetchone()
             if target is None:
+                self._refuse_look_alike(conn, new, renamed=old)
                 conn.execute("UPDATE identities SET name = ? WHERE id = ?", (new, old_id))
             elif not merge:
                 raise GalleryError(f"identity {new!r} already exists; remove it first, or pass merge=True (the "
@@ -1314,7 +1340,17 @@ class Gallery:
         if row is not None:
             return row[0]
         refuse_reserved_name(name)
+        self._refuse_look_alike(conn, name)
         return conn.execute("INSERT INTO identities(name, created) VALUES (?, ?)", (name, now)).lastrowid
+
+    @staticmethod
+    def _refuse_look_alike(conn: sqlite3.Connection, name: str, renamed: str | None = None) -> None:
+        """GalleryError for a new name that looks exactly like another stored one (not the one being renamed): they
+        differ only in joiners or marks."""
+        alike = conn.execute(f"SELECT name FROM identities WHERE {_SHOWN_NAME_SQL} = ? AND name NOT IN (?, ?)",
+                             (shown_name(name), name, renamed if renamed is not None else name)).fetchone()
+        if alike is not None:
+            raise look_alike(name, alike[0])
 
     @staticmethod
     def _stored_identity(conn: sqlite3.Connection, identity: object) -> str:

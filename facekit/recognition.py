@@ -22,7 +22,15 @@ import numpy as np
 
 from facekit import FacekitWarning
 from facekit.alignment import align_face, landmarks_problem
-from facekit.datastore import Gallery, GalleryError, Match, clean_identity, refuse_reserved_name
+from facekit.datastore import (
+    Gallery,
+    GalleryError,
+    Match,
+    clean_identity,
+    look_alike,
+    refuse_reserved_name,
+    shown_name,
+)
 from facekit.detection import (
     Detector,
     Face,
@@ -692,10 +700,15 @@ def _follow_renamed_people(gallery: Gallery, photos: list[dict], people_dir: str
         for identity, path in pairs:
             holder = holders.get(_person_folder(inside, recorded_path(path)), set())
             followed.append((next(iter(holder)) if identity not in enrolled and len(holder) == 1 else identity, path))
+    # A new person's name that looks exactly like another's (an enrolled one, or a folder's before it here) would
+    # be a second person no list could tell apart: refused as Gallery.add would refuse it, for that folder alone.
+    looks: dict[str, str] = {shown_name(name): name for name in enrolled}
     kept, refused = [], []
     for identity, path in followed:
         try:
             refuse_reserved_name(identity)
+            if identity not in enrolled and looks.setdefault(shown_name(identity), identity) != identity:
+                raise look_alike(identity, looks[shown_name(identity)])
         except GalleryError as exc:
             refused.append((path, str(exc)))
         else:

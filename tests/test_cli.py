@@ -751,6 +751,20 @@ def test_file_and_folder_names_that_are_not_utf8_are_enrolled_or_skipped_not_fat
     assert code == 0 and "\\udc" not in out and str(people / "grace_hopper" / "caf\\xe9.jpg") in images
 
 
+def test_a_folder_whose_name_looks_like_another_persons_fails_alone(tmp_path, people, capsys):
+    # "grace_hopper" with an invisible left-to-right mark was enrolled as a second Grace Hopper, the two listed alike.
+    look_alike = people / "grace_hopper\u200e"
+    look_alike.mkdir()
+    shutil.copy(people / "eileen_collins" / "b.jpg", look_alike / "1.jpg")
+    gallery = str(tmp_path / "gallery")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")
+    assert code == 1 and "4 faces enrolled, 0 already enrolled, 1 failed" in out
+    assert err.splitlines() == [f"failed {look_alike / '1.jpg'}: identity name 'grace_hopper\\u200e' looks the same "
+                                "as 'grace_hopper', enrolled already: they differ only in invisible joiners or "
+                                "directional marks"]
+    assert run_cli(capsys, "gallery", "list", "--gallery", gallery)[1] == "eileen_collins\ngrace_hopper\n"
+
+
 def test_a_newline_or_escape_in_a_file_name_keeps_each_error_and_record_one_line(tmp_path, people, capsys):
     gallery = str(tmp_path / "gallery")
     folder = people / "grace_hopper"

@@ -755,6 +755,26 @@ def test_invalid_identity_names(path: Path, name: object) -> None:
         assert len(gallery) == 0
 
 
+def test_a_name_that_looks_like_another_by_its_marks_alone_is_refused(path: Path) -> None:
+    # The directional marks and joiners right-to-left and Indic names hold show nothing by themselves:
+    # "Alice\u200e" was a second Alice, and "unknown\u200e" passed the reserved name.
+    with Gallery.open(path, dim=DIM) as gallery:
+        gallery.add("Alice", vectors(1), sources("a"))
+        for name in ("Ali\u200ece", "Alice\u200f", "\u200dAlice"):
+            with pytest.raises(GalleryError, match=r"looks the same as 'Alice', enrolled already"):
+                gallery.add(name, vectors(2), sources("b"))
+        for name in ("unknown\u200e", "Unknown\u200c"):
+            with pytest.raises(GalleryError, match="is reserved"):
+                gallery.add(name, vectors(2), sources("b"))
+        with pytest.raises(GalleryError, match="invisible formatting character"):  # a soft hyphen
+            gallery.add("Ali\u00adce", vectors(2), sources("b"))
+        gallery.add("Bob", vectors(3), sources("c"))
+        with pytest.raises(GalleryError, match=r"looks the same as 'Alice'"):
+            gallery.rename("Bob", "Alice\u200e")
+        gallery.rename("Alice", "Alice\u200e")  # a mark added to a name is no second person
+        assert gallery.identities() == [("Alice\u200e", 1), ("Bob", 1)]
+
+
 def test_identity_names_are_canonical(path: Path) -> None:
     with Gallery.open(path, dim=DIM) as gallery:
         gallery.add("  Jos\u0065\u0301 ", vectors(1), sources("a"))  # decomposed é, padded
