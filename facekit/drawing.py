@@ -210,17 +210,27 @@ def _fitted_label(face: dict, widest: int) -> Label:
         # The longest start of the name that fits with "...", found by halving: measuring a label costs about 0.1
         # ms, and a letter at a time made a long name a few ms of each webcam frame.
         def fits(length: int) -> bool:
-            runs = _label_runs(name[:length].rstrip() + "...", score, font)
+            runs = _label_runs(_cut_name(name, length, font), score, font)
             return _runs_size(runs, scale, weight)[0][0] + 5 <= widest
 
         shortest, longest = 0, len(name) - 1
         while shortest < longest:
             middle = (shortest + longest + 1) // 2
             shortest, longest = (middle, longest) if fits(middle) else (shortest, middle - 1)
-        runs = _label_runs(name[:shortest].rstrip() + "...", score, font)
+        runs = _label_runs(_cut_name(name, shortest, font), score, font)
         (text_width, text_height), base = _runs_size(runs, scale, weight)
     return Label(tuple(runs), 0, 0, text_width + 5, text_height + base + 5, text_height + 2, _colour(face), scale,
                  weight)
+
+
+def _cut_name(name: str, length: int, font: Font) -> str:
+    """The name's first length characters and "..." where it was cut: at its end as it reads, which for a name laid out
+    right to left (Arabic, Hebrew, with a layout engine that does so) is its left, before it in the label's order."""
+    cut = name[:length].rstrip()
+    laid_out_right_to_left = not isinstance(font, int) and font.layout_engine == ImageFont.Layout.RAQM and next(
+        (unicodedata.bidirectional(c) in ("R", "AL") for c in name if unicodedata.bidirectional(c) in ("L", "R", "AL")),
+        False)
+    return "..." + cut if laid_out_right_to_left else cut + "..."
 
 
 def _label_runs(name: str, score: str, font: Font) -> list[tuple[str, Font]]:

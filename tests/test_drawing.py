@@ -242,3 +242,20 @@ def test_letters_and_digits_a_font_lacks_are_drawn_in_opencvs(astronaut_bgr, mon
     assert not np.array_equal(high, low)
     latin, other_latin = (draw_results(astronaut_bgr, [_face(180, 60, name)]) for name in ("Ελένη Li", "Ελένη Ab"))
     assert not np.array_equal(latin, other_latin)
+
+
+def test_a_right_to_left_name_is_cut_at_its_end_as_it_reads():
+    # "..." went after the name in the label's order, which a right-to-left layout puts at the name's start (its
+    # right), so an Arabic reader saw the first name cut, not the last.
+    from PIL import ImageFont as PilFont
+    from PIL import features
+
+    if not features.check("raqm"):
+        pytest.skip("Pillow without libraqm lays a right-to-left name out left to right: its end is on the right")
+    font = PilFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), 20,
+                            layout_engine=PilFont.Layout.RAQM)
+    assert drawing._cut_name("محمد عبد الرحمن", 8, font) == "...محمد عبد"
+    assert drawing._cut_name("Maximilian Alexander", 11, font) == "Maximilian..."
+    # Without the layout engine the letters go left to right, the end on the right.
+    basic = PilFont.truetype(font.path, 20, layout_engine=PilFont.Layout.BASIC)
+    assert drawing._cut_name("محمد عبد الرحمن", 8, basic) == "محمد عبد..."
