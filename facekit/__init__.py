@@ -86,6 +86,22 @@ def pipeline() -> FacePipeline:
     return _pipeline
 
 
+def _own_pipeline_after_fork() -> None:
+    """In a forked child (a pre-forking server's worker), pipeline() builds the child's own. The parent's is kept
+    alive, unused, for as long as the child runs: its ONNX Runtime session waits, as it is destroyed, for threads
+    that a fork does not copy, and a worker's exit hung there for ever."""
+    global _pipeline, _pipeline_building
+    _pipeline_building = threading.Lock()  # a thread of the parent may have held it at the fork
+    if _pipeline is not None:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(_pipeline))
+        _pipeline = None
+
+
+os.register_at_fork(after_in_child=_own_pipeline_after_fork)
+
+
 def _or_default(given: FacePipeline | None) -> FacePipeline:
     """The pipeline a call was given, else the shared default (the functions' pipeline parameter hides pipeline())."""
     return pipeline() if given is None else given

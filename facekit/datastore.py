@@ -114,6 +114,9 @@ def set_threads(threads: int | None = None) -> int:
 
 
 set_threads()
+# OpenMP's threads do not survive a fork: a child (a pre-forking server's worker) whose parent had searched hung in
+# its first batched search. It searches on one thread, as single queries do anyway; set_threads() may raise it.
+os.register_at_fork(after_in_child=lambda: faiss.omp_set_num_threads(1))
 
 
 def _check_index_kind(index: str) -> None:
@@ -585,6 +588,7 @@ def _one_thread_at_a_time(method: Method) -> Method:
     thread's at a time."""
     @functools.wraps(method)
     def locked(self: Gallery, *args: object, **kwargs: object) -> object:
+        self._refuse_another_process()  # before the thread lock, which a fork may have copied held
         with self._thread_lock:
             return method(self, *args, **kwargs)
 
@@ -617,6 +621,7 @@ class Gallery:
         # Held by every method that uses the connection, the index or the in-memory view (_one_thread_at_a_time), and
         # through a writer() block; re-entrant, as methods call each other and writes nest.
         self._thread_lock = threading.RLock()
+        self._opened_in = os.getpid()  # see _refuse_another_process
         self._conn = self._connect(create)
         self._lock = FileLock(root / LOCK_NAME)  # after _connect: a database refused there leaves no lock file made
         if isinstance(self._lock.error, OSError) and self._lock.error.errno == errno.ELOOP:
@@ -706,12 +711,27 @@ class Gallery:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @_one_thread_at_a_time
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-            self._lock.close()
+        """Close the database and the lock file. In a process forked from the one that opened the gallery it does
+        nothing: they are the opener's (SQLite's connection must not be touched from a fork), and a worker's exit or
+        with-block closes its copy."""
+        if os.getpid() != self._opened_in:
+            return
+        with self._thread_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                self._lock.close()
+
+    def _refuse_another_process(self) -> None:
+        """GalleryError in a process forked after the gallery was opened (a pre-forking web server's worker, a
+        multiprocessing pool's): SQLite's connection may not cross a fork, the flock writer lock would be one lock
+        for parent and children (a writer in each at once), a lock or writer() block held at the fork would hold
+        in the child, and FAISS's threads hang there. Each worker opens the gallery itself."""
+        if os.getpid() != self._opened_in:
+            raise GalleryError(f"gallery {self.root} was opened in process {self._opened_in}, which this process was "
+                               "forked from: open the gallery in each worker process, after the fork (a pre-forking "
+                               "server's post-fork hook, a pool's initializer)")
 
     @property
     @_one_thread_at_a_time  # two threads opening the lock file again (FileLock.opened) would leak a descriptor
@@ -746,6 +766,7 @@ class Gallery:
     def writer(self) -> Iterator[Gallery]:
         """Hold the exclusive gallery lock; on leaving the outermost block, write the index checkpoint. The block
         holds the thread lock too: another thread's reads and writes wait for it to end."""
+        self._refuse_another_process()
         self._hold_writer_lock()
         try:
             if self._writer_depth == 0:
