@@ -135,6 +135,22 @@ def default_gallery_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path.cwd() / "galleries" / "default"
 
 
+# The invisible characters a name may hold: the joiners and directional marks that names in Persian, Hindi, Hebrew
+# or Arabic use. Alone they show nothing, so a name is compared with others, and with the reserved one, without them
+# ("Alice\u200e" would look exactly like Alice).
+NAME_FORMAT_CHARACTERS = "\u200c\u200d\u200e\u200f\u061c"
+_WITHOUT_FORMAT_CHARACTERS = {ord(character): None for character in NAME_FORMAT_CHARACTERS}
+# The same in SQL, over identities.name: one scan in SQLite, not one Python call a stored name.
+_SHOWN_NAME_SQL = "name"
+for _character in NAME_FORMAT_CHARACTERS:
+    _SHOWN_NAME_SQL = f"replace({_SHOWN_NAME_SQL}, char({ord(_character)}), '')"
+
+
+def shown_name(name: str) -> str:
+    """name as it looks: without its joiners and directional marks."""
+    return name.translate(_WITHOUT_FORMAT_CHARACTERS)
+
+
 def clean_identity(name: object) -> str:
     """The canonical form of an identity name (NFC, surrounding spaces stripped), or GalleryError."""
     if not isinstance(name, str):
@@ -158,12 +174,12 @@ def clean_identity(name: object) -> str:
 
 
 def _quoted_name(name: object) -> str:
-    """A stored identity name (or trigger name) for a line of output: quoted, its control characters, bidi overrides
-    and invisible spaces escaped, and cut at MAX_NAME_LENGTH characters, since a database made elsewhere may hold one
-    of millions."""
+    """A stored identity name (or trigger name) for a line of output: quoted by repr, which escapes its control
+    characters, bidi overrides and invisible spaces, and cut at MAX_NAME_LENGTH characters, since a database made
+    elsewhere may hold one of millions."""
     if isinstance(name, (str, bytes)) and len(name) > MAX_NAME_LENGTH:
-        return escape_control_characters(f"{name[:MAX_NAME_LENGTH]!r}... ({len(name)} characters)")
-    return escape_control_characters(repr(name))
+        return f"{name[:MAX_NAME_LENGTH]!r}... ({len(name)} characters)"
+    return repr(name)
 
 
 def _shown_path(path: str) -> str:
@@ -171,22 +187,6 @@ def _shown_path(path: str) -> str:
     "ok" line after it, or an ESC that steers the terminal), cut at SHOWN_PATH_LENGTH characters."""
     cut = path[:SHOWN_PATH_LENGTH] + (f"... ({len(path)} characters)" if len(path) > SHOWN_PATH_LENGTH else "")
     return escape_control_characters(cut)
-
-
-# The invisible characters a name may hold: the joiners and directional marks that names in Persian, Hindi, Hebrew
-# or Arabic use. Alone they show nothing, so a name is compared with others, and with the reserved one, without them
-# ("Alice\u200e" would look exactly like Alice).
-NAME_FORMAT_CHARACTERS = "\u200c\u200d\u200e\u200f\u061c"
-_WITHOUT_FORMAT_CHARACTERS = {ord(character): None for character in NAME_FORMAT_CHARACTERS}
-# The same in SQL, over identities.name: one scan in SQLite, not one Python call a stored name.
-_SHOWN_NAME_SQL = "name"
-for _character in NAME_FORMAT_CHARACTERS:
-    _SHOWN_NAME_SQL = f"replace({_SHOWN_NAME_SQL}, char({ord(_character)}), '')"
-
-
-def shown_name(name: str) -> str:
-    """name as it looks: without its joiners and directional marks."""
-    return name.translate(_WITHOUT_FORMAT_CHARACTERS)
 
 
 def look_alike(name: str, other: str) -> GalleryError:

@@ -185,18 +185,13 @@ def one_spelling_per_image(pairs_file: str, pairs: list[Pair]) -> list[Pair]:
     from dataclasses import replace
 
     from facekit.evaluation import refuse_repeated_pairs
-    from facekit.imageio import ImageError, read_image_file
 
-    first_name: dict[str, str] = {}  # content digest -> the first path with it
+    first_name: dict[str, str] = {}  # content digest (an unreadable file's real path) -> the first path with it
     names: dict[str, str] = {}  # path -> that first path
 
     def image(path: str) -> str:
         if path not in names:
-            try:
-                digest = hashlib.sha256(read_image_file(path)).hexdigest()
-            except ImageError:
-                digest = os.path.realpath(path)  # reported as unreadable when the images are embedded
-            names[path] = first_name.setdefault(digest, path)
+            names[path] = first_name.setdefault(content_digest(path) or os.path.realpath(path), path)
         return names[path]
 
     refuse_repeated_pairs(pairs_file, [(pair.line, pair) for pair in pairs], image, "the same file content")
@@ -337,23 +332,27 @@ def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[
     return result, scores_array, same_array
 
 
+def content_digest(path: str) -> str | None:
+    """The SHA-256 of the image file's bytes, by which one image under two names is found; None for a file that
+    cannot be read, reported as unreadable when the images are embedded."""
+    from facekit.imageio import ImageError, read_image_file
+
+    try:
+        return hashlib.sha256(read_image_file(path)).hexdigest()
+    except ImageError:
+        return None
+
+
 def refuse_repeated_probes(probes_file: Path, numbered: list[tuple[int, str]], gallery_paths: list[str]) -> None:
     """A probe listed twice, under one name or two, counts twice in every rate (and under two identities is a
     miss for one whatever the model does), and a probe that is one of the gallery's photos is found by itself;
     as with a pair list, the list is refused, not quietly mended."""
     from facekit.cli import CliError
-    from facekit.imageio import ImageError, read_image_file
 
-    def digest(path: str) -> str | None:
-        try:
-            return hashlib.sha256(read_image_file(path)).hexdigest()
-        except ImageError:
-            return None  # reported as unreadable when the images are embedded
-
-    in_gallery = {found: path for path in gallery_paths if (found := digest(path))}
+    in_gallery = {found: path for path in gallery_paths if (found := content_digest(path))}
     seen: dict[str, int] = {}
     for line, path in numbered:
-        found = digest(path)
+        found = content_digest(path)
         if found in in_gallery:
             raise CliError(f"{probes_file}: line {line} is the image of gallery photo {in_gallery[found]} (the same "
                            "file content), which would find itself; a probe must be a photo the gallery lacks")

@@ -707,8 +707,8 @@ def _follow_renamed_people(gallery: Gallery, photos: list[dict], people_dir: str
     for identity, path in followed:
         try:
             refuse_reserved_name(identity)
-            if identity not in enrolled and looks.setdefault(shown_name(identity), identity) != identity:
-                raise look_alike(identity, looks[shown_name(identity)])
+            if identity not in enrolled and (first := looks.setdefault(shown_name(identity), identity)) != identity:
+                raise look_alike(identity, first)
         except GalleryError as exc:
             refused.append((path, str(exc)))
         else:
