@@ -22,6 +22,10 @@ from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
 from facekit.errors import (
     EXIT_INTERRUPTED,
     INTERRUPTED,
+    OutputError,
+    StderrThatNeverFails,
+    StdoutThatSaysWhy,
+    discard_output,
     escape_control_characters,
     escape_unencodable_output,
     json_record,
@@ -807,17 +811,24 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
     import sqlite3
 
     escape_unencodable_output()
+    if sys.stdout is None:  # started with its descriptor closed (`>&-`): every result would vanish, and exit 0
+        print("error: standard output is closed; send it to a file, or to /dev/null to discard it", file=sys.stderr)
+        return EXIT_USAGE
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = StdoutThatSaysWhy(stdout), StderrThatNeverFails(stderr)  # type: ignore[assignment]
     try:
-        return run()
-    except CliError as exc:
+        code = run()
+        sys.stdout.flush()  # a closed pipe or a full disk meets output still buffered here, not at exit
+        return code
+    except (CliError, OutputError) as exc:
         print(f"error: {escape_control_characters(str(exc))}", file=sys.stderr)
-        return exc.code
+        return exc.code if isinstance(exc, CliError) else EXIT_USAGE
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_output(sys.stdout)
         return EXIT_OK
     except Exception as exc:
         if isinstance(exc, _input_errors()):
@@ -830,6 +841,8 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
             raise
         print(f"error: {escape_control_characters(message)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _input_errors() -> tuple[type[Exception], ...]:

@@ -787,11 +787,11 @@ class Gallery:
                         self._checkpoint()
                     except Exception as exc:
                         # The body's own error (a full disk, say) says more than the checkpoint's that followed it;
-                        # what was committed is in the database, and the next open rebuilds the index from it. One
-                        # line: the CLI configures no logging, and Python's fallback would print a traceback on stderr.
+                        # what was committed is in the database, and the next open rebuilds the index from it.
                         if not body_failed:
                             raise
-                        log.warning("gallery %s: index not saved after a failed write: %s", self.root, one_line(exc))
+                        warnings.warn(f"gallery {self.root}: index not saved after a failed write: {one_line(exc)}",
+                                      GalleryWarning, 3)
                     finally:
                         self._lock.release()
         finally:

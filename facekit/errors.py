@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 import sys
+from typing import TextIO
 
 # What the CLI says for a Ctrl-C, and its exit status (128 + SIGINT, as a shell gives it). Here, not in facekit.cli,
 # so that facekit.__main__ can say it while facekit.cli is still importing.
@@ -79,3 +81,74 @@ def escape_unencodable_output() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors=ESCAPE_UNENCODABLE)
+
+
+def discard_output(stream: TextIO) -> None:
+    """What is written to stream from now on, and what its buffer still holds, goes to /dev/null: its file can no
+    longer be written (a pipe closed by `head`, a full disk), and Python's own flush at exit would otherwise print
+    two lines of 'Exception ignored' and exit 120."""
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO), or closed
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+
+class OutputError(Exception):
+    """stdout can no longer be written (a full disk): the results are lost, which the exit status must say."""
+
+
+class StdoutThatSaysWhy:
+    """sys.stdout whose failures (other than a pipe closed early) are an OutputError, told apart from a gallery's
+    or an annotated copy's OSError, and after which what it still buffers is discarded rather than tried at exit."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            discard_output(self.stream)
+            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            discard_output(self.stream)
+            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
+class StderrThatNeverFails:
+    """sys.stderr that, once it cannot be written (a full log disk, 2>/dev/full), drops what follows: a warning that
+    cannot be shown must not end the work it warns about, nor change its exit status. The rest is the stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError:
+            discard_output(self.stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            discard_output(self.stream)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)

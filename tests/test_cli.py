@@ -1503,3 +1503,74 @@ def test_identify_without_annotate_does_not_load_the_drawing(tmp_path, capsys, m
     monkeypatch.setitem(sys.modules, "facekit.drawing", None)  # importing it now raises ImportError
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery))
     assert code == 0 and ": 1 face" in out
+
+
+def facekit_process(*args: str, **streams: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "facekit", *args], text=True, timeout=300, **streams)
+
+
+def test_output_a_script_cannot_take_ends_in_one_line_and_a_status_it_can_read(tmp_path):
+    """Stdout to a full disk, or closed (`>&-`): the results went nowhere, and a script read exit 0 for the
+    latter. The full disk's message now says that it was the output that could not be written."""
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=4) as opened:
+        opened.add("ada", np.eye(4, dtype=np.float32)[:1],
+                   [{"path": "a.jpg", "sha256": "1" * 64, "box": [1, 2, 30, 40]}])
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        written = facekit_process("gallery", "list", "--gallery", str(gallery), stdout=full, stderr=subprocess.PIPE)
+    assert (written.returncode, written.stderr) == (2, "error: cannot write the output: No space left on device\n")
+
+    piped = subprocess.Popen([sys.executable, "-m", "facekit", "gallery", "list", "--gallery", str(gallery)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    piped.stdout.close()  # the reader has gone before the first line
+    assert (piped.wait(timeout=300), piped.stderr.read()) == (0, "")
+    piped.stderr.close()
+
+    closed = facekit_process("gallery", "list", "--gallery", str(gallery), stderr=subprocess.PIPE,
+                             preexec_fn=lambda: os.close(1))
+    assert (closed.returncode, closed.stderr) == (
+        2, "error: standard output is closed; send it to a file, or to /dev/null to discard it\n")
+
+
+class OutputThatFailsWhenFlushed(io.StringIO):
+    """Output that fails only as what is buffered is written: `| head -1` or a full disk met the last lines as
+    Python exited, outside every handler (two lines of 'Exception ignored', exit 120)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error, self.flushes = error, 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (BrokenPipeError(32, "Broken pipe"), (0, "")),
+    (OSError(28, "No space left on device"), (2, "error: cannot write the output: No space left on device\n")),
+])
+def test_output_still_buffered_is_written_and_its_failure_told_before_exit(tmp_path, capsys, monkeypatch, error,
+                                                                          expected):
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    output = OutputThatFailsWhenFlushed(error)
+    monkeypatch.setattr(sys, "stdout", output)
+    code = main(["gallery", "list", "--gallery", str(gallery)])
+    assert output.flushes >= 1 and (code, capsys.readouterr().err) == expected
+
+
+def test_a_log_that_cannot_be_written_stops_no_work(tmp_path, grace_hopper_path):
+    """stderr on a full disk (2>/dev/full): the first warning or error line raised, so identify reported nothing
+    after a photo it could not read, and exited 120."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    with open("/dev/full", "w") as full:
+        result = facekit_process("identify", str(broken), str(grace_hopper_path), "--gallery", str(gallery),
+                                 stdout=subprocess.PIPE, stderr=full)
+    assert result.returncode == 1 and f"{grace_hopper_path}: 1 face" in result.stdout
