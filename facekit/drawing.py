@@ -63,6 +63,10 @@ _LEFT_TO_RIGHT_MARK = "\u200e"
 # Unicode's paragraph separators ("\n" among them): Pillow's raqm layout fails on them, and "\n" makes lines.
 _PARAGRAPH_BREAKS = str.maketrans(dict.fromkeys("\n\r\x1c\x1d\x1e\x85\u2029", "?"))
 _PROBE_SIZE = 32
+# The smallest scale of a label: its letters, 9 px tall, can be read when the image is shown at full size. A label
+# is written smaller only where the frame is too narrow for its score at it.
+READABLE_SCALE = 0.4
+_SMALLEST_SCALE = 0.1  # letters 2 px tall: no smaller, in a frame too narrow for even these (a few px wide)
 Font = int | ImageFont.FreeTypeFont  # an OpenCV font's number, or a TrueType font Pillow writes with
 Rectangle = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom just outside it
 
@@ -82,17 +86,28 @@ def draw_results(image: np.ndarray, results: list[dict], fps: float | None = Non
         origin = (round(8 * scale / 0.7), round(24 * scale / 0.7))
         cv2.putText(canvas, f"{fps:.1f} fps", origin, FONT, scale, (0, 0, 0), bold + 2, cv2.LINE_AA)
         cv2.putText(canvas, f"{fps:.1f} fps", origin, FONT, scale, (255, 255, 255), bold, cv2.LINE_AA)
-    thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for face in results:
         x, y, w, h = _box(face)
+        thickness, dot_radius = _mark_sizes(w, max(canvas.shape[:2]))
         cv2.rectangle(canvas, (x, y), (x + w, y + h), _colour(face), thickness)
         for px, py in face.get("landmarks", []):
             # Rounded as the box is: int() put each dot up to a pixel up and left of its point.
-            cv2.circle(canvas, (int(round(px)), int(round(py))), thickness + 1, (0, 220, 255), -1)
+            cv2.circle(canvas, (int(round(px)), int(round(py))), dot_radius, (0, 220, 255), -1)
     # After every box: a label moved below or into its box is not crossed by another face's lines.
     for label in place_labels(canvas.shape, results):
         _draw_label(canvas, label)
     return canvas
+
+
+def _mark_sizes(box_width: int, frame_side: int) -> tuple[int, int]:
+    """A face's box line thickness and landmark dot radius: a small share of its box's width (lines a 50th, dots
+    about a 16th across), so that the face is seen under its marks in a photo of any size (sized from the photo, an
+    86 px face in an 8000 px one was hidden under 42 px dots); at least 1 px, and no bolder than the photo's size
+    made them, so that a face filling a 512 px photo keeps its thin lines and ordinary photos look as they did."""
+    frame_thickness = max(1, round(frame_side / 400))
+    thickness = max(1, min(round(box_width / 50), frame_thickness))
+    dot_radius = max(1, min(round(box_width / 33), frame_thickness + 1))
+    return thickness, dot_radius
 
 
 def _bgr_copy(image: np.ndarray) -> np.ndarray:
@@ -143,7 +158,7 @@ def place_labels(frame_shape: tuple[int, ...], results: list[dict]) -> list[Labe
     where it has always been: on its box's top left corner, above it."""
     frame_height, frame_width = frame_shape[:2]
     boxes = [_box(face) for face in results]
-    first_choices = [_fitted_label(face, min(frame_width, 3 * box[2])) for face, box in zip(results, boxes)]
+    first_choices = [_fitted_label(face, 3 * box[2], frame_width) for face, box in zip(results, boxes)]
     # What a label must not cover: another face, and the place above it where that face's label would go.
     faces_and_their_labels = [(x + 1, y - label.height, x + w, y + h)
                               for (x, y, w, h), label in zip(boxes, first_choices)]
@@ -177,7 +192,7 @@ def _label_places(face: dict, first_choice: Label, box: tuple[int, int, int, int
         yield from (_placed(first_choice, left, place, box) for left in (x, x + w + 1 - first_choice.width))
         if first_choice.width > w:
             # Only where the whole name has no free place: cutting a long name takes a measure per letter.
-            cut = cut or _fitted_label(face, min(frame_width, w))
+            cut = cut or _fitted_label(face, w, frame_width)
             yield _placed(cut, x, place, box)
 
 
@@ -194,15 +209,17 @@ def _overlap(first: Rectangle, second: Rectangle) -> int:
     return max(0, width) * max(0, height)
 
 
-def _fitted_label(face: dict, widest: int) -> Label:
-    """The face's label at (0, 0), its name cut short ("...") where the label would be wider than widest, or than
-    room for "unknown" and the score; the score is never cut."""
+def _fitted_label(face: dict, widest: int, frame_width: int) -> Label:
+    """The face's label at (0, 0), its name cut short ("...") where the label would be wider than widest (or than
+    room for "unknown" and the score, where that is wider) or than the frame. The score is never cut: in a frame
+    too narrow for it beside "...", it is written alone, and in one too narrow for it at the smallest readable
+    scale, smaller, as wide as the frame."""
     name = face.get("identity") or "unknown"
     similarity = face.get("similarity")  # None where there was no candidate (facekit.identify, no gallery)
     score = "" if similarity is None else f" {similarity:.2f}"
-    scale = max(0.4, _box(face)[2] / 250)
-    weight = max(1, round(scale * 1.6))  # a 1 px stroke in letters 70 px tall is lost once a 4K frame is shown
-    widest = max(widest, cv2.getTextSize("unknown" + score, FONT, scale, weight)[0][0] + 5)
+    scale = max(READABLE_SCALE, _box(face)[2] / 250)
+    weight = _weight(scale)
+    widest = min(frame_width, max(widest, cv2.getTextSize("unknown" + score, FONT, scale, weight)[0][0] + 5))
     font = _label_font(name, scale, weight)
     runs = _label_runs(name, score, font)
     (text_width, text_height), base = _runs_size(runs, scale, weight)
@@ -219,8 +236,32 @@ def _fitted_label(face: dict, widest: int) -> Label:
             shortest, longest = (middle, longest) if fits(middle) else (shortest, middle - 1)
         runs = _label_runs(_cut_name(name, shortest, font), score, font)
         (text_width, text_height), base = _runs_size(runs, scale, weight)
+    if text_width + 5 > widest:
+        # Not even "..." and the score fit (a face in a frame some 50 px wide): the score alone, its colour still
+        # telling a known face from an unknown one, in OpenCV's font, which has its digits.
+        alone = score.strip() or "..."
+        scale = _scale_to_fit(alone, scale, widest)
+        weight = _weight(scale)
+        runs = [(alone, FONT)]
+        (text_width, text_height), base = _runs_size(runs, scale, weight)
     return Label(tuple(runs), 0, 0, text_width + 5, text_height + base + 5, text_height + 2, _colour(face), scale,
                  weight)
+
+
+def _weight(scale: float) -> int:
+    return max(1, round(scale * 1.6))  # a 1 px stroke in letters 70 px tall is lost once a 4K frame is shown
+
+
+def _scale_to_fit(text: str, scale: float, widest: int) -> float:
+    """The largest scale up to scale at which text in OpenCV's font fits in widest with its band's margins: below
+    READABLE_SCALE only where the frame is narrower than the text at it, since cutting digits would show another
+    number. At least _SMALLEST_SCALE, where it may still be wider."""
+    width = cv2.getTextSize(text, FONT, scale, _weight(scale))[0][0]
+    # The width is about in proportion to the scale; stepped down from there where rounding left it too wide.
+    scale = max(_SMALLEST_SCALE, min(scale, scale * (widest - 5) / max(1, width)))
+    while scale > _SMALLEST_SCALE and cv2.getTextSize(text, FONT, scale, _weight(scale))[0][0] + 5 > widest:
+        scale = max(_SMALLEST_SCALE, scale - 0.02)
+    return scale
 
 
 def _cut_name(name: str, length: int, font: Font) -> str:

@@ -19,6 +19,7 @@ from facekit.drawing import KNOWN, UNKNOWN, _drawable, draw_results
 # Greek, Hebrew and Arabic, but no CJK: shipped with matplotlib, so the same font on every machine.
 DEJAVU = Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"
 SYSTEM_FONTS = drawing.FONT_CANDIDATES  # before no_system_fonts empties it
+READABLE_SCALE = 0.4  # the smallest scale a label is written at where the frame has room for its score at it
 
 
 @pytest.fixture(autouse=True)
@@ -259,3 +260,75 @@ def test_a_right_to_left_name_is_cut_at_its_end_as_it_reads():
     # Without the layout engine the letters go left to right, the end on the right.
     basic = PilFont.truetype(font.path, 20, layout_engine=PilFont.Layout.BASIC)
     assert drawing._cut_name("محمد عبد الرحمن", 8, basic) == "محمد عبد..."
+
+
+def _written(drawn: np.ndarray, text: str, colour: tuple[int, int, int], scale: float = READABLE_SCALE) -> bool:
+    """Whether every pixel of text, as a label on colour writes it at scale, is somewhere in drawn. The whole
+    label's text: OpenCV puts a letter at a fraction of a pixel, so that "0.42" is not drawn alone as in "... 0.42"."""
+    ink = (255, 255, 255) if colour == UNKNOWN else (0, 0, 0)
+    (width, height), base = cv2.getTextSize(text, drawing.FONT, scale, 1)
+    patch = np.full((height + base + 8, width + 8, 3), colour, np.uint8)
+    cv2.putText(patch, text, (4, height + 4), drawing.FONT, scale, ink, 1, cv2.LINE_AA)
+    rows, columns = np.nonzero(np.any(patch != colour, axis=2))
+    letters = patch[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+    return cv2.minMaxLoc(cv2.matchTemplate(drawn, letters, cv2.TM_SQDIFF))[0] < 0.5
+
+
+@pytest.mark.parametrize("photo_width", [8000, 20000])
+def test_a_small_face_in_a_very_large_photo_is_seen_under_its_marks(photo_width):
+    # Lines and dots were sized from the photo: on an 8000 px one 20 px lines and 42 px dots hid an 86 px face, on
+    # a 20000 px one 50 px lines and 102 px dots.
+    canvas = np.full((300, photo_width, 3), 90, np.uint8)
+    x, y, w, h = photo_width // 2, 150, 86, 100
+    points = [[x + 26, y + 40], [x + 60, y + 40], [x + 43, y + 60], [x + 29, y + 78], [x + 57, y + 78]]
+    drawn = draw_results(canvas, [{"box": [x, y, w, h], "landmarks": points, "identity": None, "similarity": 0.42}])
+    face = drawn[y:y + h, x:x + w]
+    assert np.any(face != 90, axis=2).mean() < 0.1  # was all of it
+    dots = np.all(face == (0, 220, 255), axis=2).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(dots)
+    assert count == 1 + len(points) and stats[1:, cv2.CC_STAT_WIDTH].max() <= w // 10  # five small dots, apart
+    # Its label can still be read at full size: written at the smallest readable scale, score and all.
+    area = drawn[y - 40:y + h, x - 10:x + 3 * w]
+    assert _written(area, "unknown 0.42", UNKNOWN)
+
+
+def test_marks_on_ordinary_photos_keep_their_size():
+    # A face of a 1080p or 4K photo, or one filling a 512 px photo, keeps the lines and dots it had (in drawn
+    # pixels: OpenCV draws a line of thickness 5 7 px wide).
+    for frame_shape, width, line_width, dot_width in (((512, 512), 89, 1, 5), ((512, 512), 450, 1, 5),
+                                                      ((1080, 1920), 250, 7, 13), ((2160, 3840), 600, 11, 23)):
+        canvas = np.full((*frame_shape, 3), 90, np.uint8)
+        x, y = 20, 40
+        drawn = draw_results(canvas, [{"box": [x, y, width, width], "landmarks": [[x + width // 2, y + width // 2]],
+                                       "identity": None, "similarity": 0.42}])
+        line = np.all(drawn[:, x + width // 2] == UNKNOWN, axis=1)
+        assert line[y + width // 2:].sum() == line_width, (frame_shape, width)  # the box's bottom line
+        dot = np.all(drawn[y + width // 2] == (0, 220, 255), axis=1)
+        assert dot.sum() == dot_width, (frame_shape, width)
+
+
+def test_a_label_fits_a_tiny_frame_with_its_score_whole():
+    # On a 50x50 image the label stayed at its smallest scale and was only moved in: "unknow", the score cut off.
+    face = {"box": [10, 12, 30, 30], "landmarks": [[18, 22], [32, 22], [25, 28], [19, 35], [31, 35]],
+            "identity": None, "similarity": 0.42}
+    frame = np.full((50, 50, 3), 90, np.uint8)
+    label, = drawing.place_labels(frame.shape, [face])
+    left, top, right, bottom = label.rectangle
+    assert 0 <= left and right <= 50 and 0 <= top and bottom <= 50 and label.text == "0.42"
+    assert _written(draw_results(frame, [face]), "0.42", UNKNOWN)
+    # The name is cut before the score, which stays whole, at the readable scale, in any frame with room for it.
+    long_name = "Maximilian Alexander"
+    for width in range(34, 160, 3):
+        named = {**face, "identity": long_name}
+        label, = drawing.place_labels((50, width), [named])
+        assert 0 <= label.left and label.rectangle[2] <= width, width
+        assert label.scale == READABLE_SCALE and label.text.endswith("0.42"), (width, label.text)
+        shown = label.text.removesuffix("0.42").rstrip()
+        assert shown in ("", "...") or long_name.startswith(shown.removesuffix("...")), (width, label.text)
+        assert _written(draw_results(np.full((50, width, 3), 90, np.uint8), [named]), label.text, KNOWN), width
+    # A frame too narrow even for the score at that scale has it whole, smaller, rather than a number cut short.
+    narrow = np.full((50, 24, 3), 90, np.uint8)
+    small_face = {**face, "box": [2, 12, 20, 20], "landmarks": []}
+    label, = drawing.place_labels(narrow.shape, [small_face])
+    assert label.text == "0.42" and 0 <= label.left and label.rectangle[2] <= 24 and label.scale < 0.4
+    assert _written(draw_results(narrow, [small_face]), "0.42", UNKNOWN, label.scale)
