@@ -351,8 +351,8 @@ def _largest_face(image: np.ndarray, name: str, pipeline: FacePipeline,
         raise ValueError(f"{name}: {too_small}")
     if found.warning:
         warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=3)
-    if len(found.faces) > 1:  # a group photo's largest face may not be the one meant
-        warnings.warn(f"{name}: {len(found.faces)} faces, used the largest", FacekitWarning, stacklevel=3)
+    if found.likely_faces > 1:  # a group photo's largest face may not be the one meant
+        warnings.warn(f"{name}: {found.likely_faces} faces, used the largest", FacekitWarning, stacklevel=3)
     return found.faces[0], pipeline.embed_found(image, found)
 
 

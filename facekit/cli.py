@@ -606,9 +606,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise CliError(item.error or f"no face found in {path}", EXIT_FAILED)
         if item.found.warning:
             print(f"warning: {escape_control_characters(f'{path}: {item.found.warning}')}", file=sys.stderr)
-        if len(item.faces) > 1:  # as enroll says it: a group photo's largest face may not be the one meant
-            print(f"warning: {escape_control_characters(f'{path}: {len(item.faces)} faces, compared the largest')}",
-                  file=sys.stderr)
+        if item.found.likely_faces > 1:  # as enroll says it: a group photo's largest face may not be the one meant
+            said = f"{path}: {item.found.likely_faces} faces, compared the largest"
+            print(f"warning: {escape_control_characters(said)}", file=sys.stderr)
         embeddings.append(pipeline.embed_found(item.image, item.found))
     similarity = float(embeddings[0] @ embeddings[1])
     same = similarity >= threshold

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import threading
 import tracemalloc
+import warnings
 
 import cv2
 import numpy as np
@@ -381,3 +382,22 @@ def test_a_photo_taken_out_of_the_gallery_once_enroll_has_listed_it_is_enrolled_
     assert [shape for _, shape, _ in detector.searches] == [astronaut_bgr.shape]
     assert (report.enrolled, report.already_enrolled, report.skipped) == (1, 2, [])
     assert paths == [str(removed), str(people / "eileen_collins" / "b.jpg")]
+
+
+def test_a_misfire_beside_the_face_is_not_a_second_face_to_warn_of(shared_data, capsys, tmp_path):
+    """MTCNN takes a patch of suit (0.88) in obama.jpg and of hair (0.79) in lin-manuel-miranda.png for faces:
+    verify and enroll warned that each one-person photo held 2 faces and that the largest was used."""
+    demo = shared_data / "demo" / "face_recognition"
+    pipeline = FacePipeline(detector=MTCNNDetector())
+    for photo in ("obama.jpg", "lin-manuel-miranda.png"):
+        found = pipeline.find_one_face(facekit.load_image(demo / photo))
+        assert len(found.faces) == 2 and found.faces[1].score < 0.95  # the misfire is still found, and reported
+        assert found.likely_faces == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", facekit.FacekitWarning)
+        assert facekit.verify(demo / "obama.jpg", demo / "obama2.jpg", pipeline=pipeline)["same"]
+    assert main(["verify", str(demo / "obama.jpg"), str(demo / "lin-manuel-miranda.png"), "--detector", "mtcnn"]) == 0
+    assert capsys.readouterr().err == ""
+    # A second real face, as sure as the first, is still spoken of.
+    found = pipeline.find_one_face(facekit.load_image(demo / "two_people.jpg"))
+    assert found.likely_faces == 2
