@@ -629,6 +629,7 @@ class Gallery:
             raise GalleryError(f"{self._lock.path} is a symbolic link, not the plain file a gallery's lock is: delete "
                                "the link; nothing was changed")
         self._writer_depth = 0
+        self._unrecorded_model_told = False
         self.dim = 0
         self._request = "auto"
         self._n_shards = 1
@@ -1093,6 +1094,13 @@ class Gallery:
             if stored is None and empty and self._lock.held:
                 self._set_meta(MODEL_KEY, model_id)
                 stored = model_id
+        if stored is None and not empty and not self._unrecorded_model_told:
+            # Written before facekit recorded the model: another model's faces would be named wrongly, silently.
+            self._unrecorded_model_told = True
+            warnings.warn(f"gallery {self.root} does not record the model its faces were enrolled with (added by an "
+                          "early facekit, or by Gallery.add with no bind_model before it in a writer block); if names "
+                          "look wrong, enroll again into a new gallery",
+                          GalleryWarning, 3)
         if stored is not None and stored != model_id:
             raise GalleryError(
                 f"gallery {self.root} holds embeddings of another model (weights sha256 {stored[:12]}, this one is "

@@ -39,9 +39,10 @@ def test_verify_and_identify(tmp_path, astronaut_bgr, grace_hopper_bgr):
     with pytest.raises(ValueError, match="no face"):
         facekit.verify(astronaut_bgr, np.full((200, 200, 3), 127, np.uint8))
     with Gallery.open(tmp_path / "gallery", dim=512) as gallery:
-        gallery.bind_model(facekit.pipeline().embedder.model_id)
-        gallery.add("eileen_collins", facekit.face_embeddings(astronaut_bgr)[0][1][None],
-                    [{"path": "astronaut.png", "sha256": "0" * 64, "box": [0, 0, 1, 1]}])
+        with gallery.writer():  # a writer records the model, which every later search then checks
+            gallery.bind_model(facekit.pipeline().embedder.model_id)
+            gallery.add("eileen_collins", facekit.face_embeddings(astronaut_bgr)[0][1][None],
+                        [{"path": "astronaut.png", "sha256": "0" * 64, "box": [0, 0, 1, 1]}])
         found = facekit.identify(mirrored, gallery)
         assert [face["identity"] for face in found] == ["eileen_collins"]
         assert [face["identity"] for face in facekit.identify(grace_hopper_bgr, gallery)] == [None]
