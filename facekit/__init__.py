@@ -225,7 +225,8 @@ def compare(embedding_a: np.ndarray, embedding_b: np.ndarray) -> float | np.ndar
 
 def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = None, *,
            pipeline: FacePipeline | None = None) -> dict:
-    """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}.
+    """Whether the largest faces of two images are the same person: {"same", "similarity", "threshold"}. Arrays
+    are BGR (OpenCV's order), as for face_embeddings.
 
     pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
     default, facekit.pipeline(). Its threshold is the one used where none is given."""
@@ -245,6 +246,9 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     """Every face in the image: {"box", "landmarks", "identity" (None when unknown), "similarity", "candidates"
     (the top-k identities, most similar first), "threshold" (the one identity was decided by)}. The similarity is
     the named identity's, or the closest candidate's; None where there is no candidate (no gallery or an empty one).
+    "box" is [x, y, width, height] in the image's pixels, floats, not clipped to the image (a face at its edge reaches
+    past it); "landmarks" the 5 points [x, y]: eyes, nose tip, mouth corners. Arrays are BGR (OpenCV's order), as
+    for face_embeddings.
 
     gallery is a facekit.Gallery (or None): open a path with facekit.Gallery.open(path, create=False).
     pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
