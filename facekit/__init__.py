@@ -229,7 +229,8 @@ def verify(image_a: ImageLike, image_b: ImageLike, threshold: float | None = Non
     are BGR (OpenCV's order), as for face_embeddings.
 
     pipeline: a FacePipeline of your own (FacePipeline(min_face=40), another detector); None is the shared
-    default, facekit.pipeline(). Its threshold is the one used where none is given."""
+    default, facekit.pipeline(). Its threshold is the one used where none is given: LFW's most accurate, which calls
+    2.3 % of its pairs of strangers the same person; pass threshold=0.611 for 0.1 % (README, "Two thresholds")."""
     threshold = check_threshold(threshold)
     pipeline = _or_default(pipeline)
     found = []

@@ -315,6 +315,10 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
         "tar_at_far_1e-3": tar_at_far(far, tar, 1e-3),
         "tar_at_far_1e-4": tar_at_far(far, tar, 1e-4),
         "threshold": threshold,
+        # What a yes/no at that threshold (verify's default is this figure from LFW) does on these pairs: the share
+        # of same pairs it accepts, and of different pairs it takes for the same person.
+        "tar_at_threshold": float((scores[same] >= threshold).mean()) if same.any() else 0.0,
+        "far_at_threshold": float((scores[~same] >= threshold).mean()) if (~same).any() else 0.0,
         "pairs": int(len(scores)),
         "different_pairs": int((~same).sum()),
         "no_face": int(failed.sum()),
@@ -393,7 +397,8 @@ def format_metrics(result: dict) -> list[str]:
         f"EER             {result['eer'] * 100:.2f} %",
         tar("1e-3"),
         tar("1e-4"),
-        f"threshold       {result['threshold']:.4f}",
+        f"threshold       {result['threshold']:.4f}  (accepts {result['tar_at_threshold'] * 100:.1f} % of same pairs, "
+        f"{result['far_at_threshold'] * 100:.1f} % of different pairs)",
         f"pairs           {result['pairs']} ({result['no_face']} with a face not found, {unreadable}counted as errors)",
     ]
     if result.get("threshold_at_far"):

@@ -437,3 +437,15 @@ def test_metrics_refuse_a_fold_tuned_on_pairs_of_one_kind():
         verification_metrics(scores, same, folds=folds, failed=np.array([True, False, False, False, False]))
     # One fold number on every row is no folds.
     assert verification_metrics(scores, same, folds=np.zeros(5, int))["folds"] == 1
+
+
+def test_the_rates_a_yes_no_at_the_threshold_gives_are_reported():
+    """verify answers at the LFW threshold: how many strangers it calls the same person was in no output."""
+    same = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.75, 0.3, 0.2, 0.1, 0.0])
+    failed = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1], bool)
+    metrics = verification_metrics(scores, same, failed=failed)
+    threshold = metrics["threshold"]
+    assert 0.3 < threshold <= 0.7  # 0.7, 0.8, 0.9 of the same pairs and 0.75 of the different ones pass
+    assert metrics["tar_at_threshold"] == 3 / 4 and metrics["far_at_threshold"] == 1 / 5
+    assert "accepts 75.0 % of same pairs, 20.0 % of different pairs" in "\n".join(format_metrics(metrics))
