@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
+    from facekit.alignment import align_face
     from facekit.datastore import Gallery
     from facekit.detection import Face
     from facekit.recognition import EnrollReport, FacePipeline
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
     Vector: TypeAlias = np.ndarray[tuple[int], np.dtype[Any]]  # one embedding, (D,)
     Matrix: TypeAlias = np.ndarray[tuple[int, int], np.dtype[Any]]  # embeddings, (N, D)
 
-__all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "add_face", "compare",
-           "detect_faces", "enroll", "face_embeddings", "identify", "load_image", "pipeline", "verify"]
+__all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "add_face", "align_face",
+           "compare", "detect_faces", "enroll", "face_embeddings", "identify", "load_image", "pipeline", "verify"]
 
 
 class FacekitWarning(UserWarning):
@@ -53,7 +54,8 @@ class FacekitWarning(UserWarning):
 
 # Imported on first use: torch takes seconds to load, and `facekit gallery list` should not wait for it.
 _LAZY = {"Gallery": "facekit.datastore", "GalleryError": "facekit.datastore", "Face": "facekit.detection",
-         "ImageError": "facekit.imageio", "load_image": "facekit.imageio", "FacePipeline": "facekit.recognition"}
+         "ImageError": "facekit.imageio", "load_image": "facekit.imageio", "FacePipeline": "facekit.recognition",
+         "align_face": "facekit.alignment"}
 
 
 def __getattr__(name: str):

@@ -523,3 +523,13 @@ def test_load_many_refuses_one_path_with_how_to_pass_it(grace_hopper_path):
     for one in (str(grace_hopper_path), grace_hopper_path):
         with pytest.raises(TypeError, match=r"^load_many takes a list of paths, not one \w+: pass \[path\]"):
             next(facekit.pipeline().load_many(one))
+
+
+def test_the_aligned_crop_is_public_and_is_what_the_model_embeds(astronaut_bgr):
+    """deepface's extract_faces has no counterpart one could find: the crop lay in facekit.alignment, not exported."""
+    [(face, embedding)] = facekit.face_embeddings(astronaut_bgr)
+    crop = facekit.align_face(astronaut_bgr, face.landmarks)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    pipeline = facekit.pipeline()
+    again = pipeline.embedder.embed(crop[None], flip=pipeline.flip)[0]
+    assert float(again @ embedding) > 0.999
