@@ -34,18 +34,20 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from facekit.alignment import align_face
-    from facekit.datastore import Gallery
+    from facekit.datastore import Gallery, GalleryError
     from facekit.detection import Face
+    from facekit.imageio import ImageError, load_image
     from facekit.recognition import EnrollReport, FacePipeline
 
     # Declared aliases: a type checker reads a plain assignment of a union as a variable, no type (py.typed ships it).
-    ImageLike: TypeAlias = np.ndarray | Image.Image | str | os.PathLike | bytes
+    ImageLike: TypeAlias = np.ndarray | Image.Image | str | os.PathLike[str] | bytes
     # For compare's overloads: a type checker that knows an array's shape learns that two vectors give a float.
     Vector: TypeAlias = np.ndarray[tuple[int], np.dtype[Any]]  # one embedding, (D,)
     Matrix: TypeAlias = np.ndarray[tuple[int, int], np.dtype[Any]]  # embeddings, (N, D)
 
-__all__ = ["FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError", "add_face", "align_face",
-           "compare", "detect_faces", "enroll", "face_embeddings", "identify", "load_image", "pipeline", "verify"]
+__all__ = ["EnrollReport", "FacekitWarning", "Face", "FacePipeline", "Gallery", "GalleryError", "ImageError",
+           "add_face", "align_face", "compare", "detect_faces", "enroll", "face_embeddings", "identify", "load_image",
+           "pipeline", "verify"]
 
 
 class FacekitWarning(UserWarning):
@@ -55,10 +57,10 @@ class FacekitWarning(UserWarning):
 # Imported on first use: torch takes seconds to load, and `facekit gallery list` should not wait for it.
 _LAZY = {"Gallery": "facekit.datastore", "GalleryError": "facekit.datastore", "Face": "facekit.detection",
          "ImageError": "facekit.imageio", "load_image": "facekit.imageio", "FacePipeline": "facekit.recognition",
-         "align_face": "facekit.alignment"}
+         "align_face": "facekit.alignment", "EnrollReport": "facekit.recognition"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
@@ -270,7 +272,7 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     return results
 
 
-def enroll(people_dir: str | os.PathLike, gallery: Gallery, progress: bool = False, sync: bool = False, *,
+def enroll(people_dir: str | os.PathLike[str], gallery: Gallery, progress: bool = False, sync: bool = False, *,
            pipeline: FacePipeline | None = None) -> EnrollReport:
     """`facekit enroll`: the largest face of each photo in a folder of per-person folders; photos enrolled
     already (by content) are skipped. The report lists what was enrolled, skipped and why. With sync, the faces

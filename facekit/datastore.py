@@ -124,7 +124,7 @@ def _check_index_kind(index: str) -> None:
         raise GalleryError(f"unknown index type {index!r}; choose auto, {', '.join(INDEX_KINDS)}")
 
 
-def default_gallery_path(explicit: str | os.PathLike | None = None) -> Path:
+def default_gallery_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """--gallery PATH if given, else $FACEKIT_GALLERY, else galleries/default/ under the current directory."""
     if explicit is not None:
         if not str(explicit).strip():
@@ -414,7 +414,7 @@ class FileLock:
     none, and none can be made here; ELOOP: it is a symbolic link); acquiring it raises that error, and it is tried
     again each time."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd = -1
         self.error: OSError | None = None
@@ -650,7 +650,7 @@ class Gallery:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         create: bool = True,
         dim: int | None = None,
         index: str = "auto",
@@ -832,11 +832,11 @@ class Gallery:
             with self._transaction(write=True) as conn:
                 identity_id = self._ensure_identity(conn, name, now)
                 ids = [
-                    conn.execute(
+                    cast(int, conn.execute(  # an INSERT's lastrowid is never None
                         "INSERT INTO embeddings(identity_id, source_path, sha256, box, created, vector)"
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (identity_id, path, sha, box, now, vector.astype("<f4").tobytes()),
-                    ).lastrowid
+                    ).lastrowid)
                     for (path, sha, box), vector in zip(rows, vectors, strict=True)
                 ]
                 generation = self._bump_generation(conn)
@@ -862,7 +862,7 @@ class Gallery:
             self._forgetting = True
         return removed
 
-    def remove_photos(self, photos: list[str] | str | os.PathLike) -> list[dict]:
+    def remove_photos(self, photos: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[dict]:
         """Delete the faces enrolled from these photos, each named by its content sha256 or its path; returns the
         faces removed ({identity, path, sha256, created, named_by}: named_by lists the photos given, as strings,
         that named the face). An identity left without faces goes too.

@@ -620,8 +620,8 @@ def _haar_score(level_weight: float) -> float:
     return 1.0 / (1.0 + math.exp(-(level_weight - 3.5)))
 
 
-def create_detector(backend: str = "auto", yunet_model: str | None = None, min_face: int | None = None,
-                    live: bool = False) -> Detector:
+def create_detector(backend: str = "auto", yunet_model: str | os.PathLike[str] | None = None,
+                    min_face: int | None = None, live: bool = False) -> Detector:
     """"yunet", "mtcnn", "haar" or "auto": YuNet when a model is given or FACEKIT_YUNET_MODEL names a file, else
     MTCNN (installed with facekit), else Haar.
 

@@ -72,7 +72,7 @@ _silence_pillow_libtiff()
 logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
-def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file, by its path or from a file object opened in binary mode, as an HxWx3 uint8 BGR array,
     upright according to its EXIF orientation."""
     if isinstance(path, (str, os.PathLike)):
@@ -98,7 +98,7 @@ def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX
     return decode_image(data, name=name, max_pixels=max_pixels)
 
 
-def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def read_image_file(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """A file's bytes, or ImageError: missing, a folder, unreadable, or larger than any image within max_pixels
     could be (a video or disk image named .jpg would otherwise be read whole into memory)."""
     path = Path(path)

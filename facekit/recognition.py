@@ -150,7 +150,8 @@ class FacePipeline:
     to run at once. A detector of the caller's own must be thread-safe itself."""
 
     def __init__(self, detector: Detector | None = None, embedder: Embedder | None = None, *,
-                 detector_backend: str = "auto", yunet_model: str | None = None, weights: str | None = None,
+                 detector_backend: str = "auto", yunet_model: str | os.PathLike[str] | None = None,
+                 weights: str | os.PathLike[str] | None = None,
                  min_face: int | None = None, flip: bool = True, device: str | None = None) -> None:
         self.detector = detector or create_detector(detector_backend, yunet_model, min_face)
         self.embedder = embedder or Embedder(weights, device=device)
@@ -225,7 +226,7 @@ class FacePipeline:
         faces = self.detect(image)
         return [FaceEmbedding(f, e) for f, e in zip(faces, self.embed_faces(image, faces))]
 
-    def load(self, path: str | os.PathLike, largest: bool = False, expect_face: bool = False,
+    def load(self, path: str | os.PathLike[str], largest: bool = False, expect_face: bool = False,
              skip_sha256: Container[str] = frozenset()) -> LoadedImage:
         """Read, hash, decode and detect one file; a bad file becomes an error string, never an exception.
         expect_face: the photo should hold a face, so find_one_face looks harder where detect() finds none.
@@ -248,7 +249,7 @@ class FacePipeline:
             return LoadedImage(path, sha256, image, found.faces, found=found)
         return LoadedImage(path, sha256, image, self.detect(image, largest))
 
-    def load_many(self, paths: Iterable[str | os.PathLike], workers: int = 1, largest: bool = False,
+    def load_many(self, paths: Iterable[str | os.PathLike[str]], workers: int = 1, largest: bool = False,
                   expect_face: bool = False, skip_sha256: Container[str] = frozenset()) -> Iterator[LoadedImage]:
         """load() over many files, decoding and detecting ahead of the caller in a worker thread.
 
@@ -450,7 +451,7 @@ def copy_enrolled_as_another(identity: str, matches: Iterable[Match]) -> Match |
     return other if other is not None and other.similarity >= NEAR_DUPLICATE_SIMILARITY else None
 
 
-def collect_people(people_dir: str | os.PathLike, *,
+def collect_people(people_dir: str | os.PathLike[str], *,
                    keep_reserved: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
 
@@ -518,7 +519,7 @@ def collect_people(people_dir: str | os.PathLike, *,
 FACES_PER_BATCH_PHOTO = 2000
 
 
-def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLike, *, workers: int = 1,
+def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLike[str], *, workers: int = 1,
            progress: bool = True, batch_images: int = 16, sync: bool = False) -> EnrollReport:
     """Enrol one face (the largest) per image, recorded by its absolute path. Files whose content hash is enrolled
     already are skipped: those enrolled when enroll starts are read and hashed only, neither decoded nor searched.
@@ -660,13 +661,13 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     return report
 
 
-def recorded_path(path: str | os.PathLike) -> str:
+def recorded_path(path: str | os.PathLike[str]) -> str:
     """A photo's path as the gallery records it: absolute, so that it still names the photo from another folder
     (abspath, not resolve, keeps a symlink as the user named it), and printable (printable_path)."""
     return printable_path(os.path.abspath(path))
 
 
-def _recorded_prefix(folder: str | os.PathLike) -> str:
+def _recorded_prefix(folder: str | os.PathLike[str]) -> str:
     """What the paths enroll records under folder start with: folder's recorded_path, ending in a separator, so
     that a sibling folder whose name starts with folder's is not taken for it."""
     return os.path.join(recorded_path(folder), "")
@@ -691,7 +692,7 @@ def _moved_here(path: str, listed_relative: set[str]) -> str | None:
     return tail if tail and not os.path.lexists(path) else None  # a stat only where a listed photo matches
 
 
-def _follow_renamed_people(gallery: Gallery, photos: list[dict], people_dir: str | os.PathLike,
+def _follow_renamed_people(gallery: Gallery, photos: list[dict], people_dir: str | os.PathLike[str],
                            pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """pairs, with a folder's photos under the name `gallery rename` gave its person: a folder whose name is no
     identity in the gallery, while every face enrolled from it is one other identity's. Else each new photo went to a
@@ -747,7 +748,7 @@ def _unnamed_content(skipped: list[tuple[str, str]]) -> set[str]:
     return digests
 
 
-def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike, listed: dict[str, str], hashed: dict[str, str],
+def _sync_photos(gallery: Gallery, people_dir: str | os.PathLike[str], listed: dict[str, str], hashed: dict[str, str],
                  unlisted_folders: list[str], unnamed_content: set[str]) -> tuple[list[tuple[str, str]], list[dict]]:
     """enroll's sync, for the faces recorded from a path inside people_dir where no file is any more, or whose
     content's sha256 is no longer the one recorded. One whose content is now at a listed path (listed: path ->

@@ -201,7 +201,7 @@ class Embedder:
     container's CPU quota (facekit.export.thread_count).
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None,
+    def __init__(self, weights: str | os.PathLike[str] | None = None, device: str | None = None,
                  threads: int | None = None, batch_size: int = 64, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown embedder backend: {backend!r} (choose one of {', '.join(BACKENDS)})")
