@@ -805,20 +805,28 @@ def quiet_opencv() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
-def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> int:
+def report_errors(run: Callable[[], int], interrupted: str = "interrupted", results_on_stdout: bool = True) -> int:
     """run(), with bad input, a missing file or a full disk reported as one `error:` line on stderr and exit 2
-    (or a CliError's own code), never a traceback. The commands and the scripts in tools/ share it."""
+    (or a CliError's own code), never a traceback. The commands and the scripts in tools/ share it.
+
+    results_on_stdout: a closed stdout is refused before run(); False for a program whose results are files or a
+    window (the webcam's), which runs on with print()s going nowhere."""
     import sqlite3
 
     escape_unencodable_output()
-    if sys.stdout is None:  # started with its descriptor closed (`>&-`): every result would vanish, and exit 0
+    if sys.stdout is None and results_on_stdout:  # started with it closed (`>&-`): every result would vanish, exit 0
         print("error: standard output is closed; send it to a file, or to /dev/null to discard it", file=sys.stderr)
         return EXIT_USAGE
     stdout, stderr = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = StdoutThatSaysWhy(stdout), StderrThatNeverFails(stderr)  # type: ignore[assignment]
+    # A closed stderr (`2>&-`) is None: print() to it raised, before the first warning was shown, in the wrapper.
+    no_stderr = open(os.devnull, "w") if stderr is None else None  # closed below
+    sys.stderr = StderrThatNeverFails(stderr or no_stderr)  # type: ignore[assignment]
+    if stdout is not None:
+        sys.stdout = StdoutThatSaysWhy(stdout)  # type: ignore[assignment]
     try:
         code = run()
-        sys.stdout.flush()  # a closed pipe or a full disk meets output still buffered here, not at exit
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a closed pipe or a full disk meets output still buffered here, not at exit
         return code
     except (CliError, OutputError) as exc:
         print(f"error: {escape_control_characters(str(exc))}", file=sys.stderr)
@@ -843,6 +851,8 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted") -> i
         return EXIT_USAGE
     finally:
         sys.stdout, sys.stderr = stdout, stderr
+        if no_stderr is not None:
+            no_stderr.close()
 
 
 def _input_errors() -> tuple[type[Exception], ...]:

@@ -405,6 +405,9 @@ class LockTimeout(TimeoutError):
     pass
 
 
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
 class FileLock:
     """flock on one open file description: two FileLock objects exclude each other even inside one process,
     and the kernel drops the lock when the holder dies, so a SIGKILLed writer never leaves a stale lock.
@@ -470,6 +473,15 @@ class FileLock:
         if self._fd >= 0:
             self.release()
             os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        # A Gallery dropped without close() (opened per request, outside a `with`) kept its lock file open: a thousand
+        # such opens ran out of descriptors. Only closed, not unlocked: unlocking a descriptor a fork copied would
+        # unlock the parent's lock too, where closing the child's copy leaves it.
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = -1
 
 
@@ -791,8 +803,11 @@ class Gallery:
                         # what was committed is in the database, and the next open rebuilds the index from it.
                         if not body_failed:
                             raise
-                        warnings.warn(f"gallery {self.root}: index not saved after a failed write: {one_line(exc)}",
-                                      GalleryWarning, 3)
+                        notice = f"gallery {self.root}: index not saved after a failed write: {one_line(exc)}"
+                        try:
+                            warnings.warn(notice, GalleryWarning, 3)
+                        except Warning:  # warnings made errors (-W error) must not hide the body's own error
+                            log.warning(notice)
                     finally:
                         self._lock.release()
         finally:
@@ -1537,6 +1552,8 @@ class Gallery:
             except FileNotFoundError:
                 raise self._missing_index_file(entry['name']) from None
             except OSError as exc:  # a directory in its place, no read permission: rebuilt from the database
+                if exc.errno in _OUT_OF_DESCRIPTORS:  # this process's limit, not the file's fault: no rebuild
+                    raise
                 raise GalleryError(f"index file {entry['name']} cannot be read ({exc.strerror or exc})") from exc
             if checksum != entry["crc32"]:
                 raise GalleryError(f"index file {entry['name']} does not match its checksum")

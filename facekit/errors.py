@@ -101,9 +101,8 @@ class OutputError(Exception):
     """stdout can no longer be written (a full disk): the results are lost, which the exit status must say."""
 
 
-class StdoutThatSaysWhy:
-    """sys.stdout whose failures (other than a pipe closed early) are an OutputError, told apart from a gallery's
-    or an annotated copy's OSError, and after which what it still buffers is discarded rather than tried at exit."""
+class _GuardedStream:
+    """A stream whose write and flush failures (OSError) go to _failed; the rest is the stream's."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -111,44 +110,37 @@ class StdoutThatSaysWhy:
     def write(self, text: str) -> int:
         try:
             return self.stream.write(text)
-        except BrokenPipeError:
-            raise
         except OSError as exc:
-            discard_output(self.stream)
-            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            discard_output(self.stream)
-            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.stream, name)
-
-
-class StderrThatNeverFails:
-    """sys.stderr that, once it cannot be written (a full log disk, 2>/dev/full), drops what follows: a warning that
-    cannot be shown must not end the work it warns about, nor change its exit status. The rest is the stream's."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except OSError:
-            discard_output(self.stream)
+            self._failed(exc)
             return len(text)
 
     def flush(self) -> None:
         try:
             self.stream.flush()
-        except OSError:
-            discard_output(self.stream)
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, error: OSError) -> None:
+        raise error
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.stream, name)
+
+
+class StdoutThatSaysWhy(_GuardedStream):
+    """sys.stdout whose failures (other than a pipe closed early) are an OutputError, told apart from a gallery's
+    or an annotated copy's OSError, and after which what it still buffers is discarded rather than tried at exit."""
+
+    def _failed(self, error: OSError) -> None:
+        if isinstance(error, BrokenPipeError):
+            raise error
+        discard_output(self.stream)
+        raise OutputError(f"cannot write the output: {error.strerror or error}") from error
+
+
+class StderrThatNeverFails(_GuardedStream):
+    """sys.stderr that, once it cannot be written (a full log disk, 2>/dev/full), drops what follows: a warning that
+    cannot be shown must not end the work it warns about, nor change its exit status."""
+
+    def _failed(self, error: OSError) -> None:
+        discard_output(self.stream)

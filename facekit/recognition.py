@@ -63,6 +63,7 @@ RETRY_MIN_FACE = 40
 # the 600 upright LFW photos. Haar's scores overlap (38 of 200 upright LFW faces under 0.9), so Haar, like a
 # caller's own detector, is taken at its word.
 SURE_SCORE = {MTCNNDetector: 0.99, YuNetDetector: 0.9}
+LIKELY_FACE_WIDTH = 0.5  # of the largest face's: a face narrower than that is not taken for the one meant
 # The narrowest face enroll and add_face take as a template: its box's width in the photo's own pixels. 200 LFW people's
 # first photos (faces 94 px wide), shrunk so the face was W px wide and enrolled as enroll does, against the same face
 # at full size and the person's second photo at full size as the probe:
@@ -97,15 +98,15 @@ class FoundFaces:
     faces: list[Face]
     turn: int = 0
     turned_faces: list[Face] = field(default_factory=list)
-    sure_score: float | None = None  # the detector's SURE_SCORE, where it has one
 
     @property
     def likely_faces(self) -> int:
-        """How many faces to speak of where the largest was taken: it, and each other face the detector is sure of.
-        MTCNN's misfires, a patch of hair (0.79) or of a suit (0.88), made one-person photos "2 faces"; every real
-        face in the 30 demo photos scores at least 0.994."""
-        return sum(index == 0 or self.sure_score is None or face.score >= self.sure_score
-                   for index, face in enumerate(self.faces))
+        """How many faces to speak of where the largest was taken: it, and each other face at least
+        LIKELY_FACE_WIDTH of its width. MTCNN's misfires, a patch of hair or of a suit beside one person's face (a
+        quarter of its width, scored 0.79 and 0.88), made one-person photos "2 faces"; the faces of two people side
+        by side, whom a wrong pick would mix up, are 80 to 99 % of each other's width and may score under 0.9."""
+        largest = self.faces[0].box[2] if self.faces else 0.0
+        return sum(face.box[2] >= LIKELY_FACE_WIDTH * largest for face in self.faces)
 
     @property
     def warning(self) -> str | None:
@@ -192,7 +193,7 @@ class FacePipeline:
                 faces = _detected(small_faces, image, largest)
         sure_score = next((score for kind, score in SURE_SCORE.items() if isinstance(self.detector, kind)), None)
         if faces and (sure_score is None or faces[0].score >= sure_score):
-            return FoundFaces(faces, sure_score=sure_score)
+            return FoundFaces(faces)
         # Every turn is searched and the best scored face kept, not the first found: MTCNN takes scikit-image's
         # astronaut lying with her head to the right for an upright face (score 0.985; its embedding 0.31 from hers),
         # so her photo upside down showed that face at the quarter turn tried before the half turn that shows her
@@ -204,9 +205,8 @@ class FacePipeline:
                 best_turn, best_faces = turn, turned_faces
         # A doubtful face gives way only to one the detector is sure of: two doubtful ones say nothing of the turn.
         if faces and not (best_faces and best_faces[0].score >= sure_score):
-            return FoundFaces(faces, sure_score=sure_score)
-        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces,
-                          sure_score)
+            return FoundFaces(faces)
+        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
 
     def embed_found(self, image: np.ndarray, found: FoundFaces) -> np.ndarray:
         """The embedding of find_one_face's largest face."""

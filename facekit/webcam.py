@@ -222,7 +222,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
 def main(argv: list[str] | None = None) -> int:
     """The `facekit-webcam` command: bad input, a missing file or Ctrl-C before the loop is one line, not a
     traceback, as for `facekit`."""
-    return report_errors(lambda: run(argv))
+    return report_errors(lambda: run(argv), results_on_stdout=False)  # its results are a window or a video file
 
 
 def run(argv: list[str] | None = None) -> int:

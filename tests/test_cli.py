@@ -1574,3 +1574,31 @@ def test_a_log_that_cannot_be_written_stops_no_work(tmp_path, grace_hopper_path)
         result = facekit_process("identify", str(broken), str(grace_hopper_path), "--gallery", str(gallery),
                                  stdout=subprocess.PIPE, stderr=full)
     assert result.returncode == 1 and f"{grace_hopper_path}: 1 face" in result.stdout
+
+
+def test_a_closed_stderr_stops_no_work_and_a_closed_stdout_stops_no_video(tmp_path, grace_hopper_path):
+    """stderr closed (`2>&-`) is None in Python: the first warning or error line raised, so identify reported nothing
+    and exited 1. stdout closed stops a command whose results are printed, but not the webcam, whose results are its
+    video: it was refused too."""
+    gallery = tmp_path / "gallery"
+    Gallery.open(gallery).close()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    result = facekit_process("identify", str(broken), str(grace_hopper_path), "--gallery", str(gallery),
+                             stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert result.returncode == 1 and f"{grace_hopper_path}: 1 face" in result.stdout
+    missing = facekit_process("gallery", "list", "--gallery", str(tmp_path / "nowhere"), stdout=subprocess.PIPE,
+                              preexec_fn=lambda: os.close(2))
+    assert missing.returncode == 2
+
+    clip, video = tmp_path / "clip.avi", tmp_path / "out.avi"
+    frame = cv2.resize(cv2.imread(str(grace_hopper_path)), (320, 240))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for _ in range(3):
+        writer.write(frame)
+    writer.release()
+    command = [sys.executable, "-m", "facekit.webcam", "--headless", "--source", str(clip), "--output", str(video),
+               "--gallery", str(gallery)]
+    webcam = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1))
+    assert webcam.returncode == 0, webcam.stderr
+    assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == 3

@@ -152,6 +152,24 @@ def test_a_new_person_costs_no_scan_of_every_name(path: Path) -> None:
     assert many < 2 * few, (few, many)
 
 
+def test_a_gallery_dropped_without_close_gives_its_descriptors_back(path: Path) -> None:
+    """Opened per request outside a `with`, each Gallery kept its lock file open: a thousand requests ran out of
+    descriptors (and the failure was then taken for a damaged index)."""
+    import gc
+
+    Gallery.open(path, dim=DIM).close()
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("counts descriptors in /proc/self/fd (Linux)")
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        gallery = Gallery.open(path, create=False)
+        assert len(gallery) == 0
+        del gallery
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
 def test_search_ranks_identities_not_vectors(path: Path) -> None:
     """bob has many near-duplicate vectors close to the query; they must not crowd out other identities."""
     query = vectors(0)[0]
@@ -778,6 +796,13 @@ def test_an_index_not_saved_after_a_failed_write_is_warned_in_one_line(path: Pat
     assert re.fullmatch(
         f"gallery {re.escape(str(path))}: index not saved after a failed write: cannot write .*/index-00000002-0"
         r"\.faiss: .*No space left on device", str(warning.message))
+    # Warnings made errors (-W error, a test suite's filterwarnings) would put the notice in the body's error's place.
+    with Gallery.open(path, dim=DIM) as gallery, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(datastore.faiss, "write_index", disk_full)
+        with pytest.raises(ValueError, match="the body's own"), gallery.writer():
+            enroll(gallery, "bob", 2)
+            raise ValueError("the body's own error")
 
 
 @pytest.mark.parametrize(

@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         lines = format_metrics(result)
-        lines[5] += f" (distance {result['distance_threshold']:.4f})"
+        threshold, _, rates = lines[5].partition("  (")  # the distance beside the score it stands for
+        lines[5] = f"{threshold} (distance {result['distance_threshold']:.4f})  ({rates}"
         print("\n".join(lines))
         print(f"images          {result['images']} ({result['images_without_face']} without a face, "
               f"{len(todo)} computed in {seconds:.0f} s)")
