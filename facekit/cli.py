@@ -818,7 +818,7 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted", resu
         print("error: standard output is closed; send it to a file, or to /dev/null to discard it", file=sys.stderr)
         return EXIT_USAGE
     stdout, stderr = sys.stdout, sys.stderr
-    # A closed stderr (`2>&-`) is None: print() to it raised, before the first warning was shown, in the wrapper.
+    # A closed stderr (`2>&-`) is None, which the wrapper could not write to: /dev/null stands in.
     no_stderr = open(os.devnull, "w") if stderr is None else None  # closed below
     sys.stderr = StderrThatNeverFails(stderr or no_stderr)  # type: ignore[assignment]
     if stdout is not None:
