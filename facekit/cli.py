@@ -84,7 +84,7 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+def _add_pipeline_options(parser: argparse.ArgumentParser, enrolls: bool = False) -> None:
     parser.add_argument("--detector", choices=DETECTOR_BACKENDS, default="auto",
                         help=DETECTOR_HELP)
     parser.add_argument("--yunet-model", metavar="PATH", help="YuNet ONNX file (or set FACEKIT_YUNET_MODEL)")
@@ -93,7 +93,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         help="smallest face width to find, in pixels; photos over 640 px are searched on a copy "
                              "that large, so by default faces under 1/32 of the longer side are missed; "
                              "asking for smaller ones searches a larger copy, which takes longer (default: 20 "
-                             "in a copy of at most 640 px); enroll takes faces from 32 px, or from PX if smaller")
+                             "in a copy of at most 640 px)" + ("; enroll takes faces from 32 px, or from PX if smaller"
+                                                              if enrolls else ""))
     parser.add_argument("--no-flip", action="store_true", help="skip mirror test-time augmentation (faster)")
 
 
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("people_dir", metavar="PEOPLE_DIR",
                         help="a folder with a sub-folder of photos per person, named as the person")
     _add_gallery_option(enroll)
-    _add_pipeline_options(enroll)
+    _add_pipeline_options(enroll, enrolls=True)
     enroll.add_argument("--workers", type=int, default=1, help="look-ahead: up to 2 x N images decoded and detected "
                         "in a background thread while others are embedded; 0 for none (default: 1)")
     enroll.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -594,6 +595,9 @@ def may_replace(out: Path, being_identified: set[tuple[int, int]]) -> bool:
 def cmd_verify(args: argparse.Namespace) -> int:
     check_threshold(args.threshold)
     require_existing([args.image_a, args.image_b])
+    for given in (args.image_a, args.image_b):
+        if Path(given).is_dir():  # a usage error (2), as a path that is not there is: not a photo that failed (1)
+            raise CliError(f"not a file: {given} (verify compares two photos)")
     pipeline = make_pipeline(args)
     threshold = pipeline.threshold if args.threshold is None else args.threshold
     embeddings = []

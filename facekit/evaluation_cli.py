@@ -238,10 +238,13 @@ def check_plot_path(path: str) -> None:
 def identification(pipeline, args: argparse.Namespace, progress: bool) -> tuple[dict, np.ndarray, np.ndarray]:
     """Rank-1/rank-5 of probes against a gallery of people, plus verification metrics of probe-identity scores."""
     from facekit.cli import CliError
-    from facekit.datastore import GalleryError, clean_identity
+    from facekit.datastore import DB_NAME, GalleryError, clean_identity
     from facekit.evaluation import csv_rows, verification_metrics
     from facekit.recognition import collect_people
 
+    if (Path(args.gallery_dir) / DB_NAME).exists():  # `--gallery G`, as identify takes it, is read as --gallery-dir
+        raise CliError(f"{args.gallery_dir} is an enrolled gallery; --gallery-dir takes the folder of photos to enroll "
+                       "(one sub-folder per person), which eval enrolls itself")
     enrolled, _ = collect_people(args.gallery_dir)
     if not enrolled:
         raise CliError(f"no photos in {args.gallery_dir} (one sub-folder of photos per person)")

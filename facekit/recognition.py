@@ -465,7 +465,8 @@ def collect_people(people_dir: str | os.PathLike[str], *,
     if not root.exists():
         raise FileNotFoundError(f"folder not found: {root}")
     if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
+        raise NotADirectoryError(f"not a folder: {root} (one sub-folder of photos per person is read: put a photo in "
+                                 "a folder named after its person, and give the folder above it)")
     pairs: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
     spellings: dict[str, set[str]] = {}  # identity -> the entry names that give it
@@ -550,6 +551,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     skipped = [*skipped, *refused]
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = sorted({identity for identity, _ in pairs})
+    report.warnings.extend(_differs_in_case_only(report.people, {photo["identity"] for photo in photos_at_start}))
     identity_of = {path: identity for identity, path in pairs}
     hashed: dict[str, str] = {}  # absolute path -> sha256, of every listed photo that could be read
     enrolled_as_another: dict[str, str] = {}  # absolute path -> its warning, which sync withdraws if it moves the face
@@ -659,6 +661,15 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
         withdrawn = {enrolled_as_another.get(path) for path, *_ in report.moved}
         report.warnings = [warning for warning in report.warnings if warning not in withdrawn]
     return report
+
+
+def _differs_in_case_only(people: list[str], enrolled: set[str]) -> list[str]:
+    """A warning for each new person whose name only the case tells from an enrolled one's: a folder "Obama" beside
+    an enrolled "obama" became a second person without a word."""
+    by_folded_name = {name.casefold(): name for name in enrolled}
+    return [f"{name!r} is enrolled as a new person, while {by_folded_name[name.casefold()]!r} is enrolled already: "
+            f"if they are one person, `facekit gallery rename {name!r} {by_folded_name[name.casefold()]!r} --merge` "
+            "joins them" for name in people if name not in enrolled and name.casefold() in by_folded_name]
 
 
 def recorded_path(path: str | os.PathLike[str]) -> str:

@@ -478,7 +478,8 @@ def test_usage_errors_are_one_line_and_leave_the_gallery_intact(tmp_path, people
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "missing_dir"), "--gallery", gallery)
     assert code == 2 and err.strip() == f"error: folder not found: {tmp_path / 'missing_dir'}"
     code, _, err = run_cli(capsys, "enroll", str(empty_file), "--gallery", gallery)
-    assert (code, err) == (2, f"error: not a folder: {empty_file}\n")
+    assert (code, err) == (2, f"error: not a folder: {empty_file} (one sub-folder of photos per person is read: put "
+                              "a photo in a folder named after its person, and give the folder above it)\n")
     # A folder without photos says so, and makes no empty gallery where none was.
     (tmp_path / "empty_people" / "nobody").mkdir(parents=True)
     code, _, err = run_cli(capsys, "enroll", str(tmp_path / "empty_people"), "--gallery", str(tmp_path / "new"))
@@ -1602,3 +1603,23 @@ def test_a_closed_stderr_stops_no_work_and_a_closed_stdout_stops_no_video(tmp_pa
     webcam = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1))
     assert webcam.returncode == 0, webcam.stderr
     assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == 3
+
+
+def test_verify_given_a_folder_is_a_usage_error(tmp_path, capsys, grace_hopper_path):
+    """A folder is no photo: it exited 1, as a photo that failed does, where a path that is not there exits 2."""
+    code, out, err = run_cli(capsys, "verify", str(tmp_path), str(grace_hopper_path))
+    assert (code, out, err) == (2, "", f"error: not a file: {tmp_path} (verify compares two photos)\n")
+
+
+@pytest.mark.usefixtures("copies_as_other_people")
+def test_a_new_name_that_differs_from_an_enrolled_one_in_case_only_is_warned_of(tmp_path, capsys, people,
+                                                                                 grace_hopper_bgr):
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    more = tmp_path / "more" / "Grace_Hopper"
+    more.mkdir(parents=True)
+    cv2.imwrite(str(more / "c.jpg"), variant(grace_hopper_bgr, 5))
+    code, out, err = run_cli(capsys, "enroll", str(tmp_path / "more"), "--gallery", gallery, "--quiet")
+    assert code == 0 and "1 face enrolled" in out
+    assert ("warning: 'Grace_Hopper' is enrolled as a new person, while 'grace_hopper' is enrolled already: if they "
+            "are one person, `facekit gallery rename 'Grace_Hopper' 'grace_hopper' --merge` joins them") in err

@@ -230,6 +230,11 @@ def test_identify_refuses_missing_probe_images_and_empty_galleries(tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert main([*args[:3], str(tmp_path / "empty"), *args[4:]]) == 2
     assert capsys.readouterr().err.startswith(f"error: no photos in {tmp_path / 'empty'}")
+    # An enrolled gallery (`--gallery G`, read as --gallery-dir) said "no photos": it is named for what it is.
+    (tmp_path / "enrolled" / "gallery.sqlite").parent.mkdir()
+    (tmp_path / "enrolled" / "gallery.sqlite").write_bytes(b"")
+    assert main([*args[:3], str(tmp_path / "enrolled"), *args[4:]]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'enrolled'} is an enrolled gallery; --gallery-dir")
     (tmp_path / "probes.csv").write_text("path,identity\n")
     assert main(args) == 2 and capsys.readouterr().err.startswith("error: no probes in")
     assert fake_pipeline == []
