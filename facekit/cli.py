@@ -446,7 +446,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     annotated_copy = out
             if args.json:
                 # The copy's name is the tool's choice (numbered on a clash): a reader of the stream needs it.
-                print(json_record({"image": item.path, "faces": faces,
+                # The threshold the names were decided by: the default grows with the gallery (Two thresholds).
+                print(json_record({"image": item.path, "threshold": round(threshold, 4), "faces": faces,
                                   **({"annotated": str(annotated_copy)} if annotated_copy else {}),
                                   **({"error": problem} if problem else {})}), flush=True)
             elif writer:

@@ -21,6 +21,7 @@ import pytest
 from conftest import CTRL_C_IN_IMPORT, unprivileged
 from PIL import Image
 
+import facekit
 from facekit.cli import INTERRUPTED, main
 from facekit.datastore import Gallery
 from facekit.imageio import IMAGE_EXTENSIONS
@@ -68,7 +69,9 @@ def test_round_trip_on_bundled_photos(tmp_path, people, capsys, astronaut_bgr, g
     lines = [json.loads(line) for line in out.strip().splitlines()]
     assert [Path(r["image"]).name for r in lines] == ["eileen.jpg", "grace.jpg"]
     for record, expected in zip(lines, ["eileen_collins", "grace_hopper"]):
-        assert set(record) == {"image", "faces"}
+        # The threshold names were decided by, which a reader could not learn (the default grows with the gallery).
+        assert set(record) == {"image", "threshold", "faces"}
+        assert record["threshold"] == round(facekit.pipeline().identify_threshold_for(4), 4)
         assert len(record["faces"]) == 1
         face = record["faces"][0]
         assert set(face) == FACE_KEYS
@@ -1337,7 +1340,8 @@ def test_a_photo_that_failed_among_good_ones_is_said_and_makes_enroll_and_identi
     code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--json")
     records = {Path(record["image"]).name: record for record in map(json.loads, out.splitlines())}
     assert code == 1 and len(err.splitlines()) == 2
-    assert records["blank.png"] == {"image": str(blank), "faces": [], "error": "no face found"}
+    assert records["blank.png"] == {"image": str(blank), "threshold": records["a.jpg"]["threshold"], "faces": [],
+                                    "error": "no face found"}
     assert set(records) == {"a.jpg", "b.jpg", "blank.png", "text.jpg"}
     code, out, err = run_cli(capsys, "identify", str(folder / "a.jpg"), "--gallery", gallery)
     assert (code, err) == (0, "") and "grace_hopper" in out
