@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
 from facekit.errors import (
+    ESCAPE_UNENCODABLE,
     EXIT_INTERRUPTED,
     INTERRUPTED,
     OutputError,
@@ -824,7 +825,8 @@ def report_errors(run: Callable[[], int], interrupted: str = "interrupted", resu
         return EXIT_USAGE
     stdout, stderr = sys.stdout, sys.stderr
     # A closed stderr (`2>&-`) is None, which the wrapper could not write to: /dev/null stands in.
-    no_stderr = open(os.devnull, "w") if stderr is None else None  # closed below
+    no_stderr = (open(os.devnull, "w", encoding="utf-8", errors=ESCAPE_UNENCODABLE)  # as a real stderr; closed below
+                 if stderr is None else None)
     sys.stderr = StderrThatNeverFails(stderr or no_stderr)  # type: ignore[assignment]
     if stdout is not None:
         sys.stdout = StdoutThatSaysWhy(stdout)  # type: ignore[assignment]

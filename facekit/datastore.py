@@ -417,9 +417,10 @@ class FileLock:
     none, and none can be made here; ELOOP: it is a symbolic link); acquiring it raises that error, and it is tried
     again each time."""
 
+    _fd = -1  # also for __del__ of one whose __init__ failed before setting it
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._fd = -1
         self.error: OSError | None = None
         self.held = False
         self._open()

@@ -551,7 +551,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     skipped = [*skipped, *refused]
     report = EnrollReport(skipped=list(skipped), files=len(pairs) + len(skipped))
     report.people = sorted({identity for identity, _ in pairs})
-    report.warnings.extend(_differs_in_case_only(report.people, {photo["identity"] for photo in photos_at_start}))
+    names_at_start = {photo["identity"] for photo in photos_at_start}
+    new_people: set[str] = set()  # the people this run added, who were not enrolled before it
     identity_of = {path: identity for identity, path in pairs}
     hashed: dict[str, str] = {}  # absolute path -> sha256, of every listed photo that could be read
     enrolled_as_another: dict[str, str] = {}  # absolute path -> its warning, which sync withdraws if it moves the face
@@ -613,6 +614,8 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                                                                    "box": [float(v) for v in face.box]}])[0]
                 added.append((identity, face_id, path, embedding))
                 report.enrolled += 1
+                if identity not in names_at_start:
+                    new_people.add(identity)
         pending.clear()
 
     # Closed however the loop ends: a Ctrl-C's or an error's line must not be written onto the bar's.
@@ -660,16 +663,23 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                         if face["identity"] != face["old_identity"]]
         withdrawn = {enrolled_as_another.get(path) for path, *_ in report.moved}
         report.warnings = [warning for warning in report.warnings if warning not in withdrawn]
+    # After the sync: a folder whose case was put right moves its faces, and leaves no other spelling behind.
+    if new_people:
+        report.warnings.extend(_differs_in_case_only(sorted(new_people), [name for name, _ in gallery.identities()]))
     return report
 
 
-def _differs_in_case_only(people: list[str], enrolled: set[str]) -> list[str]:
-    """A warning for each new person whose name only the case tells from an enrolled one's: a folder "Obama" beside
-    an enrolled "obama" became a second person without a word."""
-    by_folded_name = {name.casefold(): name for name in enrolled}
-    return [f"{name!r} is enrolled as a new person, while {by_folded_name[name.casefold()]!r} is enrolled already: "
-            f"if they are one person, `facekit gallery rename {name!r} {by_folded_name[name.casefold()]!r} --merge` "
-            "joins them" for name in people if name not in enrolled and name.casefold() in by_folded_name]
+def _differs_in_case_only(new_people: list[str], enrolled: list[str]) -> list[str]:
+    """A warning for each person new in this run whose name only the case tells from other enrolled ones': a folder
+    "Obama" beside an enrolled "obama" became a second person without a word."""
+    warnings = []
+    for name in new_people:
+        others = sorted(other for other in enrolled if other != name and other.casefold() == name.casefold())
+        if others:
+            warnings.append(f"{name!r} is enrolled as a new person, while {', '.join(map(repr, others))} "
+                            f"{'is' if len(others) == 1 else 'are'} enrolled too: if they are one person, "
+                            f"`facekit gallery rename {name!r} {others[0]!r} --merge` joins them")
+    return warnings
 
 
 def recorded_path(path: str | os.PathLike[str]) -> str:

@@ -1595,6 +1595,12 @@ def test_a_closed_stderr_stops_no_work_and_a_closed_stdout_stops_no_video(tmp_pa
     missing = facekit_process("gallery", "list", "--gallery", str(tmp_path / "nowhere"), stdout=subprocess.PIPE,
                               preexec_fn=lambda: os.close(2))
     assert missing.returncode == 2
+    # An error line holding a file name's byte that is not UTF-8 is written as a real stderr writes it.
+    odd = tmp_path / os.fsdecode(b"bad\xe9.jpg")
+    odd.write_bytes(b"not a picture")
+    result = facekit_process("identify", str(odd), str(grace_hopper_path), "--gallery", str(gallery),
+                             stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert result.returncode == 1 and f"{grace_hopper_path}: 1 face" in result.stdout
 
     clip, video = tmp_path / "clip.avi", tmp_path / "out.avi"
     frame = cv2.resize(cv2.imread(str(grace_hopper_path)), (320, 240))
@@ -1625,5 +1631,17 @@ def test_a_new_name_that_differs_from_an_enrolled_one_in_case_only_is_warned_of(
     cv2.imwrite(str(more / "c.jpg"), variant(grace_hopper_bgr, 5))
     code, out, err = run_cli(capsys, "enroll", str(tmp_path / "more"), "--gallery", gallery, "--quiet")
     assert code == 0 and "1 face enrolled" in out
-    assert ("warning: 'Grace_Hopper' is enrolled as a new person, while 'grace_hopper' is enrolled already: if they "
+    assert ("warning: 'Grace_Hopper' is enrolled as a new person, while 'grace_hopper' is enrolled too: if they "
             "are one person, `facekit gallery rename 'Grace_Hopper' 'grace_hopper' --merge` joins them") in err
+    # Not where no face was added (an enrolled photo's copy), nor where a folder's case was put right with --sync:
+    # its faces move, and no other spelling is left.
+    again = tmp_path / "again" / "EILEEN_COLLINS"
+    again.mkdir(parents=True)
+    (again / "a.jpg").write_bytes((people / "eileen_collins" / "a.jpg").read_bytes())
+    code, out, err = run_cli(capsys, "enroll", str(tmp_path / "again"), "--gallery", gallery, "--quiet")
+    assert code == 0 and "0 faces enrolled" in out and "enrolled as a new person" not in err
+    (people / "eileen_collins").rename(people / "Eileen_Collins")
+    code, out, err = run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet", "--sync")
+    assert code == 0 and "enrolled as a new person" not in err
+    assert run_cli(capsys, "gallery", "list", "--gallery", gallery)[1].splitlines() == [
+        "Eileen_Collins", "Grace_Hopper", "grace_hopper"]
