@@ -96,7 +96,6 @@ def discard_output(stream: TextIO) -> None:
     os.close(devnull)
 
 
-
 class OutputError(Exception):
     """stdout can no longer be written (a full disk): the results are lost, which the exit status must say."""
 

@@ -317,8 +317,8 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
         "threshold": threshold,
         # What a yes/no at that threshold (verify's default is this figure from LFW) does on these pairs: the share
         # of same pairs it accepts, and of different pairs it takes for the same person.
-        "tar_at_threshold": float((scores[same] >= threshold).mean()) if same.any() else 0.0,
-        "far_at_threshold": float((scores[~same] >= threshold).mean()) if (~same).any() else 0.0,
+        "tar_at_threshold": float((scores[same] >= threshold).mean()),  # both kinds are there: refuse_one_kind
+        "far_at_threshold": float((scores[~same] >= threshold).mean()),
         "pairs": int(len(scores)),
         "different_pairs": int((~same).sum()),
         "no_face": int(failed.sum()),

@@ -672,9 +672,12 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
 def _differs_in_case_only(new_people: list[str], enrolled: list[str]) -> list[str]:
     """A warning for each person new in this run whose name only the case tells from other enrolled ones': a folder
     "Obama" beside an enrolled "obama" became a second person without a word."""
+    spellings: dict[str, list[str]] = {}  # one pass over the names: a run may add thousands to 100,000 people
+    for other in sorted(enrolled):
+        spellings.setdefault(other.casefold(), []).append(other)
     warnings = []
     for name in new_people:
-        others = sorted(other for other in enrolled if other != name and other.casefold() == name.casefold())
+        others = [other for other in spellings.get(name.casefold(), []) if other != name]
         if others:
             warnings.append(f"{name!r} is enrolled as a new person, while {', '.join(map(repr, others))} "
                             f"{'is' if len(others) == 1 else 'are'} enrolled too: if they are one person, "
