@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -695,8 +695,27 @@ def require_enrolled(gallery, name: str) -> dict[str, int]:
     clean_identity."""
     faces = dict(gallery.identities())
     if stored_name(name, faces) not in faces:
-        raise CliError(f"not enrolled in {gallery.root}: {name}", EXIT_FAILED)
+        likely = names_like(name, faces)
+        hint = f" (did you mean {' or '.join(likely)}?)" if likely else ""
+        raise CliError(f"not enrolled in {gallery.root}: {name}{hint}", EXIT_FAILED)
     return faces
+
+
+def names_like(name: str, enrolled: Iterable[str], most: int = 3) -> list[str]:
+    """The enrolled names a mistyped one probably meant: the same but for case, one holding it as a word of the full
+    name ("Obama" for "Barack_Obama", which spelling similarity alone ranks too low), then the closest spellings."""
+    import difflib
+    import re
+
+    folded = {}  # lower case -> the enrolled spellings
+    for enrolled_name in enrolled:
+        folded.setdefault(enrolled_name.lower(), []).append(enrolled_name)
+    wanted = name.lower()
+    word = re.compile(rf"(^|[\W_]){re.escape(wanted)}($|[\W_])") if wanted else None
+    holding = [key for key in folded if word and word.search(key)]
+    close = difflib.get_close_matches(wanted, list(folded), n=most, cutoff=0.75)
+    keys = dict.fromkeys([*([wanted] if wanted in folded else []), *sorted(holding), *close])
+    return [spelling for key in keys for spelling in sorted(folded[key])][:most]
 
 
 def rename_identity(gallery, old: str, new: str, merge: bool) -> int:

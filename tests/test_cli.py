@@ -1406,6 +1406,26 @@ def test_removing_a_person_or_photo_not_enrolled_exits_1_naming_it(tmp_path, cap
     assert run_cli(capsys, "gallery", "remove", "ada", "--gallery", str(gallery)) == (0, "removed ada (1 face)\n", "")
 
 
+def test_a_name_not_enrolled_is_answered_with_the_enrolled_names_it_likely_meant(tmp_path, capsys):
+    """`gallery remove Obama` said only "not enrolled", where the gallery holds Barack_Obama: a user had to list the
+    gallery to find the spelling."""
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=128) as opened:
+        for number, name in enumerate(["Barack_Obama", "Michelle_Obama", "Grace_Hopper", "ada"]):
+            opened.add(name, np.eye(1, 128, number, dtype=np.float32),
+                       [{"path": f"{number}.jpg", "sha256": f"{number}" * 64, "box": [0, 0, 9, 9]}])
+    at = ("--gallery", str(gallery))
+    assert run_cli(capsys, "gallery", "remove", "Obama", *at) == (
+        1, "", f"error: not enrolled in {gallery}: Obama (did you mean Barack_Obama or Michelle_Obama?)\n")
+    assert run_cli(capsys, "gallery", "rename", "grace_hoper", "Grace", *at) == (
+        1, "", f"error: not enrolled in {gallery}: grace_hoper (did you mean Grace_Hopper?)\n")
+    assert run_cli(capsys, "gallery", "photos", "ADA", *at) == (
+        1, "", f"error: not enrolled in {gallery}: ADA (did you mean ada?)\n")
+    assert run_cli(capsys, "gallery", "remove", "zed", *at) == (1, "", f"error: not enrolled in {gallery}: zed\n")
+    with Gallery.open(gallery, dim=128) as opened:  # nothing removed or renamed on a guess
+        assert [name for name, _ in opened.identities()] == ["Barack_Obama", "Grace_Hopper", "Michelle_Obama", "ada"]
+
+
 def test_rename_onto_a_name_taken_asks_for_merge_and_then_says_it_merged(tmp_path, capsys):
     """The refusal spoke of Python's merge=True, and a merge was reported as a rename."""
     gallery = tmp_path / "gallery"
