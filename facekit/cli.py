@@ -468,7 +468,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     if not face["identity"] and best and best["similarity"] >= threshold:  # see identify_image
                         name = f"unknown (closest: {best['identity']}, named on another face in this photo)"
                     similarity = "no one enrolled to compare with" if face["similarity"] is None \
-                        else f"similarity {face['similarity']:.3f}"
+                        else f"similarity {face['similarity']:.3f} (threshold {threshold:.3f})"
                     line = f"  at x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}: {name}  {similarity}"
                     # The names are the gallery's: one crafted with an ESC or a newline must not steer the terminal.
                     print(escape_control_characters(line))

@@ -1256,6 +1256,10 @@ def test_a_face_whose_person_another_face_took_says_so(tmp_path, people, capsys,
     names = sorted(line.split(": ", 1)[1].rsplit("  similarity", 1)[0] for line in out.splitlines()[1:])
     assert code == 0 and names == ["eileen_collins", "unknown (closest: eileen_collins, named on another face in "
                                                      "this photo)"], out
+    # The threshold the names were decided by, as verify's text and identify's JSON give it: the default grows
+    # with the gallery, and the text gave only the similarity, which a user could not weigh.
+    threshold = json.loads(run_cli(capsys, "identify", str(twice), "--gallery", gallery, "--json")[1])["threshold"]
+    assert all(line.endswith(f" (threshold {threshold:.3f})") for line in out.splitlines()[1:]), out
 
 
 def test_identify_with_an_empty_gallery_gives_no_similarity_in_every_output(tmp_path, capsys, grace_hopper_path):
