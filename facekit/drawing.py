@@ -19,8 +19,10 @@ from PIL import Image, ImageDraw, ImageFont
 from facekit import FacekitWarning
 from facekit.errors import printable_path
 
-KNOWN = (60, 200, 60)
-UNKNOWN = (40, 40, 220)
+# Blue and orange (BGR; Okabe and Ito's pair): green and red, as drawn before, are one olive to the one man in
+# twelve with red-green colour blindness, and these also differ in lightness, so that a grey print keeps them apart.
+KNOWN = (178, 114, 0)
+UNKNOWN = (0, 159, 230)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # The one OpenCV font with Cyrillic letters (А to я; not Ё, which is drawn as Е): a name in them is written in it
 # rather than as a row of "?".
@@ -74,8 +76,7 @@ Rectangle = tuple[int, int, int, int]  # left, top, right, bottom; right and bot
 def draw_results(image: np.ndarray, results: list[dict], fps: float | None = None) -> np.ndarray:
     """results as identify_image returns them: dicts with box, landmarks, identity, similarity.
 
-    A grey (or BGRA) image is drawn on as a BGR copy: in grey, the green of a known face and the red of an
-    unknown one are two dark greys that cannot be told apart."""
+    A grey (or BGRA) image is drawn on as a BGR copy, in the colours of a colour one."""
     canvas = _bgr_copy(image)
     if fps is not None:
         # Sized to the frame (about 0.7 at 640 px, the scale the origin's 8 and 24 px are given for) and outlined,
@@ -214,6 +215,7 @@ def _fitted_label(face: dict, widest: int, frame_width: int) -> Label:
     room for "unknown" and the score, where that is wider) or than the frame. The score is never cut: in a frame
     too narrow for it beside "...", it is written alone, and in one too narrow for it at the smallest readable
     scale, smaller, as wide as the frame."""
+    known = bool(face.get("identity"))
     name = face.get("identity") or "unknown"
     similarity = face.get("similarity")  # None where there was no candidate (facekit.identify, no gallery)
     score = "" if similarity is None else f" {similarity:.2f}"
@@ -223,7 +225,11 @@ def _fitted_label(face: dict, widest: int, frame_width: int) -> Label:
     font = _label_font(name, scale, weight)
     runs = _label_runs(name, score, font)
     (text_width, text_height), base = _runs_size(runs, scale, weight)
-    if text_width + 5 > widest and name:
+    if text_width + 5 > widest and not known:
+        # "u..." would read as a cut name: "?" says unknown without the colour, which not every eye tells.
+        runs = _label_runs("?", score, FONT)
+        (text_width, text_height), base = _runs_size(runs, scale, weight)
+    elif text_width + 5 > widest and name:
         # The longest start of the name that fits with "...", found by halving: measuring a label costs about 0.1
         # ms, and a letter at a time made a long name a few ms of each webcam frame.
         def fits(length: int) -> bool:
@@ -237,9 +243,9 @@ def _fitted_label(face: dict, widest: int, frame_width: int) -> Label:
         runs = _label_runs(_cut_name(name, shortest, font), score, font)
         (text_width, text_height), base = _runs_size(runs, scale, weight)
     if text_width + 5 > widest:
-        # Not even "..." and the score fit (a face in a frame some 50 px wide): the score alone, its colour still
-        # telling a known face from an unknown one, in OpenCV's font, which has its digits.
-        alone = score.strip() or "..."
+        # Not even "..." and the score fit (a face in a frame some 50 px wide): the score alone, in OpenCV's font,
+        # which has its digits, "?" before it for an unknown face.
+        alone = (score.strip() or "...") if known else "?" + score
         scale = _scale_to_fit(alone, scale, widest)
         weight = _weight(scale)
         runs = [(alone, FONT)]
@@ -310,7 +316,7 @@ def _runs_size(runs: list[tuple[str, Font]], scale: float, weight: int) -> tuple
 def _draw_label(canvas: np.ndarray, label: Label) -> None:
     cv2.rectangle(canvas, (label.left, label.top), (label.left + label.width - 1, label.top + label.height - 1),
                   label.colour, -1)
-    # Dark letters on a light band: white on the green of a known face has a contrast of about 2 to 1.
+    # Dark letters on a light band: white on the orange of an unknown face has a contrast of about 2 to 1.
     colour = label.colour
     ink = (0, 0, 0) if 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2] > 128 else (255, 255, 255)
     x = label.left + 2

@@ -75,13 +75,18 @@ def test_labels_are_readable_on_grey_and_large_frames(astronaut_bgr):
     grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
     known, unknown = _face(180, 60, "José"), _face(20, 300, None)
     drawn = draw_results(grey, [known, unknown])
-    # In grey, a known face's green and an unknown one's red were two dark greys (60 and 40): now in colour.
+    # In grey, a known face's colour and an unknown one's were two dark greys (60 and 40): now in colour.
     assert drawn.shape == astronaut_bgr.shape
     assert tuple(drawn[120, 180]) == KNOWN and tuple(drawn[350, 20]) == UNKNOWN
-    # Dark letters on the light green band: white ones had a contrast of about 2 to 1.
-    rows, columns = np.nonzero(np.all(drawn[:60, 180:] == KNOWN, axis=2))
-    band = drawn[rows.min():rows.max() + 1, 180 + columns.min():180 + columns.max() + 1].reshape(-1, 3)
-    assert band.min(axis=1).max() < 150 and band.max(axis=1).min() < 40
+
+    def letters(band_colour: tuple[int, int, int], area: tuple[slice, slice]) -> np.ndarray:
+        rows, columns = np.nonzero(np.all(drawn[area] == band_colour, axis=2))
+        top, left = area[0].start + rows.min(), area[1].start + columns.min()
+        return drawn[top:top + int(np.ptp(rows)) + 1, left:left + int(np.ptp(columns)) + 1].reshape(-1, 3)
+
+    # Dark letters on the light orange band (white ones had a contrast of about 2 to 1), white on the dark blue.
+    assert letters(UNKNOWN, (slice(240, 300), slice(0, 200))).max(axis=1).min() < 40
+    assert letters(KNOWN, (slice(0, 60), slice(180, 512))).min(axis=1).max() > 215
     # The frame rate is written to the frame's size: at 0.7 it was 16 px tall on a 4K frame.
     large = np.full((2160, 3840, 3), 90, np.uint8)
     rows = np.flatnonzero(np.any(draw_results(large, [], fps=12.5)[:, :800] != 90, axis=(1, 2)))
@@ -265,7 +270,7 @@ def test_a_right_to_left_name_is_cut_at_its_end_as_it_reads():
 def _written(drawn: np.ndarray, text: str, colour: tuple[int, int, int], scale: float = READABLE_SCALE) -> bool:
     """Whether every pixel of text, as a label on colour writes it at scale, is somewhere in drawn. The whole
     label's text: OpenCV puts a letter at a fraction of a pixel, so that "0.42" is not drawn alone as in "... 0.42"."""
-    ink = (255, 255, 255) if colour == UNKNOWN else (0, 0, 0)
+    ink = (0, 0, 0) if colour == UNKNOWN else (255, 255, 255)
     (width, height), base = cv2.getTextSize(text, drawing.FONT, scale, 1)
     patch = np.full((height + base + 8, width + 8, 3), colour, np.uint8)
     cv2.putText(patch, text, (4, height + 4), drawing.FONT, scale, ink, 1, cv2.LINE_AA)
@@ -314,8 +319,8 @@ def test_a_label_fits_a_tiny_frame_with_its_score_whole():
     frame = np.full((50, 50, 3), 90, np.uint8)
     label, = drawing.place_labels(frame.shape, [face])
     left, top, right, bottom = label.rectangle
-    assert 0 <= left and right <= 50 and 0 <= top and bottom <= 50 and label.text == "0.42"
-    assert _written(draw_results(frame, [face]), "0.42", UNKNOWN)
+    assert 0 <= left and right <= 50 and 0 <= top and bottom <= 50 and label.text == "? 0.42"
+    assert _written(draw_results(frame, [face]), "? 0.42", UNKNOWN, label.scale)
     # The name is cut before the score, which stays whole, at the readable scale, in any frame with room for it.
     long_name = "Maximilian Alexander"
     for width in range(34, 160, 3):
@@ -330,5 +335,35 @@ def test_a_label_fits_a_tiny_frame_with_its_score_whole():
     narrow = np.full((50, 24, 3), 90, np.uint8)
     small_face = {**face, "box": [2, 12, 20, 20], "landmarks": []}
     label, = drawing.place_labels(narrow.shape, [small_face])
-    assert label.text == "0.42" and 0 <= label.left and label.rectangle[2] <= 24 and label.scale < 0.4
-    assert _written(draw_results(narrow, [small_face]), "0.42", UNKNOWN, label.scale)
+    assert label.text == "? 0.42" and 0 <= label.left and label.rectangle[2] <= 24 and label.scale < 0.4
+    assert _written(draw_results(narrow, [small_face]), "? 0.42", UNKNOWN, label.scale)
+
+
+# Machado, Oliveira and Fernandes (2009), severity 1, on linear RGB: what a viewer without one kind of cone sees.
+COLOUR_BLINDNESS = {
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]],
+}
+
+
+@pytest.mark.parametrize("kind", COLOUR_BLINDNESS)
+def test_known_and_unknown_faces_stay_apart_for_colour_blind_eyes(kind):
+    """Green and red were one olive to a deuteranope (75 apart in sRGB, of 441): the band colour was all that told an
+    unknown face from a known one whose name was cut short."""
+    def seen(bgr: tuple[int, int, int]) -> np.ndarray:
+        channel = np.array(bgr[::-1]) / 255
+        linear = np.where(channel <= 0.04045, channel / 12.92, ((channel + 0.055) / 1.055) ** 2.4)
+        simulated = np.clip(np.array(COLOUR_BLINDNESS[kind]) @ linear, 0, 1)
+        return 255 * np.where(simulated <= 0.0031308, 12.92 * simulated, 1.055 * simulated ** (1 / 2.4) - 0.055)
+
+    assert np.linalg.norm(seen(KNOWN) - seen(UNKNOWN)) > 150
+
+
+def test_an_unknown_face_in_a_narrow_frame_is_marked_unknown_not_cut_like_a_name():
+    # "unknown" was cut to "u...", as a name is: only the band's colour said which it was.
+    face = {"box": [5, 20, 50, 50], "identity": None, "similarity": 0.42}
+    label, = drawing.place_labels((80, 62), [face])
+    assert label.text == "? 0.42" and label.colour == UNKNOWN
+    named, = drawing.place_labels((80, 62), [{**face, "identity": "Maximilian"}])
+    assert named.text.endswith("... 0.42") and named.colour == KNOWN
