@@ -266,7 +266,14 @@ def identify(image: ImageLike, gallery: Gallery | None, threshold: float | None 
     pipeline = _or_default(pipeline)
     faces_enrolled = len(gallery) if gallery is not None else 0  # no gallery: every face unknown, as with an empty one
     threshold = pipeline.identify_threshold_for(faces_enrolled) if threshold is None else threshold
-    results = identify_image(pipeline, gallery, _as_image(image), threshold, top_k)
+    name = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
+    pixels = _as_image(image, name)
+    found = pipeline.find_faces(pixels)
+    if found.warning:  # as verify says it: the photo lacks its EXIF orientation, and a viewer shows it turned
+        import warnings
+
+        warnings.warn(f"{name}: {found.warning}", FacekitWarning, stacklevel=2)
+    results = identify_image(pipeline, gallery, pixels, threshold, top_k, faces=found.faces)
     for face in results:
         face["threshold"] = threshold
     return results

@@ -427,7 +427,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     writer.writerow(csv_error_row(item.path, item.error))
                 continue
             processed += 1
-            faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=item.faces)
+            located = pipeline.find_faces(item.image, item.faces)
+            if located.warning:  # as verify says it: the photo lacks its EXIF orientation
+                print(f"warning: {escape_control_characters(f'{item.path}: {located.warning}')}", file=sys.stderr)
+            faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=located.faces)
             # Why this photo makes the exit code 1, in its JSON record and CSV rows too, so that a reader of the
             # output knows which photo it was. "0 faces" is still printed below, so that every photo has its record.
             problem = None if faces else "no face found"
@@ -801,21 +804,26 @@ COMMANDS = {"enroll": cmd_enroll, "identify": cmd_identify, "verify": cmd_verify
 
 
 def main(argv: list[str] | None = None) -> int:
-    from facekit import FacekitWarning
-
     def run() -> int:
         # Built in here: a Ctrl-C while the parser imports what its choices come from is one line too.
         args = build_parser().parse_args(argv)
         quiet_opencv()
-        # Library chatter stays quiet; what facekit itself warns about (an index repaired on open) is one line.
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("always", category=FacekitWarning)
-        warnings.showwarning = lambda message, *_args, **_kwargs: print(
-            f"warning: {escape_control_characters(str(message))}", file=sys.stderr)
+        show_warnings_as_lines()
         handler = COMMANDS.get(args.command) or args.handler
         return handler(args)
 
     return report_errors(run, INTERRUPTED)
+
+
+def show_warnings_as_lines() -> None:
+    """Library chatter stays quiet; what facekit itself warns about (an index repaired on open, a font lacking a
+    name's letters) is one `warning:` line, not Python's two with the file and source line."""
+    from facekit import FacekitWarning
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("always", category=FacekitWarning)
+    warnings.showwarning = lambda message, *_args, **_kwargs: print(
+        f"warning: {escape_control_characters(str(message))}", file=sys.stderr)
 
 
 def quiet_opencv() -> None:

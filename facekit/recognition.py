@@ -191,22 +191,45 @@ class FacePipeline:
                 small_faces = copy.copy(self.detector)  # shares the networks and their lock; only min_face differs
                 small_faces.min_face = RETRY_MIN_FACE
                 faces = _detected(small_faces, image, largest)
-        sure_score = next((score for kind, score in SURE_SCORE.items() if isinstance(self.detector, kind)), None)
+        sure_score = self._sure_score()
         if faces and (sure_score is None or faces[0].score >= sure_score):
             return FoundFaces(faces)
-        # Every turn is searched and the best scored face kept, not the first found: MTCNN takes scikit-image's
-        # astronaut lying with her head to the right for an upright face (score 0.985; its embedding 0.31 from hers),
-        # so her photo upside down showed that face at the quarter turn tried before the half turn that shows her
-        # upright (0.99999).
+        best_turn, best_faces = self._best_turn(image, largest)
+        # A doubtful face gives way only to one the detector is sure of: two doubtful ones say nothing of the turn.
+        if faces and not (best_faces and best_faces[0].score >= sure_score):
+            return FoundFaces(faces)
+        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
+
+    def find_faces(self, image: np.ndarray, faces: list[Face] | None = None) -> FoundFaces:
+        """Every face, for identify: detect()'s (or faces, detected already as the photo lies), unless the detector
+        doubts each one (under its SURE_SCORE): the photo's turns are then searched as find_one_face searches them,
+        and the faces of a turn that shows one the detector is sure of are taken instead. In a photo lying on its
+        side or upside down, the "faces" found are mostly the lying face read as if upright, whose crop is not the
+        face and was named as a stranger at 0.63. A photo in which no face is found is not searched again: for
+        identify 0 faces is an answer, and photos without people would pay four searches."""
+        faces = self.detect(image) if faces is None else faces
+        sure_score = self._sure_score()
+        if not faces or sure_score is None or max(face.score for face in faces) >= sure_score:
+            return FoundFaces(faces)
+        best_turn, best_faces = self._best_turn(image, largest=False)
+        if not (best_faces and best_faces[0].score >= sure_score):
+            return FoundFaces(faces)
+        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
+
+    def _sure_score(self) -> float | None:
+        return next((score for kind, score in SURE_SCORE.items() if isinstance(self.detector, kind)), None)
+
+    def _best_turn(self, image: np.ndarray, largest: bool) -> tuple[int, list[Face]]:
+        """The turn (degrees clockwise) whose copy of the photo shows the best scored face, and its faces there.
+        Every turn is searched, not the first that shows a face: MTCNN takes scikit-image's astronaut lying with her
+        head to the right for an upright face (score 0.985; its embedding 0.31 from hers), so her photo upside down
+        showed that face at the quarter turn tried before the half turn that shows her upright (0.99999)."""
         best_turn, best_faces = 0, []
         for turn, code in TURNS.items():
             turned_faces = self.detect(cv2.rotate(image, code), largest)
             if turned_faces and (not best_faces or turned_faces[0].score > best_faces[0].score):
                 best_turn, best_faces = turn, turned_faces
-        # A doubtful face gives way only to one the detector is sure of: two doubtful ones say nothing of the turn.
-        if faces and not (best_faces and best_faces[0].score >= sure_score):
-            return FoundFaces(faces)
-        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
+        return best_turn, best_faces
 
     def embed_found(self, image: np.ndarray, found: FoundFaces) -> np.ndarray:
         """The embedding of find_one_face's largest face."""
@@ -329,10 +352,12 @@ def identify_image(pipeline: FacePipeline, gallery: Gallery | None, image: np.nd
                    top_k: int = 3, faces: list[Face] | None = None) -> list[dict]:
     """Every face in the image with its identity (or None) and its top-k candidates. One person is in a photo once:
     where two faces' best candidate is the same identity, the more similar face takes it and the other its next
-    candidate past the threshold, or None (its similarity is then that candidate's, or its best's)."""
+    candidate past the threshold, or None (its similarity is then that candidate's, or its best's).
+
+    faces: the image's, found already (find_faces's, or a video frame's detect()); None: find_faces's."""
     if gallery is not None:
         gallery.bind_model(pipeline.embedder.model_id)
-    faces = pipeline.detect(image) if faces is None else faces
+    faces = pipeline.find_faces(image).faces if faces is None else faces
     embeddings = pipeline.embed_faces(image, faces)
     searchable = gallery is not None and len(gallery) > 0 and len(faces) > 0
     matches = gallery.search(embeddings, k=max(1, top_k)) if searchable else [[] for _ in faces]
