@@ -296,21 +296,24 @@ def csv_output(header: list[str]):
 
 # What makes a spreadsheet take a cell for a formula (OWASP's list for CSV injection; its tab and carriage return
 # never start a cell, which csv_text escapes first).
-FORMULA_STARTS = ("=", "+", "-", "@")
+# A ' too: a name that starts with one gets another, so that a reader strips exactly one ' from a cell that
+# starts with one, and "'@alex" and "@alex" are two cells, not one.
+FORMULA_STARTS = ("=", "+", "-", "@", "'")
 
 
 def csv_text(cell: str) -> str:
     """A text cell (a name, a path, an error) for --csv, its control characters escaped as text mode escapes them
     (a CSV file shown in a terminal runs an ESC in a file name as text would, and a row stays one line); one that a
     spreadsheet would run as a formula, such as an identity renamed to =HYPERLINK(...), gets a leading ' so that it
-    is shown instead. Never for numbers: a negative similarity starts with '-' and must stay a number."""
+    is shown instead (and one that starts with ' another, see FORMULA_STARTS). Never for numbers: a negative
+    similarity starts with '-' and must stay a number."""
     text = escape_control_characters(cell)
     return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def csv_error_row(path: str, error: str) -> list[str]:
     """identify --csv's one row for a photo without faces or that cannot be read: only its image and error."""
-    return [csv_text(path), *[""] * 7, csv_text(error)]
+    return [csv_text(path), *[""] * 7, csv_text(error), ""]
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -398,7 +401,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if annotate_dir:
         from facekit.drawing import draw_results  # PIL's ImageDraw and fonts: only for the copies
     annotated: set[Path] = set()
-    writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]) if args.csv else None
+    # threshold: as in JSON, the one the names were decided by; a face whose similarity reaches it but has no name
+    # gave that name to a more similar face in the photo (identify_image).
+    # Last, where it was added, so that a reader taking columns by position still finds error at 8.
+    writer = csv_output(["image", "face", "x", "y", "w", "h", "identity", "similarity", "error", "threshold"]
+                        ) if args.csv else None
     processed = found = failed = not_annotated = 0
 
     def unreadable(error: OSError) -> None:
@@ -461,7 +468,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     # Empty, as JSON's null: "unknown" would read as the name of someone enrolled as unknown.
                     writer.writerow([csv_text(item.path), number, *face["box"], csv_text(face["identity"] or ""),
                                      "" if face["similarity"] is None else face["similarity"],
-                                     csv_text(problem or "")])
+                                     csv_text(problem or ""), round(threshold, 4)])
             else:
                 print(f"{escape_control_characters(item.path)}: {counted(len(faces), 'face')}")
                 for face in faces:

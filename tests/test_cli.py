@@ -87,7 +87,8 @@ def test_round_trip_on_bundled_photos(tmp_path, people, capsys, astronaut_bgr, g
 
     code, out, _ = run_cli(capsys, "identify", str(probes / "grace.jpg"), "--gallery", gallery, "--csv")
     rows = out.strip().splitlines()
-    assert rows[0] == "image,face,x,y,w,h,identity,similarity,error" and rows[1].split(",")[6] == "grace_hopper"
+    assert rows[0] == "image,face,x,y,w,h,identity,similarity,error,threshold"
+    assert rows[1].split(",")[6] == "grace_hopper"
 
     annotated = tmp_path / "annotated"
     code, out, _ = run_cli(capsys, "identify", str(probes), "--gallery", gallery, "--annotate", str(annotated))
@@ -1269,7 +1270,8 @@ def test_identify_with_an_empty_gallery_gives_no_similarity_in_every_output(tmp_
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery), "--json")
     assert code == 0 and json.loads(out)["faces"][0]["similarity"] is None
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery), "--csv")
-    assert code == 0 and out.splitlines()[1].endswith(",,,")  # identity, similarity and error: all empty
+    [row] = csv.DictReader(io.StringIO(out, newline=""))
+    assert code == 0 and (row["identity"], row["similarity"], row["error"]) == ("", "", "") and float(row["threshold"])
     code, out, _ = run_cli(capsys, "identify", str(grace_hopper_path), "--gallery", str(gallery))
     assert code == 0 and "unknown  no one enrolled to compare with" in out
 
@@ -1371,12 +1373,13 @@ def test_identify_csv_gives_every_photo_a_row_and_an_unknown_face_no_name(tmp_pa
     code, out, err = run_cli(capsys, "identify", str(folder), "--gallery", gallery, "--csv")
     rows = list(csv.DictReader(io.StringIO(out, newline="")))
     assert code == 1 and len(err.splitlines()) == 2
-    assert list(rows[0]) == ["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]
+    assert list(rows[0]) == ["image", "face", "x", "y", "w", "h", "identity", "similarity", "error", "threshold"]
     assert [(Path(row["image"]).name, row["face"], row["identity"], row["error"]) for row in rows] == [
         ("a_astronaut.jpg", "0", "", ""), ("b_blank.png", "", "", "no face found"),
         ("c_grace.jpg", "0", "unknown", ""), ("d_text.jpg", "", "", f"not an image: {folder / 'd_text.jpg'}")]
     assert float(rows[0]["similarity"]) < float(rows[2]["similarity"])  # a stranger's is there too, only lower
-    assert all(not any(row[key] for key in ("x", "y", "w", "h", "similarity")) for row in (rows[1], rows[3]))
+    blank = ("x", "y", "w", "h", "similarity", "threshold")
+    assert all(not any(row[key] for key in blank) for row in (rows[1], rows[3]))
 
 
 @pytest.mark.parametrize(("command", "prog"), [("identify photo.jpg", "facekit identify"),
@@ -1473,6 +1476,37 @@ def test_csv_text_cells_a_spreadsheet_would_run_as_formulas_are_quoted_and_numbe
     code, out, _ = run_cli(capsys, "gallery", "photos", "--csv", "--gallery", str(gallery))
     rows = list(csv.DictReader(io.StringIO(out, newline="")))
     assert code == 0 and [(row["identity"], row["path"]) for row in rows] == [("'=HYPERLINK(1)", "'@photo.jpg")]
+
+
+def test_csv_keeps_two_names_apart_that_the_formula_quote_made_one(tmp_path, capsys, monkeypatch, astronaut_bgr):
+    """A name that starts with ' got no second one: "'@alex" (a name) and "@alex" (quoted) were both written '@alex,
+    so that two people read back as one."""
+    gallery = tmp_path / "gallery"
+    with Gallery.open(gallery, dim=128) as opened:
+        for number, name in enumerate(["@alex", "'@alex", "'quoted'", "O'Brien"]):
+            opened.add(name, np.eye(1, 128, number, dtype=np.float32),
+                       [{"path": f"{number}.jpg", "sha256": f"{number}" * 64, "box": [0, 0, 9, 9]}])
+    code, out, _ = run_cli(capsys, "gallery", "list", "--csv", "--gallery", str(gallery))
+    cells = [row["identity"] for row in csv.DictReader(io.StringIO(out, newline=""))]
+    assert code == 0 and cells == ["''@alex", "''quoted'", "'@alex", "O'Brien"]
+    # The rule a reader undoes: one leading ' off a cell that starts with one.
+    assert [cell[1:] if cell.startswith("'") else cell for cell in cells] == ["'@alex", "'quoted'", "@alex", "O'Brien"]
+
+
+def test_identify_csv_gives_the_threshold_so_a_name_given_to_another_face_can_be_told(
+        tmp_path, people, capsys, astronaut_bgr):
+    """identify --csv had no threshold (JSON had): a face unnamed at 0.98 because its person was a more similar face
+    of the same photo read as any unknown face."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    twice = tmp_path / "twice.jpg"
+    cv2.imwrite(str(twice), np.hstack([astronaut_bgr, cv2.flip(astronaut_bgr, 1)]))
+    code, out, _ = run_cli(capsys, "identify", str(twice), "--gallery", gallery, "--csv")
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    threshold = json.loads(run_cli(capsys, "identify", str(twice), "--gallery", gallery, "--json")[1])["threshold"]
+    assert code == 0 and [float(row["threshold"]) for row in rows] == [threshold, threshold]
+    assert sorted(row["identity"] for row in rows) == ["", "eileen_collins"]
+    assert all(float(row["similarity"]) >= threshold for row in rows)  # the unnamed one too: its name was taken
 
 
 def test_a_name_in_the_gallery_with_control_characters_is_spelled_out_in_every_line_printed(

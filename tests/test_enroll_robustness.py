@@ -282,7 +282,7 @@ def test_identify_on_a_folder_of_good_and_bad_files_gives_a_record_per_photo_and
             expected = readable[name]
             assert [face["identity"] for face in record["faces"]] == ([expected] if expected else [])
     rows = list(csv.reader(io.StringIO(runs["csv"].stdout)))
-    assert rows[0] == ["image", "face", "x", "y", "w", "h", "identity", "similarity", "error"]
+    assert rows[0] == ["image", "face", "x", "y", "w", "h", "identity", "similarity", "error", "threshold"]
     assert [(Path(row[0]).name, row[6], bool(row[8])) for row in rows[1:]] == sorted(
         [(name, who or "", not who) for name, who in readable.items()] + [(name, "", True) for name in bad])
     summaries = [line for line in runs["text"].stdout.splitlines() if not line.startswith("  at ")]
