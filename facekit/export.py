@@ -423,6 +423,10 @@ def physical_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
     return max(1, min(usable // threads_per_core, quota))
 
 
+# More than any machine facekit runs on has cores; a typo's 99999 threads ran out of memory, silently, for minutes.
+MOST_THREADS = 1024
+
+
 def thread_count(threads: int | None = None, default_at_most: int | None = None) -> int:
     """The threads facekit's CPU work (ONNX Runtime, torch, FAISS) should use: `threads` if given, else
     $FACEKIT_THREADS, else physical_cores(), then no more than default_at_most where more would not pay.
@@ -440,6 +444,9 @@ def thread_count(threads: int | None = None, default_at_most: int | None = None)
         number = 0
     if number < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    if number > MOST_THREADS:  # each pool (ONNX Runtime, torch, FAISS) starts them all: 99999 was 32,000 threads
+        raise ValueError(f"{name} is {number}: more than {MOST_THREADS} threads is a mistake (the machine has "
+                         f"{physical_cores()} cores)")
     return number
 
 

@@ -77,6 +77,14 @@ def test_facekit_threads_that_is_not_a_count_is_refused_in_one_line(monkeypatch,
         thread_count()
 
 
+def test_a_thread_count_no_machine_has_is_refused(monkeypatch):
+    # FACEKIT_THREADS=99999 (a typo) started 32,000 threads and 17 GB, and ran for minutes without a word.
+    monkeypatch.setenv("FACEKIT_THREADS", "99999")
+    with pytest.raises(ValueError, match=r"^FACEKIT_THREADS is 99999: more than 1024 threads is a mistake \("):
+        thread_count()
+    assert thread_count(1024) == 1024
+
+
 @pytest.mark.parametrize("threads", [0, -1, 2.0])
 def test_a_thread_count_that_is_not_a_count_is_refused(monkeypatch, threads):
     monkeypatch.setenv("FACEKIT_THREADS", "2")  # the argument's error, not a fallback to the variable
