@@ -503,9 +503,15 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def annotation_folder(path: str) -> Path:
     """--annotate's folder, made if need be and written to once: one that cannot take the copies (read-only, no
     permission) stops the command with the reason before any photo is read, rather than at every photo."""
+    from facekit.imageio import IMAGE_EXTENSIONS
+
     folder = Path(path)
     if folder.exists() and not folder.is_dir():  # mkdir's own "File exists" does not say what is wrong with it
         raise CliError(f"cannot write annotated copies to {folder}: a file, not a folder")
+    if not folder.exists() and folder.suffix.lower() in IMAGE_EXTENSIONS:
+        # `--annotate result.png` made a folder of that name, the copy inside it: a file name was meant.
+        raise CliError(f"--annotate takes a folder for the annotated copies, not a file name: {folder} (each "
+                       "copy is named after its photo, photo.annotated.jpg)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):

@@ -172,6 +172,12 @@ def test_annotate_naming_a_file_says_it_is_not_a_folder(tmp_path, capsys, astron
     cv2.imwrite(str(photo), astronaut_bgr)
     code, out, err = run_cli(capsys, "identify", str(photo), "--gallery", str(gallery), "--annotate", str(photo))
     assert (code, out) == (2, "") and err == f"error: cannot write annotated copies to {photo}: a file, not a folder\n"
+    # One not there yet, named as an image, was made a folder of that name with the copy inside it.
+    wanted = tmp_path / "result.PNG"
+    code, out, err = run_cli(capsys, "identify", str(photo), "--gallery", str(gallery), "--annotate", str(wanted))
+    assert (code, out) == (2, "") and err.startswith(f"error: --annotate takes a folder for the annotated copies, "
+                                                     f"not a file name: {wanted} (")
+    assert not wanted.exists()
 
 
 def test_an_annotated_copy_that_cannot_be_written_is_said_and_the_other_images_still_identified(
