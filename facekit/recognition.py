@@ -5,6 +5,7 @@ image -> detector (boxes + 5 landmarks) -> alignment (112x112) -> embedder -> ga
 
 from __future__ import annotations
 
+import codecs
 import copy
 import hashlib
 import os
@@ -476,6 +477,24 @@ def copy_enrolled_as_another(identity: str, matches: Iterable[Match]) -> Match |
     return other if other is not None and other.similarity >= NEAR_DUPLICATE_SIMILARITY else None
 
 
+def refuse_names_the_locale_misreads(names: Iterable[str]) -> None:
+    """A ValueError where Python reads file names in an encoding other than UTF-8 (a Latin-1 or ASCII locale) and a
+    name is UTF-8 read so: "José_Müller" would be stored as "JosÃ©_MÃ¼ller", a new person, to whom --sync moved her
+    photos, or refused as not UTF-8. A name that is not UTF-8 (Latin-1 written under a Latin-1 locale) reads right."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":
+        return
+    for name in names:
+        raw = os.fsencode(name)
+        if not raw.isascii():
+            try:
+                meant = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            raise ValueError(f"file names are read as {encoding} under this locale, which misreads the folder name "
+                             f"{meant!r} (UTF-8): run with PYTHONUTF8=1 or a UTF-8 locale (LC_ALL=C.UTF-8)")
+
+
 def collect_people(people_dir: str | os.PathLike[str], *,
                    keep_reserved: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(identity, image path) pairs from a folder of folders; loose images are named after their stem.
@@ -492,6 +511,7 @@ def collect_people(people_dir: str | os.PathLike[str], *,
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root} (one sub-folder of photos per person is read: put a photo in "
                                  "a folder named after its person, and give the folder above it)")
+    refuse_names_the_locale_misreads(entry.name for entry in root.iterdir())
     pairs: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
     spellings: dict[str, set[str]] = {}  # identity -> the entry names that give it

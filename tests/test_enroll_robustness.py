@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -404,3 +405,27 @@ def test_enroll_says_a_merge_of_folder_names_once(tmp_path, grace_hopper_path):
         shutil.copy(grace_hopper_path, people / folder / "1.jpg")
     result = facekit("enroll", people, "--gallery", tmp_path / "gallery", "--quiet")
     assert result.returncode == 0 and result.stderr.count("are all enrolled as 'Ann'") == 1, result.stderr
+
+
+def test_enroll_under_a_locale_that_misreads_utf8_folder_names_is_refused_before_anything_is_stored(
+        tmp_path, grace_hopper_bgr, astronaut_bgr):
+    """Under a Latin-1 or ASCII locale Python reads file names in that encoding: José_Müller's folder was read as
+    'JosÃ©_MÃ¼ller', a new person to whom --sync moved her photos (ASCII: refused as "not valid UTF-8 (a folder name
+    in another encoding?)", which it was not)."""
+    people = tmp_path / "people"
+    for name in ("José_Müller", "ada"):
+        (people / name).mkdir(parents=True)
+        cv2.imwrite(str(people / name / "a.jpg"), grace_hopper_bgr if name == "ada" else astronaut_bgr)
+    gallery = tmp_path / "gallery"
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    command = [*FACEKIT, "enroll", str(people), "--gallery", str(gallery)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ascii_locale)
+    assert refused.returncode == 2 and refused.stdout == "" and refused.stderr == (
+        "error: file names are read as ascii under this locale, which misreads the folder name 'Jos\\xe9_M\\xfcller' "
+        "(UTF-8): run with PYTHONUTF8=1 or a UTF-8 locale (LC_ALL=C.UTF-8)\n")
+    assert not (gallery / "gallery.sqlite").exists()
+    # Python's UTF-8 mode, as the error says, reads them right.
+    utf8_mode = {**ascii_locale, "PYTHONUTF8": "1"}
+    fixed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=utf8_mode)
+    assert fixed.returncode == 0, fixed.stderr
+    assert sorted({name for name, _, _ in enrolled(gallery)}) == ["José_Müller", "ada"]
