@@ -19,7 +19,11 @@ Large frames are searched on a smaller copy (the detectors' own) and embedded fr
 camera, each annotated frame is written as often as keeps --output in step with the clock. Ctrl-C, SIGTERM and SIGHUP
 stop the loop after the frame in hand (a second one without waiting for it); the video is finished, and the summary
 printed before the exit code says what stopped it. A frame that cannot be read (damaged in a file, a camera's
-hiccup) is passed over, said on stderr, and the exit code is 1; MAX_FAILED_READS in a row end the run.
+hiccup) is passed over, said on stderr, and the exit code is 1; MAX_FAILED_READS in a row end the run (a file's, once
+its frame count is reached). The fps drawn is the last FPS_FRAMES frames', the summary's the whole run's.
+
+The gallery is looked at about once a second (LiveGallery): the default threshold follows its size as people are
+enrolled and removed, and a gallery deleted and enrolled again under its path is opened in place of the old one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,8 +45,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from facekit.cli import CliError, check_threshold, counted, quiet_opencv, report_errors
-from facekit.datastore import Gallery, GalleryError, default_gallery_path
+from facekit.cli import CliError, check_threshold, counted, quiet_opencv, report_errors, show_warnings_as_lines
+from facekit.datastore import DB_NAME, Gallery, GalleryError, default_gallery_path
 from facekit.detection import create_detector
 from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
 from facekit.drawing import draw_results
@@ -186,7 +191,113 @@ def frame_rate(capture: cv2.VideoCapture) -> float:
 
 # OpenCV's read fails at a frame it cannot decode as it does at the end of a file, and a camera's at a hiccup (a busy
 # USB bus): the loop reads on past a failure, and ends after this many in a row, about a second of a camera's frames.
+# A file is read on past more while its frame count says frames are left: each failed read passes over one frame of
+# a damaged stretch (FFmpeg's mpeg4 in .mp4), and OpenCV's seeking does not get past one, as it counts decoded frames.
 MAX_FAILED_READS = 30
+# A frame count can be garbage (a header damaged too): failed reads in a row past this many end the run however many
+# frames it claims are left. About 11 minutes of 30 fps footage, a few seconds of reads.
+LONGEST_DAMAGED_STRETCH = 20_000
+# A file's reads ending with more than this share of the frames its count gives left unread is taken for damage, not
+# for a count estimated from the duration (formats that record none), which a steady frame rate keeps close.
+ESTIMATED_LENGTH_ERROR = 0.1
+
+# The fps drawn on a frame is over the last this many frames: an average since the start hides a slowdown hours in.
+FPS_FRAMES = 30
+
+# How often (seconds, at most) the loop looks at the gallery: for a database replaced under its path, and for its size,
+# which the default threshold follows. A stat and a count of its faces, where a frame takes tens of ms.
+GALLERY_CHECK_S = 1.0
+
+
+def database_state(gallery_path: Path) -> tuple[int, ...]:
+    """The gallery database's device and inode, then what a write changes (its and its write-ahead log's size and
+    time); () where there is none. A database enrolled anew under the path has another inode than the one the loop
+    holds open, which SQLite would go on reading, deleted or not."""
+    database = gallery_path / DB_NAME
+    try:
+        found = os.stat(database)
+    except OSError:
+        return ()
+    try:
+        log = os.stat(f"{database}-wal")
+        written = (log.st_size, log.st_mtime_ns)
+    except OSError:
+        written = (0, 0)
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, *written
+
+
+def open_gallery(gallery_path: Path, pipeline: FacePipeline) -> Gallery:
+    """The gallery at gallery_path; GalleryError for another model's: by its fingerprint, or (one stored before
+    galleries kept it) by its width, which gallery.search would otherwise refuse at the first face."""
+    gallery = Gallery.open(gallery_path, create=False, dim=pipeline.embedder.dim)
+    try:
+        gallery.bind_model(pipeline.embedder.model_id)
+    except GalleryError:
+        gallery.close()
+        raise
+    return gallery
+
+
+class LiveGallery:
+    """The gallery as it is now, for a loop that runs for hours while others enroll into it and remove from it, or
+    delete its folder and enroll people there again (the README's advice after a weights upgrade). Looked at every
+    GALLERY_CHECK_S at most: the default threshold follows its size (a larger gallery needs a stricter one, or
+    strangers are named), and a database replaced under its path is opened in place of the deleted one.
+
+    A gallery deleted with nothing in its place leaves every face unknown until one is enrolled there: the folder is
+    most often deleted to remove people (or the old model's faces) for good, and a door that greets no one for a
+    while errs on the side a door should, where one that goes on greeting the removed does not."""
+
+    def __init__(self, path: Path, gallery: Gallery | None, opened: tuple[int, ...], pipeline: FacePipeline,
+                 threshold: float | None) -> None:
+        self.path, self.gallery, self.pipeline = path, gallery, pipeline
+        self.opened = opened  # database_state() of the database opened, or of the last one that could not be
+        self.ever_opened = gallery is not None
+        self.fixed_threshold = threshold  # --threshold; None: the default for the gallery's size
+        self.threshold = self._current_threshold()
+        self.checked = time.perf_counter()
+        self.said = ""  # the last line said of the gallery: a database that still cannot be used is not said again
+
+    def check(self) -> None:
+        now = time.perf_counter()
+        if now - self.checked < GALLERY_CHECK_S:
+            return
+        self.checked = now
+        state = database_state(self.path)
+        if self.gallery is not None and state[:2] != self.opened[:2]:
+            self.close()
+            self.opened = ()
+            if not state:
+                self.say(f"warning: gallery {self.path} is gone: every face is unknown until people are enrolled there")
+        # An open that failed (another model's gallery, or one being made that has no tables yet) is tried again only
+        # once the database has been written.
+        if self.gallery is None and state and state != self.opened:
+            self.opened = state
+            what = "was replaced" if self.ever_opened else "was made"
+            try:
+                self.gallery = open_gallery(self.path, self.pipeline)
+            except (GalleryError, OSError) as exc:
+                self.say(f"warning: gallery {self.path} {what} but cannot be used, so every face is unknown: {exc}")
+            else:
+                self.say(f"gallery {self.path} {what}; {'re' if self.ever_opened else ''}opened it: "
+                         f"{counted(len(self.gallery), 'face')}")
+                self.ever_opened = True
+        self.threshold = self._current_threshold()
+
+    def _current_threshold(self) -> float:
+        if self.fixed_threshold is not None:
+            return self.fixed_threshold
+        return self.pipeline.identify_threshold_for(len(self.gallery) if self.gallery is not None else 0)
+
+    def say(self, line: str) -> None:
+        if line != self.said:
+            print(line, file=sys.stderr)
+            self.said = line
+
+    def close(self) -> None:
+        if self.gallery is not None:
+            self.gallery.close()
+            self.gallery = None
 
 
 @dataclass
@@ -254,6 +365,7 @@ def run(argv: list[str] | None = None) -> int:
             raise CliError(f"{option} must be at least 1, not {value}")
     check_threshold(args.threshold)
     quiet_opencv()  # before the source opens: a file or camera that fails is said in facekit's line alone
+    show_warnings_as_lines()  # as `facekit` shows them: a name the font lacks letters for is one line
     problem = args.output and output_problem(args.output, args.source)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -274,18 +386,14 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     gallery_path = default_gallery_path(args.gallery)
     gallery = None
+    opened = database_state(gallery_path)  # before the open: a database replaced meanwhile is opened again
     # A --gallery or $FACEKIT_GALLERY that is not there is a typo, refused as `facekit identify` refuses it. The
     # built-in default may not exist yet: the camera can run before anyone is enrolled.
     from_environment = args.gallery is None and bool(os.environ.get("FACEKIT_GALLERY"))
     if args.gallery is not None or from_environment or (gallery_path / "gallery.sqlite").exists():
         try:
-            # Another model's gallery is refused before the loop: by its fingerprint, or (one stored before
-            # galleries kept it) by its width, which gallery.search would otherwise refuse at the first face.
-            gallery = Gallery.open(gallery_path, create=False, dim=pipeline.embedder.dim)
-            gallery.bind_model(pipeline.embedder.model_id)
+            gallery = open_gallery(gallery_path, pipeline)  # another model's is refused before the loop
         except GalleryError as exc:
-            if gallery is not None:
-                gallery.close()
             print(f"error: {'$FACEKIT_GALLERY: ' if from_environment else ''}{exc}", file=sys.stderr)
             return 2
         if len(gallery) == 0:
@@ -293,12 +401,10 @@ def run(argv: list[str] | None = None) -> int:
                   "enrolled", file=sys.stderr)
     else:
         print(f"warning: no gallery at {gallery_path}; every face will be unknown", file=sys.stderr)
-    gallery_faces = len(gallery) if gallery is not None else 0
-    threshold = pipeline.identify_threshold_for(gallery_faces) if args.threshold is None else args.threshold
+    live_gallery = LiveGallery(gallery_path, gallery, opened, pipeline, args.threshold)
     capture = open_source(args.source)
     if capture is None:
-        if gallery is not None:
-            gallery.close()
+        live_gallery.close()
         print(f"error: {unopened_source_problem(args.source)}", file=sys.stderr)
         return 2
     # A camera drops the frames a slow loop misses; a file waits for the loop, so its own rate holds.
@@ -314,7 +420,8 @@ def run(argv: list[str] | None = None) -> int:
         total = min(total, args.max_frames) if total else args.max_frames
     # On a terminal only (disable=None): otherwise a long clip in --headless runs without a word until the end.
     progress = tqdm(total=total or None, unit="frame", disable=None, leave=False, file=sys.stderr)
-    frames, faces_seen, started, fps = 0, 0, time.perf_counter(), 0.0
+    frames, faces_seen, started = 0, 0, time.perf_counter()
+    frame_times = deque([started], maxlen=FPS_FRAMES + 1)  # when the last frames were done, for the fps drawn
     failed_reads, unread = 0, 0  # failures in a row now; frames passed over, a good one read after them
     with stop_on_signals() as stop:
         try:
@@ -322,7 +429,8 @@ def run(argv: list[str] | None = None) -> int:
                 ok, frame = capture.read()
                 if not ok:
                     failed_reads += 1
-                    if failed_reads == MAX_FAILED_READS:
+                    if failed_reads >= MAX_FAILED_READS and (frames + unread + failed_reads >= frame_count
+                                                             or failed_reads >= LONGEST_DAMAGED_STRETCH):
                         break
                     continue
                 unread, failed_reads = unread + failed_reads, 0
@@ -335,8 +443,9 @@ def run(argv: list[str] | None = None) -> int:
                 looks = [face_look(frame, face.box) for face in faces]
                 stale = [i for i, t in enumerate(tracks)
                          if needs_identifying(t, frames, args.reidentify_every, looks[i])]
+                live_gallery.check()
                 if stale:
-                    fresh = identify_image(pipeline, gallery, frame, threshold, top_k=1,
+                    fresh = identify_image(pipeline, live_gallery.gallery, frame, live_gallery.threshold, top_k=1,
                                            faces=[faces[i] for i in stale])
                     for i, result in zip(stale, fresh):
                         tracks[i].result, tracks[i].last_identified = result, frames
@@ -347,8 +456,9 @@ def run(argv: list[str] | None = None) -> int:
                     results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
                 frames += 1
                 progress.update()
-                fps = frames / (time.perf_counter() - started)
-                annotated = draw_results(frame, results, fps=fps)
+                frame_times.append(time.perf_counter())
+                recent_fps = (len(frame_times) - 1) / (frame_times[-1] - frame_times[0])
+                annotated = draw_results(frame, results, fps=recent_fps)
                 if args.output:
                     if writer is None:
                         fourcc = cv2.VideoWriter_fourcc(*CODECS[Path(args.output).suffix.lower()])
@@ -371,8 +481,7 @@ def run(argv: list[str] | None = None) -> int:
             capture.release()
             if writer is not None:
                 writer.release()
-            if gallery is not None:
-                gallery.close()
+            live_gallery.close()
             if not args.headless:
                 cv2.destroyAllWindows()
     if frames == 0:
@@ -380,18 +489,23 @@ def run(argv: list[str] | None = None) -> int:
             return stop.exit_code
         print(f"error: no frames could be read from {args.source!r}", file=sys.stderr)
         return 1
-    gave_up = failed_reads == MAX_FAILED_READS
+    gave_up = failed_reads >= MAX_FAILED_READS
     # Frames a file's count says were left when the reads gave up: damage at its end, or a count that OpenCV
-    # estimated from the duration (some formats record none). Said, but not counted as frames passed over.
+    # estimated from the duration (some formats record none). Not counted as frames passed over.
     left_unread = frame_count - (frames + unread) if gave_up and not camera else 0
+    damaged_end = left_unread >= MAX_FAILED_READS and left_unread > ESTIMATED_LENGTH_ERROR * frame_count
     written = f", written to {Path(args.output)}" if args.output else ""
+    fps = frames / (frame_times[-1] - started)  # the whole run's
     print(f"{counted(frames, 'frame')}, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame"
           f"{written}")
     # As `facekit identify` exits 1 when a photo failed and the rest were done.
     source = f"camera {args.source}" if camera else repr(args.source)
     if unread:
         print(f"warning: passed over {counted(unread, 'frame')} of {source} that could not be read", file=sys.stderr)
-    if left_unread >= MAX_FAILED_READS:
+    if damaged_end:
+        print(f"warning: the last {left_unread} of the {frame_count} frames {source} gives as its length could not be "
+              "read: it may be damaged", file=sys.stderr)
+    elif left_unread >= MAX_FAILED_READS:
         print(f"warning: reading {source} stopped after {frames + unread} of the {frame_count} frames it gives as its "
               "length: its end may be damaged, or that length an estimate", file=sys.stderr)
     if camera and gave_up:
@@ -399,7 +513,7 @@ def run(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if stop.exit_code is not None:
         return stop.exit_code
-    return 1 if unread or (camera and gave_up) else 0
+    return 1 if unread or damaged_end or (camera and gave_up) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -14,6 +15,8 @@ import sys
 import sysconfig
 import termios
 import time
+import types
+import warnings
 from pathlib import Path
 
 import cv2
@@ -504,18 +507,28 @@ def test_frames_that_cannot_be_read_are_passed_over_and_said(monkeypatch, capsys
     assert err.splitlines()[-1] == "warning: passed over 4 frames of 'clip.mp4' that could not be read"
     # The end of a file is failed reads too, MAX_FAILED_READS of them: not counted.
     assert len(clip.reads) == len(damaged) + webcam.MAX_FAILED_READS
-    # Where the file's frame count says frames were left, that is said too; not counted as passed over, nor in the
-    # exit code, as the count may be OpenCV's estimate from the duration (in formats that record none).
+    # Where the file's frame count says frames are left, it is read on to that count, and the frames left unread
+    # are said. Most of them left is damage, exit 1: it ended a clip damaged in its middle, exit 0, at its 30th
+    # failed read, with 58% of its frames left, as if the count were an estimate.
     no_gallery = f"warning: no gallery at {Path.cwd() / 'galleries' / 'default'}; every face will be unknown"
-    stopped_early = ("warning: reading 'clip.mp4' stopped after 12 of the 100 frames it gives as its length: its end "
-                     "may be damaged, or that length an estimate")
+    damaged_end = ("warning: the last 88 of the 100 frames 'clip.mp4' gives as its length could not be read: it may be "
+                   "damaged")
     clip = FakeCapture(damaged, frame_count=100)
     assert webcam.main(["--headless", "--source", "clip.mp4"]) == 1
     assert capsys.readouterr().err.splitlines()[-2:] == [
-        "warning: passed over 4 frames of 'clip.mp4' that could not be read", stopped_early]
+        "warning: passed over 4 frames of 'clip.mp4' that could not be read", damaged_end]
+    assert len(clip.reads) == 100
     clip = FakeCapture([grey] * 12, frame_count=100)
+    assert webcam.main(["--headless", "--source", "clip.mp4"]) == 1
+    assert capsys.readouterr().err.splitlines() == [no_gallery, damaged_end]
+    # A few left may be a count OpenCV estimated from the duration (in formats that record none): said, not counted
+    # in the exit code.
+    tiny = np.full((48, 64, 3), 90, np.uint8)
+    clip = FakeCapture([tiny] * 330, frame_count=360)
     assert webcam.main(["--headless", "--source", "clip.mp4"]) == 0
-    assert capsys.readouterr().err.splitlines() == [no_gallery, stopped_early]
+    assert capsys.readouterr().err.splitlines() == [no_gallery, (
+        "warning: reading 'clip.mp4' stopped after 330 of the 360 frames it gives as its length: its end may be "
+        "damaged, or that length an estimate")]
     # A count a few frames off is not said.
     clip = FakeCapture([grey] * 8, frame_count=12)
     assert webcam.main(["--headless", "--source", "clip.mp4"]) == 0
@@ -556,6 +569,33 @@ def test_a_damaged_clip_is_read_past_its_damage(tmp_path, astronaut_bgr):
     assert result.returncode == 1 and read and passed, (result.stdout, result.stderr)
     # Here (FFmpeg's mpeg4) frames 13-22 fail and the other 50 are read.
     assert int(read.group(1)) > 30 and int(read.group(1)) + int(passed.group(1)) == 60
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_a_clip_damaged_over_more_frames_than_give_up_a_read_is_read_to_its_end(tmp_path, astronaut_bgr,
+                                                                              grace_hopper_bgr, capsys):
+    # 200 kB overwritten a third of the way into an .mp4 ended the run at its 30th failed read, exit 0, "its end may
+    # be damaged", with 58% of its frames left: frames past the damage decode, and a file's count says they are there.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15, (320, 240))
+    for index in range(90):
+        frame = np.full((240, 320, 3), 90, np.uint8)
+        frame[40:190, 5 + index:155 + index] = cv2.resize(astronaut_bgr, (150, 150))
+        frame[60:188, 240:310] = cv2.resize(grace_hopper_bgr, (70, 128))
+        writer.write(frame)
+    writer.release()
+    data = bytearray(clip.read_bytes())
+    start, length = len(data) // 3, len(data) * 4 // 10  # the index, at the end, is left whole
+    data[start:start + length] = np.random.default_rng(0).bytes(length)
+    clip.write_bytes(bytes(data))
+    assert webcam.main(["--headless", "--source", str(clip)]) == 1
+    out, err = capsys.readouterr()
+    read = re.match(r"(\d+) frames, ", out)
+    passed = re.fullmatch(rf"warning: passed over (\d+) frames of '{re.escape(str(clip))}' that could not be read",
+                          err.splitlines()[-1])
+    assert read and passed, (out, err)
+    # Here (FFmpeg's mpeg4) frames 25-63 fail: more in a row than a camera's reads are given.
+    assert int(passed.group(1)) > webcam.MAX_FAILED_READS and int(read.group(1)) + int(passed.group(1)) == 90
 
 
 def face_crops(astronaut_bgr: np.ndarray, grace_hopper_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -607,3 +647,129 @@ def test_a_cut_to_someone_else_in_the_same_place_is_named_at_the_cut(tmp_path, m
     monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
     assert webcam.main(["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery")]) == 0
     assert [[face["identity"] for face in results] for results in drawn] == [["astronaut"]] * 8 + [["grace_hopper"]] * 8
+
+
+def frames_of(face: np.ndarray, count: int) -> list[np.ndarray]:
+    """count 640x480 frames of the face (a face_crops one), moving a pixel a frame, as a face does."""
+    frames = []
+    for index in range(count):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[120:360, 200 + index:440 + index] = face
+        frames.append(frame)
+    return frames
+
+
+def test_the_default_threshold_follows_the_gallery_as_it_grows(tmp_path, monkeypatch, astronaut_bgr,
+                                                               grace_hopper_bgr):
+    # The threshold was the one for the gallery's size when the webcam started: a gallery that grew from 2 faces to
+    # 1,002 while it ran kept the small one's looser threshold, and named strangers (36 of 36 appearances).
+    import facekit
+    from facekit.datastore import Gallery
+
+    astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "astronaut", astronaut)
+        facekit.add_face(gallery, "grace_hopper", hopper)
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames_of(astronaut, 6)))
+    monkeypatch.setattr(webcam, "GALLERY_CHECK_S", 0.0)  # looked at every frame, rather than once a second
+    thresholds, pipelines = [], []
+    identify_image = webcam.identify_image
+
+    def enrolling_after_the_third(pipeline, gallery, image, threshold, **kwargs):
+        thresholds.append(threshold)
+        pipelines.append(pipeline)
+        if len(thresholds) == 3:  # another process enrolls a thousand faces
+            others = np.random.default_rng(0).standard_normal((1000, pipeline.embedder.dim)).astype(np.float32)
+            with Gallery.open(tmp_path / "gallery") as enrolling:
+                enrolling.add("others", others / np.linalg.norm(others, axis=1, keepdims=True),
+                              [{"path": f"{i}.jpg", "sha256": f"{i:064x}"} for i in range(1000)])
+        return identify_image(pipeline, gallery, image, threshold, **kwargs)
+
+    monkeypatch.setattr(webcam, "identify_image", enrolling_after_the_third)
+    arguments = ["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery"), "--reidentify-every", "1"]
+    assert webcam.main(arguments) == 0
+    small, large = pipelines[0].identify_threshold_for(2), pipelines[0].identify_threshold_for(1002)
+    assert large > small and thresholds == [small] * 3 + [large] * 3
+    # --threshold given holds, whatever the gallery's size.
+    thresholds.clear()
+    assert webcam.main([*arguments, "--threshold", "0.6"]) == 0
+    assert thresholds == [0.6] * 6
+
+
+def test_a_gallery_enrolled_again_under_its_path_is_opened_in_place_of_the_old(tmp_path, monkeypatch, capsys,
+                                                                               astronaut_bgr):
+    # `rm -rf gal; facekit enroll people --gallery gal` (the README's advice after a weights upgrade) went unseen:
+    # the webcam read on from the deleted database, and greeted the people removed, until it was restarted.
+    import facekit
+    from facekit.datastore import Gallery
+
+    astronaut, _ = face_crops(astronaut_bgr, astronaut_bgr)
+    path = tmp_path / "gallery"
+
+    def enroll(name: str) -> None:
+        with Gallery.open(path) as gallery:
+            facekit.add_face(gallery, name, astronaut)
+
+    enroll("astronaut")
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames_of(astronaut, 9)))
+    monkeypatch.setattr(webcam, "GALLERY_CHECK_S", 0.0)  # looked at every frame, rather than once a second
+    drawn: list[list[dict]] = []
+
+    def replaced_then_deleted(frame, results, fps):
+        drawn.append(results)
+        if len(drawn) in (3, 6):
+            shutil.rmtree(path)
+        if len(drawn) == 3:
+            enroll("eileen_collins")
+        return frame
+
+    monkeypatch.setattr(webcam, "draw_results", replaced_then_deleted)
+    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(path), "--reidentify-every", "1"]) == 0
+    # Deleted with nothing in its place, the gallery's faces are no longer named: the folder was deleted to remove them.
+    assert [[face["identity"] for face in results] for results in drawn] == (
+        [["astronaut"]] * 3 + [["eileen_collins"]] * 3 + [[None]] * 3)
+    assert capsys.readouterr().err.splitlines() == [
+        f"gallery {path} was replaced; reopened it: 1 face",
+        f"warning: gallery {path} is gone: every face is unknown until people are enrolled there"]
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_the_fps_drawn_is_the_last_frames_rate(monkeypatch, capsys):
+    # The fps drawn was the average since the start, which hours in hides a slowdown: here a loop that fell from
+    # 100 frames a second to 10 still drew 25. The summary stays the whole run's.
+    clock = [0.0]
+
+    class SlowingCapture(FakeCapture):
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            clock[0] += 0.01 if len(self.reads) < 60 else 0.1
+            return super().read()
+
+    monkeypatch.setattr(webcam, "open_source",
+                        lambda source: SlowingCapture([np.full((48, 64, 3), 90, np.uint8)] * 90))
+    monkeypatch.setattr(webcam, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    drawn: list[float] = []
+    monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(fps) or frame)
+    assert webcam.main(["--headless", "--source", "clip"]) == 0
+    assert drawn[59] == pytest.approx(100) and drawn[-1] == pytest.approx(10)
+    assert capsys.readouterr().out.startswith("90 frames, 25.0 frames per second, ")
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_a_facekit_warning_is_one_line_as_identify_says_it(tmp_path, monkeypatch, capsys, astronaut_bgr):
+    # A name the font lacks letters for (or a $FACEKIT_FONT that cannot be opened) was warned of in Python's two
+    # lines, with drawing.py's path and source line, where `facekit identify` says one `warning:` line.
+    import facekit
+    from facekit.datastore import Gallery
+
+    astronaut, _ = face_crops(astronaut_bgr, astronaut_bgr)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "李雷", astronaut)
+    missing_font = tmp_path / "missing.ttf"
+    monkeypatch.setenv("FACEKIT_FONT", str(missing_font))
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames_of(astronaut, 2)))
+    with warnings.catch_warnings():  # the run sets how warnings are shown for the rest of the process, as facekit's
+        assert webcam.main(["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery")]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: $FACEKIT_FONT names no font file that can be opened ({missing_font}); names in other scripts "
+            'are drawn with a system font or as "?"') in err.splitlines()
+    assert all(line.startswith("warning: ") for line in err.splitlines()), err
