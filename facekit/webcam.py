@@ -24,6 +24,9 @@ its frame count is reached). The fps drawn is the last FPS_FRAMES frames', the s
 
 The gallery is looked at about once a second (LiveGallery): the default threshold follows its size as people are
 enrolled and removed, and a gallery deleted and enrolled again under its path is opened in place of the old one.
+
+--events PATH (or - for stdout) appends an audit log as JSON lines, one event per person's appearance rather than per
+frame (EventLog): who was seen when, named how surely, until when.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -50,6 +54,7 @@ from facekit.datastore import DB_NAME, Gallery, GalleryError, default_gallery_pa
 from facekit.detection import create_detector
 from facekit.detector_names import DETECTOR_BACKENDS, DETECTOR_HELP
 from facekit.drawing import draw_results
+from facekit.errors import OutputError, json_record
 from facekit.recognition import FacePipeline, identify_image
 
 # What --output can hold, by extension, and the codec written to it.
@@ -161,6 +166,33 @@ def output_problem(output: str, source: str) -> str | None:
     if not source.isdigit() and path.exists() and Path(source).exists() and os.path.samefile(path, source):
         # The writer would empty the file the capture is still reading: the video would be lost.
         return f"--output {output} is the video being read; choose another file"
+    return None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """a and b name one file: a link to it, or the name of one not made yet."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def events_problem(events: str, output: str | None, source: str) -> str | None:
+    """Why --events cannot be appended to, found before the models load; None if it may."""
+    if events == "-":
+        # The command runs on with stdout closed (its results are a video), but these events would go nowhere.
+        return "standard output is closed: give --events a file" if sys.stdout is None else None
+    path = Path(events)
+    if path.is_dir():
+        return f"--events {events} is a folder: give a file to append the events to"
+    if not path.parent.is_dir():
+        return f"cannot write {events}: folder {path.parent} not found"
+    # Appending JSON lines to a video would damage it, for the source while it is read.
+    if output and same_file(path, Path(output)):
+        return f"--events {events} is the --output video; choose another file"
+    if not source.isdigit() and same_file(path, Path(source)):
+        return f"--events {events} is the video being read; choose another file"
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        return f"cannot write {events}: permission denied"
     return None
 
 
@@ -300,6 +332,108 @@ class LiveGallery:
             self.gallery = None
 
 
+def local_time() -> str:
+    """Now in ISO 8601, the local time with its offset from UTC: the door's clock as its operator reads it, and
+    unambiguous across a change to or from summer time."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Moment:
+    """When and where in the source a frame was read."""
+    time: str  # local_time()
+    frame: int  # the source's frame number from 0, counting frames that could not be read
+    video_s: float | None  # the frame's position in a video file, in seconds; None for a camera
+
+
+@dataclass
+class Appearance:
+    """What the event log knows of a track: its first and last sight, and the name it now has."""
+    first: Moment
+    last: Moment
+    identity: str | None
+    best_similarity: float | None  # the highest of the identifications that gave it this name
+
+
+class EventLog:
+    """--events: JSON lines, each flushed as written, so that a crash or a kill loses nothing seen before it.
+
+    "started" (each run: the file is appended to, and track numbers start again from 0), "appeared" (a track's
+    first identification), "renamed" (identified again as someone else, or as unknown), "left" (the track ended,
+    or the run did: its time, frame and video_s are its last sight's) and "stopped". A path of None writes
+    nothing."""
+
+    def __init__(self, path: str | None) -> None:
+        self.name = "standard output" if path == "-" else path
+        # Appended to: a log kept across restarts (a service's, or a reboot at night) keeps the days before.
+        self.stream = None if path is None else sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
+        self.appearances: dict[int, Appearance] = {}
+
+    def write(self, event: dict) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(json_record(event) + "\n")
+            self.stream.flush()
+        except (OSError, OutputError) as exc:  # a full disk; OutputError: stdout's, which says the OSError
+            self.discard()  # the first failure is the one said: close() does not try again
+            reason = exc.__cause__ if isinstance(exc, OutputError) else exc
+            raise CliError(f"cannot write the events to {self.name}: "
+                           f"{getattr(reason, 'strerror', None) or reason}") from exc
+
+    def started(self, source: str, gallery: Path) -> None:
+        self.write({"event": "started", "time": local_time(), "source": source, "gallery": str(gallery)})
+
+    def seen(self, tracks: list[Track], moment: Moment) -> None:
+        for track in tracks:
+            if track.track_id in self.appearances:
+                self.appearances[track.track_id].last = moment
+
+    def identified(self, track: Track, moment: Moment, threshold: float) -> None:
+        identity, similarity = track.result["identity"], track.result["similarity"]
+        sighting = {"time": moment.time, "frame": moment.frame, "video_s": moment.video_s, "track": track.track_id}
+        named = {"identity": identity, "similarity": similarity, "threshold": round(threshold, 4),
+                 "box": track.result["box"]}
+        appearance = self.appearances.get(track.track_id)
+        if appearance is None:
+            self.appearances[track.track_id] = Appearance(moment, moment, identity, similarity)
+            self.write({"event": "appeared", **sighting, **named})
+        elif identity != appearance.identity:
+            self.write({"event": "renamed", **sighting, "previous": appearance.identity, **named})
+            appearance.identity, appearance.best_similarity = identity, similarity
+        elif similarity is not None and (appearance.best_similarity is None
+                                         or similarity > appearance.best_similarity):
+            appearance.best_similarity = similarity
+
+    def ended(self, open_tracks: Container[int]) -> None:
+        """A "left" for each track the tracker has let go."""
+        for track_id in [t for t in self.appearances if t not in open_tracks]:
+            self.left(track_id)
+
+    def left(self, track_id: int) -> None:
+        appearance = self.appearances.pop(track_id)
+        last = appearance.last
+        # best_similarity and the frames seen let a reader drop a misfire: a stranger named for a frame or two.
+        self.write({"event": "left", "time": last.time, "frame": last.frame, "video_s": last.video_s,
+                    "track": track_id, "identity": appearance.identity, "best_similarity": appearance.best_similarity,
+                    "first_frame": appearance.first.frame})
+
+    def close(self, frames: int) -> None:
+        """The end of the run, however it ended: a "left" for each track still open, then "stopped"."""
+        for track_id in list(self.appearances):
+            self.left(track_id)
+        self.write({"event": "stopped", "time": local_time(), "frames": frames})
+        self.discard()
+
+    def discard(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None and stream is not sys.stdout:
+            try:
+                stream.close()
+            except OSError:  # what it still held could not be written either: said already
+                pass
+
+
 @dataclass
 class StopRequest:
     exit_code: int | None = None  # 128 + the signal that asked the loop to stop
@@ -357,6 +491,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--headless", action="store_true", help="no window")
     parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--events", metavar="PATH",
+                        help="append a JSON line for each person who appears, is renamed or leaves, with the time, "
+                             "the name and its similarity (- for stdout)")
     args = parser.parse_args(argv)
     # A value out of range is one line, as `facekit` says it: the usage lines are for what the parser refuses.
     for option, value in (("--search-every", args.search_every), ("--reidentify-every", args.reidentify_every),
@@ -366,7 +503,8 @@ def run(argv: list[str] | None = None) -> int:
     check_threshold(args.threshold)
     quiet_opencv()  # before the source opens: a file or camera that fails is said in facekit's line alone
     show_warnings_as_lines()  # as `facekit` shows them: a name the font lacks letters for is one line
-    problem = args.output and output_problem(args.output, args.source)
+    problem = (args.output and output_problem(args.output, args.source)
+               or args.events and events_problem(args.events, args.output, args.source))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -423,8 +561,10 @@ def run(argv: list[str] | None = None) -> int:
     frames, faces_seen, started = 0, 0, time.perf_counter()
     frame_times = deque([started], maxlen=FPS_FRAMES + 1)  # when the last frames were done, for the fps drawn
     failed_reads, unread = 0, 0  # failures in a row now; frames passed over, a good one read after them
+    events = EventLog(args.events)
     with stop_on_signals() as stop:
         try:
+            events.started(args.source, gallery_path)
             while (args.max_frames is None or frames < args.max_frames) and stop.exit_code is None:
                 ok, frame = capture.read()
                 if not ok:
@@ -434,12 +574,16 @@ def run(argv: list[str] | None = None) -> int:
                         break
                     continue
                 unread, failed_reads = unread + failed_reads, 0
+                source_frame = frames + unread
+                moment = Moment(local_time(), source_frame, None if camera else round(source_frame / rate, 3))
                 if not searches_near or frames % args.search_every == 0:
                     faces = pipeline.detect(frame)
                 else:
                     faces = pipeline.detect_near(frame, [track.box for track in tracker.tracks.values()])
                 faces_seen += len(faces)
                 tracks = tracker.update([f.box for f in faces], frames)
+                events.seen(tracks, moment)
+                events.ended(tracker.tracks)
                 looks = [face_look(frame, face.box) for face in faces]
                 stale = [i for i, t in enumerate(tracks)
                          if needs_identifying(t, frames, args.reidentify_every, looks[i])]
@@ -451,6 +595,7 @@ def run(argv: list[str] | None = None) -> int:
                         tracks[i].result, tracks[i].last_identified = result, frames
                         tracks[i].identified_width, tracks[i].resumed = tracks[i].box[2], False
                         tracks[i].identified_look = looks[i]
+                        events.identified(tracks[i], moment, live_gallery.threshold)
                 results = []
                 for face, track in zip(faces, tracks):
                     results.append({**track.result, "box": list(face.box), "landmarks": face.landmarks.tolist()})
@@ -484,6 +629,7 @@ def run(argv: list[str] | None = None) -> int:
             live_gallery.close()
             if not args.headless:
                 cv2.destroyAllWindows()
+            events.close(frames)  # last: a disk that fills here still leaves the video playable
     if frames == 0:
         if stop.exit_code is not None:
             return stop.exit_code
@@ -496,8 +642,9 @@ def run(argv: list[str] | None = None) -> int:
     damaged_end = left_unread >= MAX_FAILED_READS and left_unread > ESTIMATED_LENGTH_ERROR * frame_count
     written = f", written to {Path(args.output)}" if args.output else ""
     fps = frames / (frame_times[-1] - started)  # the whole run's
+    # With the events on stdout, it holds JSON lines alone.
     print(f"{counted(frames, 'frame')}, {fps:.1f} frames per second, {faces_seen / frames:.2f} faces per frame"
-          f"{written}")
+          f"{written}", file=sys.stderr if args.events == "-" else sys.stdout)
     # As `facekit identify` exits 1 when a photo failed and the rest were done.
     source = f"camera {args.source}" if camera else repr(args.source)
     if unread:

@@ -4,6 +4,7 @@ from bundled photos and writes an annotated video."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -17,6 +18,7 @@ import termios
 import time
 import types
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -773,3 +775,130 @@ def test_a_facekit_warning_is_one_line_as_identify_says_it(tmp_path, monkeypatch
     assert (f"warning: $FACEKIT_FONT names no font file that can be opened ({missing_font}); names in other scripts "
             'are drawn with a system font or as "?"') in err.splitlines()
     assert all(line.startswith("warning: ") for line in err.splitlines()), err
+
+
+def logged(lines: str) -> list[dict]:
+    """--events lines as JSON, each checked to give its time with its offset from UTC; without the times, which
+    differ from run to run."""
+    events = [json.loads(line) for line in lines.splitlines()]
+    assert all(datetime.fromisoformat(event.pop("time")).utcoffset() is not None for event in events), lines
+    return events
+
+
+def test_the_events_say_who_appeared_when_and_how_surely_once_an_appearance(tmp_path, monkeypatch, capsys,
+                                                                            astronaut_bgr, grace_hopper_bgr):
+    # At a door for hours, the webcam's only record was its annotated video: no times, no names in text.
+    import facekit
+    from facekit.datastore import Gallery
+
+    astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        facekit.add_face(gallery, "astronaut", astronaut)
+        facekit.add_face(gallery, "grace_hopper", hopper)
+    # The astronaut for 6 frames; no one for 14, in which her track ends (10 frames unseen); Grace Hopper from frame
+    # 20, a whole-frame search's; at 26 a cut to the astronaut in her place: the same track, named anew.
+    clip = (frames_of(astronaut, 6) + [np.full((480, 640, 3), 90, np.uint8)] * 14 + frames_of(hopper, 6)
+            + frames_of(astronaut, 6))
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(clip, fps=25.0, frame_count=len(clip)))
+    log = tmp_path / "door.jsonl"
+    arguments = ["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery"), "--threshold", "0.4"]
+    assert webcam.main([*arguments, "--events", str(log)]) == 0
+    events = logged(log.read_text())
+    assert [{key: event.get(key) for key in ("event", "track", "frame", "identity", "previous", "first_frame")}
+            for event in events] == [
+        {"event": "started", "track": None, "frame": None, "identity": None, "previous": None, "first_frame": None},
+        {"event": "appeared", "track": 0, "frame": 0, "identity": "astronaut", "previous": None, "first_frame": None},
+        {"event": "left", "track": 0, "frame": 5, "identity": "astronaut", "previous": None, "first_frame": 0},
+        {"event": "appeared", "track": 1, "frame": 20, "identity": "grace_hopper", "previous": None,
+         "first_frame": None},
+        {"event": "renamed", "track": 1, "frame": 26, "identity": "astronaut", "previous": "grace_hopper",
+         "first_frame": None},
+        {"event": "left", "track": 1, "frame": 31, "identity": "astronaut", "previous": None, "first_frame": 20},
+        {"event": "stopped", "track": None, "frame": None, "identity": None, "previous": None, "first_frame": None}]
+    started, appeared, left, _, renamed, _, stopped = events
+    assert started == {"event": "started", "source": "clip", "gallery": str(tmp_path / "gallery")}
+    assert stopped == {"event": "stopped", "frames": 32}
+    # How surely: the similarity against the threshold it met, and the best the track had under its last name.
+    assert appeared["threshold"] == renamed["threshold"] == 0.4 and appeared["similarity"] > 0.4
+    assert left["best_similarity"] >= appeared["similarity"]
+    assert appeared["video_s"] == 0.0 and renamed["video_s"] == 26 / 25 and left["video_s"] == 5 / 25
+    x, y, w, h = appeared["box"]
+    assert 200 < x < x + w < 440 and 120 < y < y + h < 360
+    # Appended to, run after run; with - on stdout, which then holds the events alone (the summary goes to stderr).
+    assert webcam.main([*arguments, "--events", str(log)]) == 0
+    assert logged(log.read_text()) == events * 2
+    capsys.readouterr()
+    assert webcam.main([*arguments, "--events", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert logged(out) == events and err.startswith("32 frames, ")
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_a_stopped_run_says_who_was_still_there_and_loses_no_event(tmp_path, monkeypatch, astronaut_bgr):
+    # Ctrl-C, SIGTERM and the end of a clip close the tracks still open; each line is written as it happens, not
+    # when the run ends, so that a crash or a kill loses none seen before it.
+    astronaut, _ = face_crops(astronaut_bgr, astronaut_bgr)
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames_of(astronaut, 10)))
+    log = tmp_path / "door.jsonl"
+    draw_results = webcam.draw_results
+    written_by_the_second_frame: list[list[dict]] = []
+
+    def interrupted_at_the_fourth(frame, results, fps):
+        if len(drawn) == 1:
+            written_by_the_second_frame.append(logged(log.read_text()))
+        if len(drawn) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        drawn.append(frame)
+        return draw_results(frame, results, fps=fps)
+
+    drawn: list[np.ndarray] = []
+    monkeypatch.setattr(webcam, "draw_results", interrupted_at_the_fourth)
+    assert webcam.main(["--headless", "--source", "clip", "--events", str(log)]) == 128 + signal.SIGINT
+    events = logged(log.read_text())
+    assert [event["event"] for event in events] == ["started", "appeared", "left", "stopped"]
+    _, appeared, left, stopped = events
+    assert written_by_the_second_frame == [events[:2]]
+    # No gallery: unknown, with no one to compare with.
+    assert (appeared["identity"], appeared["similarity"], appeared["frame"]) == (None, None, 0)
+    assert (left["identity"], left["first_frame"], left["frame"], stopped["frames"]) == (None, 0, 3, 4)
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+def test_webcam_refuses_events_it_would_not_append_to_in_one_line(tmp_path, monkeypatch, capsys, astronaut_bgr,
+                                                                  grace_hopper_bgr):
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, astronaut_bgr, grace_hopper_bgr, frames=3)
+    original = clip.read_bytes()
+    (tmp_path / "link.avi").symlink_to(clip)
+    (tmp_path / "logs").mkdir()
+    out = tmp_path / "out.mp4"
+    for events, error in (
+            (tmp_path / "logs", f"--events {tmp_path / 'logs'} is a folder: give a file to append the events to"),
+            (tmp_path / "missing" / "a.jsonl", f"cannot write {tmp_path / 'missing' / 'a.jsonl'}: folder "
+                                               f"{tmp_path / 'missing'} not found"),
+            (out, f"--events {out} is the --output video; choose another file"),
+            (tmp_path / "link.avi", f"--events {tmp_path / 'link.avi'} is the video being read; choose another file")):
+        assert webcam.main(["--headless", "--source", str(clip), "--output", str(out), "--events", str(events)]) == 2
+        assert capsys.readouterr().err == f"error: {error}\n"
+    assert clip.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "link.avi", "logs"]
+    assert not any((tmp_path / "logs").iterdir())
+    monkeypatch.setattr(sys, "stdout", None)  # started with stdout closed (>&-)
+    assert webcam.main(["--headless", "--source", str(clip), "--events", "-"]) == 2
+    assert capsys.readouterr().err == "error: standard output is closed: give --events a file\n"
+
+
+@pytest.mark.usefixtures("in_a_folder_without_a_gallery")
+@pytest.mark.parametrize("to_stdout", [False, True])
+def test_events_that_cannot_be_written_are_one_error_line(monkeypatch, capsys, astronaut_bgr, to_stdout):
+    # A full disk: the run stops with one line and exit 2, as `facekit` does when its output cannot be written.
+    astronaut, _ = face_crops(astronaut_bgr, astronaut_bgr)
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames_of(astronaut, 3)))
+    with open("/dev/full", "w") as full, monkeypatch.context() as patch:
+        if to_stdout:
+            patch.setattr(sys, "stdout", full)
+        code = webcam.main(["--headless", "--source", "clip", "--events", "-" if to_stdout else "/dev/full"])
+    assert code == 2
+    where = "standard output" if to_stdout else "/dev/full"
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"error: cannot write the events to {where}: No space left on device"
