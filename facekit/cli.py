@@ -734,6 +734,20 @@ def names_like(name: str, enrolled: Iterable[str], most: int = 3) -> list[str]:
     return [spelling for key in keys for spelling in sorted(folded[key])][:most]
 
 
+def say_photos_left(name: str, enrolled_from: list[str]) -> None:
+    """A warning where the photos a removed person was enrolled from are still there: the next enroll of their
+    folder adds them again, without a word, to a user who removed them to erase that person."""
+    left = [path for path in enrolled_from if Path(path).is_file()]
+    if not left:
+        return
+    folders = sorted({str(Path(path).parent) for path in left})
+    shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else "")
+    print(escape_control_characters(f"warning: {counted(len(left), 'photo')} {name} was enrolled from "
+                                    f"{'is' if len(left) == 1 else 'are'} still in {shown}: the next enroll of "
+                                    "that folder adds them again; delete or move them to keep them out"),
+          file=sys.stderr)
+
+
 def rename_identity(gallery, old: str, new: str, merge: bool) -> int:
     """Checked here, before Gallery.rename, so that a name taken is refused in the CLI's terms (--merge), and a merge
     is said as one: two people's faces are now one person's."""
@@ -786,8 +800,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print_photos(gallery.photos(args.name), args)
         elif args.action == "remove":
             require_enrolled(gallery, args.name)
+            enrolled_from = [photo["path"] for photo in gallery.photos(args.name)]
             removed = gallery.remove(args.name)
             print(escape_control_characters(f"removed {args.name} ({counted(removed, 'face')})"))
+            say_photos_left(args.name, enrolled_from)
         elif args.action == "remove-photo":
             return remove_photos(gallery, args.photos)
         elif args.action == "rename":

@@ -1439,6 +1439,25 @@ def test_a_name_not_enrolled_is_answered_with_the_enrolled_names_it_likely_meant
         assert [name for name, _ in opened.identities()] == ["Barack_Obama", "Grace_Hopper", "Michelle_Obama", "ada"]
 
 
+def test_removing_a_person_whose_photos_are_still_there_warns_that_enroll_adds_them_again(tmp_path, people, capsys):
+    """A user who removed someone to erase them saw their faces come back, silently, at the next enroll of the
+    folder their photos were still in."""
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    folder = people / "grace_hopper"
+    photos = sorted(folder.iterdir())
+    code, out, err = run_cli(capsys, "gallery", "remove", "grace_hopper", "--gallery", gallery)
+    assert (code, out) == (0, f"removed grace_hopper ({len(photos)} face{'s' if len(photos) > 1 else ''})\n")
+    assert err == (f"warning: {len(photos)} photo{'s' if len(photos) > 1 else ''} grace_hopper was enrolled from "
+                   f"{'are' if len(photos) > 1 else 'is'} still in {folder}: the next enroll of that folder adds them "
+                   "again; delete or move them to keep them out\n")
+    # Gone from the disk, nothing is said.
+    assert run_cli(capsys, "enroll", str(people), "--gallery", gallery, "--quiet")[0] == 0
+    for photo in photos:
+        photo.unlink()
+    assert run_cli(capsys, "gallery", "remove", "grace_hopper", "--gallery", gallery)[2] == ""
+
+
 def test_rename_onto_a_name_taken_asks_for_merge_and_then_says_it_merged(tmp_path, capsys):
     """The refusal spoke of Python's merge=True, and a merge was reported as a rename."""
     gallery = tmp_path / "gallery"
