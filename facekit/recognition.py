@@ -84,6 +84,7 @@ ENROLL_MIN_FACE = 32
 # people (1.46 million pairs): at most 0.827. The copy of a smaller face differs more (60 photos with a 32 px face,
 # re-saved at quality 80: median 0.966, lowest 0.907; at quality 60: median 0.913), so many of those pass.
 NEAR_DUPLICATE_SIMILARITY = 0.95
+UNLIKE_OTHERS_SIMILARITY = 0.3
 
 
 @dataclass

@@ -628,29 +628,6 @@ def test_a_face_that_changes_its_look_is_identified_again(astronaut_bgr, grace_h
     assert webcam.face_look(np.full((480, 640, 3), 90, np.uint8), box) is None
 
 
-def test_a_cut_to_someone_else_in_the_same_place_is_named_at_the_cut(tmp_path, monkeypatch, astronaut_bgr,
-                                                                     grace_hopper_bgr):
-    # A cut from one person to another in the same place passed the overlap and size checks: Colin Powell was
-    # labelled Tony_Blair for 10 frames after the cut, an unenrolled stranger George_W_Bush for 7.
-    import facekit
-    from facekit.datastore import Gallery
-
-    astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
-    with Gallery.open(tmp_path / "gallery") as gallery:
-        facekit.add_face(gallery, "astronaut", astronaut)
-        facekit.add_face(gallery, "grace_hopper", hopper)
-    frames = []
-    for index, face in enumerate([astronaut] * 8 + [hopper] * 8):
-        frame = np.full((480, 640, 3), 90, np.uint8)
-        frame[120:360, 200 + index:440 + index] = face  # moving a pixel a frame, as a face does
-        frames.append(frame)
-    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames))
-    drawn: list[list[dict]] = []
-    monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
-    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery")]) == 0
-    assert [[face["identity"] for face in results] for results in drawn] == [["astronaut"]] * 8 + [["grace_hopper"]] * 8
-
-
 def frames_of(face: np.ndarray, count: int) -> list[np.ndarray]:
     """count 640x480 frames of the face (a face_crops one), moving a pixel a frame, as a face does."""
     frames = []
@@ -661,17 +638,39 @@ def frames_of(face: np.ndarray, count: int) -> list[np.ndarray]:
     return frames
 
 
+def enroll_both(gallery_path: Path, astronaut: np.ndarray, hopper: np.ndarray) -> None:
+    """A gallery of the two face_crops faces, as astronaut and grace_hopper."""
+    import facekit
+    from facekit.datastore import Gallery
+
+    with Gallery.open(gallery_path) as gallery:
+        facekit.add_face(gallery, "astronaut", astronaut)
+        facekit.add_face(gallery, "grace_hopper", hopper)
+
+
+def test_a_cut_to_someone_else_in_the_same_place_is_named_at_the_cut(tmp_path, monkeypatch, astronaut_bgr,
+                                                                     grace_hopper_bgr):
+    # A cut from one person to another in the same place passed the overlap and size checks: Colin Powell was
+    # labelled Tony_Blair for 10 frames after the cut, an unenrolled stranger George_W_Bush for 7.
+
+    astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
+    enroll_both(tmp_path / "gallery", astronaut, hopper)
+    frames = frames_of(astronaut, 8) + frames_of(hopper, 16)[8:]
+    monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames))
+    drawn: list[list[dict]] = []
+    monkeypatch.setattr(webcam, "draw_results", lambda frame, results, fps: drawn.append(results) or frame)
+    assert webcam.main(["--headless", "--source", "clip", "--gallery", str(tmp_path / "gallery")]) == 0
+    assert [[face["identity"] for face in results] for results in drawn] == [["astronaut"]] * 8 + [["grace_hopper"]] * 8
+
+
 def test_the_default_threshold_follows_the_gallery_as_it_grows(tmp_path, monkeypatch, astronaut_bgr,
                                                                grace_hopper_bgr):
     # The threshold was the one for the gallery's size when the webcam started: a gallery that grew from 2 faces to
     # 1,002 while it ran kept the small one's looser threshold, and named strangers (36 of 36 appearances).
-    import facekit
     from facekit.datastore import Gallery
 
     astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
-    with Gallery.open(tmp_path / "gallery") as gallery:
-        facekit.add_face(gallery, "astronaut", astronaut)
-        facekit.add_face(gallery, "grace_hopper", hopper)
+    enroll_both(tmp_path / "gallery", astronaut, hopper)
     monkeypatch.setattr(webcam, "open_source", lambda source: FakeCapture(frames_of(astronaut, 6)))
     monkeypatch.setattr(webcam, "GALLERY_CHECK_S", 0.0)  # looked at every frame, rather than once a second
     thresholds, pipelines = [], []
@@ -788,13 +787,9 @@ def logged(lines: str) -> list[dict]:
 def test_the_events_say_who_appeared_when_and_how_surely_once_an_appearance(tmp_path, monkeypatch, capsys,
                                                                             astronaut_bgr, grace_hopper_bgr):
     # At a door for hours, the webcam's only record was its annotated video: no times, no names in text.
-    import facekit
-    from facekit.datastore import Gallery
 
     astronaut, hopper = face_crops(astronaut_bgr, grace_hopper_bgr)
-    with Gallery.open(tmp_path / "gallery") as gallery:
-        facekit.add_face(gallery, "astronaut", astronaut)
-        facekit.add_face(gallery, "grace_hopper", hopper)
+    enroll_both(tmp_path / "gallery", astronaut, hopper)
     # The astronaut for 6 frames; no one for 14, in which her track ends (10 frames unseen); Grace Hopper from frame
     # 20, a whole-frame search's; at 26 a cut to the astronaut in her place: the same track, named anew.
     clip = (frames_of(astronaut, 6) + [np.full((480, 640, 3), 90, np.uint8)] * 14 + frames_of(hopper, 6)
