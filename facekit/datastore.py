@@ -1068,6 +1068,18 @@ class Gallery:
                     for name, path, sha, created in rows]
 
     @_one_thread_at_a_time
+    def newest_faces(self, identity: str, count: int) -> tuple[list[int], list[str], np.ndarray]:
+        """The ids, source paths and vectors (n, dim) of the `count` faces last enrolled as identity (its name as
+        stored), newest first: none for a name the gallery does not hold. A damaged vector is left out, as search
+        leaves it out (_decode_vectors)."""
+        with self._transaction() as conn:
+            rows = conn.execute(f"SELECT e.id, e.source_path, e.vector {LIVE_ROWS} WHERE i.name = ? "
+                                "ORDER BY e.id DESC LIMIT ?", (identity, count)).fetchall()
+        ids, intact, vectors = _decode_vectors([(face_id, vector) for face_id, _, vector in rows], self.dim)
+        return ([int(face_id) for face_id in ids[intact]],
+                [path for (_, path, _), whole in zip(rows, intact) if whole], vectors)
+
+    @_one_thread_at_a_time
     def identities(self) -> list[tuple[str, int]]:
         """(name, number of embeddings) for every identity, sorted by name."""
         with self._transaction() as conn:

@@ -1,5 +1,6 @@
 """What enroll and add_face refuse to store as a template: a face too small to be one, and nearly the same photo as
-one enrolled as someone else (re-saved, resized, cropped), which would answer for the first person's photos."""
+one enrolled as someone else (re-saved, resized, cropped), which would answer for the first person's photos; and what
+enroll warns of: a face unlike its person's other faces, a photo of someone else in their folder."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from PIL import Image
 import facekit
 from facekit.cli import main
 from facekit.datastore import Gallery
-from facekit.recognition import ENROLL_MIN_FACE
+from facekit.recognition import ENROLL_MIN_FACE, UNLIKE_OTHERS_SIMILARITY
 
 TOO_SMALL = re.compile(rf"the face is (\d+) px wide; a template needs {ENROLL_MIN_FACE} px or more")
+REMOVER = re.escape("(`facekit gallery remove-photo` takes it out of the gallery)")
+UNLIKE = re.compile(r"(?P<path>.+): unlike (?P<person>.+)'s (?P<others>other \d+|\d+ newest other) faces \(best "
+                    rf"similarity (?P<best>-?\d\.\d\d)\): a photo of someone else\? {REMOVER}")
 
 
 def shrunk(image: np.ndarray, height: int) -> np.ndarray:
@@ -206,3 +210,93 @@ def test_a_near_copy_of_a_face_added_from_an_array_is_named_by_its_id_not_a_path
                                              r"similarity 0\.9\d\d\) is enrolled as eileen_collins; not added to "
                                              r"ada$"):
             facekit.add_face(gallery, "ada", copy)
+
+
+# --- a face unlike its person's other faces ----------------------------------------------------------------------
+
+
+def lfw_photo(shared_data: Path, name: str) -> bytes:
+    """An LFW photo's bytes by its stem: Tom_Hanks_0001."""
+    return (shared_data / "lfw" / "images" / name.rsplit("_", 1)[0] / f"{name}.jpg").read_bytes()
+
+
+def lfw_photos(shared_data: Path, person: str, folder: Path, count: int) -> None:
+    """The person's first count LFW photos by name, put in folder under their own names."""
+    for path in sorted((shared_data / "lfw" / "images" / person).glob("*.jpg"))[:count]:
+        put(folder, path.name, path.read_bytes())
+
+
+def unlike_warnings(report: facekit.EnrollReport) -> dict[str, tuple[str, str, float]]:
+    """The warnings of faces unlike their person's others: path -> (person, which others, best similarity)."""
+    found = {}
+    for warning in report.warnings:
+        if ": unlike " in warning:
+            match = UNLIKE.fullmatch(warning)
+            assert match, warning
+            found[match["path"]] = (match["person"], match["others"], float(match["best"]))
+    return found
+
+
+def test_enroll_warns_of_a_strangers_photo_in_a_persons_folder_and_not_of_their_own_photos(tmp_path, shared_data):
+    """A mislabelled photo was enrolled as the folder's person without a word, and named that stranger as them from
+    then on. The stranger's photo sorts first in Tom_Hanks's folder, before any photo of his: it is warned of, and
+    none of his. A later run compares its faces with those the gallery holds, and does not warn again of the first
+    run's. Each person's photos are 0.55 or more similar to each other, the strangers' 0.32 at most to them."""
+    people = tmp_path / "people"
+    for person in ("Cameron_Diaz", "Kim_Dae-jung", "Tom_Hanks"):
+        lfw_photos(shared_data, person, people / person, 4)
+    first = put(people / "Tom_Hanks", "0.jpg", lfw_photo(shared_data, "Lance_Armstrong_0007"))
+    last = put(people / "Kim_Dae-jung", "z.jpg", lfw_photo(shared_data, "Jacques_Chirac_0019"))
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        report = facekit.enroll(people, gallery)
+        assert report.enrolled == 14
+        warned = unlike_warnings(report)
+        assert {path: warning[:2] for path, warning in warned.items()} == {
+            str(first): ("Tom_Hanks", "other 4"), str(last): ("Kim_Dae-jung", "other 4")}
+        assert all(best < UNLIKE_OTHERS_SIMILARITY for *_, best in warned.values())
+
+        lfw_photos(shared_data, "Cameron_Diaz", people / "Cameron_Diaz", 5)  # her 5th photo, and his
+        lfw_photos(shared_data, "Tom_Hanks", people / "Tom_Hanks", 5)
+        stranger = put(people / "Cameron_Diaz", "z.jpg", lfw_photo(shared_data, "Noelle_Bush_0001"))
+        report = facekit.enroll(people, gallery)
+        assert (report.enrolled, report.already_enrolled) == (3, 14)
+        assert {path: warning[:2] for path, warning in unlike_warnings(report).items()} == {
+            str(stranger): ("Cameron_Diaz", "other 5")}
+        assert gallery.identities() == [("Cameron_Diaz", 6), ("Kim_Dae-jung", 5), ("Tom_Hanks", 6)]
+
+
+def test_a_face_is_compared_with_its_persons_newest_other_faces_only(tmp_path, shared_data, monkeypatch):
+    """A person with thousands of faces costs what one with UNLIKE_OTHERS_COMPARED does; here 2 of Tom_Hanks's 4."""
+    import facekit.recognition
+
+    monkeypatch.setattr(facekit.recognition, "UNLIKE_OTHERS_COMPARED", 2)
+    people = tmp_path / "people"
+    lfw_photos(shared_data, "Tom_Hanks", people / "Tom_Hanks", 4)
+    stranger = put(people / "Tom_Hanks", "z.jpg", lfw_photo(shared_data, "Lance_Armstrong_0007"))
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        report = facekit.enroll(people, gallery)
+        assert {path: warning[:2] for path, warning in unlike_warnings(report).items()} == {
+            str(stranger): ("Tom_Hanks", "2 newest other")}
+        ids, paths, vectors = gallery.newest_faces("Tom_Hanks", 2)
+        assert paths == [str(stranger), str(people / "Tom_Hanks" / "Tom_Hanks_0006.jpg")] and ids[0] > ids[1]
+        assert vectors.shape == (2, gallery.dim)
+        assert gallery.newest_faces("Lance_Armstrong", 2)[0] == []
+
+
+def test_cli_enroll_warns_once_of_a_persons_only_two_faces_unlike_each_other(tmp_path, capsys, grace_hopper_path,
+                                                                              astronaut_bgr):
+    """With two faces it cannot tell which is someone else: one warning names both. A third face like one of them
+    is not warned of, and the second run does not repeat the first's warning."""
+    people, gallery = tmp_path / "people", str(tmp_path / "gallery")
+    hers = put(people / "grace_hopper", "a.jpg", grace_hopper_path.read_bytes())
+    other = put(people / "grace_hopper", "b.png", cv2.imencode(".png", astronaut_bgr)[1].tobytes())
+    assert main(["enroll", str(people), "--gallery", gallery, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 faces enrolled" in out
+    assert re.fullmatch(rf"warning: {re.escape(str(other))}: unlike {re.escape(str(hers))}, grace_hopper's only other "
+                        r"face \(similarity -?0\.\d\d\): is one of the two a photo of someone else\? "
+                        rf"{REMOVER}\n", err), err
+    put(people / "grace_hopper", "c.jpg", resaved(Image.open(grace_hopper_path), 80, scale=0.9))
+    with Gallery.open(gallery) as opened:
+        report = facekit.enroll(people, opened)
+        assert (report.enrolled, report.already_enrolled, report.warnings) == (1, 2, [])
