@@ -47,6 +47,7 @@ def tiny_run(tmp_path_factory, astronaut_bgr, grace_hopper_bgr) -> Path:
     ("teacher_embeddings", ["{tmp}", "--teacher", "facenet", "--facenet-model", "{missing}",
                             "--output", "{tmp}/t.npy"]),
     ("round_trip", ["--lfw", "{missing}"]),
+    ("enroll_outliers", ["--lfw", "{missing}"]),
     ("release_model", ["{missing}", "--output", "{tmp}/released/model"]),
     ("align_dataset", ["{tmp}", "{tmp}/out", "--detector", "yunet", "--yunet-model", "{missing}.onnx"]),
 ])

@@ -44,6 +44,8 @@ def embed_people(lfw: Path, min_photos: int) -> tuple[np.ndarray, np.ndarray, np
     """(embeddings, person index of each, whether the face enroll takes is off the photo's centre) of the photos of
     the people with min_photos or more, as enroll makes them; a photo enroll would fail (no face, too small) is left
     out."""
+    if not lfw.is_dir():
+        raise FileNotFoundError(f"LFW images folder not found: {lfw} (--lfw names it)")
     pipeline = FacePipeline()
     min_width = template_min_face(pipeline)
     folders = [folder for folder in sorted(lfw.iterdir()) if len(list(folder.glob("*.jpg"))) >= min_photos]
@@ -111,4 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from facekit.cli import report_errors
+
+    sys.exit(report_errors(main))
