@@ -186,6 +186,33 @@ def as_crops(crops_bgr: np.ndarray) -> np.ndarray:
     return np.repeat(crops, 3, axis=3) if crops.shape[3] == 1 else crops
 
 
+# A crop whose luminance spreads less than this (its standard deviation, of 0-255) is stretched to a typical crop's
+# mean and spread before it is embedded (lift_dark_crops). Dark crops embed near one another, whoever they show: LFW
+# strangers darkened to 10 % (a door camera at night) were 0.54 similar on average (0.10 lit), so a few enrolled faces
+# took most of them. Measured with MTCNN at 10 % brightness, before -> after: a reviewer's gallery of 25 faces named
+# 24 % -> 11 % of 500 strangers (8 % lit); a gallery of 200 LFW people (threshold 0.611) named its people in 11 % ->
+# 60 % of their dark photos (84 % lit; at 15 %: 47 % -> 81 %), and strangers 8 % -> 15 %, the rate of lit photos (17 %)
+# once faces are told apart again. The lowest spread of 2,320 LFW crops is 20 (5th percentile 35): 3 change.
+LOW_CONTRAST_STD = 25.0
+TYPICAL_CROP_MEAN, TYPICAL_CROP_STD = 114.0, 51.0  # LFW's crops' luminance
+
+
+def lift_dark_crops(crops_bgr: np.ndarray) -> np.ndarray:
+    """crops_bgr (N, 112, 112, 3) with each crop of low contrast (LOW_CONTRAST_STD) stretched to a typical crop's
+    brightness and contrast; the others as they are (the same array where none is)."""
+    luminance = crops_bgr.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+    spread = luminance.std(axis=(1, 2))
+    low = np.flatnonzero(spread < LOW_CONTRAST_STD)
+    if len(low) == 0:
+        return crops_bgr
+    lifted = crops_bgr.copy()
+    for index in low:
+        gain = TYPICAL_CROP_STD / max(float(spread[index]), 1.0)
+        stretched = (crops_bgr[index].astype(np.float32) - luminance[index].mean()) * gain + TYPICAL_CROP_MEAN
+        lifted[index] = np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
+    return lifted
+
+
 class Embedder:
     """Batched embedding of aligned crops with optional mirror test-time augmentation.
 
@@ -317,6 +344,7 @@ class Embedder:
         crops_bgr = as_crops(crops_bgr)
         if len(crops_bgr) == 0:
             return np.zeros((0, self.dim), np.float32)
+        crops_bgr = lift_dark_crops(crops_bgr)
         embed_batch = self._embed_torch if self.backend == "torch" else self._embed_onnx
         outputs = [embed_batch(crops_bgr[start:start + self.batch_size], flip)
                    for start in range(0, len(crops_bgr), self.batch_size)]

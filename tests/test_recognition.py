@@ -235,6 +235,26 @@ def test_a_lying_photo_whose_face_as_it_lies_is_doubtful_enrolls_the_face_it_sho
         assert float(stored[str(people / person / f"{way}.png")] @ embedding) > 0.95, (person, way)
 
 
+def test_a_dark_photo_embeds_as_the_lit_one_not_as_every_dark_face(astronaut_bgr, grace_hopper_bgr, mtcnn_pipeline):
+    """Dark crops embedded near one another, whoever they showed: at 10 % brightness (a door camera at night) each
+    bundled face was 0.74 like its lit photo, and the two dark faces 0.42 alike (0.35 lit), so that a few enrolled
+    faces took most dark strangers. A crop of low contrast is now stretched before it is embedded."""
+    def embedding(image: np.ndarray) -> np.ndarray:
+        found = mtcnn_pipeline.find_one_face(image)
+        assert found.faces
+        return mtcnn_pipeline.embed_found(image, found)
+
+    lit = [embedding(photo) for photo in (astronaut_bgr, grace_hopper_bgr)]
+    dark = [embedding((photo * 0.1).astype(np.uint8)) for photo in (astronaut_bgr, grace_hopper_bgr)]
+    assert all(float(a @ b) > 0.9 for a, b in zip(lit, dark))
+    assert float(dark[0] @ dark[1]) < float(lit[0] @ lit[1]) + 0.05
+    # A crop of ordinary contrast is embedded as it is: the same array, so that LFW's figures stand.
+    from facekit.representation import LOW_CONTRAST_STD, lift_dark_crops
+
+    crops = np.stack([align_face(astronaut_bgr, mtcnn_pipeline.detect(astronaut_bgr)[0].landmarks)])
+    assert cv2.cvtColor(crops[0], cv2.COLOR_BGR2GRAY).std() > LOW_CONTRAST_STD and lift_dark_crops(crops) is crops
+
+
 @pytest.mark.parametrize("backend", ["mtcnn", "yunet"])
 def test_identify_names_the_face_a_lying_photo_shows_turned_not_its_doubtful_misfire(
         backend, request, tmp_path, capsys, monkeypatch, shared_data, astronaut_bgr, mtcnn_pipeline):
