@@ -364,7 +364,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(json_record(summary))
     else:
         for warning in report.warnings:
-            print(f"warning: {escape_control_characters(warning)}", file=sys.stderr)
+            say_warning(warning)
         for path, reason in report.skipped:
             print(escape_control_characters(not_enrolled_line(path, reason)), file=sys.stderr)
         print(f"{counted(summary['people'], 'person', 'people')}, {counted(report.files, 'file')}: "
@@ -436,7 +436,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
             processed += 1
             located = pipeline.find_faces(item.image, item.faces)
             if located.warning:  # as verify says it: the photo lacks its EXIF orientation
-                print(f"warning: {escape_control_characters(f'{item.path}: {located.warning}')}", file=sys.stderr)
+                say_warning(f"{item.path}: {located.warning}")
             faces = identify_image(pipeline, gallery, item.image, threshold, args.top_k, faces=located.faces)
             # Why this photo makes the exit code 1, in its JSON record and CSV rows too, so that a reader of the
             # output knows which photo it was. "0 faces" is still printed below, so that every photo has its record.
@@ -508,8 +508,9 @@ def annotation_folder(path: str) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():  # mkdir's own "File exists" does not say what is wrong with it
         raise CliError(f"cannot write annotated copies to {folder}: a file, not a folder")
-    if not folder.exists() and folder.suffix.lower() in IMAGE_EXTENSIONS:
-        # `--annotate result.png` made a folder of that name, the copy inside it: a file name was meant.
+    if not folder.exists() and folder.suffix.lower() in IMAGE_EXTENSIONS and not path.endswith(("/", os.sep)):
+        # `--annotate result.png` made a folder of that name, the copy inside it: a file name was meant (a trailing
+        # slash says a folder is).
         raise CliError(f"--annotate takes a folder for the annotated copies, not a file name: {folder} (each "
                        "copy is named after its photo, photo.annotated.jpg)")
     try:
@@ -627,10 +628,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(json_record({"image": path, "error": problem}))
             raise CliError(item.error or f"no face found in {path}", EXIT_FAILED)
         if item.found.warning:
-            print(f"warning: {escape_control_characters(f'{path}: {item.found.warning}')}", file=sys.stderr)
+            say_warning(f"{path}: {item.found.warning}")
         if item.found.likely_faces > 1:  # as enroll says it: a group photo's largest face may not be the one meant
-            said = f"{path}: {item.found.likely_faces} faces, compared the largest"
-            print(f"warning: {escape_control_characters(said)}", file=sys.stderr)
+            say_warning(f"{path}: {item.found.likely_faces} faces, compared the largest")
         embeddings.append(pipeline.embed_found(item.image, item.found))
     similarity = float(embeddings[0] @ embeddings[1])
     same = similarity >= threshold
@@ -742,10 +742,8 @@ def say_photos_left(name: str, enrolled_from: list[str]) -> None:
         return
     folders = sorted({str(Path(path).parent) for path in left})
     shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else "")
-    print(escape_control_characters(f"warning: {counted(len(left), 'photo')} {name} was enrolled from "
-                                    f"{'is' if len(left) == 1 else 'are'} still in {shown}: the next enroll of "
-                                    "that folder adds them again; delete or move them to keep them out"),
-          file=sys.stderr)
+    say_warning(f"{counted(len(left), 'photo')} {name} was enrolled from {'is' if len(left) == 1 else 'are'} still "
+                f"in {shown}: the next enroll of that folder adds them again; delete or move them to keep them out")
 
 
 def rename_identity(gallery, old: str, new: str, merge: bool) -> int:
@@ -776,7 +774,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     repaired = [str(w.message) for w in repairs if issubclass(w.category, GalleryWarning)]
     if args.action != "check":
         for message in repaired:
-            print(f"warning: {escape_control_characters(message)}", file=sys.stderr)
+            say_warning(message)
     with gallery:
         if args.action == "list":
             writer = csv_output(["identity", "faces"]) if args.csv else None
@@ -844,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
     return report_errors(run, INTERRUPTED)
 
 
+def say_warning(text: str) -> None:
+    """One `warning:` line on stderr; a file name's or a gallery's name's control characters escaped."""
+    print(f"warning: {escape_control_characters(text)}", file=sys.stderr)
+
+
 def show_warnings_as_lines() -> None:
     """Library chatter stays quiet; what facekit itself warns about (an index repaired on open, a font lacking a
     name's letters) is one `warning:` line, not Python's two with the file and source line."""
@@ -851,8 +854,7 @@ def show_warnings_as_lines() -> None:
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("always", category=FacekitWarning)
-    warnings.showwarning = lambda message, *_args, **_kwargs: print(
-        f"warning: {escape_control_characters(str(message))}", file=sys.stderr)
+    warnings.showwarning = lambda message, *_args, **_kwargs: say_warning(str(message))
 
 
 def quiet_opencv() -> None:

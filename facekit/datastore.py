@@ -949,7 +949,7 @@ class Gallery:
         """Point the faces enrolled from photos that were renamed or moved at where the photos are now: each move
         (sha256, old path, new path, identity) gives the faces recorded from that content at that path the new path
         and the identity (made if new), all the moves in one transaction; an identity left without faces goes.
-        Returns the faces moved ({identity, path, sha256, old_identity, old_path}); a move that names no face is
+        Returns the faces moved ({id, identity, path, sha256, old_identity, old_path}); a move that names no face is
         passed over.
 
         The embeddings stay as they are: the index holds them by id, and only the database says whose they are, so
@@ -970,8 +970,8 @@ class Gallery:
                 identity_id = self._ensure_identity(conn, name, now)
                 conn.executemany("UPDATE embeddings SET identity_id = ?, source_path = ? WHERE id = ?",
                                  [(identity_id, new, face_id) for face_id, _ in faces])
-                moved.extend({"identity": name, "path": new, "sha256": sha, "old_identity": was, "old_path": old}
-                             for _, was in faces)
+                moved.extend({"id": int(face_id), "identity": name, "path": new, "sha256": sha, "old_identity": was,
+                              "old_path": old} for face_id, was in faces)
             if not moved:
                 return []
             self._delete_faceless_identities(conn)

@@ -211,11 +211,7 @@ class FacePipeline:
         sure_score = self._sure_score()
         if faces and (sure_score is None or faces[0].score >= sure_score):
             return FoundFaces(faces)
-        best_turn, best_faces = self._best_turn(image, largest)
-        # A doubtful face gives way only to one the detector is sure of: two doubtful ones say nothing of the turn.
-        if faces and not (best_faces and best_faces[0].score >= sure_score):
-            return FoundFaces(faces)
-        return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
+        return self._faces_or_a_sure_turn(image, faces, largest)
 
     def find_faces(self, image: np.ndarray, faces: list[Face] | None = None) -> FoundFaces:
         """Every face, for identify: detect()'s (or faces, detected already as the photo lies), unless the detector
@@ -228,8 +224,14 @@ class FacePipeline:
         sure_score = self._sure_score()
         if not faces or sure_score is None or max(face.score for face in faces) >= sure_score:
             return FoundFaces(faces)
-        best_turn, best_faces = self._best_turn(image, largest=False)
-        if not (best_faces and best_faces[0].score >= sure_score):
+        return self._faces_or_a_sure_turn(image, faces, largest=False)
+
+    def _faces_or_a_sure_turn(self, image: np.ndarray, faces: list[Face], largest: bool) -> FoundFaces:
+        """faces, found as the photo lies (doubtful ones, or none), or the faces of the turn of the photo that shows
+        the best scored face (_best_turn), in the photo's own pixels: where faces were found, only if the detector is
+        sure of that face, since two doubtful faces say nothing of the turn; where none were, whatever its score."""
+        best_turn, best_faces = self._best_turn(image, largest)
+        if faces and not (best_faces and best_faces[0].score >= self._sure_score()):
             return FoundFaces(faces)
         return FoundFaces([_turned_back(face, image.shape, best_turn) for face in best_faces], best_turn, best_faces)
 
@@ -650,7 +652,7 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
     identity_of = {path: identity for identity, path in pairs}
     hashed: dict[str, str] = {}  # absolute path -> sha256, of every listed photo that could be read
     enrolled_as_another: dict[str, str] = {}  # absolute path -> its warning, which sync withdraws if it moves the face
-    added_to: dict[str, dict[int, str]] = {}  # identity -> {face id: path as given} of each face this run added
+    added_to: dict[str, dict[int, str]] = {}  # identity -> {face id: path} of each face this run added or moved
     pending: list[tuple[str, LoadedImage, Face, np.ndarray]] = []  # (identity, photo, face, aligned crop)
     # Read once, for the look-ahead thread, which does not query the gallery photo by photo: decoding and detecting
     # took 2.6 s of 3.8 s in a second enroll of 74 LFW photos. already_enrolled still has the last word, for photos
@@ -757,9 +759,13 @@ def enroll(pipeline: FacePipeline, gallery: Gallery, people_dir: str | os.PathLi
                                              _unnamed_content(skipped))
         report.moved = [(face["path"], face["identity"], face["old_path"], face["old_identity"]) for face in moved
                         if face["identity"] != face["old_identity"]]
+        for face in moved:  # a photo moved into another person's folder is checked as one added to them
+            if face["identity"] != face["old_identity"]:
+                added_to.setdefault(face["identity"], {})[face["id"]] = face["path"]
         withdrawn = {enrolled_as_another.get(path) for path, *_ in report.moved}
         report.warnings = [warning for warning in report.warnings if warning not in withdrawn]
-    # After the sync, which takes out the faces of photos gone from people_dir: they are no other faces of anyone's.
+    # After the sync, which takes out the faces of photos gone from people_dir (no one's other faces now) and gives
+    # a photo moved to another person's folder to that person, a mislabel as an added photo would be.
     for identity, added in added_to.items():
         report.warnings.extend(unlike_their_person(gallery, identity, added))
     # After the sync: a folder whose case was put right moves its faces, and leaves no other spelling behind.

@@ -155,6 +155,13 @@ def needs_identifying(track: Track, frame: int, every: int, look: np.ndarray | N
     return abs(math.log(track.box[2] / track.identified_width)) > math.log(SIZE_JUMP)
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """a and b name one file: a link to it, or the name of one not made yet."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
 def output_problem(output: str, source: str) -> str | None:
     """Why the annotated video cannot go to output, found before the models load; None if it may."""
     path = Path(output)
@@ -163,17 +170,10 @@ def output_problem(output: str, source: str) -> str | None:
         return f"--output must be an .mp4 or .avi file, not {output}"
     if not path.parent.is_dir():
         return f"cannot write {output}: folder {path.parent} not found"
-    if not source.isdigit() and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+    if not source.isdigit() and path.exists() and same_file(path, Path(source)):
         # The writer would empty the file the capture is still reading: the video would be lost.
         return f"--output {output} is the video being read; choose another file"
     return None
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """a and b name one file: a link to it, or the name of one not made yet."""
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
 
 
 def events_problem(events: str, output: str | None, source: str) -> str | None:

@@ -178,6 +178,8 @@ def test_annotate_naming_a_file_says_it_is_not_a_folder(tmp_path, capsys, astron
     assert (code, out) == (2, "") and err.startswith(f"error: --annotate takes a folder for the annotated copies, "
                                                      f"not a file name: {wanted} (")
     assert not wanted.exists()
+    code, out, _ = run_cli(capsys, "identify", str(photo), "--gallery", str(gallery), "--annotate", f"{wanted}/")
+    assert code == 0 and (wanted / "a.annotated.jpg").is_file()
 
 
 def test_an_annotated_copy_that_cannot_be_written_is_said_and_the_other_images_still_identified(

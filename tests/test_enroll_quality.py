@@ -265,6 +265,22 @@ def test_enroll_warns_of_a_strangers_photo_in_a_persons_folder_and_not_of_their_
         assert gallery.identities() == [("Cameron_Diaz", 6), ("Kim_Dae-jung", 5), ("Tom_Hanks", 6)]
 
 
+def test_a_photo_that_sync_moves_into_another_persons_folder_is_checked_as_one_added(tmp_path, shared_data):
+    """A photo of Tom Hanks moved into Cameron Diaz's folder was given to her by --sync without a word, where a copy
+    put there was warned of: the same mislabel."""
+    people = tmp_path / "people"
+    for person in ("Cameron_Diaz", "Tom_Hanks"):
+        lfw_photos(shared_data, person, people / person, 4)
+    with Gallery.open(tmp_path / "gallery") as gallery:
+        assert unlike_warnings(facekit.enroll(people, gallery)) == {}
+        moved = people / "Cameron_Diaz" / "Tom_Hanks_0001.jpg"
+        (people / "Tom_Hanks" / "Tom_Hanks_0001.jpg").rename(moved)
+        report = facekit.enroll(people, gallery, sync=True)
+        assert [(path, identity) for path, identity, *_ in report.moved] == [(str(moved), "Cameron_Diaz")]
+        assert {path: warning[:2] for path, warning in unlike_warnings(report).items()} == {
+            str(moved): ("Cameron_Diaz", "other 4")}
+
+
 def test_a_face_is_compared_with_its_persons_newest_other_faces_only(tmp_path, shared_data, monkeypatch):
     """A person with thousands of faces costs what one with UNLIKE_OTHERS_COMPARED does; here 2 of Tom_Hanks's 4."""
     import facekit.recognition
