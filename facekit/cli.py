@@ -775,7 +775,12 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     if args.action != "check":
         for message in repaired:
             say_warning(message)
-    with gallery:
+    from facekit.recognition import HeldInterrupts
+
+    # A Ctrl-C in a write is held until it ends, as in enroll: one cut short committed the removal, said nothing of
+    # it, and left the removed faces' vectors in the index files until the next writer's open.
+    writes = args.action in ("remove", "remove-photo", "rename", "rebuild")
+    with HeldInterrupts(hold=writes), gallery:
         if args.action == "list":
             writer = csv_output(["identity", "faces"]) if args.csv else None
             for name, count in gallery.identities():

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -1730,3 +1731,25 @@ def test_a_new_name_that_differs_from_an_enrolled_one_in_case_only_is_warned_of(
     assert code == 0 and "enrolled as a new person" not in err
     assert run_cli(capsys, "gallery", "list", "--gallery", gallery)[1].splitlines() == [
         "Eileen_Collins", "Grace_Hopper", "grace_hopper"]
+
+
+def test_a_ctrl_c_during_gallery_remove_is_held_until_the_removal_is_whole(tmp_path, people, capsys, monkeypatch):
+    """Ctrl-C during `gallery remove` committed the removal, said only "interrupted", and left the removed faces'
+    vectors in the index files until the next writer's open."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is ignored or handled here (the tests were started in the background)")
+    gallery = tmp_path / "gallery"
+    assert run_cli(capsys, "enroll", str(people), "--gallery", str(gallery), "--quiet")[0] == 0
+    remove = Gallery.remove
+
+    def interrupted(self, name):
+        os.kill(os.getpid(), signal.SIGINT)  # as the removal starts
+        return remove(self, name)
+
+    monkeypatch.setattr(Gallery, "remove", interrupted)
+    code, out, err = run_cli(capsys, "gallery", "remove", "grace_hopper", "--gallery", str(gallery))
+    assert code == 130 and out.startswith("removed grace_hopper (") and err.endswith(f"{INTERRUPTED}\n")
+    monkeypatch.undo()
+    # Whole: the index holds no removed face, which opening would have repaired and `check` reported.
+    code, out, err = run_cli(capsys, "gallery", "check", "--gallery", str(gallery))
+    assert (code, err) == (0, "") and out.endswith(" faces, index and database agree\n")
